@@ -1,0 +1,72 @@
+//! Trainable image backbones that pool an image into a feature vector.
+//!
+//! - [`ResNet`]: torchvision's layout (v1.5, stride on the 3×3 convolution) for any block and
+//!   stage depths; ResNet-18/34/50/101/152 are presets. The pooled width follows the block: 512
+//!   for basic blocks, 2048 for bottlenecks (times `width / 64`).
+//! - [`Sk2Res2Net`]: the reference's SK-Res2Net (`models/sk2res2net.py`, spec §5.2): deep stem,
+//!   average-pool downsampling, Res2Net scales 4 and base width 26, selective-kernel fusion with
+//!   ratio 4, and pooling after the SK layer in the first block of a stage.
+//!
+//! Every backbone implements [`Backbone::forward_features`] with a `train` flag: BatchNorm uses
+//! batch statistics and updates its running statistics while training, and running statistics in
+//! evaluation. Parameter names sit at the root (`conv1.weight`, `layer1.0.bn1.running_mean`,
+//! `stem.0.weight`), as in the reference's `state_dict`.
+//!
+//! Architecture invariant: backbones see images only; nothing here knows locations, fusion heads
+//! or datasets.
+
+mod resnet;
+mod sk2res2net;
+mod spec;
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+pub use resnet::{BlockKind, ResNet};
+pub use sk2res2net::Sk2Res2Net;
+pub use spec::{BackbonePreset, BackboneSpec, CustomBackbone};
+
+/// A built backbone.
+#[derive(Debug)]
+pub enum Backbone {
+    ResNet(ResNet),
+    Sk2Res2Net(Sk2Res2Net),
+}
+
+impl Backbone {
+    /// Builds the backbone `spec` describes, its parameters under `vb` (at the root).
+    pub fn new(spec: &BackboneSpec, vb: VarBuilder) -> Result<Self> {
+        match spec.resolve() {
+            CustomBackbone::Resnet {
+                block,
+                layers,
+                width,
+            } => Ok(Backbone::ResNet(ResNet::new(block, &layers, width, vb)?)),
+            CustomBackbone::Sk2res2net { layers } => {
+                Ok(Backbone::Sk2Res2Net(Sk2Res2Net::new(&layers, vb)?))
+            }
+        }
+    }
+
+    /// Width of the pooled feature vector.
+    pub fn num_features(&self) -> usize {
+        match self {
+            Backbone::ResNet(net) => net.num_features(),
+            Backbone::Sk2Res2Net(net) => net.num_features(),
+        }
+    }
+
+    /// # Shapes
+    /// `images: [B, 3, H, W]` → `[B, num_features]` (global average pool of the last stage).
+    pub fn forward_features(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Backbone::ResNet(net) => net.forward_features(images, train),
+            Backbone::Sk2Res2Net(net) => net.forward_features(images, train),
+        }
+    }
+}
+
+/// ImageNet normalisation every preset expects: per-channel mean and standard deviation of
+/// images scaled to [0, 1] (torchvision's `Normalize`).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];

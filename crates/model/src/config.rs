@@ -1,0 +1,127 @@
+//! What classifier to build.
+
+use std::path::Path;
+
+use candle_core::DType;
+use dmlp_backbones::BackboneSpec;
+use dmlp_fusion::FusionConfig;
+use dmlp_geo::Metadata;
+use serde::{Deserialize, Serialize};
+
+use crate::ModelError;
+
+/// A classifier's architecture. In a config file it is the `[model]` table:
+///
+/// ```toml
+/// [model]
+/// backbone = "resnet50"            # or { type = "resnet", block = "basic", layers = [1, 1, 1, 1] }
+/// num_classes = 10000
+/// metadata = "geo_temporal"        # the reference's --metadata; absent for image-only
+///
+/// [model.fusion]                   # absent for image-only (the reference's --image_only)
+/// type = "dynamic_mlp_c"           # --mlp_type
+/// mlp_d = 256                      # --mlp_d
+/// mlp_h = 64                       # --mlp_h
+/// mlp_n = 2                        # --mlp_n
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The image backbone; absent for a head trained on precomputed pooled features.
+    #[serde(default)]
+    pub backbone: Option<BackboneSpec>,
+    /// Width of precomputed pooled features, for a model without a backbone.
+    #[serde(default)]
+    pub feature_dim: Option<usize>,
+    pub num_classes: usize,
+    /// Which metadata the location encoder sees; required with a fusion head.
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+    /// The fusion head; absent for the image-only model.
+    #[serde(default)]
+    pub fusion: Option<FusionConfig>,
+    /// The dtype parameters are held and computed in.
+    #[serde(default = "ModelDType::f32")]
+    pub dtype: ModelDType,
+}
+
+/// Parameter and compute dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelDType {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl ModelDType {
+    fn f32() -> Self {
+        ModelDType::F32
+    }
+
+    pub fn dtype(self) -> DType {
+        match self {
+            ModelDType::F32 => DType::F32,
+            ModelDType::F16 => DType::F16,
+            ModelDType::Bf16 => DType::BF16,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Checks that the parts fit together.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let err = |msg: String| Err(ModelError::Config(msg));
+        if self.num_classes == 0 {
+            return err("num_classes must be at least 1".into());
+        }
+        match (&self.backbone, self.feature_dim) {
+            (None, None) => {
+                return err(
+                    "give a backbone, or feature_dim for a head on precomputed features".into(),
+                );
+            }
+            (Some(_), Some(_)) => {
+                return err("feature_dim is only for a model without a backbone".into());
+            }
+            (None, Some(0)) => return err("feature_dim must be at least 1".into()),
+            _ => {}
+        }
+        match (&self.fusion, self.metadata) {
+            (Some(_), None) => {
+                return err("a fusion head needs metadata (geo_temporal, geo or temporal)".into());
+            }
+            (None, Some(m)) => {
+                return err(format!(
+                    "metadata = {m} is set but there is no fusion head to use it"
+                ));
+            }
+            (Some(fusion), Some(_)) => fusion.validate()?,
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    /// Width of the encoded location vector the model takes (0 for image-only).
+    pub fn loc_inputs(&self) -> usize {
+        self.metadata.map_or(0, Metadata::n_inputs)
+    }
+
+    /// Reads the `[model]` table of a TOML config file (other tables are left to their owners).
+    pub fn from_toml_file(path: &Path) -> Result<Self, ModelError> {
+        let file_err = |message: String| ModelError::ConfigFile {
+            path: path.to_owned(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| file_err(e.to_string()))?;
+        let model = table
+            .remove("model")
+            .ok_or_else(|| file_err("no [model] table".into()))?;
+        let config: ModelConfig = model
+            .try_into()
+            .map_err(|e: toml::de::Error| file_err(format!("[model]: {e}")))?;
+        config.validate().map_err(|e| file_err(e.to_string()))?;
+        Ok(config)
+    }
+}

@@ -1,0 +1,85 @@
+//! 2-D convolution.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+/// Hyper-parameters of a convolution, as `nn.Conv2d` takes them (square kernels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+    pub groups: usize,
+}
+
+impl Conv2dConfig {
+    /// Stride `stride`, padding `padding`, no dilation, one group.
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Self {
+            stride,
+            padding,
+            dilation: 1,
+            groups: 1,
+        }
+    }
+}
+
+/// `nn.Conv2d`: weight `[out, in/groups, k, k]` (key `weight`), optional bias `[out]`.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    config: Conv2dConfig,
+}
+
+/// A convolution under `vb`. `init` is the weight initialisation (PyTorch's default is
+/// [`crate::init::pytorch_default`] of `in/groups · k · k`; the bias, if any, always uses it).
+pub fn conv2d(
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    config: Conv2dConfig,
+    bias: bool,
+    init: Init,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let weight = vb.get_with_hints(
+        (out_channels, in_channels / config.groups, kernel, kernel),
+        "weight",
+        init,
+    )?;
+    let fan_in = in_channels / config.groups * kernel * kernel;
+    let bias = if bias {
+        Some(vb.get_with_hints(out_channels, "bias", crate::init::pytorch_default(fan_in))?)
+    } else {
+        None
+    };
+    Ok(Conv2d {
+        weight,
+        bias,
+        config,
+    })
+}
+
+impl Conv2d {
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn config(&self) -> Conv2dConfig {
+        self.config
+    }
+}
+
+impl Module for Conv2d {
+    /// # Shapes
+    /// `xs: [B, in, H, W]` → `[B, out, H', W']`, `H' = (H + 2p − d(k−1) − 1)/s + 1`.
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let c = self.config;
+        let ys = xs.conv2d(&self.weight, c.padding, c.stride, c.dilation, c.groups)?;
+        match &self.bias {
+            Some(bias) => ys.broadcast_add(&bias.reshape((1, (), 1, 1))?),
+            None => Ok(ys),
+        }
+    }
+}

@@ -1,0 +1,594 @@
+//! Max and average pooling with PyTorch's semantics and a backward for every kernel, stride and
+//! padding (candle's own pooling cannot differentiate when the kernel differs from the stride, and
+//! scales max-pool gradients wrongly; see `shared/reference/candle-notes.md`).
+//!
+//! On the CPU these run as custom ops with hand-written forward and backward. On other devices
+//! they fall back to candle's kernels where those compute the same forward (no `ceil_mode`, no
+//! excluded padding), and report an error otherwise.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, D, DType, Device, Layout, Result, Shape, Tensor, WithDType,
+    backend::BackendStorage, bail,
+};
+
+/// `nn.MaxPool2d(kernel, stride, padding, ceil_mode=…)` with square windows and no dilation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPool2d {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub ceil_mode: bool,
+}
+
+/// `nn.AvgPool2d(kernel, stride, padding, ceil_mode=…, count_include_pad=…)`, square windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AvgPool2d {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub ceil_mode: bool,
+    pub count_include_pad: bool,
+}
+
+/// The window geometry shared by both pools.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    ceil_mode: bool,
+}
+
+impl Geometry {
+    fn check(&self, in_h: usize, in_w: usize) -> Result<(usize, usize)> {
+        if self.kernel == 0 || self.stride == 0 {
+            bail!(
+                "pooling needs a positive kernel and stride, got kernel {} stride {}",
+                self.kernel,
+                self.stride
+            )
+        }
+        if 2 * self.padding > self.kernel {
+            bail!(
+                "pooling padding {} exceeds half the kernel {}",
+                self.padding,
+                self.kernel
+            )
+        }
+        Ok((self.out_len(in_h)?, self.out_len(in_w)?))
+    }
+
+    /// PyTorch's `pooling_output_shape` (dilation 1).
+    fn out_len(&self, len: usize) -> Result<usize> {
+        let padded = len + 2 * self.padding;
+        if padded < self.kernel {
+            bail!(
+                "pooling kernel {} is larger than the padded input {padded}",
+                self.kernel
+            )
+        }
+        let span = padded - self.kernel;
+        let mut out = if self.ceil_mode {
+            span.div_ceil(self.stride) + 1
+        } else {
+            span / self.stride + 1
+        };
+        // The last window must start inside the input or the left padding.
+        if self.ceil_mode && (out - 1) * self.stride >= len + self.padding {
+            out -= 1;
+        }
+        Ok(out)
+    }
+
+    /// Rows (or columns) of output `o`'s window: `(start, end)` clipped to the input, and the
+    /// window's length clipped only to the padded input (PyTorch's `pool_size`).
+    fn window(&self, o: usize, len: usize) -> (usize, usize, usize) {
+        let start = (o * self.stride) as isize - self.padding as isize;
+        let end_padded = (start + self.kernel as isize).min((len + self.padding) as isize);
+        let padded_len = (end_padded - start) as usize;
+        let lo = start.max(0) as usize;
+        let hi = (end_padded.min(len as isize)).max(0) as usize;
+        (lo, hi, padded_len)
+    }
+}
+
+fn dims4(layout: &Layout) -> Result<(usize, usize, usize, usize)> {
+    layout.shape().dims4()
+}
+
+fn contiguous_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
+        None => bail!("pooling expects a contiguous input"),
+    }
+}
+
+fn is_nan<T: WithDType>(v: T) -> bool {
+    #[allow(clippy::eq_op)]
+    let nan = v != v;
+    nan
+}
+
+/// Index of the max of one window, as PyTorch picks it: the first maximum in row-major order, a
+/// NaN wins.
+fn argmax<T: WithDType>(
+    plane: &[T],
+    width: usize,
+    (y0, y1): (usize, usize),
+    (x0, x1): (usize, usize),
+) -> usize {
+    let mut best_idx = y0 * width + x0;
+    let mut best = plane[best_idx];
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let v = plane[y * width + x];
+            if v > best || is_nan(v) {
+                best = v;
+                best_idx = y * width + x;
+                if is_nan(v) {
+                    return best_idx;
+                }
+            }
+        }
+    }
+    best_idx
+}
+
+impl Geometry {
+    fn max_forward<T: WithDType>(
+        &self,
+        xs: &[T],
+        (b, c, h, w): (usize, usize, usize, usize),
+    ) -> Result<Vec<T>> {
+        let (oh, ow) = self.check(h, w)?;
+        let mut out = Vec::with_capacity(b * c * oh * ow);
+        for plane in xs.chunks_exact(h * w) {
+            for oy in 0..oh {
+                let (y0, y1, _) = self.window(oy, h);
+                for ox in 0..ow {
+                    let (x0, x1, _) = self.window(ox, w);
+                    out.push(plane[argmax(plane, w, (y0, y1), (x0, x1))]);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn max_backward<T: WithDType>(
+        &self,
+        xs: &[T],
+        grads: &[T],
+        (h, w): (usize, usize),
+    ) -> Result<Vec<T>> {
+        let (oh, ow) = self.check(h, w)?;
+        let mut grad_in = vec![T::zero(); xs.len()];
+        for ((plane, grad_plane), grad_out) in xs
+            .chunks_exact(h * w)
+            .zip(grad_in.chunks_exact_mut(h * w))
+            .zip(grads.chunks_exact(oh * ow))
+        {
+            for oy in 0..oh {
+                let (y0, y1, _) = self.window(oy, h);
+                for ox in 0..ow {
+                    let (x0, x1, _) = self.window(ox, w);
+                    grad_plane[argmax(plane, w, (y0, y1), (x0, x1))] += grad_out[oy * ow + ox];
+                }
+            }
+        }
+        Ok(grad_in)
+    }
+
+    fn divisor(
+        &self,
+        count_include_pad: bool,
+        (y0, y1, ph): (usize, usize, usize),
+        (x0, x1, pw): (usize, usize, usize),
+    ) -> f64 {
+        if count_include_pad {
+            (ph * pw) as f64
+        } else {
+            ((y1 - y0) * (x1 - x0)) as f64
+        }
+    }
+
+    fn avg_forward<T: WithDType>(
+        &self,
+        xs: &[T],
+        (b, c, h, w): (usize, usize, usize, usize),
+        count_include_pad: bool,
+    ) -> Result<Vec<T>> {
+        let (oh, ow) = self.check(h, w)?;
+        let mut out = Vec::with_capacity(b * c * oh * ow);
+        for plane in xs.chunks_exact(h * w) {
+            for oy in 0..oh {
+                let rows = self.window(oy, h);
+                for ox in 0..ow {
+                    let cols = self.window(ox, w);
+                    let mut sum = T::zero();
+                    for y in rows.0..rows.1 {
+                        for x in cols.0..cols.1 {
+                            sum += plane[y * w + x];
+                        }
+                    }
+                    out.push(sum / T::from_f64(self.divisor(count_include_pad, rows, cols)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn avg_backward<T: WithDType>(
+        &self,
+        grads: &[T],
+        (b, c, h, w): (usize, usize, usize, usize),
+        count_include_pad: bool,
+    ) -> Result<Vec<T>> {
+        let (oh, ow) = self.check(h, w)?;
+        let mut grad_in = vec![T::zero(); b * c * h * w];
+        for (grad_plane, grad_out) in grad_in
+            .chunks_exact_mut(h * w)
+            .zip(grads.chunks_exact(oh * ow))
+        {
+            for oy in 0..oh {
+                let rows = self.window(oy, h);
+                for ox in 0..ow {
+                    let cols = self.window(ox, w);
+                    let g = grad_out[oy * ow + ox]
+                        / T::from_f64(self.divisor(count_include_pad, rows, cols));
+                    for y in rows.0..rows.1 {
+                        for x in cols.0..cols.1 {
+                            grad_plane[y * w + x] += g;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(grad_in)
+    }
+}
+
+/// Runs `f` on an f32 or f64 contiguous CPU tensor.
+macro_rules! dispatch_float {
+    ($storage:expr, $name:expr, |$ty:ident| $body:expr) => {
+        match $storage {
+            CpuStorage::F32(_) => {
+                type $ty = f32;
+                $body
+            }
+            CpuStorage::F64(_) => {
+                type $ty = f64;
+                $body
+            }
+            other => bail!(
+                "{} supports f32 and f64 on the CPU, got {:?}",
+                $name,
+                other.dtype()
+            ),
+        }
+    };
+}
+
+struct MaxPoolOp(Geometry);
+struct MaxPoolBackwardOp(Geometry);
+struct AvgPoolOp(Geometry, bool);
+struct AvgPoolBackwardOp {
+    geometry: Geometry,
+    count_include_pad: bool,
+    in_h: usize,
+    in_w: usize,
+}
+
+impl CustomOp1 for MaxPoolOp {
+    fn name(&self) -> &'static str {
+        "dmlp-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = dims4(layout)?;
+        let (oh, ow) = self.0.check(h, w)?;
+        let out = dispatch_float!(storage, self.name(), |T| T::to_cpu_storage_owned(
+            self.0
+                .max_forward(contiguous_slice::<T>(storage, layout)?, (b, c, h, w))?
+        ));
+        Ok((out, Shape::from((b, c, oh, ow))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad_res.contiguous()?,
+            &MaxPoolBackwardOp(self.0),
+        )?))
+    }
+}
+
+impl CustomOp2 for MaxPoolBackwardOp {
+    fn name(&self) -> &'static str {
+        "dmlp-max-pool2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, _, h, w) = dims4(l1)?;
+        let out = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(
+            self.0.max_backward(
+                contiguous_slice::<T>(s1, l1)?,
+                contiguous_slice::<T>(s2, l2)?,
+                (h, w)
+            )?
+        ));
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+impl CustomOp1 for AvgPoolOp {
+    fn name(&self) -> &'static str {
+        "dmlp-avg-pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = dims4(layout)?;
+        let (oh, ow) = self.0.check(h, w)?;
+        let out = dispatch_float!(storage, self.name(), |T| T::to_cpu_storage_owned(
+            self.0.avg_forward(
+                contiguous_slice::<T>(storage, layout)?,
+                (b, c, h, w),
+                self.1
+            )?
+        ));
+        Ok((out, Shape::from((b, c, oh, ow))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, in_h, in_w) = arg.dims4()?;
+        let op = AvgPoolBackwardOp {
+            geometry: self.0,
+            count_include_pad: self.1,
+            in_h,
+            in_w,
+        };
+        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+impl CustomOp1 for AvgPoolBackwardOp {
+    fn name(&self) -> &'static str {
+        "dmlp-avg-pool2d-backward"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, _, _) = dims4(layout)?;
+        let dims = (b, c, self.in_h, self.in_w);
+        let out = dispatch_float!(storage, self.name(), |T| T::to_cpu_storage_owned(
+            self.geometry.avg_backward(
+                contiguous_slice::<T>(storage, layout)?,
+                dims,
+                self.count_include_pad
+            )?
+        ));
+        Ok((out, Shape::from(dims)))
+    }
+}
+
+/// Applies a CPU op in f32 or f64; half precision goes through f32 and back.
+fn apply_cpu(xs: &Tensor, op: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    match xs.dtype() {
+        DType::F32 | DType::F64 => op(&xs.contiguous()?),
+        dtype => op(&xs.to_dtype(DType::F32)?.contiguous()?)?.to_dtype(dtype),
+    }
+}
+
+impl MaxPool2d {
+    fn geometry(&self) -> Geometry {
+        Geometry {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            ceil_mode: self.ceil_mode,
+        }
+    }
+
+    /// # Shapes
+    /// `xs: [B, C, H, W]` → `[B, C, H', W']`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let geometry = self.geometry();
+        if let Device::Cpu = xs.device() {
+            return apply_cpu(xs, |xs| xs.apply_op1(MaxPoolOp(geometry)));
+        }
+        if self.ceil_mode {
+            bail!("max pooling with ceil_mode runs on the CPU only")
+        }
+        // candle's kernel on a −∞-padded input computes the same forward.
+        let padded = pad_with(xs, self.padding, f64::NEG_INFINITY)?;
+        padded.max_pool2d_with_stride(self.kernel, self.stride)
+    }
+}
+
+impl AvgPool2d {
+    fn geometry(&self) -> Geometry {
+        Geometry {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            ceil_mode: self.ceil_mode,
+        }
+    }
+
+    /// # Shapes
+    /// `xs: [B, C, H, W]` → `[B, C, H', W']`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let geometry = self.geometry();
+        if let Device::Cpu = xs.device() {
+            return apply_cpu(xs, |xs| {
+                xs.apply_op1(AvgPoolOp(geometry, self.count_include_pad))
+            });
+        }
+        if self.ceil_mode || (self.padding > 0 && !self.count_include_pad) {
+            bail!("average pooling with ceil_mode or excluded padding runs on the CPU only")
+        }
+        pad_with(xs, self.padding, 0.0)?.avg_pool2d_with_stride(self.kernel, self.stride)
+    }
+}
+
+fn pad_with(xs: &Tensor, padding: usize, value: f64) -> Result<Tensor> {
+    if padding == 0 {
+        return Ok(xs.clone());
+    }
+    let (b, c, h, w) = xs.dims4()?;
+    let rows = Tensor::full(value, (b, c, padding, w), xs.device())?.to_dtype(xs.dtype())?;
+    let xs = Tensor::cat(&[&rows, xs, &rows], 2)?;
+    let cols =
+        Tensor::full(value, (b, c, h + 2 * padding, padding), xs.device())?.to_dtype(xs.dtype())?;
+    Tensor::cat(&[&cols, &xs, &cols], 3)
+}
+
+/// `AdaptiveAvgPool2d(1)` then flatten.
+///
+/// # Shapes
+/// `xs: [B, C, H, W]` → `[B, C]`.
+pub fn global_avg_pool(xs: &Tensor) -> Result<Tensor> {
+    xs.mean(D::Minus1)?.mean(D::Minus1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(data: &[f64], shape: (usize, usize, usize, usize)) -> Tensor {
+        Tensor::from_slice(data, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn output_sizes_follow_pytorch() {
+        let g = |k, s, p, ceil| Geometry {
+            kernel: k,
+            stride: s,
+            padding: p,
+            ceil_mode: ceil,
+        };
+        assert_eq!(g(3, 2, 1, false).out_len(112).unwrap(), 56);
+        assert_eq!(g(3, 2, 1, false).out_len(7).unwrap(), 4);
+        assert_eq!(g(2, 2, 0, true).out_len(7).unwrap(), 4);
+        assert_eq!(g(2, 2, 0, false).out_len(7).unwrap(), 3);
+        // ceil_mode never starts a window in the right padding.
+        assert_eq!(g(3, 2, 1, true).out_len(6).unwrap(), 4);
+        assert_eq!(g(2, 2, 1, true).out_len(5).unwrap(), 3);
+        assert!(g(3, 2, 2, false).check(5, 5).is_err());
+    }
+
+    #[test]
+    fn max_pool_forward_and_tie_routed_gradient() {
+        // 1x1x3x3 with ties: the first maximum in row-major order gets the gradient, weight 1.
+        let xs = t(&[1., 5., 5., 0., 5., 2., 3., 4., 1.], (1, 1, 3, 3));
+        let pool = MaxPool2d {
+            kernel: 2,
+            stride: 1,
+            padding: 0,
+            ceil_mode: false,
+        };
+        let var = candle_core::Var::from_tensor(&xs).unwrap();
+        let ys = pool.forward(var.as_tensor()).unwrap();
+        assert_eq!(
+            ys.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            vec![5., 5., 5., 5.]
+        );
+        let grads = ys.sum_all().unwrap().backward().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        // Windows: [1 5; 0 5], [5 5; 5 2], [0 5; 3 4], [5 2; 4 1]: the first max of each.
+        assert_eq!(g, vec![0., 2., 0., 0., 2., 0., 0., 0., 0.]);
+    }
+
+    #[test]
+    fn avg_pool_ceil_mode_excludes_padding_and_overhang() {
+        // 1x1x3x3, kernel 2 stride 2 ceil_mode: windows of 4, 2, 2 and 1 values.
+        let xs = t(&[1., 2., 3., 4., 5., 6., 7., 8., 9.], (1, 1, 3, 3));
+        let pool = AvgPool2d {
+            kernel: 2,
+            stride: 2,
+            padding: 0,
+            ceil_mode: true,
+            count_include_pad: false,
+        };
+        let ys = pool
+            .forward(&xs)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        assert_eq!(ys, vec![3.0, 4.5, 7.5, 9.0]);
+        // count_include_pad with padding 1, kernel 3, stride 2: corners divide by 9.
+        let pool = AvgPool2d {
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+            ceil_mode: false,
+            count_include_pad: true,
+        };
+        let ys = pool
+            .forward(&xs)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        assert_eq!(ys, vec![12.0 / 9.0, 16.0 / 9.0, 24.0 / 9.0, 28.0 / 9.0]);
+    }
+
+    #[test]
+    fn avg_pool_gradient_matches_finite_differences() {
+        let data: Vec<f64> = (0..2 * 5 * 7)
+            .map(|i| ((i * 37 % 11) as f64) / 7.0)
+            .collect();
+        let pool = AvgPool2d {
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+            ceil_mode: true,
+            count_include_pad: false,
+        };
+        let weights: Vec<f64> = (0..2 * 3 * 4).map(|i| (i as f64 * 0.3).sin()).collect();
+        let w = t(&weights, (1, 2, 3, 4));
+        let loss = |xs: &Tensor| {
+            pool.forward(xs)
+                .unwrap()
+                .mul(&w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
+        let var = candle_core::Var::from_tensor(&t(&data, (1, 2, 5, 7))).unwrap();
+        let grads = loss(var.as_tensor()).backward().unwrap();
+        let analytic = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        for idx in 0..data.len() {
+            let eps = 1e-6;
+            let mut plus = data.clone();
+            plus[idx] += eps;
+            let mut minus = data.clone();
+            minus[idx] -= eps;
+            let f = |d: &[f64]| loss(&t(d, (1, 2, 5, 7))).to_scalar::<f64>().unwrap();
+            let numeric = (f(&plus) - f(&minus)) / (2.0 * eps);
+            assert!(
+                (numeric - analytic[idx]).abs() < 1e-6,
+                "{idx}: {numeric} vs {}",
+                analytic[idx]
+            );
+        }
+    }
+}

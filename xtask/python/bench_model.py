@@ -1,0 +1,179 @@
+"""PyTorch peer of `cargo xtask bench model`: the same work, timed the same way.
+
+Builds the reference's Dynamic MLP-C head (FCNet + FusionModule, models/dynamic_mlp.py) and a
+torchvision-layout ResNet-50 in plain PyTorch (no torchvision needed), then times forward +
+backward of each exactly as the Rust side does, and prints one JSON object on the last line.
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+
+class FCResLayer(nn.Module):
+    def __init__(self, n=256):
+        super().__init__()
+        self.w1 = nn.Linear(n, n)
+        self.w2 = nn.Linear(n, n)
+        self.dropout = nn.Dropout()
+
+    def forward(self, x):
+        y = torch.relu(self.w1(x))
+        y = self.dropout(y)
+        y = torch.relu(self.w2(y))
+        return x + y
+
+
+class FCNet(nn.Module):
+    def __init__(self, cin, d, n=256):
+        super().__init__()
+        self.feats = nn.Sequential(nn.Linear(cin, n), nn.ReLU(), *[FCResLayer(n) for _ in range(4)])
+        self.class_emb = nn.Linear(n, d, bias=False)
+
+    def forward(self, x):
+        return self.class_emb(self.feats(x))
+
+
+class Basic1d(nn.Module):
+    def __init__(self, i, o, bias=True):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Linear(i, o, bias=bias))
+        if not bias:
+            self.conv.add_module("ln", nn.LayerNorm(o))
+        self.conv.add_module("relu", nn.ReLU())
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class DynamicMlpC(nn.Module):
+    def __init__(self, i, o, l):
+        super().__init__()
+        self.i, self.o = i, o
+        self.conv11 = Basic1d(i + l, i)
+        self.conv12 = nn.Linear(i, i)
+        self.conv21 = Basic1d(i + l, i)
+        self.conv22 = nn.Linear(i, i * o)
+        self.br = nn.Sequential(nn.LayerNorm(o), nn.ReLU())
+        self.conv3 = Basic1d(o, o, False)
+
+    def forward(self, x, g):
+        z = torch.cat([x, g], 1)
+        u = self.conv12(self.conv11(z))
+        w = self.conv22(self.conv21(z)).view(-1, self.i, self.o)
+        y = self.br(torch.bmm(u.unsqueeze(1), w).squeeze(1))
+        return self.conv3(y)
+
+
+class FusionModule(nn.Module):
+    def __init__(self, inplanes=2048, d=256, h=64, n=2):
+        super().__init__()
+        self.conv1 = nn.Linear(inplanes, d)
+        widths = [(d, d)] if n == 1 else [(d, h)] + [(h, h)] * (n - 2) + [(h, d)]
+        self.conv2 = nn.ModuleList([DynamicMlpC(i, o, d) for i, o in widths])
+        self.conv3 = nn.Linear(d, inplanes)
+        self.norm3 = nn.LayerNorm(inplanes)
+
+    def forward(self, x, g):
+        identity = x
+        x = self.conv1(x)
+        for block in self.conv2:
+            x = block(x, g)
+        return self.norm3(self.conv3(x)) + identity
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin, planes, stride):
+        super().__init__()
+        out = planes * 4
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.downsample = None
+        if stride != 1 or cin != out:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet50Features(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, cin = [], 64
+        for stage, blocks in enumerate([3, 4, 6, 3]):
+            planes = 64 << stage
+            for b in range(blocks):
+                layers.append(Bottleneck(cin, planes, (1 if stage == 0 else 2) if b == 0 else 1))
+                cin = planes * 4
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+        return self.layers(x).mean((2, 3))
+
+
+def time_steps(step, iters):
+    step()  # warm-up
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--head-iters", type=int, default=5)
+    parser.add_argument("--resnet-iters", type=int, default=3)
+    parser.add_argument("--head-batch", type=int, default=512)
+    parser.add_argument("--resnet-batch", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=224)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    loc_net, loc_att = FCNet(6, 256), FusionModule()
+    loc_net.train()
+    loc_att.train()
+    features = torch.randn(args.head_batch, 2048)
+    loc = torch.rand(args.head_batch, 6) * 2 - 1
+
+    def head_step():
+        loc_net.zero_grad(set_to_none=True)
+        loc_att.zero_grad(set_to_none=True)
+        fused = loc_att(features, loc_net(loc))
+        fused.sum().backward()
+
+    resnet = ResNet50Features().train()
+    images = torch.randn(args.resnet_batch, 3, args.image_size, args.image_size)
+
+    def resnet_step():
+        resnet.zero_grad(set_to_none=True)
+        resnet(images).sum().backward()
+
+    result = {
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "head_step_s": time_steps(head_step, args.head_iters),
+        "resnet50_step_s": time_steps(resnet_step, args.resnet_iters),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+//! `cargo xtask bench model`: forward + backward timings of the Dynamic MLP-C head and of
+//! ResNet-50, beside PyTorch's for the same work on the same machine and thread count.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use candle_core::{DType, Device, Tensor};
+use clap::Subcommand;
+use dmlp_backbones::{BackbonePreset, BackboneSpec};
+use dmlp_fusion::{FusionConfig, FusionHead, FusionKind};
+use dmlp_geo::Metadata;
+use dmlp_model::{Classifier, ModelConfig, ModelDType};
+use dmlp_nn::ParamStore;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Dynamic MLP-C head at batch 512 and ResNet-50 at batch 8 × 224², forward + backward.
+    Model(ModelBenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ModelBenchArgs {
+    /// A Python interpreter with PyTorch: runs the same work in PyTorch in the same run.
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Threads on both sides (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed iterations of the head step (median reported, after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    head_iters: usize,
+    /// Timed iterations of the ResNet-50 step (median reported, after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    resnet_iters: usize,
+    /// Print one JSON object as the last line of standard output.
+    #[arg(long)]
+    json: bool,
+}
+
+const HEAD_BATCH: usize = 512;
+const RESNET_BATCH: usize = 8;
+const IMAGE_SIZE: usize = 224;
+
+pub(crate) fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Model(args) => bench_model(&args),
+    }
+}
+
+fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // candle and gemm size their thread pools from RAYON_NUM_THREADS when first used.
+    // SAFETY: nothing else runs yet; no other thread reads the environment concurrently.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    eprintln!(
+        "bench model: {threads} threads, release build: {}",
+        !cfg!(debug_assertions)
+    );
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "warning: a debug build; run `cargo xtask-release bench model` or `cargo run --release -p xtask -- bench model` for real figures"
+        );
+    }
+
+    let device = Device::Cpu;
+    let head_s = time_steps(args.head_iters, head_step(&device)?)?;
+    eprintln!("dmlp  head step (loc_net + loc_att C, batch {HEAD_BATCH}): {head_s:.3} s");
+    let resnet_s = time_steps(args.resnet_iters, resnet_step(&device)?)?;
+    eprintln!("dmlp  ResNet-50 step (batch {RESNET_BATCH} × {IMAGE_SIZE}²): {resnet_s:.3} s");
+
+    let torch = match &args.python {
+        Some(python) => Some(run_torch(python, threads, args)?),
+        None => None,
+    };
+    println!(
+        "{:<34} {:>10} {:>10} {:>8}",
+        "step (forward + backward)", "dmlp s", "torch s", "ratio"
+    );
+    let row = |name: &str, ours: f64, theirs: Option<f64>| match theirs {
+        Some(t) => println!("{name:<34} {ours:>10.3} {t:>10.3} {:>7.2}×", ours / t),
+        None => println!("{name:<34} {ours:>10.3} {:>10} {:>8}", "-", "-"),
+    };
+    row(
+        "Dynamic MLP-C head, batch 512",
+        head_s,
+        torch.as_ref().map(|t| t.head_step_s),
+    );
+    row(
+        "ResNet-50, batch 8 × 224²",
+        resnet_s,
+        torch.as_ref().map(|t| t.resnet50_step_s),
+    );
+    if torch.is_some() {
+        println!("(ratio = dmlp time / PyTorch time; below 1 means dmlp is faster)");
+    }
+    if args.json {
+        let mut json = serde_json::json!({
+            "threads": threads,
+            "head_step_s": head_s,
+            "resnet50_step_s": resnet_s,
+        });
+        if let Some(t) = &torch {
+            json["torch_version"] = t.torch_version.clone().into();
+            json["torch_head_step_s"] = t.head_step_s.into();
+            json["torch_resnet50_step_s"] = t.resnet50_step_s.into();
+        }
+        println!("{json}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+type Step = Box<dyn FnMut() -> anyhow::Result<()>>;
+
+/// Median of `iters` timed runs after one warm-up.
+fn time_steps(iters: usize, mut step: Step) -> anyhow::Result<f64> {
+    step()?;
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let start = Instant::now();
+        step()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn head_step(device: &Device) -> anyhow::Result<Step> {
+    let store = ParamStore::new(0);
+    let config = FusionConfig::with_defaults(FusionKind::DynamicMlpC);
+    let head = FusionHead::new(
+        2048,
+        Metadata::GeoTemporal.n_inputs(),
+        &config,
+        store.var_builder(DType::F32, device),
+    )?;
+    let features = Tensor::randn(0f32, 1.0, (HEAD_BATCH, 2048), device)?;
+    let loc = Tensor::rand(-1f32, 1.0, (HEAD_BATCH, 6), device)?;
+    Ok(Box::new(move || {
+        let out = head.forward_t(&features, &loc, true)?;
+        let grads = out.fused.sum_all()?.backward()?;
+        drop(grads);
+        Ok(())
+    }))
+}
+
+fn resnet_step(device: &Device) -> anyhow::Result<Step> {
+    let config = ModelConfig {
+        backbone: Some(BackboneSpec::Preset(BackbonePreset::Resnet50)),
+        feature_dim: None,
+        num_classes: 1000,
+        metadata: None,
+        fusion: None,
+        dtype: ModelDType::F32,
+    };
+    let model = Classifier::new(&config, 0, device)?;
+    let images = Tensor::randn(0f32, 1.0, (RESNET_BATCH, 3, IMAGE_SIZE, IMAGE_SIZE), device)?;
+    Ok(Box::new(move || {
+        let out = model.forward_t(&images, None, true)?;
+        let grads = out.features.sum_all()?.backward()?;
+        drop(grads);
+        Ok(())
+    }))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct TorchTimes {
+    torch_version: String,
+    head_step_s: f64,
+    resnet50_step_s: f64,
+}
+
+fn run_torch(python: &Path, threads: usize, args: &ModelBenchArgs) -> anyhow::Result<TorchTimes> {
+    let script = crate::paths::project_root()
+        .join("xtask")
+        .join("python")
+        .join("bench_model.py");
+    eprintln!("torch: running {} {}", python.display(), script.display());
+    let output = Command::new(python)
+        .arg(&script)
+        .args(["--threads", &threads.to_string()])
+        .args(["--head-iters", &args.head_iters.to_string()])
+        .args(["--resnet-iters", &args.resnet_iters.to_string()])
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !output.status.success() {
+        bail!(
+            "the PyTorch benchmark failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout
+        .lines()
+        .last()
+        .context("the PyTorch benchmark printed nothing")?;
+    let times: TorchTimes = serde_json::from_str(last)
+        .with_context(|| format!("parsing the PyTorch benchmark's output {last:?}"))?;
+    eprintln!(
+        "torch {} head step: {:.3} s, ResNet-50 step: {:.3} s",
+        times.torch_version, times.head_step_s, times.resnet50_step_s
+    );
+    Ok(times)
+}

@@ -1,0 +1,55 @@
+//! Project automation, in the cargo-xtask style (<https://github.com/matklad/cargo-xtask>):
+//! `cargo xtask parity` runs the reference fixtures, `cargo xtask bench model` times the model
+//! against PyTorch. Orchestration only: the model code lives in the library crates.
+//!
+//! Path arguments are resolved against the directory the command was started from.
+
+mod bench;
+mod parity;
+mod paths;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "dmlp project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run parity fixture cases (the reference PyTorch implementation's own outputs) and print
+    /// each tensor's error beside its tolerance. Without arguments: every case of
+    /// `shared/fixtures/parity`.
+    Parity {
+        /// Case folders (each holds a case.json), or folders of case folders.
+        cases: Vec<PathBuf>,
+        /// Where to run: cpu or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Parity { cases, device } => parity::run_command(&cases, &device),
+        Command::Bench { what } => bench::run(what),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

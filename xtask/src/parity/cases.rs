@@ -1,0 +1,333 @@
+//! Reading and computing each kind of case.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use candle_core::{DType, Device, Tensor};
+use dmlp_backbones::BackboneSpec;
+use dmlp_fusion::{FusionConfig, FusionHead};
+use dmlp_geo::{Metadata, Observation};
+use dmlp_model::{Classifier, LoadPolicy, ModelConfig, ModelDType, UnusedKeys, WeightsFile};
+use dmlp_nn::ParamStore;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::Outcome;
+use super::compare::{TensorCheck, Tolerance};
+
+const TRAIN_STEP_UNSUPPORTED: &str = "training steps need the trainer (SGD, label smoothing, mixup), which this build does not have yet";
+
+/// Reads `dir/case.json` and runs it. The error side carries the kind when it was read.
+pub(super) fn load_and_run(
+    dir: &Path,
+    device: &Device,
+) -> Result<(String, Outcome), (String, anyhow::Error)> {
+    let unknown = || "?".to_owned();
+    let path = dir.join("case.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))
+        .map_err(|e| (unknown(), e))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("parsing {}", path.display()))
+        .map_err(|e| (unknown(), e))?;
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .ok_or_else(|| anyhow!("{}: no \"kind\" string", path.display()))
+        .map_err(|e| (unknown(), e))?
+        .to_owned();
+    let outcome = match kind.as_str() {
+        "encoding" => parse(&path, value).and_then(|case| run_encoding(&case)),
+        "fusion" => parse(&path, value).and_then(|case| run_fusion(dir, &case, device)),
+        "model" => parse(&path, value).and_then(|case| run_model(dir, &case, device)),
+        "checkpoint" => parse(&path, value).and_then(|case| run_checkpoint(dir, &case)),
+        "train_step" => Ok(Outcome::Unsupported(TRAIN_STEP_UNSUPPORTED.to_owned())),
+        other => Err(anyhow!(
+            "unknown case kind {other:?}: expected encoding, fusion, model, checkpoint or train_step"
+        )),
+    };
+    match outcome {
+        Ok(outcome) => Ok((kind, outcome)),
+        Err(err) => Err((kind, err)),
+    }
+}
+
+fn parse<T: DeserializeOwned>(path: &Path, value: serde_json::Value) -> anyhow::Result<T> {
+    serde_json::from_value(value).with_context(|| format!("{}: not a valid case", path.display()))
+}
+
+fn verdict(checks: Vec<TensorCheck>) -> Outcome {
+    if checks.iter().all(TensorCheck::passed) {
+        Outcome::Passed(checks)
+    } else {
+        Outcome::Failed(checks)
+    }
+}
+
+fn load_tensors(
+    dir: &Path,
+    file: &Path,
+    device: &Device,
+) -> anyhow::Result<HashMap<String, Tensor>> {
+    let path = dir.join(file);
+    candle_core::safetensors::load(&path, device)
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+fn take(tensors: &HashMap<String, Tensor>, name: &str, file: &Path) -> anyhow::Result<Tensor> {
+    tensors
+        .get(name)
+        .cloned()
+        .with_context(|| format!("{} has no tensor {name:?}", file.display()))
+}
+
+/// Compares every expected tensor with the computed one of the same name; an expected tensor
+/// this computation does not produce is an error, not a silent skip.
+fn compare_all(
+    computed: &[(&str, Option<Tensor>)],
+    expected: &HashMap<String, Tensor>,
+    tolerance: &Tolerance,
+) -> anyhow::Result<Vec<TensorCheck>> {
+    let mut names: Vec<&String> = expected.keys().collect();
+    names.sort();
+    let mut checks = Vec::new();
+    for name in names {
+        let actual = computed
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, t)| t.as_ref())
+            .with_context(|| {
+                format!("the expected tensor {name:?} is not something this case computes")
+            })?;
+        checks.push(TensorCheck::new(name, actual, &expected[name], tolerance)?);
+    }
+    if checks.is_empty() {
+        bail!("the expected file holds no tensors");
+    }
+    Ok(checks)
+}
+
+#[derive(Debug, Deserialize)]
+struct EncodingCase {
+    tolerance: Tolerance,
+    cases: Vec<EncodingVector>,
+}
+
+#[derive(Debug, Deserialize)]
+struct EncodingVector {
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+    date: Option<String>,
+    metadata: Metadata,
+    expected: Vec<f64>,
+}
+
+fn run_encoding(case: &EncodingCase) -> anyhow::Result<Outcome> {
+    if case.cases.is_empty() {
+        bail!("an encoding case with no vectors");
+    }
+    let mut per_mode: Vec<(Metadata, Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut checks = Vec::new();
+    for (idx, vector) in case.cases.iter().enumerate() {
+        let observation =
+            Observation::parse(vector.latitude, vector.longitude, vector.date.as_deref())
+                .with_context(|| format!("vector #{idx}"))?;
+        let got = observation.encode(vector.metadata);
+        let label = format!(
+            "vector #{idx} ({:?}, {:?}, {:?}, {})",
+            vector.latitude, vector.longitude, vector.date, vector.metadata
+        );
+        if got.len() != vector.expected.len() {
+            bail!(
+                "{label}: encoded width {}, expected {}",
+                got.len(),
+                vector.expected.len()
+            );
+        }
+        let single = TensorCheck::from_values(&label, &got, &vector.expected, &case.tolerance);
+        if !single.passed() {
+            checks.push(single);
+        }
+        match per_mode.iter_mut().find(|(m, _, _)| *m == vector.metadata) {
+            Some((_, actual, expected)) => {
+                actual.extend(&got);
+                expected.extend(&vector.expected);
+            }
+            None => per_mode.push((vector.metadata, got, vector.expected.clone())),
+        }
+    }
+    for (metadata, actual, expected) in &per_mode {
+        let n = actual.len() / metadata.n_inputs();
+        checks.insert(
+            0,
+            TensorCheck::from_values(
+                &format!("{metadata} ({n} vectors)"),
+                actual,
+                expected,
+                &case.tolerance,
+            ),
+        );
+    }
+    Ok(verdict(checks))
+}
+
+#[derive(Debug, Deserialize)]
+struct FusionCase {
+    metadata: Metadata,
+    fusion: FusionConfig,
+    image_features_dim: usize,
+    weights: PathBuf,
+    inputs: PathBuf,
+    expected: PathBuf,
+    #[serde(default = "strict_keys")]
+    unused_weight_keys: UnusedKeys,
+    tolerance: Tolerance,
+}
+
+fn strict_keys() -> UnusedKeys {
+    UnusedKeys::Error
+}
+
+fn load_weights(
+    dir: &Path,
+    file: &Path,
+    store: &ParamStore,
+    unused_keys: UnusedKeys,
+) -> anyhow::Result<()> {
+    let weights = WeightsFile::read(&dir.join(file))?;
+    weights.load_into(
+        store,
+        LoadPolicy {
+            unused_keys,
+            allow_missing: false,
+        },
+    )?;
+    Ok(())
+}
+
+fn run_fusion(dir: &Path, case: &FusionCase, device: &Device) -> anyhow::Result<Outcome> {
+    let store = ParamStore::zeroed();
+    let vb = store.var_builder(DType::F32, device);
+    let head = FusionHead::new(
+        case.image_features_dim,
+        case.metadata.n_inputs(),
+        &case.fusion,
+        vb,
+    )?;
+    load_weights(dir, &case.weights, &store, case.unused_weight_keys)?;
+    let inputs = load_tensors(dir, &case.inputs, device)?;
+    let features = take(&inputs, "image_features", &case.inputs)?;
+    let loc = take(&inputs, "loc", &case.inputs)?;
+    let out = head.forward_t(&features, &loc, false)?;
+    let expected = load_tensors(dir, &case.expected, &Device::Cpu)?;
+    let computed = [
+        ("loc_features", Some(out.loc_features)),
+        ("fused", Some(out.fused)),
+    ];
+    Ok(verdict(compare_all(&computed, &expected, &case.tolerance)?))
+}
+
+#[derive(Debug, Deserialize)]
+struct ModelCase {
+    backbone: BackboneSpec,
+    fusion: Option<FusionConfig>,
+    metadata: Option<Metadata>,
+    num_classes: usize,
+    weights: PathBuf,
+    #[serde(default = "strict_keys")]
+    unused_weight_keys: UnusedKeys,
+    inputs: PathBuf,
+    expected: PathBuf,
+    tolerance: Tolerance,
+}
+
+fn run_model(dir: &Path, case: &ModelCase, device: &Device) -> anyhow::Result<Outcome> {
+    let config = ModelConfig {
+        backbone: Some(case.backbone.clone()),
+        feature_dim: None,
+        num_classes: case.num_classes,
+        metadata: case.metadata,
+        fusion: case.fusion.clone(),
+        dtype: ModelDType::F32,
+    };
+    let model = Classifier::new_zeroed(&config, device)?;
+    load_weights(dir, &case.weights, model.store(), case.unused_weight_keys)?;
+    let inputs = load_tensors(dir, &case.inputs, device)?;
+    let image = take(&inputs, "image", &case.inputs)?;
+    let loc = if case.fusion.is_some() {
+        Some(take(&inputs, "loc", &case.inputs)?)
+    } else {
+        None
+    };
+    let out = model.forward_t(&image, loc.as_ref(), false)?;
+    let expected = load_tensors(dir, &case.expected, &Device::Cpu)?;
+    let computed = [
+        ("logits", Some(out.logits)),
+        ("features", Some(out.features)),
+        ("loc_features", out.loc_features),
+        ("fused", out.fused),
+    ];
+    Ok(verdict(compare_all(&computed, &expected, &case.tolerance)?))
+}
+
+#[derive(Debug, Deserialize)]
+struct CheckpointCase {
+    checkpoint: PathBuf,
+    expected: PathBuf,
+    epoch: Option<i64>,
+    tolerance: Tolerance,
+}
+
+fn run_checkpoint(dir: &Path, case: &CheckpointCase) -> anyhow::Result<Outcome> {
+    let file = WeightsFile::read(&dir.join(&case.checkpoint))?;
+    let expected = load_tensors(dir, &case.expected, &Device::Cpu)?;
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|k| !file.tensors.contains_key(*k))
+        .collect();
+    let extra: Vec<&String> = file
+        .tensors
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .collect();
+    if !missing.is_empty() || !extra.is_empty() {
+        bail!(
+            "the checkpoint's tensors differ from the expected ones: missing {missing:?}, unexpected {extra:?}"
+        );
+    }
+    let mut names: Vec<&String> = expected.keys().collect();
+    names.sort();
+    let (mut all_actual, mut all_expected) = (Vec::new(), Vec::new());
+    let mut checks = Vec::new();
+    for name in names {
+        let check = TensorCheck::new(name, &file.tensors[name], &expected[name], &case.tolerance)?;
+        let flat = |t: &Tensor| -> anyhow::Result<Vec<f64>> {
+            Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
+        };
+        all_actual.extend(flat(&file.tensors[name])?);
+        all_expected.extend(flat(&expected[name])?);
+        if !check.passed() {
+            checks.push(check);
+        }
+    }
+    let label = format!("all {} tensors, module. prefix stripped", expected.len());
+    checks.insert(
+        0,
+        TensorCheck::from_values(&label, &all_actual, &all_expected, &case.tolerance),
+    );
+    if let Some(epoch) = case.epoch {
+        let read = file.epoch.context("the checkpoint holds no epoch")?;
+        let exact = Tolerance {
+            rel_l2: None,
+            max_abs: Some(0.0),
+        };
+        checks.push(TensorCheck::from_values(
+            "epoch",
+            &[read as f64],
+            &[epoch as f64],
+            &exact,
+        ));
+    }
+    Ok(verdict(checks))
+}

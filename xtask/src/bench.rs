@@ -50,16 +50,11 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // candle and gemm size their thread pools from RAYON_NUM_THREADS when first used.
     // SAFETY: nothing else runs yet; no other thread reads the environment concurrently.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
-    eprintln!(
-        "bench model: {threads} threads, release build: {}",
-        !cfg!(debug_assertions)
-    );
+    eprintln!("bench model: {threads} threads, release build: {}", !cfg!(debug_assertions));
     if cfg!(debug_assertions) {
         eprintln!(
             "warning: a debug build; run `cargo xtask-release bench model` or `cargo run --release -p xtask -- bench model` for real figures"
@@ -76,24 +71,13 @@ fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
         Some(python) => Some(run_torch(python, threads, args)?),
         None => None,
     };
-    println!(
-        "{:<34} {:>10} {:>10} {:>8}",
-        "step (forward + backward)", "dmlp s", "torch s", "ratio"
-    );
+    println!("{:<34} {:>10} {:>10} {:>8}", "step (forward + backward)", "dmlp s", "torch s", "ratio");
     let row = |name: &str, ours: f64, theirs: Option<f64>| match theirs {
         Some(t) => println!("{name:<34} {ours:>10.3} {t:>10.3} {:>7.2}×", ours / t),
         None => println!("{name:<34} {ours:>10.3} {:>10} {:>8}", "-", "-"),
     };
-    row(
-        "Dynamic MLP-C head, batch 512",
-        head_s,
-        torch.as_ref().map(|t| t.head_step_s),
-    );
-    row(
-        "ResNet-50, batch 8 × 224²",
-        resnet_s,
-        torch.as_ref().map(|t| t.resnet50_step_s),
-    );
+    row("Dynamic MLP-C head, batch 512", head_s, torch.as_ref().map(|t| t.head_step_s));
+    row("ResNet-50, batch 8 × 224²", resnet_s, torch.as_ref().map(|t| t.resnet50_step_s));
     if torch.is_some() {
         println!("(ratio = dmlp time / PyTorch time; below 1 means dmlp is faster)");
     }
@@ -131,12 +115,7 @@ fn time_steps(iters: usize, mut step: Step) -> anyhow::Result<f64> {
 fn head_step(device: &Device) -> anyhow::Result<Step> {
     let store = ParamStore::new(0);
     let config = FusionConfig::with_defaults(FusionKind::DynamicMlpC);
-    let head = FusionHead::new(
-        2048,
-        Metadata::GeoTemporal.n_inputs(),
-        &config,
-        store.var_builder(DType::F32, device),
-    )?;
+    let head = FusionHead::new(2048, Metadata::GeoTemporal.n_inputs(), &config, store.var_builder(DType::F32, device))?;
     let features = Tensor::randn(0f32, 1.0, (HEAD_BATCH, 2048), device)?;
     let loc = Tensor::rand(-1f32, 1.0, (HEAD_BATCH, 6), device)?;
     Ok(Box::new(move || {
@@ -174,10 +153,7 @@ struct TorchTimes {
 }
 
 fn run_torch(python: &Path, threads: usize, args: &ModelBenchArgs) -> anyhow::Result<TorchTimes> {
-    let script = crate::paths::project_root()
-        .join("xtask")
-        .join("python")
-        .join("bench_model.py");
+    let script = crate::paths::project_root().join("xtask").join("python").join("bench_model.py");
     eprintln!("torch: running {} {}", python.display(), script.display());
     let output = Command::new(python)
         .arg(&script)
@@ -187,19 +163,12 @@ fn run_torch(python: &Path, threads: usize, args: &ModelBenchArgs) -> anyhow::Re
         .output()
         .with_context(|| format!("running {}", python.display()))?;
     if !output.status.success() {
-        bail!(
-            "the PyTorch benchmark failed ({}):\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
+        bail!("the PyTorch benchmark failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout
-        .lines()
-        .last()
-        .context("the PyTorch benchmark printed nothing")?;
-    let times: TorchTimes = serde_json::from_str(last)
-        .with_context(|| format!("parsing the PyTorch benchmark's output {last:?}"))?;
+    let last = stdout.lines().last().context("the PyTorch benchmark printed nothing")?;
+    let times: TorchTimes =
+        serde_json::from_str(last).with_context(|| format!("parsing the PyTorch benchmark's output {last:?}"))?;
     eprintln!(
         "torch {} head step: {:.3} s, ResNet-50 step: {:.3} s",
         times.torch_version, times.head_step_s, times.resnet50_step_s

@@ -7,6 +7,7 @@
 mod bench;
 mod parity;
 mod paths;
+mod tidy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

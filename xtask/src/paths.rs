@@ -6,10 +6,7 @@ use anyhow::{Context, bail};
 
 /// The workspace root (the folder above `xtask/`).
 pub(crate) fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// The shared folder beside the checkout: `$DMLP_SHARED_DIR` if set, else `<root>/shared`, else
@@ -37,10 +34,7 @@ pub(crate) fn shared_dir() -> anyhow::Result<PathBuf> {
 pub(crate) fn parity_fixtures_dir() -> anyhow::Result<PathBuf> {
     let dir = shared_dir()?.join("fixtures").join("parity");
     if !dir.is_dir() {
-        bail!(
-            "{} does not exist: the shared folder has no parity fixtures",
-            dir.display()
-        );
+        bail!("{} does not exist: the shared folder has no parity fixtures", dir.display());
     }
     Ok(dir)
 }

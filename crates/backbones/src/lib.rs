@@ -37,14 +37,10 @@ impl Backbone {
     /// Builds the backbone `spec` describes, its parameters under `vb` (at the root).
     pub fn new(spec: &BackboneSpec, vb: VarBuilder) -> Result<Self> {
         match spec.resolve() {
-            CustomBackbone::Resnet {
-                block,
-                layers,
-                width,
-            } => Ok(Backbone::ResNet(ResNet::new(block, &layers, width, vb)?)),
-            CustomBackbone::Sk2res2net { layers } => {
-                Ok(Backbone::Sk2Res2Net(Sk2Res2Net::new(&layers, vb)?))
+            CustomBackbone::Resnet { block, layers, width } => {
+                Ok(Backbone::ResNet(ResNet::new(block, &layers, width, vb)?))
             }
+            CustomBackbone::Sk2res2net { layers } => Ok(Backbone::Sk2Res2Net(Sk2Res2Net::new(&layers, vb)?)),
         }
     }
 

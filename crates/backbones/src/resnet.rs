@@ -2,9 +2,7 @@
 
 use candle_core::{Module, ModuleT, Result, Tensor, bail};
 use candle_nn::VarBuilder;
-use dmlp_nn::{
-    BatchNorm, Conv2d, Conv2dConfig, MaxPool2d, batch_norm, conv2d, global_avg_pool, init,
-};
+use dmlp_nn::{BatchNorm, Conv2d, Conv2dConfig, MaxPool2d, batch_norm, conv2d, global_avg_pool, init};
 use serde::{Deserialize, Serialize};
 
 /// The residual block of a ResNet.
@@ -62,10 +60,7 @@ struct Downsample {
 
 impl Downsample {
     fn new(in_c: usize, out_c: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            conv: resnet_conv(in_c, out_c, 1, stride, 0, vb.pp("0"))?,
-            bn: batch_norm(out_c, vb.pp("1"))?,
-        })
+        Ok(Self { conv: resnet_conv(in_c, out_c, 1, stride, 0, vb.pp("0"))?, bn: batch_norm(out_c, vb.pp("1"))? })
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
@@ -81,32 +76,21 @@ struct Block {
 }
 
 impl Block {
-    fn new(
-        kind: BlockKind,
-        in_c: usize,
-        planes: usize,
-        stride: usize,
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    fn new(kind: BlockKind, in_c: usize, planes: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
         let out_c = planes * kind.expansion();
         // (in, out, kernel, stride, padding) of conv1, conv2[, conv3].
         let shapes = match kind {
             BlockKind::Basic => vec![(in_c, planes, 3, stride, 1), (planes, planes, 3, 1, 1)],
-            BlockKind::Bottleneck => vec![
-                (in_c, planes, 1, 1, 0),
-                (planes, planes, 3, stride, 1),
-                (planes, out_c, 1, 1, 0),
-            ],
+            BlockKind::Bottleneck => {
+                vec![(in_c, planes, 1, 1, 0), (planes, planes, 3, stride, 1), (planes, out_c, 1, 1, 0)]
+            }
         };
         let convs = shapes
             .into_iter()
             .enumerate()
             .map(|(idx, (i, o, k, s, p))| {
                 let n = idx + 1;
-                Ok((
-                    resnet_conv(i, o, k, s, p, vb.pp(format!("conv{n}")))?,
-                    batch_norm(o, vb.pp(format!("bn{n}")))?,
-                ))
+                Ok((resnet_conv(i, o, k, s, p, vb.pp(format!("conv{n}")))?, batch_norm(o, vb.pp(format!("bn{n}")))?))
             })
             .collect::<Result<Vec<_>>>()?;
         let downsample = if stride != 1 || in_c != out_c {
@@ -166,30 +150,13 @@ impl ResNet {
             let mut blocks = Vec::with_capacity(n_blocks);
             for block_idx in 0..n_blocks {
                 let block_stride = if block_idx == 0 { stride } else { 1 };
-                blocks.push(Block::new(
-                    kind,
-                    in_c,
-                    planes,
-                    block_stride,
-                    stage_vb.pp(block_idx),
-                )?);
+                blocks.push(Block::new(kind, in_c, planes, block_stride, stage_vb.pp(block_idx))?);
                 in_c = planes * kind.expansion();
             }
             stages.push(blocks);
         }
-        let maxpool = MaxPool2d {
-            kernel: 3,
-            stride: 2,
-            padding: 1,
-            ceil_mode: false,
-        };
-        Ok(Self {
-            conv1,
-            bn1,
-            maxpool,
-            stages,
-            num_features: in_c,
-        })
+        let maxpool = MaxPool2d { kernel: 3, stride: 2, padding: 1, ceil_mode: false };
+        Ok(Self { conv1, bn1, maxpool, stages, num_features: in_c })
     }
 
     pub fn num_features(&self) -> usize {
@@ -199,10 +166,7 @@ impl ResNet {
     /// # Shapes
     /// `images: [B, 3, H, W]` → `[B, num_features]`.
     pub fn forward_features(&self, images: &Tensor, train: bool) -> Result<Tensor> {
-        let xs = self
-            .bn1
-            .forward_t(&self.conv1.forward(images)?, train)?
-            .relu()?; // [B, w, H/2, W/2]
+        let xs = self.bn1.forward_t(&self.conv1.forward(images)?, train)?.relu()?; // [B, w, H/2, W/2]
         let mut xs = self.maxpool.forward(&xs)?; // [B, w, H/4, W/4]
         for stage in &self.stages {
             for block in stage {

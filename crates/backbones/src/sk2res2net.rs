@@ -8,10 +8,7 @@
 
 use candle_core::{D, Module, ModuleT, Result, Tensor, bail};
 use candle_nn::{Init, VarBuilder};
-use dmlp_nn::{
-    AvgPool2d, BatchNorm, Conv2d, Conv2dConfig, MaxPool2d, batch_norm, conv2d, global_avg_pool,
-    init,
-};
+use dmlp_nn::{AvgPool2d, BatchNorm, Conv2d, Conv2dConfig, MaxPool2d, batch_norm, conv2d, global_avg_pool, init};
 
 const SCALES: usize = 4;
 const BASE_WIDTH: usize = 26;
@@ -77,12 +74,8 @@ impl SkLayer {
     fn forward_t(&self, out: &Tensor, fx: &Tensor, train: bool) -> Result<Tensor> {
         let a = candle_nn::ops::sigmoid(&self.alpha)?; // [1, 1, 1, 1]
         let one_minus_a = a.affine(-1.0, 1.0)?;
-        let gv = (gap_keepdim(out)?.broadcast_mul(&a)?
-            + gap_keepdim(fx)?.broadcast_mul(&one_minus_a)?)?; // [B, W4, 1, 1]
-        let hidden = self
-            .bn
-            .forward_t(&self.reduce.forward(&gv)?, train)?
-            .relu()?; // [B, h, 1, 1]
+        let gv = (gap_keepdim(out)?.broadcast_mul(&a)? + gap_keepdim(fx)?.broadcast_mul(&one_minus_a)?)?; // [B, W4, 1, 1]
+        let hidden = self.bn.forward_t(&self.reduce.forward(&gv)?, train)?.relu()?; // [B, h, 1, 1]
         let s = candle_nn::ops::sigmoid(&self.expand.forward(&hidden)?)?; // [B, W4, 1, 1]
         (fx - out)?.broadcast_mul(&s)? + out
     }
@@ -100,24 +93,14 @@ struct AvgDownsample {
 impl AvgDownsample {
     fn new(in_c: usize, out_c: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            pool: AvgPool2d {
-                kernel: stride,
-                stride,
-                padding: 0,
-                ceil_mode: true,
-                count_include_pad: false,
-            },
+            pool: AvgPool2d { kernel: stride, stride, padding: 0, ceil_mode: true, count_include_pad: false },
             conv: conv(in_c, out_c, 1, 1, 0, false, vb.pp("1"))?,
             bn: batch_norm(out_c, vb.pp("2"))?,
         })
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let xs = if self.pool.stride == 1 {
-            xs.clone()
-        } else {
-            self.pool.forward(xs)?
-        };
+        let xs = if self.pool.stride == 1 { xs.clone() } else { self.pool.forward(xs)? };
         self.bn.forward_t(&self.conv.forward(&xs)?, train)
     }
 }
@@ -140,28 +123,14 @@ struct Bottle2neck {
 }
 
 impl Bottle2neck {
-    fn new(
-        in_c: usize,
-        planes: usize,
-        stride: usize,
-        first_in_stage: bool,
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    fn new(in_c: usize, planes: usize, stride: usize, first_in_stage: bool, vb: VarBuilder) -> Result<Self> {
         let split_width = planes * BASE_WIDTH / BASE_CHANNELS;
         let width = split_width * SCALES;
         let out_c = planes * EXPANSION;
         let convs = (0..SCALES - 1)
             .map(|idx| {
                 Ok((
-                    conv(
-                        split_width,
-                        split_width,
-                        3,
-                        1,
-                        1,
-                        false,
-                        vb.pp("convs").pp(idx),
-                    )?,
+                    conv(split_width, split_width, 3, 1, 1, false, vb.pp("convs").pp(idx))?,
                     batch_norm(split_width, vb.pp("bns").pp(idx))?,
                 ))
             })
@@ -193,10 +162,7 @@ impl Bottle2neck {
     /// # Shapes
     /// `xs: [B, in, H, W]` → `[B, 4·planes, H/stride, W/stride]`.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self
-            .bn1
-            .forward_t(&self.conv1.forward(xs)?, train)?
-            .relu()?; // [B, W4, H, W]
+        let out = self.bn1.forward_t(&self.conv1.forward(xs)?, train)?.relu()?; // [B, W4, H, W]
         let splits = (0..SCALES)
             .map(|idx| out.narrow(1, idx * self.split_width, self.split_width))
             .collect::<Result<Vec<_>>>()?;
@@ -233,19 +199,10 @@ struct DeepStem {
 impl DeepStem {
     fn new(vb: VarBuilder) -> Result<Self> {
         let half = STEM_CHANNELS / 2;
-        let shapes = [
-            (3, half, 2, 0),
-            (half, half, 1, 3),
-            (half, STEM_CHANNELS, 1, 6),
-        ];
+        let shapes = [(3, half, 2, 0), (half, half, 1, 3), (half, STEM_CHANNELS, 1, 6)];
         let layers = shapes
             .into_iter()
-            .map(|(i, o, s, key)| {
-                Ok((
-                    conv(i, o, 3, s, 1, false, vb.pp(key))?,
-                    batch_norm(o, vb.pp(key + 1))?,
-                ))
-            })
+            .map(|(i, o, s, key)| Ok((conv(i, o, 3, s, 1, false, vb.pp(key))?, batch_norm(o, vb.pp(key + 1))?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers })
     }
@@ -273,9 +230,7 @@ pub struct Sk2Res2Net {
 impl Sk2Res2Net {
     pub fn new(layers: &[usize], vb: VarBuilder) -> Result<Self> {
         if layers.is_empty() || layers.contains(&0) {
-            bail!(
-                "an SK-Res2Net needs at least one stage and one block per stage, got layers {layers:?}"
-            )
+            bail!("an SK-Res2Net needs at least one stage and one block per stage, got layers {layers:?}")
         }
         let stem = DeepStem::new(vb.pp("stem"))?;
         let mut in_c = STEM_CHANNELS;
@@ -298,18 +253,8 @@ impl Sk2Res2Net {
             }
             stages.push(blocks);
         }
-        let maxpool = MaxPool2d {
-            kernel: 3,
-            stride: 2,
-            padding: 1,
-            ceil_mode: false,
-        };
-        Ok(Self {
-            stem,
-            maxpool,
-            stages,
-            num_features: in_c,
-        })
+        let maxpool = MaxPool2d { kernel: 3, stride: 2, padding: 1, ceil_mode: false };
+        Ok(Self { stem, maxpool, stages, num_features: in_c })
     }
 
     pub fn num_features(&self) -> usize {

@@ -71,23 +71,15 @@ impl BackbonePreset {
 
     /// The explicit description of this preset.
     pub fn custom(self) -> CustomBackbone {
-        let resnet = |block, layers: [usize; 4]| CustomBackbone::Resnet {
-            block,
-            layers: layers.to_vec(),
-            width: 64,
-        };
+        let resnet = |block, layers: [usize; 4]| CustomBackbone::Resnet { block, layers: layers.to_vec(), width: 64 };
         match self {
             BackbonePreset::Resnet18 => resnet(BlockKind::Basic, [2, 2, 2, 2]),
             BackbonePreset::Resnet34 => resnet(BlockKind::Basic, [3, 4, 6, 3]),
             BackbonePreset::Resnet50 => resnet(BlockKind::Bottleneck, [3, 4, 6, 3]),
             BackbonePreset::Resnet101 => resnet(BlockKind::Bottleneck, [3, 4, 23, 3]),
             BackbonePreset::Resnet152 => resnet(BlockKind::Bottleneck, [3, 8, 36, 3]),
-            BackbonePreset::Sk2res2net50 => CustomBackbone::Sk2res2net {
-                layers: vec![3, 4, 6, 3],
-            },
-            BackbonePreset::Sk2res2net101 => CustomBackbone::Sk2res2net {
-                layers: vec![3, 4, 23, 3],
-            },
+            BackbonePreset::Sk2res2net50 => CustomBackbone::Sk2res2net { layers: vec![3, 4, 6, 3] },
+            BackbonePreset::Sk2res2net101 => CustomBackbone::Sk2res2net { layers: vec![3, 4, 23, 3] },
         }
     }
 }
@@ -102,16 +94,10 @@ impl std::str::FromStr for BackbonePreset {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        BackbonePreset::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = BackbonePreset::ALL.iter().map(|p| p.as_str()).collect();
-                format!(
-                    "unknown backbone {s:?}, expected one of {}",
-                    names.join(", ")
-                )
-            })
+        BackbonePreset::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| {
+            let names: Vec<_> = BackbonePreset::ALL.iter().map(|p| p.as_str()).collect();
+            format!("unknown backbone {s:?}, expected one of {}", names.join(", "))
+        })
     }
 }
 
@@ -128,11 +114,7 @@ impl BackboneSpec {
     pub fn name(&self) -> String {
         match self {
             BackboneSpec::Preset(preset) => preset.as_str().to_owned(),
-            BackboneSpec::Custom(CustomBackbone::Resnet {
-                block,
-                layers,
-                width,
-            }) => {
+            BackboneSpec::Custom(CustomBackbone::Resnet { block, layers, width }) => {
                 let depths: Vec<_> = layers.iter().map(ToString::to_string).collect();
                 format!("resnet-{}-{}-w{width}", block.as_str(), depths.join("-"))
             }
@@ -153,22 +135,12 @@ mod tests {
         let spec: BackboneSpec = serde_json::from_str("\"resnet50\"").unwrap();
         assert_eq!(spec, BackboneSpec::Preset(BackbonePreset::Resnet50));
         let spec: BackboneSpec =
-            serde_json::from_str(r#"{"type": "resnet", "block": "basic", "layers": [1, 1, 1, 1]}"#)
-                .unwrap();
-        assert_eq!(
-            spec.resolve(),
-            CustomBackbone::Resnet {
-                block: BlockKind::Basic,
-                layers: vec![1; 4],
-                width: 64
-            }
-        );
+            serde_json::from_str(r#"{"type": "resnet", "block": "basic", "layers": [1, 1, 1, 1]}"#).unwrap();
+        assert_eq!(spec.resolve(), CustomBackbone::Resnet { block: BlockKind::Basic, layers: vec![1; 4], width: 64 });
         assert!(serde_json::from_str::<BackboneSpec>("\"resnet51\"").is_err());
         assert!(
-            serde_json::from_str::<BackboneSpec>(
-                r#"{"type": "resnet", "block": "basic", "layers": [1], "depth": 3}"#
-            )
-            .is_err()
+            serde_json::from_str::<BackboneSpec>(r#"{"type": "resnet", "block": "basic", "layers": [1], "depth": 3}"#)
+                .is_err()
         );
     }
 }

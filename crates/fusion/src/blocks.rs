@@ -13,19 +13,10 @@ pub struct Basic1d {
 }
 
 impl Basic1d {
-    pub fn new(
-        in_features: usize,
-        out_features: usize,
-        bias: bool,
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    pub fn new(in_features: usize, out_features: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let vb = vb.pp("conv");
         let linear = linear(in_features, out_features, bias, vb.pp("0"))?;
-        let norm = if bias {
-            None
-        } else {
-            Some(layer_norm(out_features, vb.pp("ln"))?)
-        };
+        let norm = if bias { None } else { Some(layer_norm(out_features, vb.pp("ln"))?) };
         Ok(Self { linear, norm })
     }
 }

@@ -17,11 +17,7 @@ pub struct FcResLayer {
 
 impl FcResLayer {
     pub fn new(width: usize, dropout: f32, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            w1: linear(width, width, true, vb.pp("w1"))?,
-            w2: linear(width, width, true, vb.pp("w2"))?,
-            dropout,
-        })
+        Ok(Self { w1: linear(width, width, true, vb.pp("w1"))?, w2: linear(width, width, true, vb.pp("w2"))?, dropout })
     }
 }
 
@@ -49,23 +45,13 @@ pub struct FcNet {
 
 impl FcNet {
     /// `dropout` is the residual layers' dropout probability (the reference's 0.5).
-    pub fn new(
-        num_inputs: usize,
-        out_features: usize,
-        dropout: f32,
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    pub fn new(num_inputs: usize, out_features: usize, dropout: f32, vb: VarBuilder) -> Result<Self> {
         let feats = vb.pp("feats");
         let input = linear(num_inputs, FCNET_HIDDEN, true, feats.pp("0"))?;
-        let res_layers = (2..6)
-            .map(|idx| FcResLayer::new(FCNET_HIDDEN, dropout, feats.pp(idx)))
-            .collect::<Result<Vec<_>>>()?;
+        let res_layers =
+            (2..6).map(|idx| FcResLayer::new(FCNET_HIDDEN, dropout, feats.pp(idx))).collect::<Result<Vec<_>>>()?;
         let class_emb = linear(FCNET_HIDDEN, out_features, false, vb.pp("class_emb"))?;
-        Ok(Self {
-            input,
-            res_layers,
-            class_emb,
-        })
+        Ok(Self { input, res_layers, class_emb })
     }
 }
 

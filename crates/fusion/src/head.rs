@@ -49,10 +49,7 @@ impl FusionKind {
 
     /// Whether the layers are a reconstruction of an unpublished design.
     pub fn is_reconstruction(self) -> bool {
-        matches!(
-            self,
-            FusionKind::ConcatMatched | FusionKind::AddMatched | FusionKind::MulMatched
-        )
+        matches!(self, FusionKind::ConcatMatched | FusionKind::AddMatched | FusionKind::MulMatched)
     }
 }
 
@@ -66,16 +63,10 @@ impl std::str::FromStr for FusionKind {
     type Err = FusionError;
 
     fn from_str(s: &str) -> std::result::Result<Self, FusionError> {
-        FusionKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = FusionKind::ALL.iter().map(|k| k.as_str()).collect();
-                FusionError::Config(format!(
-                    "unknown fusion type {s:?}, expected one of {}",
-                    names.join(", ")
-                ))
-            })
+        FusionKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            let names: Vec<_> = FusionKind::ALL.iter().map(|k| k.as_str()).collect();
+            FusionError::Config(format!("unknown fusion type {s:?}, expected one of {}", names.join(", ")))
+        })
     }
 }
 
@@ -132,10 +123,7 @@ impl FusionConfig {
             )));
         }
         if !(0.0..1.0).contains(&self.loc_dropout) {
-            return Err(FusionError::Config(format!(
-                "loc_dropout must be in [0, 1), got {}",
-                self.loc_dropout
-            )));
+            return Err(FusionError::Config(format!("loc_dropout must be in [0, 1), got {}", self.loc_dropout)));
         }
         Ok(())
     }
@@ -165,23 +153,9 @@ enum Block {
 impl Block {
     /// The reference's `RecursiveBlock` holds its block as `dynamic_conv`; the static baselines
     /// use `static_conv`.
-    fn new(
-        kind: FusionKind,
-        i: usize,
-        o: usize,
-        loc_planes: usize,
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    fn new(kind: FusionKind, i: usize, o: usize, loc_planes: usize, vb: VarBuilder) -> Result<Self> {
         let dynamic = vb.pp("dynamic_conv");
-        let matched = |op| {
-            Ok(Block::Matched(MatchedBlock::new(
-                op,
-                i,
-                o,
-                loc_planes,
-                vb.pp("static_conv"),
-            )?))
-        };
+        let matched = |op| Ok(Block::Matched(MatchedBlock::new(op, i, o, loc_planes, vb.pp("static_conv"))?));
         match kind {
             FusionKind::DynamicMlpA => Ok(Block::A(DynamicMlpA::new(i, o, loc_planes, dynamic)?)),
             FusionKind::DynamicMlpB => Ok(Block::B(DynamicMlpB::new(i, o, loc_planes, dynamic)?)),
@@ -214,11 +188,7 @@ pub struct FusionModule {
 
 impl FusionModule {
     /// `inplanes` is the image feature width (2048 for the reference's backbones).
-    pub fn new(
-        inplanes: usize,
-        config: &FusionConfig,
-        vb: VarBuilder,
-    ) -> std::result::Result<Self, FusionError> {
+    pub fn new(inplanes: usize, config: &FusionConfig, vb: VarBuilder) -> std::result::Result<Self, FusionError> {
         config.validate()?;
         let d = config.mlp_d;
         let conv1 = linear(inplanes, d, true, vb.pp("conv1"))?;
@@ -230,12 +200,7 @@ impl FusionModule {
             .collect::<Result<Vec<_>>>()?;
         let conv3 = linear(d, inplanes, true, vb.pp("conv3"))?;
         let norm3 = layer_norm(inplanes, vb.pp("norm3"))?;
-        Ok(Self {
-            conv1,
-            blocks,
-            conv3,
-            norm3,
-        })
+        Ok(Self { conv1, blocks, conv3, norm3 })
     }
 
     /// # Shapes
@@ -276,12 +241,7 @@ impl FusionHead {
         vb: VarBuilder,
     ) -> std::result::Result<Self, FusionError> {
         config.validate()?;
-        let loc_net = FcNet::new(
-            loc_inputs,
-            config.mlp_d,
-            config.loc_dropout,
-            vb.pp("loc_net"),
-        )?;
+        let loc_net = FcNet::new(loc_inputs, config.mlp_d, config.loc_dropout, vb.pp("loc_net"))?;
         let loc_att = FusionModule::new(image_features, config, vb.pp("loc_att"))?;
         Ok(Self { loc_net, loc_att })
     }
@@ -291,9 +251,6 @@ impl FusionHead {
     pub fn forward_t(&self, features: &Tensor, loc: &Tensor, train: bool) -> Result<FusionOutput> {
         let loc_features = self.loc_net.forward_t(loc, train)?;
         let fused = self.loc_att.forward(features, &loc_features)?;
-        Ok(FusionOutput {
-            loc_features,
-            fused,
-        })
+        Ok(FusionOutput { loc_features, fused })
     }
 }

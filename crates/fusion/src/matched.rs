@@ -114,8 +114,7 @@ impl MatchedBlock {
             FuseOp::Addition => (u + v)?,
             FuseOp::Multiplication => (u * v)?,
         };
-        self.conv3
-            .forward(&self.br.forward(&self.proj.forward(&fused)?)?)
+        self.conv3.forward(&self.br.forward(&self.proj.forward(&fused)?)?)
     }
 }
 
@@ -125,26 +124,13 @@ mod tests {
 
     #[test]
     fn hidden_width_lands_on_the_dynamic_block_size() {
-        for op in [
-            FuseOp::Concatenation,
-            FuseOp::Addition,
-            FuseOp::Multiplication,
-        ] {
-            for (i, o, l) in [
-                (256, 64, 256),
-                (64, 256, 256),
-                (64, 64, 256),
-                (256, 256, 256),
-                (128, 32, 128),
-            ] {
+        for op in [FuseOp::Concatenation, FuseOp::Addition, FuseOp::Multiplication] {
+            for (i, o, l) in [(256, 64, 256), (64, 256, 256), (64, 64, 256), (256, 256, 256), (128, 32, 128)] {
                 let k = matched_hidden_width(op, i, o, l);
                 let target = dynamic_mlp_c_block_params(i, o, l);
                 let got = matched_block_params(op, i, o, l, k);
                 let next = matched_block_params(op, i, o, l, k + 1);
-                assert!(
-                    got.abs_diff(target) <= next.abs_diff(target),
-                    "{op:?} {i} {o} {l}: k {k}"
-                );
+                assert!(got.abs_diff(target) <= next.abs_diff(target), "{op:?} {i} {o} {l}: k {k}");
                 assert!(
                     (got as f64 - target as f64).abs() / (target as f64) < 0.005,
                     "{op:?} {i} {o}: {got} vs {target}"

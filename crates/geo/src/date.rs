@@ -19,16 +19,10 @@ impl Date {
     pub fn new(year: i32, month: u8, day: u8) -> Result<Self, GeoError> {
         let value = || format!("{year:04}-{month:02}-{day:02}");
         if !(1..=12).contains(&month) {
-            return Err(GeoError::InvalidDate {
-                value: value(),
-                reason: "month is not in 1-12",
-            });
+            return Err(GeoError::InvalidDate { value: value(), reason: "month is not in 1-12" });
         }
         if day == 0 || day > days_in_month(year, month) {
-            return Err(GeoError::InvalidDate {
-                value: value(),
-                reason: "the month has no such day",
-            });
+            return Err(GeoError::InvalidDate { value: value(), reason: "the month has no such day" });
         }
         Ok(Self { year, month, day })
     }
@@ -36,10 +30,7 @@ impl Date {
     /// Parses `YYYY-MM-DD`, optionally followed by a time and a zone after a space or a `T`
     /// (`2011-07-15`, `2011-07-15 00:00:00+00:00`, `2007-10-31T10:22:01`). Only the date counts.
     pub fn parse(text: &str) -> Result<Self, GeoError> {
-        let invalid = |reason| GeoError::InvalidDate {
-            value: text.to_owned(),
-            reason,
-        };
+        let invalid = |reason| GeoError::InvalidDate { value: text.to_owned(), reason };
         let trimmed = text.trim();
         let (date_part, rest) = match trimmed.find([' ', 'T']) {
             Some(idx) => trimmed.split_at(idx),
@@ -49,8 +40,7 @@ impl Date {
             return Err(invalid("nothing follows the date separator"));
         }
         let mut fields = date_part.split('-');
-        let (Some(year), Some(month), Some(day), None) =
-            (fields.next(), fields.next(), fields.next(), fields.next())
+        let (Some(year), Some(month), Some(day), None) = (fields.next(), fields.next(), fields.next(), fields.next())
         else {
             return Err(invalid("expected YYYY-MM-DD"));
         };
@@ -65,9 +55,7 @@ impl Date {
             return Err(invalid("expected YYYY-MM-DD"));
         }
         let year: i32 = year.parse().map_err(|_| invalid("year is not a number"))?;
-        let month: u8 = month
-            .parse()
-            .map_err(|_| invalid("month is not a number"))?;
+        let month: u8 = month.parse().map_err(|_| invalid("month is not a number"))?;
         let day: u8 = day.parse().map_err(|_| invalid("day is not a number"))?;
         Self::new(year, month, day).map_err(|err| match err {
             GeoError::InvalidDate { reason, .. } => invalid(reason),
@@ -89,19 +77,13 @@ impl Date {
 
     /// Day of the year, 1-based (1 January is 1).
     pub fn day_of_year(&self) -> u16 {
-        let before: u16 = (1..self.month)
-            .map(|m| u16::from(days_in_month(self.year, m)))
-            .sum();
+        let before: u16 = (1..self.month).map(|m| u16::from(days_in_month(self.year, m))).sum();
         before + u16::from(self.day)
     }
 
     /// The reference's `get_scaled_date_ratio`: `day_of_year / days_in_year · 2 − 1`, in (−1, 1].
     pub fn scaled_day_of_year(&self) -> f64 {
-        let total = if is_leap_year(self.year) {
-            366.0
-        } else {
-            365.0
-        };
+        let total = if is_leap_year(self.year) { 366.0 } else { 365.0 };
         f64::from(self.day_of_year()) / total * 2.0 - 1.0
     }
 }
@@ -118,11 +100,7 @@ pub(crate) fn is_leap_year(year: i32) -> bool {
 }
 
 fn days_in_month(year: i32, month: u8) -> u8 {
-    if month == 2 && is_leap_year(year) {
-        29
-    } else {
-        DAYS_IN_MONTH[usize::from(month - 1)]
-    }
+    if month == 2 && is_leap_year(year) { 29 } else { DAYS_IN_MONTH[usize::from(month - 1)] }
 }
 
 #[cfg(test)]
@@ -154,9 +132,7 @@ mod tests {
             "2011-07-15X00",
         ] {
             let err = Date::parse(bad).unwrap_err();
-            let GeoError::InvalidDate { value, .. } = &err else {
-                panic!("{bad}: {err}")
-            };
+            let GeoError::InvalidDate { value, .. } = &err else { panic!("{bad}: {err}") };
             assert_eq!(value, bad);
             assert!(err.to_string().contains(bad), "{err}");
         }
@@ -173,8 +149,6 @@ mod tests {
         assert_eq!(Date::new(2001, 12, 31).unwrap().scaled_day_of_year(), 1.0);
         assert_eq!(Date::new(2008, 9, 20).unwrap().day_of_year(), 264);
         assert!((Date::new(1900, 3, 1).unwrap().scaled_day_of_year() - (-0.671_233)).abs() < 1e-6);
-        assert!(
-            is_leap_year(2000) && !is_leap_year(1900) && is_leap_year(2004) && !is_leap_year(2100)
-        );
+        assert!(is_leap_year(2000) && !is_leap_year(1900) && is_leap_year(2004) && !is_leap_year(2100));
     }
 }

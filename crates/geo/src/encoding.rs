@@ -57,10 +57,7 @@ impl FromStr for Metadata {
     type Err = GeoError;
 
     fn from_str(s: &str) -> Result<Self, GeoError> {
-        Metadata::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| GeoError::UnknownMetadata(s.to_owned()))
+        Metadata::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| GeoError::UnknownMetadata(s.to_owned()))
     }
 }
 
@@ -75,11 +72,7 @@ pub struct Observation {
 impl Observation {
     /// Validates the fields that are present: latitude in [−90, 90], longitude in [−180, 180],
     /// both finite.
-    pub fn new(
-        latitude: Option<f64>,
-        longitude: Option<f64>,
-        date: Option<Date>,
-    ) -> Result<Self, GeoError> {
+    pub fn new(latitude: Option<f64>, longitude: Option<f64>, date: Option<Date>) -> Result<Self, GeoError> {
         if let Some(lat) = latitude
             && !(lat.is_finite() && (-90.0..=90.0).contains(&lat))
         {
@@ -90,19 +83,11 @@ impl Observation {
         {
             return Err(GeoError::Longitude(lon));
         }
-        Ok(Self {
-            latitude,
-            longitude,
-            date,
-        })
+        Ok(Self { latitude, longitude, date })
     }
 
     /// [`Observation::new`] with the date as the datasets write it (see [`Date::parse`]).
-    pub fn parse(
-        latitude: Option<f64>,
-        longitude: Option<f64>,
-        date: Option<&str>,
-    ) -> Result<Self, GeoError> {
+    pub fn parse(latitude: Option<f64>, longitude: Option<f64>, date: Option<&str>) -> Result<Self, GeoError> {
         let date = date.map(Date::parse).transpose()?;
         Self::new(latitude, longitude, date)
     }
@@ -121,8 +106,7 @@ impl Observation {
 
     /// Whether every field that `metadata` uses is present (else the encoding is all zeros).
     pub fn is_complete_for(&self, metadata: Metadata) -> bool {
-        let location_ok =
-            !metadata.uses_location() || (self.latitude.is_some() && self.longitude.is_some());
+        let location_ok = !metadata.uses_location() || (self.latitude.is_some() && self.longitude.is_some());
         let date_ok = !metadata.uses_date() || self.date.is_some();
         location_ok && date_ok
     }
@@ -182,24 +166,10 @@ mod tests {
     fn spec_test_vectors() {
         // Spec §2 table, rounded to 6 decimals there.
         let cases = [
-            (
-                obs(44.02901, -73.17711, "2011-07-15"),
-                [0.999426, -0.957204, 0.230306, 0.033887, 0.289414, 0.973118],
-            ),
-            (
-                obs(40.77782, -124.57932, "2008-09-20"),
-                [0.989159, -0.823341, 0.983798, 0.146849, -0.567547, 0.179281],
-            ),
-            (
-                obs(-21.93073, 114.12239, "2007-10-31"),
-                [
-                    -0.692917, 0.912675, 0.867456, 0.721017, -0.408687, -0.497513,
-                ],
-            ),
-            (
-                obs(90.0, -180.0, "1900-03-01"),
-                [0.0, 0.0, -0.858764, -1.0, -1.0, -0.512371],
-            ),
+            (obs(44.02901, -73.17711, "2011-07-15"), [0.999426, -0.957204, 0.230306, 0.033887, 0.289414, 0.973118]),
+            (obs(40.77782, -124.57932, "2008-09-20"), [0.989159, -0.823341, 0.983798, 0.146849, -0.567547, 0.179281]),
+            (obs(-21.93073, 114.12239, "2007-10-31"), [-0.692917, 0.912675, 0.867456, 0.721017, -0.408687, -0.497513]),
+            (obs(90.0, -180.0, "1900-03-01"), [0.0, 0.0, -0.858764, -1.0, -1.0, -0.512371]),
         ];
         for (observation, expected) in cases {
             let got = observation.encode(Metadata::GeoTemporal);
@@ -213,10 +183,7 @@ mod tests {
     fn modes_pick_their_fields_in_order() {
         let o = obs(44.02901, -73.17711, "2011-07-15");
         let full = o.encode(Metadata::GeoTemporal);
-        assert_eq!(
-            o.encode(Metadata::Geo),
-            vec![full[0], full[1], full[3], full[4]]
-        );
+        assert_eq!(o.encode(Metadata::Geo), vec![full[0], full[1], full[3], full[4]]);
         assert_eq!(o.encode(Metadata::Temporal), vec![full[2], full[5]]);
         let mut buf = [0f32; 4];
         o.encode_into(Metadata::Geo, &mut buf);
@@ -239,17 +206,9 @@ mod tests {
         let err = Observation::new(Some(95.0), Some(0.0), None).unwrap_err();
         assert_eq!(err, GeoError::Latitude(95.0));
         assert!(err.to_string().contains("95"));
-        assert!(
-            matches!(Observation::new(Some(f64::NAN), Some(0.0), None), Err(GeoError::Latitude(v)) if v.is_nan())
-        );
-        assert_eq!(
-            Observation::new(Some(0.0), Some(-180.5), None),
-            Err(GeoError::Longitude(-180.5))
-        );
-        assert!(matches!(
-            Observation::new(None, Some(f64::INFINITY), None),
-            Err(GeoError::Longitude(_))
-        ));
+        assert!(matches!(Observation::new(Some(f64::NAN), Some(0.0), None), Err(GeoError::Latitude(v)) if v.is_nan()));
+        assert_eq!(Observation::new(Some(0.0), Some(-180.5), None), Err(GeoError::Longitude(-180.5)));
+        assert!(matches!(Observation::new(None, Some(f64::INFINITY), None), Err(GeoError::Longitude(_))));
         assert!(matches!(
             Observation::parse(Some(0.0), Some(0.0), Some("2011-02-30")),
             Err(GeoError::InvalidDate { .. })
@@ -262,11 +221,7 @@ mod tests {
             assert_eq!(m.as_str().parse::<Metadata>().unwrap(), m);
         }
         assert_eq!(
-            [
-                Metadata::GeoTemporal.n_inputs(),
-                Metadata::Geo.n_inputs(),
-                Metadata::Temporal.n_inputs()
-            ],
+            [Metadata::GeoTemporal.n_inputs(), Metadata::Geo.n_inputs(), Metadata::Temporal.n_inputs()],
             [6, 4, 2]
         );
         assert!("geotemporal".parse::<Metadata>().is_err());

@@ -48,11 +48,7 @@ impl Classifier {
     fn build(config: &ModelConfig, store: ParamStore, device: &Device) -> Result<Self, ModelError> {
         config.validate()?;
         let vb = store.var_builder(config.dtype.dtype(), device);
-        let backbone = config
-            .backbone
-            .as_ref()
-            .map(|spec| Backbone::new(spec, vb.clone()))
-            .transpose()?;
+        let backbone = config.backbone.as_ref().map(|spec| Backbone::new(spec, vb.clone())).transpose()?;
         let num_features = match (&backbone, config.feature_dim) {
             (Some(backbone), _) => backbone.num_features(),
             (None, Some(dim)) => dim,
@@ -64,15 +60,7 @@ impl Classifier {
             .map(|fusion| FusionHead::new(num_features, config.loc_inputs(), fusion, vb.clone()))
             .transpose()?;
         let fc = linear(num_features, config.num_classes, true, vb.pp("fc"))?;
-        Ok(Self {
-            config: config.clone(),
-            store,
-            device: device.clone(),
-            backbone,
-            head,
-            fc,
-            num_features,
-        })
+        Ok(Self { config: config.clone(), store, device: device.clone(), backbone, head, fc, num_features })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -138,16 +126,10 @@ impl Classifier {
         let features = features.to_dtype(self.dtype())?;
         let Some(head) = &self.head else {
             let logits = self.fc.forward(&features)?;
-            return Ok(ClassifierOutput {
-                features,
-                loc_features: None,
-                fused: None,
-                logits,
-            });
+            return Ok(ClassifierOutput { features, loc_features: None, fused: None, logits });
         };
-        let loc = loc.ok_or_else(|| {
-            ModelError::Input("this model fuses locations: pass the encoded locations".into())
-        })?;
+        let loc =
+            loc.ok_or_else(|| ModelError::Input("this model fuses locations: pass the encoded locations".into()))?;
         check_rank(loc, 2, "loc")?;
         let (b, cin) = loc.dims2()?;
         if b != features.dim(0)? || cin != self.config.loc_inputs() {
@@ -158,17 +140,9 @@ impl Classifier {
                 self.config.metadata.map_or("no", |m| m.as_str())
             )));
         }
-        let FusionOutput {
-            loc_features,
-            fused,
-        } = head.forward_t(&features, &loc.to_dtype(self.dtype())?, train)?;
+        let FusionOutput { loc_features, fused } = head.forward_t(&features, &loc.to_dtype(self.dtype())?, train)?;
         let logits = self.fc.forward(&fused)?;
-        Ok(ClassifierOutput {
-            features,
-            loc_features: Some(loc_features),
-            fused: Some(fused),
-            logits,
-        })
+        Ok(ClassifierOutput { features, loc_features: Some(loc_features), fused: Some(fused), logits })
     }
 }
 
@@ -176,9 +150,6 @@ fn check_rank(tensor: &Tensor, rank: usize, what: &str) -> Result<(), ModelError
     if tensor.rank() == rank {
         Ok(())
     } else {
-        Err(ModelError::Input(format!(
-            "{what} must have rank {rank}, got shape {:?}",
-            tensor.dims()
-        )))
+        Err(ModelError::Input(format!("{what} must have rank {rank}, got shape {:?}", tensor.dims())))
     }
 }

@@ -77,9 +77,7 @@ impl ModelConfig {
         }
         match (&self.backbone, self.feature_dim) {
             (None, None) => {
-                return err(
-                    "give a backbone, or feature_dim for a head on precomputed features".into(),
-                );
+                return err("give a backbone, or feature_dim for a head on precomputed features".into());
             }
             (Some(_), Some(_)) => {
                 return err("feature_dim is only for a model without a backbone".into());
@@ -92,9 +90,7 @@ impl ModelConfig {
                 return err("a fusion head needs metadata (geo_temporal, geo or temporal)".into());
             }
             (None, Some(m)) => {
-                return err(format!(
-                    "metadata = {m} is set but there is no fusion head to use it"
-                ));
+                return err(format!("metadata = {m} is set but there is no fusion head to use it"));
             }
             (Some(fusion), Some(_)) => fusion.validate()?,
             (None, None) => {}
@@ -109,18 +105,11 @@ impl ModelConfig {
 
     /// Reads the `[model]` table of a TOML config file (other tables are left to their owners).
     pub fn from_toml_file(path: &Path) -> Result<Self, ModelError> {
-        let file_err = |message: String| ModelError::ConfigFile {
-            path: path.to_owned(),
-            message,
-        };
+        let file_err = |message: String| ModelError::ConfigFile { path: path.to_owned(), message };
         let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
         let mut table: toml::Table = toml::from_str(&text).map_err(|e| file_err(e.to_string()))?;
-        let model = table
-            .remove("model")
-            .ok_or_else(|| file_err("no [model] table".into()))?;
-        let config: ModelConfig = model
-            .try_into()
-            .map_err(|e: toml::de::Error| file_err(format!("[model]: {e}")))?;
+        let model = table.remove("model").ok_or_else(|| file_err("no [model] table".into()))?;
+        let config: ModelConfig = model.try_into().map_err(|e: toml::de::Error| file_err(format!("[model]: {e}")))?;
         config.validate().map_err(|e| file_err(e.to_string()))?;
         Ok(config)
     }

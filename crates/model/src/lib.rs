@@ -58,11 +58,7 @@ pub fn parse_device(name: &str) -> Result<candle_core::Device, ModelError> {
     }
     let ordinal = match name {
         "cuda" => 0,
-        _ => name
-            .strip_prefix("cuda:")
-            .ok_or_else(bad)?
-            .parse::<usize>()
-            .map_err(|_| bad())?,
+        _ => name.strip_prefix("cuda:").ok_or_else(bad)?.parse::<usize>().map_err(|_| bad())?,
     };
     if !candle_core::utils::cuda_is_available() {
         return Err(ModelError::Config(format!(

@@ -51,10 +51,7 @@ pub struct LoadPolicy {
 
 impl LoadPolicy {
     /// Every model tensor present, nothing extra.
-    pub const STRICT: LoadPolicy = LoadPolicy {
-        unused_keys: UnusedKeys::Error,
-        allow_missing: false,
-    };
+    pub const STRICT: LoadPolicy = LoadPolicy { unused_keys: UnusedKeys::Error, allow_missing: false };
 }
 
 /// What a load did.
@@ -73,40 +70,24 @@ const DATA_PARALLEL_PREFIX: &str = "module.";
 impl WeightsFile {
     /// Reads a safetensors or PyTorch file.
     pub fn read(path: &Path) -> Result<Self, ModelError> {
-        let file_err = |message: String| ModelError::WeightsFile {
-            path: path.to_owned(),
-            message,
-        };
+        let file_err = |message: String| ModelError::WeightsFile { path: path.to_owned(), message };
         let mut magic = [0u8; 4];
-        std::fs::File::open(path)
-            .and_then(|mut f| f.read_exact(&mut magic))
-            .map_err(|e| file_err(e.to_string()))?;
+        std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).map_err(|e| file_err(e.to_string()))?;
         let (tensors, epoch) = if magic == *b"PK\x03\x04" {
             read_pth(path).map_err(file_err)?
         } else if magic[..2] == [0x80, 0x02] || magic[..2] == [0x80, 0x04] {
             return Err(file_err("a legacy (non-zip) PyTorch pickle: re-save it with torch.save(..., _use_new_zipfile_serialization=True)".into()));
         } else {
-            let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-                file_err(format!(
-                    "not a readable safetensors or PyTorch zip file: {e}"
-                ))
-            })?;
+            let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+                .map_err(|e| file_err(format!("not a readable safetensors or PyTorch zip file: {e}")))?;
             (tensors.into_iter().collect(), None)
         };
-        Ok(Self {
-            path: path.to_owned(),
-            tensors: strip_data_parallel_prefix(tensors),
-            epoch,
-        })
+        Ok(Self { path: path.to_owned(), tensors: strip_data_parallel_prefix(tensors), epoch })
     }
 
     /// Loads these tensors into `store`'s variables of the same names, converting dtype and
     /// device. Checks every name and shape first; changes nothing on error.
-    pub fn load_into(
-        &self,
-        store: &ParamStore,
-        policy: LoadPolicy,
-    ) -> Result<LoadReport, ModelError> {
+    pub fn load_into(&self, store: &ParamStore, policy: LoadPolicy) -> Result<LoadReport, ModelError> {
         let vars = store.vars();
         let mut missing = Vec::new();
         let mut mismatched = Vec::new();
@@ -124,57 +105,34 @@ impl WeightsFile {
                 Some(tensor) => pairs.push((var, tensor)),
             }
         }
-        let model_names: std::collections::HashSet<&str> =
-            vars.iter().map(|(name, _)| name.as_str()).collect();
+        let model_names: std::collections::HashSet<&str> = vars.iter().map(|(name, _)| name.as_str()).collect();
         let unused: Vec<String> = self
             .tensors
             .keys()
-            .filter(|name| {
-                !model_names.contains(name.as_str()) && !name.ends_with("num_batches_tracked")
-            })
+            .filter(|name| !model_names.contains(name.as_str()) && !name.ends_with("num_batches_tracked"))
             .cloned()
             .collect();
 
         let mut problems = mismatched;
         if !missing.is_empty() && !policy.allow_missing {
-            problems.push(format!(
-                "  missing from the file ({}): {}",
-                missing.len(),
-                list(&missing)
-            ));
+            problems.push(format!("  missing from the file ({}): {}", missing.len(), list(&missing)));
         }
         if !unused.is_empty() && policy.unused_keys == UnusedKeys::Error {
-            problems.push(format!(
-                "  not in the model ({}): {}",
-                unused.len(),
-                list(&unused)
-            ));
+            problems.push(format!("  not in the model ({}): {}", unused.len(), list(&unused)));
         }
         if !problems.is_empty() {
-            return Err(ModelError::WeightsMismatch {
-                path: self.path.clone(),
-                details: problems.join("\n"),
-            });
+            return Err(ModelError::WeightsMismatch { path: self.path.clone(), details: problems.join("\n") });
         }
         for (var, tensor) in &pairs {
             var.set(&tensor.to_dtype(var.dtype())?.to_device(var.device())?)?;
         }
-        Ok(LoadReport {
-            loaded: pairs.len(),
-            missing,
-            unused,
-        })
+        Ok(LoadReport { loaded: pairs.len(), missing, unused })
     }
 }
 
 fn list(names: &[String]) -> String {
     const SHOWN: usize = 12;
-    let mut text = names
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut text = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
     if names.len() > SHOWN {
         text.push_str(&format!(", … and {} more", names.len() - SHOWN));
     }
@@ -185,12 +143,10 @@ fn list(names: &[String]) -> String {
 fn strip_data_parallel_prefix(tensors: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
     tensors
         .into_iter()
-        .map(
-            |(name, tensor)| match name.strip_prefix(DATA_PARALLEL_PREFIX) {
-                Some(stripped) => (stripped.to_owned(), tensor),
-                None => (name, tensor),
-            },
-        )
+        .map(|(name, tensor)| match name.strip_prefix(DATA_PARALLEL_PREFIX) {
+            Some(stripped) => (stripped.to_owned(), tensor),
+            None => (name, tensor),
+        })
         .collect()
 }
 
@@ -206,14 +162,8 @@ fn read_pth(path: &Path) -> Result<PthContents, String> {
         for (k, v) in entries {
             let Object::Unicode(k) = k else { continue };
             if k == "epoch" {
-                epoch = Some(
-                    v.int_or_long()
-                        .map_err(|_| "`epoch` is not an integer".to_owned())?,
-                );
-            } else if key.is_none()
-                && STATE_DICT_KEYS.contains(&k.as_str())
-                && matches!(v, Object::Dict(_))
-            {
+                epoch = Some(v.int_or_long().map_err(|_| "`epoch` is not an integer".to_owned())?);
+            } else if key.is_none() && STATE_DICT_KEYS.contains(&k.as_str()) && matches!(v, Object::Dict(_)) {
                 key = Some(k);
             }
         }
@@ -229,17 +179,14 @@ fn read_pth(path: &Path) -> Result<PthContents, String> {
         tensors.insert(name, tensor);
     }
     if tensors.is_empty() {
-        return Err(format!(
-            "no tensors found (looked at the top level and under {STATE_DICT_KEYS:?})"
-        ));
+        return Err(format!("no tensors found (looked at the top level and under {STATE_DICT_KEYS:?})"));
     }
     Ok((tensors, epoch))
 }
 
 fn read_top_level_pickle(path: &Path) -> Result<Object, String> {
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut zip = zip::ZipArchive::new(BufReader::new(file))
-        .map_err(|e| format!("not a zip archive: {e}"))?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| format!("not a zip archive: {e}"))?;
     let pickle_name = zip
         .file_names()
         .filter_map(|name| name.ok().map(|name| name.into_owned()))
@@ -248,18 +195,13 @@ fn read_top_level_pickle(path: &Path) -> Result<Object, String> {
     let entry = zip.by_name(&pickle_name).map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(entry);
     let mut stack = Stack::empty();
-    stack
-        .read_loop(&mut reader)
-        .map_err(|e| format!("{pickle_name}: {e}"))?;
+    stack.read_loop(&mut reader).map_err(|e| format!("{pickle_name}: {e}"))?;
     stack.finalize().map_err(|e| format!("{pickle_name}: {e}"))
 }
 
 /// Writes `tensors` as safetensors to `path` atomically (a temporary file renamed into place).
 pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<(), ModelError> {
-    let file_err = |message: String| ModelError::WeightsFile {
-        path: path.to_owned(),
-        message,
-    };
+    let file_err = |message: String| ModelError::WeightsFile { path: path.to_owned(), message };
     let tmp = path.with_extension("safetensors.tmp");
     candle_core::safetensors::save(tensors, &tmp).map_err(|e| file_err(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| file_err(e.to_string()))

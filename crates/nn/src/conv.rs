@@ -1,6 +1,8 @@
 //! 2-D convolution.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
+
+use crate::conv_op::Conv2dOp;
 use candle_nn::{Init, VarBuilder};
 
 /// Hyper-parameters of a convolution, as `nn.Conv2d` takes them (square kernels).
@@ -15,12 +17,7 @@ pub struct Conv2dConfig {
 impl Conv2dConfig {
     /// Stride `stride`, padding `padding`, no dilation, one group.
     pub fn new(stride: usize, padding: usize) -> Self {
-        Self {
-            stride,
-            padding,
-            dilation: 1,
-            groups: 1,
-        }
+        Self { stride, padding, dilation: 1, groups: 1 }
     }
 }
 
@@ -43,22 +40,11 @@ pub fn conv2d(
     init: Init,
     vb: VarBuilder,
 ) -> Result<Conv2d> {
-    let weight = vb.get_with_hints(
-        (out_channels, in_channels / config.groups, kernel, kernel),
-        "weight",
-        init,
-    )?;
+    let weight = vb.get_with_hints((out_channels, in_channels / config.groups, kernel, kernel), "weight", init)?;
     let fan_in = in_channels / config.groups * kernel * kernel;
-    let bias = if bias {
-        Some(vb.get_with_hints(out_channels, "bias", crate::init::pytorch_default(fan_in))?)
-    } else {
-        None
-    };
-    Ok(Conv2d {
-        weight,
-        bias,
-        config,
-    })
+    let bias =
+        if bias { Some(vb.get_with_hints(out_channels, "bias", crate::init::pytorch_default(fan_in))?) } else { None };
+    Ok(Conv2d { weight, bias, config })
 }
 
 impl Conv2d {
@@ -75,11 +61,30 @@ impl Module for Conv2d {
     /// # Shapes
     /// `xs: [B, in, H, W]` → `[B, out, H', W']`, `H' = (H + 2p − d(k−1) − 1)/s + 1`.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let c = self.config;
-        let ys = xs.conv2d(&self.weight, c.padding, c.stride, c.dilation, c.groups)?;
+        let ys = conv2d_forward(xs, &self.weight, self.config)?;
         match &self.bias {
             Some(bias) => ys.broadcast_add(&bias.reshape((1, (), 1, 1))?),
             None => Ok(ys),
+        }
+    }
+}
+
+/// The convolution itself: on the CPU the project's op (im2col + gemm, forward and backward as
+/// matrix products; half precision goes through f32), elsewhere candle's kernels.
+///
+/// # Shapes
+/// `xs: [B, C, H, W]`, `weight: [O, C/groups, kh, kw]` → `[B, O, H', W']`.
+pub fn conv2d_forward(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> Result<Tensor> {
+    if !matches!(xs.device(), candle_core::Device::Cpu) {
+        let c = config;
+        return xs.conv2d(weight, c.padding, c.stride, c.dilation, c.groups);
+    }
+    match xs.dtype() {
+        DType::F32 | DType::F64 => xs.contiguous()?.apply_op2(&weight.contiguous()?, Conv2dOp(config)),
+        dtype => {
+            let xs = xs.to_dtype(DType::F32)?.contiguous()?;
+            let weight = weight.to_dtype(DType::F32)?.contiguous()?;
+            xs.apply_op2(&weight, Conv2dOp(config))?.to_dtype(dtype)
         }
     }
 }

@@ -7,17 +7,11 @@ use candle_nn::Init;
 /// `reset_parameters`). The bias uses the same bound.
 pub fn pytorch_default(fan_in: usize) -> Init {
     let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
-    Init::Uniform {
-        lo: -bound,
-        up: bound,
-    }
+    Init::Uniform { lo: -bound, up: bound }
 }
 
 /// `kaiming_normal_(mode="fan_out", nonlinearity="relu")`: N(0, 2/fan_out), what torchvision's
 /// ResNet uses for every convolution (`fan_out = out_channels · k_h · k_w`).
 pub fn kaiming_normal_fan_out(fan_out: usize) -> Init {
-    Init::Randn {
-        mean: 0.0,
-        stdev: (2.0 / fan_out.max(1) as f64).sqrt(),
-    }
+    Init::Randn { mean: 0.0, stdev: (2.0 / fan_out.max(1) as f64).sqrt() }
 }

@@ -13,19 +13,10 @@ pub struct Linear {
 }
 
 /// `nn.Linear(in_features, out_features, bias)` under `vb`, initialised as PyTorch does.
-pub fn linear(
-    in_features: usize,
-    out_features: usize,
-    bias: bool,
-    vb: VarBuilder,
-) -> Result<Linear> {
+pub fn linear(in_features: usize, out_features: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
     let init = pytorch_default(in_features);
     let weight = vb.get_with_hints((out_features, in_features), "weight", init)?;
-    let bias = if bias {
-        Some(vb.get_with_hints(out_features, "bias", init)?)
-    } else {
-        None
-    };
+    let bias = if bias { Some(vb.get_with_hints(out_features, "bias", init)?) } else { None };
     Ok(Linear { weight, bias })
 }
 

@@ -27,10 +27,8 @@ pub struct BatchNorm {
 pub fn batch_norm(num_features: usize, vb: VarBuilder) -> Result<BatchNorm> {
     let weight = vb.get_with_hints(num_features, "weight", Init::Const(1.0))?;
     let bias = vb.get_with_hints(num_features, "bias", Init::Const(0.0))?;
-    let running_mean =
-        Var::from_tensor(&vb.get_with_hints(num_features, "running_mean", Init::Const(0.0))?)?;
-    let running_var =
-        Var::from_tensor(&vb.get_with_hints(num_features, "running_var", Init::Const(1.0))?)?;
+    let running_mean = Var::from_tensor(&vb.get_with_hints(num_features, "running_mean", Init::Const(0.0))?)?;
+    let running_var = Var::from_tensor(&vb.get_with_hints(num_features, "running_var", Init::Const(1.0))?)?;
     Ok(BatchNorm {
         weight,
         bias,
@@ -86,28 +84,20 @@ impl BatchNorm {
             .broadcast_add(&self.bias.reshape(shape.as_slice())?)?;
 
         let m = self.momentum;
-        let batch_mean = mean
-            .detach()
-            .flatten_all()?
-            .to_dtype(self.running_mean.dtype())?;
-        let unbiased_var = (var.detach().flatten_all()? * (n as f64 / (n - 1) as f64))?
-            .to_dtype(self.running_var.dtype())?;
-        self.running_mean
-            .set(&((self.running_mean.as_tensor() * (1.0 - m))? + (batch_mean * m)?)?)?;
-        self.running_var
-            .set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased_var * m)?)?)?;
+        let batch_mean = mean.detach().flatten_all()?.to_dtype(self.running_mean.dtype())?;
+        let unbiased_var =
+            (var.detach().flatten_all()? * (n as f64 / (n - 1) as f64))?.to_dtype(self.running_var.dtype())?;
+        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (batch_mean * m)?)?)?;
+        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased_var * m)?)?)?;
         self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
         Ok(ys)
     }
 
     fn forward_eval(&self, xs: &Tensor) -> Result<Tensor> {
         let shape = Self::channel_shape(xs);
-        let scale = self
-            .weight
-            .div(&(self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
+        let scale = self.weight.div(&(self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
         let shift = (&self.bias - self.running_mean.as_tensor().mul(&scale)?)?;
-        xs.broadcast_mul(&scale.reshape(shape.as_slice())?)?
-            .broadcast_add(&shift.reshape(shape.as_slice())?)
+        xs.broadcast_mul(&scale.reshape(shape.as_slice())?)?.broadcast_add(&shift.reshape(shape.as_slice())?)
     }
 }
 
@@ -115,11 +105,7 @@ impl ModuleT for BatchNorm {
     /// # Shapes
     /// `xs: [B, C, H, W]` or `[B, C]` → same shape.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        if train {
-            self.forward_train(xs)
-        } else {
-            self.forward_eval(xs)
-        }
+        if train { self.forward_train(xs) } else { self.forward_eval(xs) }
     }
 }
 
@@ -136,11 +122,7 @@ pub struct LayerNorm {
 pub fn layer_norm(normalized_shape: usize, vb: VarBuilder) -> Result<LayerNorm> {
     let weight = vb.get_with_hints(normalized_shape, "weight", Init::Const(1.0))?;
     let bias = vb.get_with_hints(normalized_shape, "bias", Init::Const(0.0))?;
-    Ok(LayerNorm {
-        weight,
-        bias,
-        eps: 1e-5,
-    })
+    Ok(LayerNorm { weight, bias, eps: 1e-5 })
 }
 
 impl Module for LayerNorm {
@@ -149,19 +131,11 @@ impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         // Half precision accumulates badly over 2048 values: normalise in f32, as PyTorch's autocast does.
         let dtype = xs.dtype();
-        let xs = if matches!(dtype, DType::F16 | DType::BF16) {
-            xs.to_dtype(DType::F32)?
-        } else {
-            xs.clone()
-        };
+        let xs = if matches!(dtype, DType::F16 | DType::BF16) { xs.to_dtype(DType::F32)? } else { xs.clone() };
         let mean = xs.mean_keepdim(D::Minus1)?;
         let centered = xs.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centered
-            .broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .to_dtype(dtype)?;
-        normed
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?.to_dtype(dtype)?;
+        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
     }
 }

@@ -3,8 +3,8 @@
 //! scales max-pool gradients wrongly; see `shared/reference/candle-notes.md`).
 //!
 //! On the CPU these run as custom ops with hand-written forward and backward. On other devices
-//! they fall back to candle's kernels where those compute the same forward (no `ceil_mode`, no
-//! excluded padding), and report an error otherwise.
+//! they compute the same forward from candle's kernels on a padded input (`forward_with_candle`),
+//! whose backward candle supports only when the kernel equals the stride.
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, D, DType, Device, Layout, Result, Shape, Tensor, WithDType,
@@ -42,18 +42,10 @@ struct Geometry {
 impl Geometry {
     fn check(&self, in_h: usize, in_w: usize) -> Result<(usize, usize)> {
         if self.kernel == 0 || self.stride == 0 {
-            bail!(
-                "pooling needs a positive kernel and stride, got kernel {} stride {}",
-                self.kernel,
-                self.stride
-            )
+            bail!("pooling needs a positive kernel and stride, got kernel {} stride {}", self.kernel, self.stride)
         }
         if 2 * self.padding > self.kernel {
-            bail!(
-                "pooling padding {} exceeds half the kernel {}",
-                self.padding,
-                self.kernel
-            )
+            bail!("pooling padding {} exceeds half the kernel {}", self.padding, self.kernel)
         }
         Ok((self.out_len(in_h)?, self.out_len(in_w)?))
     }
@@ -62,17 +54,10 @@ impl Geometry {
     fn out_len(&self, len: usize) -> Result<usize> {
         let padded = len + 2 * self.padding;
         if padded < self.kernel {
-            bail!(
-                "pooling kernel {} is larger than the padded input {padded}",
-                self.kernel
-            )
+            bail!("pooling kernel {} is larger than the padded input {padded}", self.kernel)
         }
         let span = padded - self.kernel;
-        let mut out = if self.ceil_mode {
-            span.div_ceil(self.stride) + 1
-        } else {
-            span / self.stride + 1
-        };
+        let mut out = if self.ceil_mode { span.div_ceil(self.stride) + 1 } else { span / self.stride + 1 };
         // The last window must start inside the input or the left padding.
         if self.ceil_mode && (out - 1) * self.stride >= len + self.padding {
             out -= 1;
@@ -111,12 +96,7 @@ fn is_nan<T: WithDType>(v: T) -> bool {
 
 /// Index of the max of one window, as PyTorch picks it: the first maximum in row-major order, a
 /// NaN wins.
-fn argmax<T: WithDType>(
-    plane: &[T],
-    width: usize,
-    (y0, y1): (usize, usize),
-    (x0, x1): (usize, usize),
-) -> usize {
+fn argmax<T: WithDType>(plane: &[T], width: usize, (y0, y1): (usize, usize), (x0, x1): (usize, usize)) -> usize {
     let mut best_idx = y0 * width + x0;
     let mut best = plane[best_idx];
     for y in y0..y1 {
@@ -135,11 +115,7 @@ fn argmax<T: WithDType>(
 }
 
 impl Geometry {
-    fn max_forward<T: WithDType>(
-        &self,
-        xs: &[T],
-        (b, c, h, w): (usize, usize, usize, usize),
-    ) -> Result<Vec<T>> {
+    fn max_forward<T: WithDType>(&self, xs: &[T], (b, c, h, w): (usize, usize, usize, usize)) -> Result<Vec<T>> {
         let (oh, ow) = self.check(h, w)?;
         let mut out = Vec::with_capacity(b * c * oh * ow);
         for plane in xs.chunks_exact(h * w) {
@@ -154,18 +130,11 @@ impl Geometry {
         Ok(out)
     }
 
-    fn max_backward<T: WithDType>(
-        &self,
-        xs: &[T],
-        grads: &[T],
-        (h, w): (usize, usize),
-    ) -> Result<Vec<T>> {
+    fn max_backward<T: WithDType>(&self, xs: &[T], grads: &[T], (h, w): (usize, usize)) -> Result<Vec<T>> {
         let (oh, ow) = self.check(h, w)?;
         let mut grad_in = vec![T::zero(); xs.len()];
-        for ((plane, grad_plane), grad_out) in xs
-            .chunks_exact(h * w)
-            .zip(grad_in.chunks_exact_mut(h * w))
-            .zip(grads.chunks_exact(oh * ow))
+        for ((plane, grad_plane), grad_out) in
+            xs.chunks_exact(h * w).zip(grad_in.chunks_exact_mut(h * w)).zip(grads.chunks_exact(oh * ow))
         {
             for oy in 0..oh {
                 let (y0, y1, _) = self.window(oy, h);
@@ -184,11 +153,7 @@ impl Geometry {
         (y0, y1, ph): (usize, usize, usize),
         (x0, x1, pw): (usize, usize, usize),
     ) -> f64 {
-        if count_include_pad {
-            (ph * pw) as f64
-        } else {
-            ((y1 - y0) * (x1 - x0)) as f64
-        }
+        if count_include_pad { (ph * pw) as f64 } else { ((y1 - y0) * (x1 - x0)) as f64 }
     }
 
     fn avg_forward<T: WithDType>(
@@ -225,16 +190,12 @@ impl Geometry {
     ) -> Result<Vec<T>> {
         let (oh, ow) = self.check(h, w)?;
         let mut grad_in = vec![T::zero(); b * c * h * w];
-        for (grad_plane, grad_out) in grad_in
-            .chunks_exact_mut(h * w)
-            .zip(grads.chunks_exact(oh * ow))
-        {
+        for (grad_plane, grad_out) in grad_in.chunks_exact_mut(h * w).zip(grads.chunks_exact(oh * ow)) {
             for oy in 0..oh {
                 let rows = self.window(oy, h);
                 for ox in 0..ow {
                     let cols = self.window(ox, w);
-                    let g = grad_out[oy * ow + ox]
-                        / T::from_f64(self.divisor(count_include_pad, rows, cols));
+                    let g = grad_out[oy * ow + ox] / T::from_f64(self.divisor(count_include_pad, rows, cols));
                     for y in rows.0..rows.1 {
                         for x in cols.0..cols.1 {
                             grad_plane[y * w + x] += g;
@@ -259,11 +220,7 @@ macro_rules! dispatch_float {
                 type $ty = f64;
                 $body
             }
-            other => bail!(
-                "{} supports f32 and f64 on the CPU, got {:?}",
-                $name,
-                other.dtype()
-            ),
+            other => bail!("{} supports f32 and f64 on the CPU, got {:?}", $name, other.dtype()),
         }
     };
 }
@@ -287,17 +244,13 @@ impl CustomOp1 for MaxPoolOp {
         let (b, c, h, w) = dims4(layout)?;
         let (oh, ow) = self.0.check(h, w)?;
         let out = dispatch_float!(storage, self.name(), |T| T::to_cpu_storage_owned(
-            self.0
-                .max_forward(contiguous_slice::<T>(storage, layout)?, (b, c, h, w))?
+            self.0.max_forward(contiguous_slice::<T>(storage, layout)?, (b, c, h, w))?
         ));
         Ok((out, Shape::from((b, c, oh, ow))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.apply_op2_no_bwd(
-            &grad_res.contiguous()?,
-            &MaxPoolBackwardOp(self.0),
-        )?))
+        Ok(Some(arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPoolBackwardOp(self.0))?))
     }
 }
 
@@ -306,21 +259,13 @@ impl CustomOp2 for MaxPoolBackwardOp {
         "dmlp-max-pool2d-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (_, _, h, w) = dims4(l1)?;
-        let out = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(
-            self.0.max_backward(
-                contiguous_slice::<T>(s1, l1)?,
-                contiguous_slice::<T>(s2, l2)?,
-                (h, w)
-            )?
-        ));
+        let out = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(self.0.max_backward(
+            contiguous_slice::<T>(s1, l1)?,
+            contiguous_slice::<T>(s2, l2)?,
+            (h, w)
+        )?));
         Ok((out, l1.shape().clone()))
     }
 }
@@ -333,24 +278,17 @@ impl CustomOp1 for AvgPoolOp {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = dims4(layout)?;
         let (oh, ow) = self.0.check(h, w)?;
-        let out = dispatch_float!(storage, self.name(), |T| T::to_cpu_storage_owned(
-            self.0.avg_forward(
-                contiguous_slice::<T>(storage, layout)?,
-                (b, c, h, w),
-                self.1
-            )?
-        ));
+        let out = dispatch_float!(storage, self.name(), |T| T::to_cpu_storage_owned(self.0.avg_forward(
+            contiguous_slice::<T>(storage, layout)?,
+            (b, c, h, w),
+            self.1
+        )?));
         Ok((out, Shape::from((b, c, oh, ow))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let (_, _, in_h, in_w) = arg.dims4()?;
-        let op = AvgPoolBackwardOp {
-            geometry: self.0,
-            count_include_pad: self.1,
-            in_h,
-            in_w,
-        };
+        let op = AvgPoolBackwardOp { geometry: self.0, count_include_pad: self.1, in_h, in_w };
         Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&op)?))
     }
 }
@@ -363,13 +301,11 @@ impl CustomOp1 for AvgPoolBackwardOp {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c, _, _) = dims4(layout)?;
         let dims = (b, c, self.in_h, self.in_w);
-        let out = dispatch_float!(storage, self.name(), |T| T::to_cpu_storage_owned(
-            self.geometry.avg_backward(
-                contiguous_slice::<T>(storage, layout)?,
-                dims,
-                self.count_include_pad
-            )?
-        ));
+        let out = dispatch_float!(storage, self.name(), |T| T::to_cpu_storage_owned(self.geometry.avg_backward(
+            contiguous_slice::<T>(storage, layout)?,
+            dims,
+            self.count_include_pad
+        )?));
         Ok((out, Shape::from(dims)))
     }
 }
@@ -384,12 +320,7 @@ fn apply_cpu(xs: &Tensor, op: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tens
 
 impl MaxPool2d {
     fn geometry(&self) -> Geometry {
-        Geometry {
-            kernel: self.kernel,
-            stride: self.stride,
-            padding: self.padding,
-            ceil_mode: self.ceil_mode,
-        }
+        Geometry { kernel: self.kernel, stride: self.stride, padding: self.padding, ceil_mode: self.ceil_mode }
     }
 
     /// # Shapes
@@ -399,23 +330,21 @@ impl MaxPool2d {
         if let Device::Cpu = xs.device() {
             return apply_cpu(xs, |xs| xs.apply_op1(MaxPoolOp(geometry)));
         }
-        if self.ceil_mode {
-            bail!("max pooling with ceil_mode runs on the CPU only")
-        }
-        // candle's kernel on a −∞-padded input computes the same forward.
-        let padded = pad_with(xs, self.padding, f64::NEG_INFINITY)?;
+        self.forward_with_candle(xs)
+    }
+
+    /// The same forward from candle's kernel on a −∞-padded input (any device; candle's backward
+    /// only when kernel == stride).
+    pub fn forward_with_candle(&self, xs: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = xs.dims4()?;
+        let padded = pad_for(self.geometry(), xs, h, w, f64::NEG_INFINITY)?;
         padded.max_pool2d_with_stride(self.kernel, self.stride)
     }
 }
 
 impl AvgPool2d {
     fn geometry(&self) -> Geometry {
-        Geometry {
-            kernel: self.kernel,
-            stride: self.stride,
-            padding: self.padding,
-            ceil_mode: self.ceil_mode,
-        }
+        Geometry { kernel: self.kernel, stride: self.stride, padding: self.padding, ceil_mode: self.ceil_mode }
     }
 
     /// # Shapes
@@ -423,27 +352,67 @@ impl AvgPool2d {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let geometry = self.geometry();
         if let Device::Cpu = xs.device() {
-            return apply_cpu(xs, |xs| {
-                xs.apply_op1(AvgPoolOp(geometry, self.count_include_pad))
-            });
+            return apply_cpu(xs, |xs| xs.apply_op1(AvgPoolOp(geometry, self.count_include_pad)));
         }
-        if self.ceil_mode || (self.padding > 0 && !self.count_include_pad) {
-            bail!("average pooling with ceil_mode or excluded padding runs on the CPU only")
-        }
-        pad_with(xs, self.padding, 0.0)?.avg_pool2d_with_stride(self.kernel, self.stride)
+        self.forward_with_candle(xs)
+    }
+
+    /// The same forward from candle's kernel (any device; candle's backward only when
+    /// kernel == stride): window means of the zero-padded input divided by the window means of a
+    /// mask of the positions that count.
+    pub fn forward_with_candle(&self, xs: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = xs.dims4()?;
+        let geometry = self.geometry();
+        let means = pad_for(geometry, xs, h, w, 0.0)?.avg_pool2d_with_stride(self.kernel, self.stride)?;
+        // Positions that count: the input, and the padding too when count_include_pad.
+        let p = self.padding;
+        let mask = if self.count_include_pad {
+            let ones = Tensor::ones((1, 1, h + 2 * p, w + 2 * p), xs.dtype(), xs.device())?;
+            pad_sides(&ones, (0, ceil_extra(geometry, h)?), (0, ceil_extra(geometry, w)?), 0.0)?
+        } else {
+            pad_for(geometry, &Tensor::ones((1, 1, h, w), xs.dtype(), xs.device())?, h, w, 0.0)?
+        };
+        let fractions = mask.avg_pool2d_with_stride(self.kernel, self.stride)?;
+        means.broadcast_div(&fractions)
     }
 }
 
-fn pad_with(xs: &Tensor, padding: usize, value: f64) -> Result<Tensor> {
-    if padding == 0 {
-        return Ok(xs.clone());
-    }
+/// Rows (or columns) beyond the padded input that `ceil_mode`'s last window reaches.
+fn ceil_extra(geometry: Geometry, len: usize) -> Result<usize> {
+    let out = geometry.out_len(len)?;
+    let reach = (out - 1) * geometry.stride + geometry.kernel;
+    Ok(reach.saturating_sub(len + 2 * geometry.padding))
+}
+
+/// Pads the unpadded `xs` (`h × w`) by the geometry's padding on every side, plus on the bottom
+/// and right what `ceil_mode`'s last window reaches, with `value`.
+fn pad_for(geometry: Geometry, xs: &Tensor, h: usize, w: usize, value: f64) -> Result<Tensor> {
+    let p = geometry.padding;
+    pad_sides(xs, (p, p + ceil_extra(geometry, h)?), (p, p + ceil_extra(geometry, w)?), value)
+}
+
+fn pad_sides(xs: &Tensor, (top, bottom): (usize, usize), (left, right): (usize, usize), value: f64) -> Result<Tensor> {
     let (b, c, h, w) = xs.dims4()?;
-    let rows = Tensor::full(value, (b, c, padding, w), xs.device())?.to_dtype(xs.dtype())?;
-    let xs = Tensor::cat(&[&rows, xs, &rows], 2)?;
-    let cols =
-        Tensor::full(value, (b, c, h + 2 * padding, padding), xs.device())?.to_dtype(xs.dtype())?;
-    Tensor::cat(&[&cols, &xs, &cols], 3)
+    let full = |rows, cols| Tensor::full(value, (b, c, rows, cols), xs.device())?.to_dtype(xs.dtype());
+    let mut parts = Vec::new();
+    if top > 0 {
+        parts.push(full(top, w)?);
+    }
+    parts.push(xs.clone());
+    if bottom > 0 {
+        parts.push(full(bottom, w)?);
+    }
+    let xs = Tensor::cat(&parts, 2)?;
+    let rows = top + h + bottom;
+    let mut parts = Vec::new();
+    if left > 0 {
+        parts.push(full(rows, left)?);
+    }
+    parts.push(xs);
+    if right > 0 {
+        parts.push(full(rows, right)?);
+    }
+    Tensor::cat(&parts, 3)
 }
 
 /// `AdaptiveAvgPool2d(1)` then flatten.
@@ -464,12 +433,7 @@ mod tests {
 
     #[test]
     fn output_sizes_follow_pytorch() {
-        let g = |k, s, p, ceil| Geometry {
-            kernel: k,
-            stride: s,
-            padding: p,
-            ceil_mode: ceil,
-        };
+        let g = |k, s, p, ceil| Geometry { kernel: k, stride: s, padding: p, ceil_mode: ceil };
         assert_eq!(g(3, 2, 1, false).out_len(112).unwrap(), 56);
         assert_eq!(g(3, 2, 1, false).out_len(7).unwrap(), 4);
         assert_eq!(g(2, 2, 0, true).out_len(7).unwrap(), 4);
@@ -484,26 +448,12 @@ mod tests {
     fn max_pool_forward_and_tie_routed_gradient() {
         // 1x1x3x3 with ties: the first maximum in row-major order gets the gradient, weight 1.
         let xs = t(&[1., 5., 5., 0., 5., 2., 3., 4., 1.], (1, 1, 3, 3));
-        let pool = MaxPool2d {
-            kernel: 2,
-            stride: 1,
-            padding: 0,
-            ceil_mode: false,
-        };
+        let pool = MaxPool2d { kernel: 2, stride: 1, padding: 0, ceil_mode: false };
         let var = candle_core::Var::from_tensor(&xs).unwrap();
         let ys = pool.forward(var.as_tensor()).unwrap();
-        assert_eq!(
-            ys.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
-            vec![5., 5., 5., 5.]
-        );
+        assert_eq!(ys.flatten_all().unwrap().to_vec1::<f64>().unwrap(), vec![5., 5., 5., 5.]);
         let grads = ys.sum_all().unwrap().backward().unwrap();
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
+        let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
         // Windows: [1 5; 0 5], [5 5; 5 2], [0 5; 3 4], [5 2; 4 1]: the first max of each.
         assert_eq!(g, vec![0., 2., 0., 0., 2., 0., 0., 0., 0.]);
     }
@@ -512,70 +462,48 @@ mod tests {
     fn avg_pool_ceil_mode_excludes_padding_and_overhang() {
         // 1x1x3x3, kernel 2 stride 2 ceil_mode: windows of 4, 2, 2 and 1 values.
         let xs = t(&[1., 2., 3., 4., 5., 6., 7., 8., 9.], (1, 1, 3, 3));
-        let pool = AvgPool2d {
-            kernel: 2,
-            stride: 2,
-            padding: 0,
-            ceil_mode: true,
-            count_include_pad: false,
-        };
-        let ys = pool
-            .forward(&xs)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
+        let pool = AvgPool2d { kernel: 2, stride: 2, padding: 0, ceil_mode: true, count_include_pad: false };
+        let ys = pool.forward(&xs).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
         assert_eq!(ys, vec![3.0, 4.5, 7.5, 9.0]);
         // count_include_pad with padding 1, kernel 3, stride 2: corners divide by 9.
-        let pool = AvgPool2d {
-            kernel: 3,
-            stride: 2,
-            padding: 1,
-            ceil_mode: false,
-            count_include_pad: true,
-        };
-        let ys = pool
-            .forward(&xs)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
+        let pool = AvgPool2d { kernel: 3, stride: 2, padding: 1, ceil_mode: false, count_include_pad: true };
+        let ys = pool.forward(&xs).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
         assert_eq!(ys, vec![12.0 / 9.0, 16.0 / 9.0, 24.0 / 9.0, 28.0 / 9.0]);
     }
 
     #[test]
+    fn candle_fallback_computes_the_same_forward() {
+        let data: Vec<f64> = (0..2 * 3 * 7 * 9).map(|i| ((i * 53 % 17) as f64) - 8.0).collect();
+        let xs = t(&data, (2, 3, 7, 9));
+        let values = |ys: Tensor| ys.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for (kernel, stride, padding) in [(3, 2, 1), (2, 2, 0), (3, 1, 1), (1, 1, 0), (3, 3, 0), (2, 2, 1)] {
+            for ceil_mode in [false, true] {
+                let max = MaxPool2d { kernel, stride, padding, ceil_mode };
+                let case = format!("max k{kernel} s{stride} p{padding} ceil {ceil_mode}");
+                assert_eq!(values(max.forward(&xs).unwrap()), values(max.forward_with_candle(&xs).unwrap()), "{case}");
+                for count_include_pad in [false, true] {
+                    let avg = AvgPool2d { kernel, stride, padding, ceil_mode, count_include_pad };
+                    let a = values(avg.forward(&xs).unwrap());
+                    let b = values(avg.forward_with_candle(&xs).unwrap());
+                    assert_eq!(a.len(), b.len());
+                    for (x, y) in a.iter().zip(&b) {
+                        assert!((x - y).abs() < 1e-12, "avg {case} include_pad {count_include_pad}: {a:?} vs {b:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn avg_pool_gradient_matches_finite_differences() {
-        let data: Vec<f64> = (0..2 * 5 * 7)
-            .map(|i| ((i * 37 % 11) as f64) / 7.0)
-            .collect();
-        let pool = AvgPool2d {
-            kernel: 3,
-            stride: 2,
-            padding: 1,
-            ceil_mode: true,
-            count_include_pad: false,
-        };
+        let data: Vec<f64> = (0..2 * 5 * 7).map(|i| ((i * 37 % 11) as f64) / 7.0).collect();
+        let pool = AvgPool2d { kernel: 3, stride: 2, padding: 1, ceil_mode: true, count_include_pad: false };
         let weights: Vec<f64> = (0..2 * 3 * 4).map(|i| (i as f64 * 0.3).sin()).collect();
         let w = t(&weights, (1, 2, 3, 4));
-        let loss = |xs: &Tensor| {
-            pool.forward(xs)
-                .unwrap()
-                .mul(&w)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-        };
+        let loss = |xs: &Tensor| pool.forward(xs).unwrap().mul(&w).unwrap().sum_all().unwrap();
         let var = candle_core::Var::from_tensor(&t(&data, (1, 2, 5, 7))).unwrap();
         let grads = loss(var.as_tensor()).backward().unwrap();
-        let analytic = grads
-            .get(var.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
+        let analytic = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
         for idx in 0..data.len() {
             let eps = 1e-6;
             let mut plus = data.clone();
@@ -584,11 +512,7 @@ mod tests {
             minus[idx] -= eps;
             let f = |d: &[f64]| loss(&t(d, (1, 2, 5, 7))).to_scalar::<f64>().unwrap();
             let numeric = (f(&plus) - f(&minus)) / (2.0 * eps);
-            assert!(
-                (numeric - analytic[idx]).abs() < 1e-6,
-                "{idx}: {numeric} vs {}",
-                analytic[idx]
-            );
+            assert!((numeric - analytic[idx]).abs() < 1e-6, "{idx}: {numeric} vs {}", analytic[idx]);
         }
     }
 }

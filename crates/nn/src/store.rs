@@ -29,9 +29,7 @@ struct Inner {
 
 impl std::fmt::Debug for ParamStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParamStore")
-            .field("n_vars", &self.lock_vars().len())
-            .finish()
+        f.debug_struct("ParamStore").field("n_vars", &self.lock_vars().len()).finish()
     }
 }
 
@@ -49,13 +47,7 @@ impl ParamStore {
 
     fn with_inner(seed: u64, zeroed: bool) -> Self {
         let rng = Mutex::new(ChaCha8Rng::seed_from_u64(seed));
-        Self {
-            inner: Arc::new(Inner {
-                vars: Mutex::new(BTreeMap::new()),
-                rng,
-                zeroed,
-            }),
-        }
+        Self { inner: Arc::new(Inner { vars: Mutex::new(BTreeMap::new()), rng, zeroed }) }
     }
 
     /// A `VarBuilder` that creates variables in this store.
@@ -65,18 +57,12 @@ impl ParamStore {
 
     /// Every variable, sorted by name.
     pub fn vars(&self) -> Vec<(String, Var)> {
-        self.lock_vars()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.lock_vars().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     /// The trainable parameters: every variable but the BatchNorm buffers.
     pub fn trainable_vars(&self) -> Vec<(String, Var)> {
-        self.vars()
-            .into_iter()
-            .filter(|(name, _)| !crate::is_buffer_name(name))
-            .collect()
+        self.vars().into_iter().filter(|(name, _)| !crate::is_buffer_name(name)).collect()
     }
 
     pub fn get(&self, name: &str) -> Option<Var> {
@@ -85,10 +71,7 @@ impl ParamStore {
 
     fn lock_vars(&self) -> MutexGuard<'_, BTreeMap<String, Var>> {
         // A panic while holding the lock cannot leave the map half-written: recover the data.
-        self.inner
-            .vars
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.vars.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn sample(&self, shape: &Shape, init: Init) -> Result<Vec<f32>> {
@@ -96,20 +79,13 @@ impl ParamStore {
         if self.inner.zeroed {
             return Ok(vec![0.0; n]);
         }
-        let mut rng = self
-            .inner
-            .rng
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut rng = self.inner.rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match init {
             Init::Const(value) => Ok(vec![value as f32; n]),
-            Init::Uniform { lo, up } => {
-                Ok((0..n).map(|_| rng.random_range(lo..=up) as f32).collect())
-            }
+            Init::Uniform { lo, up } => Ok((0..n).map(|_| rng.random_range(lo..=up) as f32).collect()),
             Init::Randn { mean, stdev } => {
-                let normal = Normal::new(mean, stdev).map_err(|err| {
-                    candle_core::Error::Msg(format!("normal({mean}, {stdev}): {err}"))
-                })?;
+                let normal = Normal::new(mean, stdev)
+                    .map_err(|err| candle_core::Error::Msg(format!("normal({mean}, {stdev}): {err}")))?;
                 Ok((0..n).map(|_| normal.sample(&mut *rng) as f32).collect())
             }
             Init::Kaiming { .. } => {
@@ -120,28 +96,15 @@ impl ParamStore {
 }
 
 impl SimpleBackend for ParamStore {
-    fn get(
-        &self,
-        shape: Shape,
-        name: &str,
-        init: Init,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Tensor> {
+    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, device: &Device) -> Result<Tensor> {
         if let Some(var) = self.get(name) {
             if var.shape() != &shape {
-                bail!(
-                    "variable {name} was created with shape {:?} and is now asked for with {:?}",
-                    var.shape(),
-                    shape
-                )
+                bail!("variable {name} was created with shape {:?} and is now asked for with {:?}", var.shape(), shape)
             }
             return Ok(var.as_tensor().clone());
         }
         let values = self.sample(&shape, init)?;
-        let tensor = Tensor::from_vec(values, shape, &Device::Cpu)?
-            .to_dtype(dtype)?
-            .to_device(device)?;
+        let tensor = Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
         let var = Var::from_tensor(&tensor)?;
         let out = var.as_tensor().clone();
         self.lock_vars().insert(name.to_owned(), var);
@@ -170,14 +133,7 @@ mod tests {
             let store = ParamStore::new(seed);
             let vb = store.var_builder(DType::F32, &Device::Cpu);
             crate::linear(8, 4, true, vb.pp("fc")).unwrap();
-            store
-                .get("fc.weight")
-                .unwrap()
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
+            store.get("fc.weight").unwrap().as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()
         };
         assert_eq!(build(7), build(7));
         assert_ne!(build(7), build(8));

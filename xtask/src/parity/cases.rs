@@ -16,13 +16,11 @@ use serde::de::DeserializeOwned;
 use super::Outcome;
 use super::compare::{TensorCheck, Tolerance};
 
-const TRAIN_STEP_UNSUPPORTED: &str = "training steps need the trainer (SGD, label smoothing, mixup), which this build does not have yet";
+const TRAIN_STEP_UNSUPPORTED: &str =
+    "training steps need the trainer (SGD, label smoothing, mixup), which this build does not have yet";
 
 /// Reads `dir/case.json` and runs it. The error side carries the kind when it was read.
-pub(super) fn load_and_run(
-    dir: &Path,
-    device: &Device,
-) -> Result<(String, Outcome), (String, anyhow::Error)> {
+pub(super) fn load_and_run(dir: &Path, device: &Device) -> Result<(String, Outcome), (String, anyhow::Error)> {
     let unknown = || "?".to_owned();
     let path = dir.join("case.json");
     let text = std::fs::read_to_string(&path)
@@ -43,9 +41,9 @@ pub(super) fn load_and_run(
         "model" => parse(&path, value).and_then(|case| run_model(dir, &case, device)),
         "checkpoint" => parse(&path, value).and_then(|case| run_checkpoint(dir, &case)),
         "train_step" => Ok(Outcome::Unsupported(TRAIN_STEP_UNSUPPORTED.to_owned())),
-        other => Err(anyhow!(
-            "unknown case kind {other:?}: expected encoding, fusion, model, checkpoint or train_step"
-        )),
+        other => {
+            Err(anyhow!("unknown case kind {other:?}: expected encoding, fusion, model, checkpoint or train_step"))
+        }
     };
     match outcome {
         Ok(outcome) => Ok((kind, outcome)),
@@ -58,28 +56,16 @@ fn parse<T: DeserializeOwned>(path: &Path, value: serde_json::Value) -> anyhow::
 }
 
 fn verdict(checks: Vec<TensorCheck>) -> Outcome {
-    if checks.iter().all(TensorCheck::passed) {
-        Outcome::Passed(checks)
-    } else {
-        Outcome::Failed(checks)
-    }
+    if checks.iter().all(TensorCheck::passed) { Outcome::Passed(checks) } else { Outcome::Failed(checks) }
 }
 
-fn load_tensors(
-    dir: &Path,
-    file: &Path,
-    device: &Device,
-) -> anyhow::Result<HashMap<String, Tensor>> {
+fn load_tensors(dir: &Path, file: &Path, device: &Device) -> anyhow::Result<HashMap<String, Tensor>> {
     let path = dir.join(file);
-    candle_core::safetensors::load(&path, device)
-        .with_context(|| format!("reading {}", path.display()))
+    candle_core::safetensors::load(&path, device).with_context(|| format!("reading {}", path.display()))
 }
 
 fn take(tensors: &HashMap<String, Tensor>, name: &str, file: &Path) -> anyhow::Result<Tensor> {
-    tensors
-        .get(name)
-        .cloned()
-        .with_context(|| format!("{} has no tensor {name:?}", file.display()))
+    tensors.get(name).cloned().with_context(|| format!("{} has no tensor {name:?}", file.display()))
 }
 
 /// Compares every expected tensor with the computed one of the same name; an expected tensor
@@ -97,9 +83,7 @@ fn compare_all(
             .iter()
             .find(|(n, _)| n == name)
             .and_then(|(_, t)| t.as_ref())
-            .with_context(|| {
-                format!("the expected tensor {name:?} is not something this case computes")
-            })?;
+            .with_context(|| format!("the expected tensor {name:?} is not something this case computes"))?;
         checks.push(TensorCheck::new(name, actual, &expected[name], tolerance)?);
     }
     if checks.is_empty() {
@@ -130,20 +114,15 @@ fn run_encoding(case: &EncodingCase) -> anyhow::Result<Outcome> {
     let mut per_mode: Vec<(Metadata, Vec<f64>, Vec<f64>)> = Vec::new();
     let mut checks = Vec::new();
     for (idx, vector) in case.cases.iter().enumerate() {
-        let observation =
-            Observation::parse(vector.latitude, vector.longitude, vector.date.as_deref())
-                .with_context(|| format!("vector #{idx}"))?;
+        let observation = Observation::parse(vector.latitude, vector.longitude, vector.date.as_deref())
+            .with_context(|| format!("vector #{idx}"))?;
         let got = observation.encode(vector.metadata);
         let label = format!(
             "vector #{idx} ({:?}, {:?}, {:?}, {})",
             vector.latitude, vector.longitude, vector.date, vector.metadata
         );
         if got.len() != vector.expected.len() {
-            bail!(
-                "{label}: encoded width {}, expected {}",
-                got.len(),
-                vector.expected.len()
-            );
+            bail!("{label}: encoded width {}, expected {}", got.len(), vector.expected.len());
         }
         let single = TensorCheck::from_values(&label, &got, &vector.expected, &case.tolerance);
         if !single.passed() {
@@ -161,12 +140,7 @@ fn run_encoding(case: &EncodingCase) -> anyhow::Result<Outcome> {
         let n = actual.len() / metadata.n_inputs();
         checks.insert(
             0,
-            TensorCheck::from_values(
-                &format!("{metadata} ({n} vectors)"),
-                actual,
-                expected,
-                &case.tolerance,
-            ),
+            TensorCheck::from_values(&format!("{metadata} ({n} vectors)"), actual, expected, &case.tolerance),
         );
     }
     Ok(verdict(checks))
@@ -189,42 +163,23 @@ fn strict_keys() -> UnusedKeys {
     UnusedKeys::Error
 }
 
-fn load_weights(
-    dir: &Path,
-    file: &Path,
-    store: &ParamStore,
-    unused_keys: UnusedKeys,
-) -> anyhow::Result<()> {
+fn load_weights(dir: &Path, file: &Path, store: &ParamStore, unused_keys: UnusedKeys) -> anyhow::Result<()> {
     let weights = WeightsFile::read(&dir.join(file))?;
-    weights.load_into(
-        store,
-        LoadPolicy {
-            unused_keys,
-            allow_missing: false,
-        },
-    )?;
+    weights.load_into(store, LoadPolicy { unused_keys, allow_missing: false })?;
     Ok(())
 }
 
 fn run_fusion(dir: &Path, case: &FusionCase, device: &Device) -> anyhow::Result<Outcome> {
     let store = ParamStore::zeroed();
     let vb = store.var_builder(DType::F32, device);
-    let head = FusionHead::new(
-        case.image_features_dim,
-        case.metadata.n_inputs(),
-        &case.fusion,
-        vb,
-    )?;
+    let head = FusionHead::new(case.image_features_dim, case.metadata.n_inputs(), &case.fusion, vb)?;
     load_weights(dir, &case.weights, &store, case.unused_weight_keys)?;
     let inputs = load_tensors(dir, &case.inputs, device)?;
     let features = take(&inputs, "image_features", &case.inputs)?;
     let loc = take(&inputs, "loc", &case.inputs)?;
     let out = head.forward_t(&features, &loc, false)?;
     let expected = load_tensors(dir, &case.expected, &Device::Cpu)?;
-    let computed = [
-        ("loc_features", Some(out.loc_features)),
-        ("fused", Some(out.fused)),
-    ];
+    let computed = [("loc_features", Some(out.loc_features)), ("fused", Some(out.fused))];
     Ok(verdict(compare_all(&computed, &expected, &case.tolerance)?))
 }
 
@@ -255,11 +210,7 @@ fn run_model(dir: &Path, case: &ModelCase, device: &Device) -> anyhow::Result<Ou
     load_weights(dir, &case.weights, model.store(), case.unused_weight_keys)?;
     let inputs = load_tensors(dir, &case.inputs, device)?;
     let image = take(&inputs, "image", &case.inputs)?;
-    let loc = if case.fusion.is_some() {
-        Some(take(&inputs, "loc", &case.inputs)?)
-    } else {
-        None
-    };
+    let loc = if case.fusion.is_some() { Some(take(&inputs, "loc", &case.inputs)?) } else { None };
     let out = model.forward_t(&image, loc.as_ref(), false)?;
     let expected = load_tensors(dir, &case.expected, &Device::Cpu)?;
     let computed = [
@@ -282,19 +233,10 @@ struct CheckpointCase {
 fn run_checkpoint(dir: &Path, case: &CheckpointCase) -> anyhow::Result<Outcome> {
     let file = WeightsFile::read(&dir.join(&case.checkpoint))?;
     let expected = load_tensors(dir, &case.expected, &Device::Cpu)?;
-    let missing: Vec<&String> = expected
-        .keys()
-        .filter(|k| !file.tensors.contains_key(*k))
-        .collect();
-    let extra: Vec<&String> = file
-        .tensors
-        .keys()
-        .filter(|k| !expected.contains_key(*k))
-        .collect();
+    let missing: Vec<&String> = expected.keys().filter(|k| !file.tensors.contains_key(*k)).collect();
+    let extra: Vec<&String> = file.tensors.keys().filter(|k| !expected.contains_key(*k)).collect();
     if !missing.is_empty() || !extra.is_empty() {
-        bail!(
-            "the checkpoint's tensors differ from the expected ones: missing {missing:?}, unexpected {extra:?}"
-        );
+        bail!("the checkpoint's tensors differ from the expected ones: missing {missing:?}, unexpected {extra:?}");
     }
     let mut names: Vec<&String> = expected.keys().collect();
     names.sort();
@@ -302,9 +244,7 @@ fn run_checkpoint(dir: &Path, case: &CheckpointCase) -> anyhow::Result<Outcome> 
     let mut checks = Vec::new();
     for name in names {
         let check = TensorCheck::new(name, &file.tensors[name], &expected[name], &case.tolerance)?;
-        let flat = |t: &Tensor| -> anyhow::Result<Vec<f64>> {
-            Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
-        };
+        let flat = |t: &Tensor| -> anyhow::Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?) };
         all_actual.extend(flat(&file.tensors[name])?);
         all_expected.extend(flat(&expected[name])?);
         if !check.passed() {
@@ -312,22 +252,11 @@ fn run_checkpoint(dir: &Path, case: &CheckpointCase) -> anyhow::Result<Outcome> 
         }
     }
     let label = format!("all {} tensors, module. prefix stripped", expected.len());
-    checks.insert(
-        0,
-        TensorCheck::from_values(&label, &all_actual, &all_expected, &case.tolerance),
-    );
+    checks.insert(0, TensorCheck::from_values(&label, &all_actual, &all_expected, &case.tolerance));
     if let Some(epoch) = case.epoch {
         let read = file.epoch.context("the checkpoint holds no epoch")?;
-        let exact = Tolerance {
-            rel_l2: None,
-            max_abs: Some(0.0),
-        };
-        checks.push(TensorCheck::from_values(
-            "epoch",
-            &[read as f64],
-            &[epoch as f64],
-            &exact,
-        ));
+        let exact = Tolerance { rel_l2: None, max_abs: Some(0.0) };
+        checks.push(TensorCheck::from_values("epoch", &[read as f64], &[epoch as f64], &exact));
     }
     Ok(verdict(checks))
 }

@@ -32,30 +32,16 @@ impl TensorCheck {
     }
 
     /// Compares `actual` with `expected` (same shape required).
-    pub(crate) fn new(
-        name: &str,
-        actual: &Tensor,
-        expected: &Tensor,
-        tolerance: &Tolerance,
-    ) -> anyhow::Result<Self> {
+    pub(crate) fn new(name: &str, actual: &Tensor, expected: &Tensor, tolerance: &Tolerance) -> anyhow::Result<Self> {
         if actual.dims() != expected.dims() {
-            bail!(
-                "{name}: computed shape {:?}, expected {:?}",
-                actual.dims(),
-                expected.dims()
-            );
+            bail!("{name}: computed shape {:?}, expected {:?}", actual.dims(), expected.dims());
         }
         let actual = to_f64_vec(actual)?;
         let expected = to_f64_vec(expected)?;
         Ok(Self::from_values(name, &actual, &expected, tolerance))
     }
 
-    pub(crate) fn from_values(
-        name: &str,
-        actual: &[f64],
-        expected: &[f64],
-        tolerance: &Tolerance,
-    ) -> Self {
+    pub(crate) fn from_values(name: &str, actual: &[f64], expected: &[f64], tolerance: &Tolerance) -> Self {
         let mut diff_sq = 0.0;
         let mut ref_sq = 0.0;
         let mut max_abs: f64 = 0.0;
@@ -63,32 +49,15 @@ impl TensorCheck {
             let d = a - e;
             diff_sq += d * d;
             ref_sq += e * e;
-            max_abs = if d.is_nan() {
-                f64::NAN
-            } else {
-                max_abs.max(d.abs())
-            };
+            max_abs = if d.is_nan() { f64::NAN } else { max_abs.max(d.abs()) };
         }
-        let rel_l2 = if ref_sq > 0.0 {
-            (diff_sq / ref_sq).sqrt()
-        } else {
-            diff_sq.sqrt()
-        };
-        Self {
-            name: name.to_owned(),
-            rel_l2,
-            max_abs,
-            tolerance: tolerance.clone(),
-        }
+        let rel_l2 = if ref_sq > 0.0 { (diff_sq / ref_sq).sqrt() } else { diff_sq.sqrt() };
+        Self { name: name.to_owned(), rel_l2, max_abs, tolerance: tolerance.clone() }
     }
 }
 
 fn to_f64_vec(tensor: &Tensor) -> anyhow::Result<Vec<f64>> {
-    Ok(tensor
-        .to_device(&candle_core::Device::Cpu)?
-        .to_dtype(DType::F64)?
-        .flatten_all()?
-        .to_vec1::<f64>()?)
+    Ok(tensor.to_device(&candle_core::Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
 }
 
 impl fmt::Display for TensorCheck {

@@ -46,28 +46,17 @@ impl CaseReport {
 /// `cargo xtask parity [CASE_DIR ...]`.
 pub(crate) fn run_command(args: &[PathBuf], device: &str) -> anyhow::Result<ExitCode> {
     let device = dmlp_model::parse_device(device)?;
-    let dirs = if args.is_empty() {
-        vec![crate::paths::parity_fixtures_dir()?]
-    } else {
-        args.to_vec()
-    };
+    let dirs = if args.is_empty() { vec![crate::paths::parity_fixtures_dir()?] } else { args.to_vec() };
     let case_dirs = collect_case_dirs(&dirs)?;
     let reports: Vec<CaseReport> = case_dirs.iter().map(|dir| run_case(dir, &device)).collect();
     for report in &reports {
         print!("{}", format_report(report));
     }
     let failed = reports.iter().filter(|r| r.is_failure()).count();
-    let unsupported = reports
-        .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Unsupported(_)))
-        .count();
+    let unsupported = reports.iter().filter(|r| matches!(r.outcome, Outcome::Unsupported(_))).count();
     let passed = reports.len() - failed - unsupported;
     println!("parity: {passed} passed, {failed} failed, {unsupported} unsupported");
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Expands the arguments into case folders: a folder with a `case.json` is a case; any other
@@ -75,8 +64,7 @@ pub(crate) fn run_command(args: &[PathBuf], device: &str) -> anyhow::Result<Exit
 pub(crate) fn collect_case_dirs(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for arg in args {
-        let dir =
-            std::path::absolute(arg).with_context(|| format!("resolving {}", arg.display()))?;
+        let dir = std::path::absolute(arg).with_context(|| format!("resolving {}", arg.display()))?;
         if !dir.is_dir() {
             anyhow::bail!("{} is not a directory", arg.display());
         }
@@ -90,10 +78,7 @@ pub(crate) fn collect_case_dirs(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>
             .filter(|path| path.join("case.json").is_file())
             .collect();
         if children.is_empty() {
-            anyhow::bail!(
-                "{} holds no case.json, and none of its folders does",
-                arg.display()
-            );
+            anyhow::bail!("{} holds no case.json, and none of its folders does", arg.display());
         }
         children.sort();
         out.extend(children);
@@ -107,18 +92,12 @@ pub(crate) fn run_case(dir: &Path, device: &Device) -> CaseReport {
         Ok((kind, outcome)) => (kind, outcome),
         Err((kind, err)) => (kind, Outcome::Error(format!("{err:#}"))),
     };
-    CaseReport {
-        dir: dir.to_path_buf(),
-        kind,
-        outcome,
-    }
+    CaseReport { dir: dir.to_path_buf(), kind, outcome }
 }
 
 pub(crate) fn format_report(report: &CaseReport) -> String {
-    let name = report.dir.file_name().map_or_else(
-        || report.dir.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    let name =
+        report.dir.file_name().map_or_else(|| report.dir.display().to_string(), |n| n.to_string_lossy().into_owned());
     let mut out = String::new();
     let (status, checks) = match &report.outcome {
         Outcome::Passed(checks) => ("PASS", Some(checks)),
@@ -128,11 +107,7 @@ pub(crate) fn format_report(report: &CaseReport) -> String {
             return out;
         }
         Outcome::Error(err) => {
-            out.push_str(&format!(
-                "ERROR  {name} [{}] ({}): {err}\n",
-                report.kind,
-                report.dir.display()
-            ));
+            out.push_str(&format!("ERROR  {name} [{}] ({}): {err}\n", report.kind, report.dir.display()));
             return out;
         }
     };

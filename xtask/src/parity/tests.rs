@@ -81,11 +81,7 @@ fn reference_train_step_cases_are_reported_unsupported_by_name() {
     };
     for case in cases {
         let report = run_case(&case, &Device::Cpu);
-        assert!(
-            matches!(report.outcome, Outcome::Unsupported(_)),
-            "{}",
-            format_report(&report)
-        );
+        assert!(matches!(report.outcome, Outcome::Unsupported(_)), "{}", format_report(&report));
         assert!(!report.is_failure());
         assert!(format_report(&report).contains(case.file_name().unwrap().to_str().unwrap()));
     }
@@ -94,34 +90,18 @@ fn reference_train_step_cases_are_reported_unsupported_by_name() {
 /// A fusion case made here: weights from a seeded head, its own outputs as the expected values
 /// (scaled by `expected_scale`).
 fn write_fusion_case(dir: &Path, expected_scale: f64) {
-    let config = FusionConfig {
-        mlp_d: 16,
-        mlp_h: 8,
-        mlp_n: 2,
-        ..FusionConfig::with_defaults(FusionKind::DynamicMlpB)
-    };
+    let config = FusionConfig { mlp_d: 16, mlp_h: 8, mlp_n: 2, ..FusionConfig::with_defaults(FusionKind::DynamicMlpB) };
     let store = ParamStore::new(3);
-    let head =
-        FusionHead::new(32, 4, &config, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
-    let weights: HashMap<String, Tensor> = store
-        .vars()
-        .into_iter()
-        .map(|(k, v)| (k, v.as_tensor().clone()))
-        .collect();
+    let head = FusionHead::new(32, 4, &config, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    let weights: HashMap<String, Tensor> = store.vars().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect();
     candle_core::safetensors::save(&weights, dir.join("weights.safetensors")).unwrap();
     let features = Tensor::randn(0f32, 1.0, (3, 32), &Device::Cpu).unwrap();
     let loc = Tensor::rand(-1f32, 1.0, (3, 4), &Device::Cpu).unwrap();
     let out = head.forward_t(&features, &loc, false).unwrap();
-    let inputs = HashMap::from([
-        ("image_features".to_owned(), features),
-        ("loc".to_owned(), loc),
-    ]);
+    let inputs = HashMap::from([("image_features".to_owned(), features), ("loc".to_owned(), loc)]);
     candle_core::safetensors::save(&inputs, dir.join("inputs.safetensors")).unwrap();
     let expected = HashMap::from([
-        (
-            "loc_features".to_owned(),
-            (out.loc_features * expected_scale).unwrap(),
-        ),
+        ("loc_features".to_owned(), (out.loc_features * expected_scale).unwrap()),
         ("fused".to_owned(), (out.fused * expected_scale).unwrap()),
     ]);
     candle_core::safetensors::save(&expected, dir.join("expected.safetensors")).unwrap();
@@ -143,16 +123,9 @@ fn runner_passes_matching_numbers_and_fails_different_ones() {
     std::fs::create_dir_all(&bad).unwrap();
     write_fusion_case(&good, 1.0);
     write_fusion_case(&bad, 1.001);
-    assert!(matches!(
-        run_case(&good, &Device::Cpu).outcome,
-        Outcome::Passed(_)
-    ));
+    assert!(matches!(run_case(&good, &Device::Cpu).outcome, Outcome::Passed(_)));
     let report = run_case(&bad, &Device::Cpu);
-    assert!(
-        matches!(report.outcome, Outcome::Failed(_)),
-        "{}",
-        format_report(&report)
-    );
+    assert!(matches!(report.outcome, Outcome::Failed(_)), "{}", format_report(&report));
     assert!(format_report(&report).contains("FAIL"));
 }
 
@@ -177,11 +150,7 @@ fn runner_reports_unknown_kinds_and_unreadable_cases() {
     std::fs::remove_file(no_weights.join("weights.safetensors")).unwrap();
     let report = run_case(&no_weights, &Device::Cpu);
     assert!(report.is_failure());
-    assert!(
-        format_report(&report).contains("weights.safetensors"),
-        "{}",
-        format_report(&report)
-    );
+    assert!(format_report(&report).contains("weights.safetensors"), "{}", format_report(&report));
 
     let train = tmp.path().join("train");
     std::fs::create_dir_all(&train).unwrap();
@@ -199,9 +168,6 @@ fn case_folders_expand_and_resolve() {
     }
     let dirs = collect_case_dirs(&[tmp.path().to_path_buf()]).unwrap();
     assert_eq!(dirs, vec![tmp.path().join("a"), tmp.path().join("b")]);
-    assert_eq!(
-        collect_case_dirs(&[tmp.path().join("a")]).unwrap(),
-        vec![tmp.path().join("a")]
-    );
+    assert_eq!(collect_case_dirs(&[tmp.path().join("a")]).unwrap(), vec![tmp.path().join("a")]);
     assert!(collect_case_dirs(&[tmp.path().join("missing")]).is_err());
 }

@@ -1,0 +1,97 @@
+//! Parameter counts pinned to the spec's §6 figures (computed there from the reference's layer
+//! shapes; the formulas are in the spec).
+
+use candle_core::Device;
+use dmlp_backbones::{BackbonePreset, BackboneSpec};
+use dmlp_fusion::{FusionConfig, FusionKind};
+use dmlp_geo::Metadata;
+use dmlp_model::{Classifier, ModelConfig, ModelDType, ParamCounts};
+
+fn counts(backbone: BackbonePreset, fusion: Option<FusionConfig>, num_classes: usize) -> ParamCounts {
+    let config = ModelConfig {
+        backbone: Some(BackboneSpec::Preset(backbone)),
+        feature_dim: None,
+        num_classes,
+        metadata: fusion.as_ref().map(|_| Metadata::GeoTemporal),
+        fusion,
+        dtype: ModelDType::F32,
+    };
+    Classifier::new_zeroed(&config, &Device::Cpu).unwrap().param_counts()
+}
+
+fn head_counts(kind: FusionKind, d: usize, h: usize, n: usize) -> ParamCounts {
+    let fusion = FusionConfig { mlp_d: d, mlp_h: h, mlp_n: n, ..FusionConfig::with_defaults(kind) };
+    let config = ModelConfig {
+        backbone: None,
+        feature_dim: Some(2048),
+        num_classes: 100,
+        metadata: Some(Metadata::GeoTemporal),
+        fusion: Some(fusion),
+        dtype: ModelDType::F32,
+    };
+    Classifier::new_zeroed(&config, &Device::Cpu).unwrap().param_counts()
+}
+
+#[test]
+fn resnet50_with_dynamic_mlp_c_matches_the_spec() {
+    let c = counts(BackbonePreset::Resnet50, Some(FusionConfig::with_defaults(FusionKind::DynamicMlpC)), 8142);
+    assert_eq!(c.backbone, 23_508_032);
+    assert_eq!(c.loc_net, 593_664);
+    assert_eq!(c.loc_att, 6_775_232);
+    assert_eq!(c.fc, 16_682_958);
+    // Spec §6 totals: 47.56 M for R50 + DMLP-C on iNat18.
+    assert_eq!((c.total() as f64 / 1e4).round() / 100.0, 47.56);
+}
+
+#[test]
+fn sk2res2net101_backbone_matches_the_spec() {
+    let c = counts(BackbonePreset::Sk2res2net101, None, 100);
+    assert_eq!(c.backbone, 46_331_777);
+    assert_eq!(c.fc, 204_900);
+    assert_eq!((c.loc_net, c.loc_att), (0, 0));
+}
+
+#[test]
+fn fusion_versions_and_depths_match_the_spec() {
+    assert_eq!(head_counts(FusionKind::DynamicMlpB, 256, 64, 2).loc_att, 6_623_680);
+    assert_eq!(head_counts(FusionKind::DynamicMlpA, 256, 64, 2).loc_att, 9_476_992);
+    // Spec §6 head totals (FCNet + fusion) in millions for the d, h, N ablations of version C.
+    let head_m = |c: ParamCounts| ((c.loc_net + c.loc_att) as f64 / 1e4).round() / 100.0;
+    assert_eq!(head_m(head_counts(FusionKind::DynamicMlpC, 64, 64, 2)), 1.40);
+    assert_eq!(head_m(head_counts(FusionKind::DynamicMlpC, 256, 16, 2)), 3.18);
+    assert_eq!(head_m(head_counts(FusionKind::DynamicMlpC, 256, 64, 1)), 18.89);
+    // The spec prints 7.69 M here, but its own block formulas give 7,368,896 + 315,840 (one more
+    // C block 64 → 64 with ℓ = 256) = 7,684,736, i.e. 7.68 M; the N = 3 structure itself is
+    // checked key for key by the fusion-c-n3 parity fixture.
+    let c3 = head_counts(FusionKind::DynamicMlpC, 256, 64, 3);
+    assert_eq!(c3.loc_net + c3.loc_att, 7_684_736);
+    assert_eq!(head_m(head_counts(FusionKind::DynamicMlpB, 256, 64, 3)), 7.51);
+    assert_eq!(head_m(head_counts(FusionKind::DynamicMlpB, 512, 64, 2)), 22.80);
+    assert_eq!(head_m(head_counts(FusionKind::DynamicMlpA, 256, 128, 2)), 18.49);
+}
+
+#[test]
+fn matched_baselines_land_within_two_percent_of_dynamic_mlp_c() {
+    for (d, h, n) in [(256, 64, 2), (256, 64, 1), (128, 32, 3), (64, 64, 2), (512, 64, 2), (256, 16, 4)] {
+        let reference = head_counts(FusionKind::DynamicMlpC, d, h, n).loc_att as f64;
+        for kind in [FusionKind::ConcatMatched, FusionKind::AddMatched, FusionKind::MulMatched] {
+            let got = head_counts(kind, d, h, n).loc_att as f64;
+            let off = (got - reference).abs() / reference;
+            assert!(off < 0.02, "{kind} d{d} h{h} n{n}: {got} vs {reference} ({:.2}%)", off * 100.0);
+        }
+    }
+}
+
+#[test]
+fn resnet_presets_have_torchvision_counts() {
+    // torchvision's figures with a 1000-class fc: resnet18 11,689,512; resnet34 21,797,672;
+    // resnet101 44,549,160; resnet152 60,192,808.
+    for (preset, total) in [
+        (BackbonePreset::Resnet18, 11_689_512),
+        (BackbonePreset::Resnet34, 21_797_672),
+        (BackbonePreset::Resnet101, 44_549_160),
+        (BackbonePreset::Resnet152, 60_192_808),
+    ] {
+        assert_eq!(counts(preset, None, 1000).total(), total, "{preset}");
+    }
+}

@@ -1,0 +1,442 @@
+//! 2-D convolution on the CPU as large matrix products, forward and backward.
+//!
+//! candle's CPU convolution differentiates through a nested-loop transposed convolution and runs
+//! forward + backward at 3–5 GFLOP/s on this project's machine, while its matrix product reaches
+//! about 60 (`shared/reference/candle-notes.md`). Here all three products are `gemm` calls over
+//! im2col columns, blocked over the batch so that the column buffer stays bounded:
+//!
+//! ```text
+//! forward        out[g]   = W[g]            · cols[g]        [O/g × K]   · [K × n·HW']
+//! input grad     dcols[g] = W[g]ᵀ           · dout[g]        then col2im into dx
+//! weight grad    dW[g]   += dout[g]         · cols[g]ᵀ       summed over batch blocks
+//! ```
+//!
+//! with `K = C/g · kh · kw`. 1×1 convolutions with stride 1 and no padding skip im2col.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType, backend::BackendStorage, bail};
+use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+use crate::Conv2dConfig;
+
+/// Column buffer budget per batch block, in elements (32 Mi floats = 128 MiB in f32).
+const MAX_BLOCK_ELEMENTS: usize = 32 << 20;
+/// Target width of a block's matrix product, in output pixels: enough images per block that the
+/// product is large even on 7×7 maps.
+const TARGET_BLOCK_COLUMNS: usize = 1024;
+
+/// Everything about one convolution's shapes.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    in_c: usize,
+    in_h: usize,
+    in_w: usize,
+    out_c: usize,
+    kh: usize,
+    kw: usize,
+    out_h: usize,
+    out_w: usize,
+    config: Conv2dConfig,
+}
+
+impl Geometry {
+    fn new(input: &[usize], weight: &[usize], config: Conv2dConfig) -> Result<Self> {
+        let (&[batch, in_c, in_h, in_w], &[out_c, c_per_group, kh, kw]) = (input, weight) else {
+            bail!("conv2d expects a 4-D input and weight, got {input:?} and {weight:?}")
+        };
+        let g = config.groups;
+        if g == 0 || in_c % g != 0 || out_c % g != 0 || c_per_group != in_c / g {
+            bail!("conv2d: input {input:?}, weight {weight:?} and groups {g} do not fit")
+        }
+        if config.stride == 0 || config.dilation == 0 {
+            bail!("conv2d: stride and dilation must be positive")
+        }
+        let span = |k: usize| config.dilation * (k - 1) + 1;
+        if in_h + 2 * config.padding < span(kh) || in_w + 2 * config.padding < span(kw) {
+            bail!("conv2d: kernel {kh}×{kw} (dilation {}) larger than the padded input {in_h}×{in_w}", config.dilation)
+        }
+        let out_h = (in_h + 2 * config.padding - span(kh)) / config.stride + 1;
+        let out_w = (in_w + 2 * config.padding - span(kw)) / config.stride + 1;
+        Ok(Self { batch, in_c, in_h, in_w, out_c, kh, kw, out_h, out_w, config })
+    }
+
+    fn groups(&self) -> usize {
+        self.config.groups
+    }
+
+    /// Input channels per group.
+    fn cg(&self) -> usize {
+        self.in_c / self.groups()
+    }
+
+    /// Output channels per group.
+    fn og(&self) -> usize {
+        self.out_c / self.groups()
+    }
+
+    /// Rows of a group's column matrix.
+    fn k(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+
+    fn out_hw(&self) -> usize {
+        self.out_h * self.out_w
+    }
+
+    fn in_hw(&self) -> usize {
+        self.in_h * self.in_w
+    }
+
+    /// A 1×1, stride-1, unpadded convolution reads its input as the column matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.config.stride == 1 && self.config.padding == 0
+    }
+
+    /// Images per batch block.
+    fn block(&self) -> usize {
+        let by_columns = TARGET_BLOCK_COLUMNS.div_ceil(self.out_hw()).max(1);
+        let by_memory = (MAX_BLOCK_ELEMENTS / (self.k() * self.out_hw()).max(1)).max(1);
+        by_columns.min(by_memory).min(self.batch).max(1)
+    }
+
+    /// Output columns `[lo, hi)` whose input column `ox·s − p + kx·d` lies inside the image.
+    fn valid_range(&self, out_len: usize, in_len: usize, k_idx: usize) -> (usize, usize) {
+        let (s, p, d) = (self.config.stride as isize, self.config.padding as isize, self.config.dilation as isize);
+        let offset = k_idx as isize * d - p;
+        // ox·s + offset ≥ 0  and  ox·s + offset ≤ in_len − 1.
+        let lo = if offset >= 0 { 0 } else { ((-offset) + s - 1) / s };
+        let hi = (in_len as isize - 1 - offset).div_euclid(s) + 1;
+        (lo.clamp(0, out_len as isize) as usize, hi.clamp(0, out_len as isize) as usize)
+    }
+}
+
+/// Fills `cols` (`[K, n·HW']`, row-major) from `n` images of one group.
+/// `images` holds those images' channels of this group: `[n][C][H·W]` with channel offset `c0`.
+fn im2col<T: WithDType>(geo: &Geometry, x: &[T], first_image: usize, n: usize, c0: usize, cols: &mut [T]) {
+    let width = n * geo.out_hw();
+    let (s, d, p) = (geo.config.stride, geo.config.dilation, geo.config.padding);
+    cols.par_chunks_mut(width).enumerate().for_each(|(row, out_row)| {
+        let c = row / (geo.kh * geo.kw);
+        let ky = (row / geo.kw) % geo.kh;
+        let kx = row % geo.kw;
+        let (ox_lo, ox_hi) = geo.valid_range(geo.out_w, geo.in_w, kx);
+        for img in 0..n {
+            let plane_start = ((first_image + img) * geo.in_c + c0 + c) * geo.in_hw();
+            let plane = &x[plane_start..plane_start + geo.in_hw()];
+            let dst_img = &mut out_row[img * geo.out_hw()..(img + 1) * geo.out_hw()];
+            for oy in 0..geo.out_h {
+                let dst = &mut dst_img[oy * geo.out_w..(oy + 1) * geo.out_w];
+                let iy = (oy * s + ky * d) as isize - p as isize;
+                if iy < 0 || iy >= geo.in_h as isize || ox_lo >= ox_hi {
+                    dst.fill(T::zero());
+                    continue;
+                }
+                let src_row = &plane[iy as usize * geo.in_w..(iy as usize + 1) * geo.in_w];
+                dst[..ox_lo].fill(T::zero());
+                dst[ox_hi..].fill(T::zero());
+                let ix0 = ox_lo * s + kx * d - p;
+                if s == 1 {
+                    dst[ox_lo..ox_hi].copy_from_slice(&src_row[ix0..ix0 + (ox_hi - ox_lo)]);
+                } else {
+                    for (slot, ix) in dst[ox_lo..ox_hi].iter_mut().zip((ix0..).step_by(s)) {
+                        *slot = src_row[ix];
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Adds the columns `cols` (`[K, n·HW']`) of one group back into `dx` (`[N][C][H·W]`).
+fn col2im<T: WithDType>(geo: &Geometry, cols: &[T], first_image: usize, n: usize, c0: usize, dx: &mut [T]) {
+    let width = n * geo.out_hw();
+    let (s, d, p) = (geo.config.stride, geo.config.dilation, geo.config.padding);
+    let taps = geo.kh * geo.kw;
+    // One task per (image, channel) plane: every tap of a channel writes only its own plane.
+    let planes: Vec<(usize, &mut [T])> = dx
+        .chunks_mut(geo.in_hw())
+        .enumerate()
+        .filter_map(|(idx, plane)| {
+            let (img, c) = (idx / geo.in_c, idx % geo.in_c);
+            let in_block = img >= first_image && img < first_image + n && c >= c0 && c < c0 + geo.cg();
+            in_block.then_some((idx, plane))
+        })
+        .collect();
+    planes.into_par_iter().for_each(|(idx, plane)| {
+        let (img, c) = (idx / geo.in_c - first_image, idx % geo.in_c - c0);
+        for tap in 0..taps {
+            let (ky, kx) = (tap / geo.kw, tap % geo.kw);
+            let (ox_lo, ox_hi) = geo.valid_range(geo.out_w, geo.in_w, kx);
+            if ox_lo >= ox_hi {
+                continue;
+            }
+            let row = &cols[(c * taps + tap) * width + img * geo.out_hw()..][..geo.out_hw()];
+            for oy in 0..geo.out_h {
+                let iy = (oy * s + ky * d) as isize - p as isize;
+                if iy < 0 || iy >= geo.in_h as isize {
+                    continue;
+                }
+                let dst_row = &mut plane[iy as usize * geo.in_w..(iy as usize + 1) * geo.in_w];
+                let src = &row[oy * geo.out_w..(oy + 1) * geo.out_w];
+                let ix0 = ox_lo * s + kx * d - p;
+                for (ox, ix) in (ox_lo..ox_hi).zip((ix0..).step_by(s)) {
+                    dst_row[ix] += src[ox];
+                }
+            }
+        }
+    });
+}
+
+/// `dst[m × n] (row stride ld_dst) = (accumulate ? dst : 0) + lhs · rhs`, where `lhs` and `rhs`
+/// are given by (pointer, row stride, column stride) so that transposes cost nothing.
+#[allow(clippy::too_many_arguments)]
+fn matmul<T: WithDType>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    ld_dst: usize,
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (&[T], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[T], usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= (m - 1) * ld_dst + n, "matmul destination too small");
+    assert!(k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs, "matmul lhs too small");
+    assert!(k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs, "matmul rhs too small");
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    // SAFETY: the asserts above keep every index gemm computes from these strides inside the
+    // slices; dst does not alias lhs or rhs (it is a distinct &mut).
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            ld_dst as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `cols` for a block: the input itself for pointwise convolutions of a single image, else an
+/// im2col buffer. Returns the matrix and its row stride.
+fn block_columns<'a, T: WithDType>(
+    geo: &Geometry,
+    x: &'a [T],
+    first: usize,
+    n: usize,
+    group: usize,
+    buffer: &'a mut Vec<T>,
+) -> &'a [T] {
+    let c0 = group * geo.cg();
+    if geo.is_pointwise() && n == 1 {
+        let start = (first * geo.in_c + c0) * geo.in_hw();
+        return &x[start..start + geo.cg() * geo.in_hw()];
+    }
+    buffer.resize(geo.k() * n * geo.out_hw(), T::zero());
+    im2col(geo, x, first, n, c0, buffer);
+    buffer
+}
+
+fn forward<T: WithDType>(geo: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
+    let (og, k, hw) = (geo.og(), geo.k(), geo.out_hw());
+    let mut out = vec![T::zero(); geo.batch * geo.out_c * hw];
+    let mut buffer = Vec::new();
+    let mut block_out = Vec::new();
+    let block = geo.block();
+    for first in (0..geo.batch).step_by(block) {
+        let n = block.min(geo.batch - first);
+        for group in 0..geo.groups() {
+            let cols = block_columns(geo, x, first, n, group, &mut buffer);
+            let w_g = &w[group * og * k..(group + 1) * og * k];
+            block_out.resize(og * n * hw, T::zero());
+            matmul((og, n * hw, k), &mut block_out, n * hw, false, (w_g, k, 1), (cols, n * hw, 1));
+            for img in 0..n {
+                for o in 0..og {
+                    let dst = ((first + img) * geo.out_c + group * og + o) * hw;
+                    out[dst..dst + hw].copy_from_slice(&block_out[o * n * hw + img * hw..][..hw]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `dout` of a block and group as a `[O/g, n·HW']` matrix.
+fn gather_grad<T: WithDType>(geo: &Geometry, dout: &[T], first: usize, n: usize, group: usize, buffer: &mut Vec<T>) {
+    let (og, hw) = (geo.og(), geo.out_hw());
+    buffer.resize(og * n * hw, T::zero());
+    for img in 0..n {
+        for o in 0..og {
+            let src = ((first + img) * geo.out_c + group * og + o) * hw;
+            buffer[o * n * hw + img * hw..][..hw].copy_from_slice(&dout[src..src + hw]);
+        }
+    }
+}
+
+fn backward_input<T: WithDType>(geo: &Geometry, dout: &[T], w: &[T]) -> Vec<T> {
+    let (og, k, hw) = (geo.og(), geo.k(), geo.out_hw());
+    let mut dx = vec![T::zero(); geo.batch * geo.in_c * geo.in_hw()];
+    let mut grads = Vec::new();
+    let mut dcols = Vec::new();
+    let block = if geo.is_pointwise() { 1 } else { geo.block() };
+    for first in (0..geo.batch).step_by(block) {
+        let n = block.min(geo.batch - first);
+        for group in 0..geo.groups() {
+            gather_grad(geo, dout, first, n, group, &mut grads);
+            let w_g = &w[group * og * k..(group + 1) * og * k];
+            if geo.is_pointwise() {
+                // dx[img, group] = W_gᵀ · dout[img, group], written in place.
+                let start = (first * geo.in_c + group * geo.cg()) * geo.in_hw();
+                let dst = &mut dx[start..start + geo.cg() * geo.in_hw()];
+                matmul((k, hw, og), dst, hw, false, (w_g, 1, k), (&grads, hw, 1));
+                continue;
+            }
+            dcols.resize(k * n * hw, T::zero());
+            matmul((k, n * hw, og), &mut dcols, n * hw, false, (w_g, 1, k), (&grads, n * hw, 1));
+            col2im(geo, &dcols, first, n, group * geo.cg(), &mut dx);
+        }
+    }
+    dx
+}
+
+fn backward_weight<T: WithDType>(geo: &Geometry, x: &[T], dout: &[T]) -> Vec<T> {
+    let (og, k, hw) = (geo.og(), geo.k(), geo.out_hw());
+    let mut dw = vec![T::zero(); geo.out_c * k];
+    let mut buffer = Vec::new();
+    let mut grads = Vec::new();
+    let block = geo.block();
+    for first in (0..geo.batch).step_by(block) {
+        let n = block.min(geo.batch - first);
+        for group in 0..geo.groups() {
+            gather_grad(geo, dout, first, n, group, &mut grads);
+            let cols = block_columns(geo, x, first, n, group, &mut buffer);
+            let dw_g = &mut dw[group * og * k..(group + 1) * og * k];
+            // dW_g += dout_g · colsᵀ: cols is [K, n·HW'], read transposed.
+            matmul((og, k, n * hw), dw_g, k, first > 0, (&grads, n * hw, 1), (cols, 1, n * hw));
+        }
+    }
+    dw
+}
+
+fn slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
+        None => bail!("conv2d expects a contiguous {what}"),
+    }
+}
+
+macro_rules! dispatch_float {
+    ($storage:expr, |$ty:ident| $body:expr) => {
+        match $storage {
+            CpuStorage::F32(_) => {
+                type $ty = f32;
+                $body
+            }
+            CpuStorage::F64(_) => {
+                type $ty = f64;
+                $body
+            }
+            other => bail!("dmlp conv2d supports f32 and f64 on the CPU, got {:?}", other.dtype()),
+        }
+    };
+}
+
+/// The forward op: `(input [N, C, H, W], weight [O, C/g, kh, kw]) → [N, O, H', W']`.
+pub(crate) struct Conv2dOp(pub(crate) Conv2dConfig);
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "dmlp-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let geo = Geometry::new(l1.dims(), l2.dims(), self.0)?;
+        let out = dispatch_float!(s1, |T| T::to_cpu_storage_owned(forward(
+            &geo,
+            slice::<T>(s1, l1, "input")?,
+            slice::<T>(s2, l2, "weight")?
+        )));
+        Ok((out, Shape::from((geo.batch, geo.out_c, geo.out_h, geo.out_w))))
+    }
+
+    fn bwd(
+        &self,
+        input: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = grad.apply_op2_no_bwd(weight, &InputGradOp { config: self.0, input_dims: input.dims().to_vec() })?;
+        let dw =
+            input.apply_op2_no_bwd(&grad, &WeightGradOp { config: self.0, weight_dims: weight.dims().to_vec() })?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `(dout, weight) → dx`.
+struct InputGradOp {
+    config: Conv2dConfig,
+    input_dims: Vec<usize>,
+}
+
+impl CustomOp2 for InputGradOp {
+    fn name(&self) -> &'static str {
+        "dmlp-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let geo = Geometry::new(&self.input_dims, l2.dims(), self.config)?;
+        if l1.dims() != [geo.batch, geo.out_c, geo.out_h, geo.out_w] {
+            bail!("conv2d input grad: gradient {:?} does not fit the output shape", l1.dims())
+        }
+        let dx = dispatch_float!(s1, |T| T::to_cpu_storage_owned(backward_input(
+            &geo,
+            slice::<T>(s1, l1, "gradient")?,
+            slice::<T>(s2, l2, "weight")?
+        )));
+        Ok((dx, Shape::from(self.input_dims.clone())))
+    }
+}
+
+/// `(input, dout) → dW`.
+struct WeightGradOp {
+    config: Conv2dConfig,
+    weight_dims: Vec<usize>,
+}
+
+impl CustomOp2 for WeightGradOp {
+    fn name(&self) -> &'static str {
+        "dmlp-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let geo = Geometry::new(l1.dims(), &self.weight_dims, self.config)?;
+        if l2.dims() != [geo.batch, geo.out_c, geo.out_h, geo.out_w] {
+            bail!("conv2d weight grad: gradient {:?} does not fit the output shape", l2.dims())
+        }
+        let dw = dispatch_float!(s1, |T| T::to_cpu_storage_owned(backward_weight(
+            &geo,
+            slice::<T>(s1, l1, "input")?,
+            slice::<T>(s2, l2, "gradient")?
+        )));
+        Ok((dw, Shape::from(self.weight_dims.clone())))
+    }
+}

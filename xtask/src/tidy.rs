@@ -1,0 +1,91 @@
+//! Repository checks that run under `cargo test`: every Rust file opens with `//!` docs, no
+//! `should_panic` or `ignore` attributes (assert the behaviour instead), no trailing whitespace, and
+//! every crate takes the workspace lints.
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    fn files_with_extension(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            if path.is_dir() {
+                if name != "target" && name != "shared" && !name.to_string_lossy().starts_with('.') {
+                    files_with_extension(&path, ext, out);
+                }
+            } else if path.extension().is_some_and(|e| e == ext) {
+                out.push(path);
+            }
+        }
+    }
+
+    fn rust_files() -> Vec<PathBuf> {
+        let root = crate::paths::project_root();
+        let mut files = Vec::new();
+        files_with_extension(&root.join("crates"), "rs", &mut files);
+        files_with_extension(&root.join("xtask"), "rs", &mut files);
+        assert!(files.len() > 10, "found only {} Rust files", files.len());
+        files
+    }
+
+    #[test]
+    fn every_rust_file_opens_with_module_docs() {
+        let missing: Vec<_> = rust_files()
+            .into_iter()
+            .filter(|path| !std::fs::read_to_string(path).unwrap_or_default().starts_with("//!"))
+            .collect();
+        assert!(missing.is_empty(), "files without //! docs: {missing:?}");
+    }
+
+    #[test]
+    fn no_should_panic_ignore_or_trailing_whitespace() {
+        let should_panic = ["#[should", "_panic"].concat();
+        let ignore = ["#[ig", "nore"].concat();
+        let mut problems = Vec::new();
+        for path in rust_files() {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (idx, line) in text.lines().enumerate() {
+                if line.contains(&should_panic) || line.trim_start().starts_with(&ignore) {
+                    problems.push(format!("{}:{}: {}", path.display(), idx + 1, line.trim()));
+                }
+                if line.ends_with(' ') || line.ends_with('\t') {
+                    problems.push(format!("{}:{}: trailing whitespace", path.display(), idx + 1));
+                }
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn every_crate_uses_the_workspace_lints() {
+        let root = crate::paths::project_root();
+        let mut manifests = Vec::new();
+        files_with_extension(&root.join("crates"), "toml", &mut manifests);
+        manifests.push(root.join("xtask").join("Cargo.toml"));
+        let manifests: Vec<_> = manifests.into_iter().filter(|p| p.ends_with("Cargo.toml")).collect();
+        assert!(manifests.len() >= 6);
+        for manifest in manifests {
+            let text = std::fs::read_to_string(&manifest).unwrap();
+            assert!(
+                text.contains("[lints]\nworkspace = true"),
+                "{} does not use the workspace lints",
+                manifest.display()
+            );
+        }
+    }
+
+    #[test]
+    fn every_config_has_a_valid_model_table() {
+        let root = crate::paths::project_root();
+        let mut configs = Vec::new();
+        files_with_extension(&root.join("configs"), "toml", &mut configs);
+        assert!(!configs.is_empty(), "no configs found");
+        for config in configs {
+            if let Err(err) = dmlp_model::ModelConfig::from_toml_file(&config) {
+                panic!("{err}");
+            }
+        }
+    }
+}

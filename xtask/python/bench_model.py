@@ -85,7 +85,28 @@ class FusionModule(nn.Module):
         return self.norm3(self.conv3(x)) + identity
 
 
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, planes, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or cin != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
 class Bottleneck(nn.Module):
+    expansion = 4
+
     def __init__(self, cin, planes, stride):
         super().__init__()
         out = planes * 4
@@ -106,23 +127,30 @@ class Bottleneck(nn.Module):
         return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
 
 
-class ResNet50Features(nn.Module):
-    def __init__(self):
+class ResNetFeatures(nn.Module):
+    """torchvision's ResNet without fc: the same layout as dmlp's ResNet (block, layers, width)."""
+
+    def __init__(self, block=Bottleneck, layers=(3, 4, 6, 3), width=64):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        layers, cin = [], 64
-        for stage, blocks in enumerate([3, 4, 6, 3]):
-            planes = 64 << stage
-            for b in range(blocks):
-                layers.append(Bottleneck(cin, planes, (1 if stage == 0 else 2) if b == 0 else 1))
-                cin = planes * 4
-        self.layers = nn.Sequential(*layers)
+        blocks, cin = [], width
+        for stage, n in enumerate(layers):
+            planes = width << stage
+            for b in range(n):
+                blocks.append(block(cin, planes, (1 if stage == 0 else 2) if b == 0 else 1))
+                cin = planes * block.expansion
+        self.layers = nn.Sequential(*blocks)
+        self.num_features = cin
 
     def forward(self, x):
         x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
         return self.layers(x).mean((2, 3))
+
+
+def ResNet50Features():
+    return ResNetFeatures(Bottleneck, (3, 4, 6, 3), 64)
 
 
 def time_steps(step, iters):

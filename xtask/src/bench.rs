@@ -18,6 +18,8 @@ use dmlp_nn::ParamStore;
 pub(crate) enum BenchCommand {
     /// Dynamic MLP-C head at batch 512 and ResNet-50 at batch 8 × 224², forward + backward.
     Model(ModelBenchArgs),
+    /// The training ops: conv2d GFLOP/s on ResNet-50's shapes, BatchNorm, whole training steps.
+    Ops(crate::bench_ops::OpsBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,7 +48,20 @@ const IMAGE_SIZE: usize = 224;
 pub(crate) fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Model(args) => bench_model(&args),
+        BenchCommand::Ops(args) => crate::bench_ops::run(&args),
     }
+}
+
+/// Sets the thread count candle and gemm will use (they read RAYON_NUM_THREADS when their pools
+/// start) and returns it.
+pub(crate) fn set_threads(threads: Option<usize>) -> usize {
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // SAFETY: called first thing in the command, before any other thread exists.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build; `cargo xtask-release bench ...` gives real figures");
+    }
+    threads
 }
 
 fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {

@@ -5,6 +5,7 @@
 //! Path arguments are resolved against the directory the command was started from.
 
 mod bench;
+mod bench_ops;
 mod parity;
 mod paths;
 mod tidy;

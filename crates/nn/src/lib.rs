@@ -14,6 +14,7 @@
 //! Architecture invariant: knows nothing of images, locations, datasets or models; depends on
 //! candle and the libraries candle itself uses (gemm, rayon, rand).
 
+mod batch_norm_op;
 mod conv;
 mod conv_op;
 pub mod init;

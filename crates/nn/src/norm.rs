@@ -2,9 +2,12 @@
 //! PyTorch makes them, and gradients through every input.
 
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use candle_core::{D, DType, Module, ModuleT, Result, Tensor, Var};
+use candle_core::{D, DType, Device, Module, ModuleT, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
+
+use crate::batch_norm_op::{BatchNormTrainOp, Stats};
 
 /// `nn.BatchNorm2d` / `nn.BatchNorm1d`, PyTorch semantics: in training it normalises with the
 /// batch statistics (biased variance) and updates `running = (1 − m)·running + m·batch` with the
@@ -66,15 +69,52 @@ impl BatchNorm {
     }
 
     fn forward_train(&self, xs: &Tensor) -> Result<Tensor> {
-        let shape = Self::channel_shape(xs);
-        let dims = Self::reduce_dims(xs);
-        let n = xs.elem_count() / shape[1];
+        let channels = xs.dim(1)?;
+        let n = xs.elem_count() / channels.max(1);
         if n < 2 {
             candle_core::bail!(
                 "batch norm in training needs more than one value per channel, got input {:?}",
                 xs.shape()
             );
         }
+        let (ys, mean, var) = match xs.device() {
+            Device::Cpu => self.batch_statistics_fused(xs)?,
+            _ => self.batch_statistics_composed(xs)?,
+        };
+        // PyTorch: running = (1 − m)·running + m·batch, with the unbiased batch variance.
+        let m = self.momentum;
+        let mean = mean.to_dtype(self.running_mean.dtype())?;
+        let unbiased_var = (var * (n as f64 / (n - 1) as f64))?.to_dtype(self.running_var.dtype())?;
+        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
+        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased_var * m)?)?)?;
+        self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
+        Ok(ys)
+    }
+
+    /// The CPU path: one fused op (see `batch_norm_op`). Returns the output and the detached
+    /// per-channel batch mean and biased variance.
+    fn batch_statistics_fused(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let stats = Arc::new(Mutex::new(None));
+        let op = BatchNormTrainOp { eps: self.eps, stats: stats.clone() };
+        let dtype = xs.dtype();
+        let compute = if matches!(dtype, DType::F32 | DType::F64) { dtype } else { DType::F32 };
+        let ys = xs.to_dtype(compute)?.contiguous()?.apply_op3(
+            &self.weight.to_dtype(compute)?.contiguous()?,
+            &self.bias.to_dtype(compute)?.contiguous()?,
+            op,
+        )?;
+        let taken = stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(Stats { mean, var, .. }) = taken else { candle_core::bail!("batch norm forward left no statistics") };
+        let channels = mean.len();
+        let mean = Tensor::from_vec(mean, channels, xs.device())?;
+        let var = Tensor::from_vec(var, channels, xs.device())?;
+        Ok((ys.to_dtype(dtype)?, mean, var))
+    }
+
+    /// Any device: composed from differentiable primitives.
+    fn batch_statistics_composed(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let shape = Self::channel_shape(xs);
+        let dims = Self::reduce_dims(xs);
         let mean = xs.mean_keepdim(dims.as_slice())?;
         let centered = xs.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(dims.as_slice())?;
@@ -82,15 +122,7 @@ impl BatchNorm {
         let ys = normed
             .broadcast_mul(&self.weight.reshape(shape.as_slice())?)?
             .broadcast_add(&self.bias.reshape(shape.as_slice())?)?;
-
-        let m = self.momentum;
-        let batch_mean = mean.detach().flatten_all()?.to_dtype(self.running_mean.dtype())?;
-        let unbiased_var =
-            (var.detach().flatten_all()? * (n as f64 / (n - 1) as f64))?.to_dtype(self.running_var.dtype())?;
-        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (batch_mean * m)?)?)?;
-        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased_var * m)?)?)?;
-        self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
-        Ok(ys)
+        Ok((ys, mean.detach().flatten_all()?, var.detach().flatten_all()?))
     }
 
     fn forward_eval(&self, xs: &Tensor) -> Result<Tensor> {
@@ -137,5 +169,122 @@ impl Module for LayerNorm {
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?.to_dtype(dtype)?;
         normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, ModuleT, Tensor, Var};
+
+    use super::*;
+    use crate::ParamStore;
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    fn close(what: &str, a: &[f64], b: &[f64], tol: f64) {
+        assert_eq!(a.len(), b.len());
+        for (idx, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{idx}]: {x} vs {y}");
+        }
+    }
+
+    /// A BatchNorm over `channels` with non-trivial affine parameters and running statistics,
+    /// the same for the same `seed`.
+    fn random_bn(channels: usize, seed: u64) -> (ParamStore, BatchNorm) {
+        let store = ParamStore::new(seed);
+        let bn = batch_norm(channels, store.var_builder(DType::F64, &Device::Cpu)).unwrap();
+        for (idx, (_, var)) in store.vars().into_iter().enumerate() {
+            let fresh: Vec<f64> =
+                (0..channels).map(|c| 0.4 + 0.37 * ((c * 7 + idx * 3 + seed as usize) % 5) as f64).collect();
+            var.set(&Tensor::from_vec(fresh, channels, &Device::Cpu).unwrap()).unwrap();
+        }
+        (store, bn)
+    }
+
+    #[test]
+    fn fused_training_pass_matches_the_composed_one() {
+        for dims in [vec![3, 5, 4, 3], vec![6, 4], vec![4, 7, 1, 1], vec![2, 3, 5, 7]] {
+            let channels = dims[1];
+            let x = Var::from_tensor(&Tensor::randn(1f64, 2.0, dims.as_slice(), &Device::Cpu).unwrap()).unwrap();
+            let mix = Tensor::randn(0f64, 1.0, dims.as_slice(), &Device::Cpu).unwrap();
+            let (store_a, a) = random_bn(channels, 1);
+            let (store_b, b) = random_bn(channels, 1);
+            let (ya, _, _) = a.batch_statistics_fused(x.as_tensor()).unwrap();
+            let (yb, _, _) = b.batch_statistics_composed(x.as_tensor()).unwrap();
+            close("forward", &values(&ya), &values(&yb), 1e-12);
+            let ga = (ya * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (yb * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+            close("dx", &values(ga.get(x.as_tensor()).unwrap()), &values(gb.get(x.as_tensor()).unwrap()), 1e-10);
+            for name in ["weight", "bias"] {
+                let (va, vb) = (store_a.get(name).unwrap(), store_b.get(name).unwrap());
+                close(name, &values(ga.get(va.as_tensor()).unwrap()), &values(gb.get(vb.as_tensor()).unwrap()), 1e-10);
+            }
+            // The running update through forward_t, on the fused path, against the formula.
+            let before_mean = values(a.running_mean());
+            let before_var = values(a.running_var());
+            a.forward_t(x.as_tensor(), true).unwrap();
+            let n = (x.elem_count() / channels) as f64;
+            let batch_mean = values(&x.as_tensor().transpose(0, 1).unwrap().flatten_from(1).unwrap().mean(1).unwrap());
+            for c in 0..channels {
+                let expected = 0.9 * before_mean[c] + 0.1 * batch_mean[c];
+                assert!((values(a.running_mean())[c] - expected).abs() < 1e-12);
+            }
+            let xs = values(&x.as_tensor().transpose(0, 1).unwrap().flatten_from(1).unwrap());
+            let per = xs.len() / channels;
+            for c in 0..channels {
+                let row = &xs[c * per..(c + 1) * per];
+                let unbiased = row.iter().map(|v| (v - batch_mean[c]).powi(2)).sum::<f64>() / (n - 1.0);
+                let expected = 0.9 * before_var[c] + 0.1 * unbiased;
+                assert!((values(a.running_var())[c] - expected).abs() < 1e-12);
+            }
+            assert_eq!(a.num_batches_tracked(), 1);
+        }
+    }
+
+    #[test]
+    fn fused_gradients_match_finite_differences() {
+        let dims = (3, 2, 3, 2);
+        let x0 = values(&Tensor::randn(0f64, 1.5, dims, &Device::Cpu).unwrap());
+        let mix = Tensor::randn(0f64, 1.0, dims, &Device::Cpu).unwrap();
+        let (store, bn) = random_bn(2, 5);
+        let loss = |x: &[f64]| -> f64 {
+            let x = Tensor::from_slice(x, dims, &Device::Cpu).unwrap();
+            let (y, _, _) = bn.batch_statistics_fused(&x).unwrap();
+            (y * &mix).unwrap().sum_all().unwrap().to_scalar().unwrap()
+        };
+        let x = Var::from_slice(&x0, dims, &Device::Cpu).unwrap();
+        let (y, _, _) = bn.batch_statistics_fused(x.as_tensor()).unwrap();
+        let grads = (y * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+        let dx = values(grads.get(x.as_tensor()).unwrap());
+        let eps = 1e-6;
+        for idx in 0..x0.len() {
+            let (mut plus, mut minus) = (x0.clone(), x0.clone());
+            plus[idx] += eps;
+            minus[idx] -= eps;
+            let numeric = (loss(&plus) - loss(&minus)) / (2.0 * eps);
+            assert!((numeric - dx[idx]).abs() < 1e-6, "dx[{idx}]: {numeric} vs {}", dx[idx]);
+        }
+        // d/dβ of Σ mix·y is Σ mix per channel; d/dγ is Σ mix·x̂.
+        let db = values(grads.get(store.get("bias").unwrap().as_tensor()).unwrap());
+        let mix_sums = values(&mix.transpose(0, 1).unwrap().flatten_from(1).unwrap().sum(1).unwrap());
+        close("dbias", &db, &mix_sums, 1e-12);
+    }
+
+    #[test]
+    fn evaluation_uses_running_statistics() {
+        let (_, bn) = random_bn(3, 2);
+        let x = Tensor::randn(0f64, 1.0, (2, 3, 2, 2), &Device::Cpu).unwrap();
+        let y = values(&bn.forward_t(&x, false).unwrap());
+        let (rm, rv) = (values(bn.running_mean()), values(bn.running_var()));
+        let xs = values(&x);
+        let (w, b) = (values(&bn.weight), values(&bn.bias));
+        for (idx, v) in xs.iter().enumerate() {
+            let c = (idx / 4) % 3;
+            let expected = (v - rm[c]) / (rv[c] + 1e-5).sqrt() * w[c] + b[c];
+            assert!((y[idx] - expected).abs() < 1e-12);
+        }
+        assert_eq!(bn.num_batches_tracked(), 0);
     }
 }

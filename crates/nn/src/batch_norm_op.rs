@@ -1,0 +1,250 @@
+//! Training-mode BatchNorm as one CPU op, forward and backward.
+//!
+//! Composed from tensor primitives, a training BatchNorm makes about thirty passes over its
+//! activation (forward and backward) and took 1.05 s for one `(8, 256, 56, 56)` layer on this
+//! project's machine. Here the forward reads the input twice (mean, then variance) and writes the
+//! output once, and the backward reads twice and writes once, each parallel over channels:
+//!
+//! ```text
+//! forward   μ = mean(x), σ² = mean((x − μ)²)   (per channel, over batch and space)
+//!           y = γ·(x − μ)/√(σ² + ε) + β
+//! backward  dβ = Σ dy,  dγ = Σ dy·x̂,  dx = γ/√(σ² + ε) · (dy − dβ/M − x̂·dγ/M)
+//! ```
+//!
+//! Sums accumulate in f64. The batch statistics are handed back to the caller for the running
+//! update through [`BatchStats`].
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType, backend::BackendStorage, bail};
+use rayon::prelude::*;
+
+/// Per-channel batch statistics of the last forward: mean and biased variance.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stats {
+    pub(crate) mean: Vec<f64>,
+    pub(crate) var: Vec<f64>,
+    /// Values per channel (batch × spatial).
+    pub(crate) count: usize,
+}
+
+/// Where the forward leaves its statistics, for the running update and the backward.
+pub(crate) type BatchStats = Arc<Mutex<Option<Stats>>>;
+
+/// `(x [N, C, ...], weight [C], bias [C]) → y`, normalised with the batch statistics.
+pub(crate) struct BatchNormTrainOp {
+    pub(crate) eps: f64,
+    pub(crate) stats: BatchStats,
+}
+
+/// `(n, c, spatial)` of an `[N, C, ...]` layout.
+fn dims(layout: &Layout) -> Result<(usize, usize, usize)> {
+    let dims = layout.dims();
+    if dims.len() < 2 {
+        bail!("batch norm expects [N, C, ...], got {dims:?}")
+    }
+    Ok((dims[0], dims[1], dims[2..].iter().product()))
+}
+
+fn slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
+        None => bail!("batch norm expects contiguous tensors"),
+    }
+}
+
+/// The `[spatial]` runs of channel `c` in an `[N, C, spatial]` buffer.
+fn channel_runs<T>(data: &[T], (n, c_count, spatial): (usize, usize, usize), c: usize) -> impl Iterator<Item = &[T]> {
+    (0..n).map(move |img| &data[(img * c_count + c) * spatial..][..spatial])
+}
+
+fn statistics<T: WithDType>(x: &[T], shape: (usize, usize, usize)) -> Stats {
+    let (n, c_count, spatial) = shape;
+    let count = n * spatial;
+    let per_channel: Vec<(f64, f64)> = (0..c_count)
+        .into_par_iter()
+        .map(|c| {
+            let sum: f64 = channel_runs(x, shape, c).flat_map(|run| run.iter()).map(|v| v.to_f64()).sum();
+            let mean = sum / count as f64;
+            let sq: f64 =
+                channel_runs(x, shape, c).flat_map(|run| run.iter()).map(|v| (v.to_f64() - mean).powi(2)).sum();
+            (mean, sq / count as f64)
+        })
+        .collect();
+    let (mean, var) = per_channel.into_iter().unzip();
+    Stats { mean, var, count }
+}
+
+/// Runs `f(c, out_run, in_run)` over every `[spatial]` run of an `[N, C, spatial]` output, in
+/// parallel over images and channels.
+fn for_each_run<T: WithDType + Send + Sync>(
+    out: &mut [T],
+    (_, c_count, spatial): (usize, usize, usize),
+    f: impl Fn(usize, usize, &mut [T]) + Send + Sync,
+) {
+    out.par_chunks_mut(spatial).enumerate().for_each(|(idx, run)| f(idx % c_count, idx * spatial, run));
+}
+
+fn forward<T: WithDType + Send + Sync>(
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    shape: (usize, usize, usize),
+    eps: f64,
+) -> (Vec<T>, Stats) {
+    let stats = statistics(x, shape);
+    let scale: Vec<f64> = (0..shape.1).map(|c| w[c].to_f64() / (stats.var[c] + eps).sqrt()).collect();
+    let shift: Vec<f64> = (0..shape.1).map(|c| b[c].to_f64() - stats.mean[c] * scale[c]).collect();
+    let mut y = vec![T::zero(); x.len()];
+    for_each_run(&mut y, shape, |c, start, run| {
+        let (s, t) = (T::from_f64(scale[c]), T::from_f64(shift[c]));
+        for (out, v) in run.iter_mut().zip(&x[start..]) {
+            *out = *v * s + t;
+        }
+    });
+    (y, stats)
+}
+
+/// `[dx..., dγ..., dβ...]` packed in one buffer.
+fn backward<T: WithDType + Send + Sync>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    shape: (usize, usize, usize),
+    stats: &Stats,
+    eps: f64,
+) -> Vec<T> {
+    let c_count = shape.1;
+    let inv_std: Vec<f64> = stats.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let sums: Vec<(f64, f64)> = (0..c_count)
+        .into_par_iter()
+        .map(|c| {
+            let (mean, inv) = (stats.mean[c], inv_std[c]);
+            let mut d_bias = 0.0;
+            let mut d_weight = 0.0;
+            for (xs, gs) in channel_runs(x, shape, c).zip(channel_runs(dy, shape, c)) {
+                for (v, g) in xs.iter().zip(gs) {
+                    let g = g.to_f64();
+                    d_bias += g;
+                    d_weight += g * (v.to_f64() - mean) * inv;
+                }
+            }
+            (d_weight, d_bias)
+        })
+        .collect();
+    let m = stats.count as f64;
+    let mut packed = vec![T::zero(); x.len() + 2 * c_count];
+    let (dx, tail) = packed.split_at_mut(x.len());
+    for_each_run(dx, shape, |c, start, run| {
+        let (d_weight, d_bias) = sums[c];
+        let k = w[c].to_f64() * inv_std[c];
+        let (mean, inv) = (stats.mean[c], inv_std[c]);
+        for ((out, v), g) in run.iter_mut().zip(&x[start..]).zip(&dy[start..]) {
+            let xhat = (v.to_f64() - mean) * inv;
+            *out = T::from_f64(k * (g.to_f64() - d_bias / m - xhat * d_weight / m));
+        }
+    });
+    for (c, (d_weight, d_bias)) in sums.into_iter().enumerate() {
+        tail[c] = T::from_f64(d_weight);
+        tail[c_count + c] = T::from_f64(d_bias);
+    }
+    packed
+}
+
+macro_rules! dispatch_float {
+    ($storage:expr, |$ty:ident| $body:expr) => {
+        match $storage {
+            CpuStorage::F32(_) => {
+                type $ty = f32;
+                $body
+            }
+            CpuStorage::F64(_) => {
+                type $ty = f64;
+                $body
+            }
+            other => bail!("dmlp batch norm supports f32 and f64 on the CPU, got {:?}", other.dtype()),
+        }
+    };
+}
+
+impl CustomOp3 for BatchNormTrainOp {
+    fn name(&self) -> &'static str {
+        "dmlp-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let shape = dims(l1)?;
+        if l2.dims() != [shape.1] || l3.dims() != [shape.1] {
+            bail!("batch norm over {} channels got weight {:?} and bias {:?}", shape.1, l2.dims(), l3.dims())
+        }
+        let (out, stats) = dispatch_float!(s1, |T| {
+            let (y, stats) = forward(slice::<T>(s1, l1)?, slice::<T>(s2, l2)?, slice::<T>(s3, l3)?, shape, self.eps);
+            (T::to_cpu_storage_owned(y), stats)
+        });
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(stats) = stats else { bail!("batch norm backward without its forward statistics") };
+        let op = BatchNormBackwardOp { eps: self.eps, stats };
+        let packed = x.apply_op3_no_bwd(weight, &grad.contiguous()?, &op)?;
+        let (n, c) = (x.elem_count(), weight.elem_count());
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, n, c)?;
+        let db = packed.narrow(0, n + c, c)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `(x, weight, dy) → [dx..., dγ..., dβ...]`.
+struct BatchNormBackwardOp {
+    eps: f64,
+    stats: Stats,
+}
+
+impl CustomOp3 for BatchNormBackwardOp {
+    fn name(&self) -> &'static str {
+        "dmlp-batch-norm-train-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let shape = dims(l1)?;
+        if l3.dims() != l1.dims() {
+            bail!("batch norm backward: gradient {:?} does not match input {:?}", l3.dims(), l1.dims())
+        }
+        let out = dispatch_float!(s1, |T| T::to_cpu_storage_owned(backward(
+            slice::<T>(s1, l1)?,
+            slice::<T>(s2, l2)?,
+            slice::<T>(s3, l3)?,
+            shape,
+            &self.stats,
+            self.eps
+        )));
+        Ok((out, Shape::from(l1.shape().elem_count() + 2 * shape.1)))
+    }
+}

@@ -1,0 +1,212 @@
+//! `cargo xtask bench ops`: the training ops on their own. conv2d forward + backward GFLOP/s
+//! over ResNet-50's convolutions at batch 8 × 224², BatchNorm's training pass, the ResNet-50
+//! step, and a tiny ResNet's step, each beside PyTorch's when a Python with PyTorch is given.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use candle_core::{DType, Device, ModuleT, Tensor, Var};
+use dmlp_backbones::{BackbonePreset, BackboneSpec, BlockKind, CustomBackbone};
+use dmlp_model::{Classifier, ModelConfig, ModelDType};
+use dmlp_nn::{Conv2dConfig, ParamStore, batch_norm, conv2d_forward};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct OpsBenchArgs {
+    /// A Python interpreter with PyTorch: runs the same work in PyTorch in the same run.
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Threads on both sides (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed iterations of each whole-network step (median reported, after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Print one JSON object as the last line of standard output (logs go to standard error).
+    #[arg(long)]
+    json: bool,
+}
+
+/// One convolution of ResNet-50: `(in, out, kernel, stride, padding, input size, how many)`.
+type ConvShape = (usize, usize, usize, usize, usize, usize, usize);
+
+/// ResNet-50's convolutions at 224² (torchvision layout), grouped by shape.
+pub(crate) fn resnet50_convs() -> Vec<ConvShape> {
+    let mut convs = vec![(3, 64, 7, 2, 3, 224, 1)];
+    let mut in_c = 64;
+    let mut size = 56;
+    for (stage, blocks) in [3usize, 4, 6, 3].into_iter().enumerate() {
+        let planes = 64 << stage;
+        let stride = if stage == 0 { 1 } else { 2 };
+        let out_size = size / stride;
+        // First block: 1×1 at the input size, 3×3 with the stride, 1×1, and the downsample.
+        convs.push((in_c, planes, 1, 1, 0, size, 1));
+        convs.push((planes, planes, 3, stride, 1, size, 1));
+        convs.push((planes, planes * 4, 1, 1, 0, out_size, 1));
+        convs.push((in_c, planes * 4, 1, stride, 0, size, 1));
+        // The other blocks.
+        convs.push((planes * 4, planes, 1, 1, 0, out_size, blocks - 1));
+        convs.push((planes, planes, 3, 1, 1, out_size, blocks - 1));
+        convs.push((planes, planes * 4, 1, 1, 0, out_size, blocks - 1));
+        in_c = planes * 4;
+        size = out_size;
+    }
+    convs
+}
+
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn time_it(iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    f()?;
+    let mut times = Vec::new();
+    for _ in 0..iters.max(1) {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+/// Seconds and FLOPs of forward + both gradients over every ResNet-50 convolution, batch 8.
+fn conv_fwd_bwd(device: &Device) -> anyhow::Result<(f64, f64)> {
+    let batch = 8;
+    let (mut seconds, mut flops) = (0.0, 0.0);
+    for (cin, cout, k, s, p, size, count) in resnet50_convs() {
+        if count == 0 {
+            continue;
+        }
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (batch, cin, size, size), device)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, cin, k, k), device)?)?;
+        let config = Conv2dConfig::new(s, p);
+        let out_size = (size + 2 * p - k) / s + 1;
+        let step_flops = 3.0 * 2.0 * (batch * cout * out_size * out_size * cin * k * k) as f64;
+        let t = time_it(1, || {
+            let ys = conv2d_forward(x.as_tensor(), w.as_tensor(), config)?;
+            drop(ys.sum_all()?.backward()?);
+            Ok(())
+        })?;
+        eprintln!(
+            "  conv {cin:>4}→{cout:<4} {k}×{k}/{s} @{size:<3} ×{count}: {:>7.1} ms  {:>5.1} GFLOP/s",
+            t * 1e3,
+            step_flops / t / 1e9
+        );
+        seconds += t * count as f64;
+        flops += step_flops * count as f64;
+    }
+    Ok((seconds, flops))
+}
+
+/// BatchNorm training forward + backward over ResNet-50 layer1's activation shape.
+fn batch_norm_step(device: &Device) -> anyhow::Result<f64> {
+    let store = ParamStore::new(0);
+    let bn = batch_norm(256, store.var_builder(DType::F32, device))?;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (8, 256, 56, 56), device)?)?;
+    time_it(3, || {
+        let ys = bn.forward_t(x.as_tensor(), true)?;
+        drop(ys.sum_all()?.backward()?);
+        Ok(())
+    })
+}
+
+fn network_step(spec: BackboneSpec, batch: usize, size: usize, iters: usize, device: &Device) -> anyhow::Result<f64> {
+    let config = ModelConfig {
+        backbone: Some(spec),
+        feature_dim: None,
+        num_classes: 10,
+        metadata: None,
+        fusion: None,
+        dtype: ModelDType::F32,
+    };
+    let model = Classifier::new(&config, 0, device)?;
+    let images = Tensor::randn(0f32, 1.0, (batch, 3, size, size), device)?;
+    let targets = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect(), batch, device)?;
+    time_it(iters, || {
+        let out = model.forward_t(&images, None, true)?;
+        let loss = candle_nn::loss::cross_entropy(&out.logits, &targets)?;
+        drop(loss.backward()?);
+        Ok(())
+    })
+}
+
+fn tiny_resnet() -> BackboneSpec {
+    BackboneSpec::Custom(CustomBackbone::Resnet { block: BlockKind::Basic, layers: vec![1, 1, 1, 1], width: 16 })
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct TorchOps {
+    torch_version: String,
+    conv_fwd_bwd_gflops: f64,
+    batch_norm_step_s: f64,
+    resnet50_step_s: f64,
+    tiny_resnet_step_s: f64,
+}
+
+pub(crate) fn run(args: &OpsBenchArgs) -> anyhow::Result<ExitCode> {
+    let threads = crate::bench::set_threads(args.threads);
+    let device = Device::Cpu;
+    eprintln!("bench ops: {threads} threads, release build: {}", !cfg!(debug_assertions));
+    let (conv_s, conv_flops) = conv_fwd_bwd(&device)?;
+    let conv_gflops = conv_flops / conv_s / 1e9;
+    eprintln!("dmlp conv2d fwd+bwd over ResNet-50's convolutions: {conv_s:.2} s, {conv_gflops:.1} GFLOP/s");
+    let bn_s = batch_norm_step(&device)?;
+    eprintln!("dmlp BatchNorm train fwd+bwd (8, 256, 56, 56): {:.1} ms", bn_s * 1e3);
+    let resnet_s = network_step(BackboneSpec::Preset(BackbonePreset::Resnet50), 8, 224, args.iters, &device)?;
+    eprintln!("dmlp ResNet-50 step, batch 8 × 224²: {resnet_s:.2} s");
+    let tiny_s = network_step(tiny_resnet(), 32, 32, args.iters.max(5), &device)?;
+    eprintln!("dmlp tiny ResNet step (basic [1,1,1,1], width 16), batch 32 × 32²: {:.1} ms", tiny_s * 1e3);
+
+    let torch = args.python.as_deref().map(|python| run_torch(python, threads, args.iters)).transpose()?;
+    println!("{:<52} {:>10} {:>10} {:>8}", "measure", "dmlp", "torch", "ratio");
+    let row = |name: &str, ours: f64, theirs: Option<f64>, unit: &str| match theirs {
+        Some(t) => println!("{name:<52} {ours:>8.3}{unit} {t:>8.3}{unit} {:>7.2}×", ours / t),
+        None => println!("{name:<52} {ours:>8.3}{unit} {:>10} {:>8}", "-", "-"),
+    };
+    row(
+        "conv2d fwd+bwd, ResNet-50 shapes, batch 8 (GFLOP/s)",
+        conv_gflops,
+        torch.as_ref().map(|t| t.conv_fwd_bwd_gflops),
+        "  ",
+    );
+    row("BatchNorm train fwd+bwd (8,256,56,56)", bn_s, torch.as_ref().map(|t| t.batch_norm_step_s), " s");
+    row("ResNet-50 step, batch 8 × 224²", resnet_s, torch.as_ref().map(|t| t.resnet50_step_s), " s");
+    row("tiny ResNet step, batch 32 × 32²", tiny_s, torch.as_ref().map(|t| t.tiny_resnet_step_s), " s");
+    println!("(ratio = dmlp / PyTorch: for GFLOP/s above 1 is faster, for seconds below 1 is faster)");
+    if args.json {
+        let mut json = serde_json::json!({
+            "threads": threads,
+            "conv_fwd_bwd_gflops": conv_gflops,
+            "batch_norm_step_s": bn_s,
+            "resnet50_step_s": resnet_s,
+            "tiny_resnet_step_s": tiny_s,
+        });
+        if let Some(t) = &torch {
+            json["torch_version"] = t.torch_version.clone().into();
+            json["torch_conv_fwd_bwd_gflops"] = t.conv_fwd_bwd_gflops.into();
+            json["torch_batch_norm_step_s"] = t.batch_norm_step_s.into();
+            json["torch_resnet50_step_s"] = t.resnet50_step_s.into();
+            json["torch_tiny_resnet_step_s"] = t.tiny_resnet_step_s.into();
+        }
+        println!("{json}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_torch(python: &Path, threads: usize, iters: usize) -> anyhow::Result<TorchOps> {
+    let script = crate::paths::project_root().join("xtask").join("python").join("bench_ops.py");
+    eprintln!("torch: running {} {}", python.display(), script.display());
+    let output = Command::new(python)
+        .arg(&script)
+        .args(["--threads", &threads.to_string(), "--iters", &iters.to_string()])
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !output.status.success() {
+        bail!("the PyTorch benchmark failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().context("the PyTorch benchmark printed nothing")?;
+    serde_json::from_str(last).with_context(|| format!("parsing the PyTorch benchmark's output {last:?}"))
+}

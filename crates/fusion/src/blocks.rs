@@ -56,7 +56,8 @@ impl Module for NormRelu {
 /// # Shapes
 /// `u: [B, i]`, `flat: [B, i·o]` → `[B, o]`.
 pub(crate) fn dynamic_projection(u: &Tensor, flat: &Tensor, i: usize, o: usize) -> Result<Tensor> {
-    let b = u.dim(0)?;
-    let weights = flat.reshape((b, i, o))?;
-    u.unsqueeze(1)?.matmul(&weights)?.squeeze(1)
+    if u.dim(1)? != i || flat.dim(1)? != i * o {
+        candle_core::bail!("dynamic projection: u {:?} and W {:?} do not fit [{i} × {o}]", u.dims(), flat.dims())
+    }
+    dmlp_nn::batched_vecmat(u, flat)
 }

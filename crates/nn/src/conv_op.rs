@@ -14,10 +14,10 @@
 //! with `K = C/g · kh · kw`. 1×1 convolutions with stride 1 and no padding skip im2col.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType, backend::BackendStorage, bail};
-use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
 use crate::Conv2dConfig;
+use crate::gemm_util::matmul;
 
 /// Column buffer budget per batch block, in elements (32 Mi floats = 128 MiB in f32).
 const MAX_BLOCK_ELEMENTS: usize = 32 << 20;
@@ -186,52 +186,6 @@ fn col2im<T: WithDType>(geo: &Geometry, cols: &[T], first_image: usize, n: usize
             }
         }
     });
-}
-
-/// `dst[m × n] (row stride ld_dst) = (accumulate ? dst : 0) + lhs · rhs`, where `lhs` and `rhs`
-/// are given by (pointer, row stride, column stride) so that transposes cost nothing.
-#[allow(clippy::too_many_arguments)]
-fn matmul<T: WithDType>(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [T],
-    ld_dst: usize,
-    accumulate: bool,
-    (lhs, lhs_rs, lhs_cs): (&[T], usize, usize),
-    (rhs, rhs_rs, rhs_cs): (&[T], usize, usize),
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst.len() >= (m - 1) * ld_dst + n, "matmul destination too small");
-    assert!(k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs, "matmul lhs too small");
-    assert!(k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs, "matmul rhs too small");
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-    // SAFETY: the asserts above keep every index gemm computes from these strides inside the
-    // slices; dst does not alias lhs or rhs (it is a distinct &mut).
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            ld_dst as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
 }
 
 /// `cols` for a block: the input itself for pointwise convolutions of a single image, else an

@@ -17,17 +17,22 @@
 mod batch_norm_op;
 mod conv;
 mod conv_op;
+mod gemm_util;
 pub mod init;
+mod layer_norm_op;
 mod linear;
+mod linear_op;
 mod norm;
 mod pool;
 mod store;
+mod vecmat_op;
 
 pub use conv::{Conv2d, Conv2dConfig, conv2d, conv2d_forward};
-pub use linear::{Linear, linear};
+pub use linear::{Linear, linear, linear_forward};
 pub use norm::{BatchNorm, LayerNorm, batch_norm, layer_norm};
 pub use pool::{AvgPool2d, MaxPool2d, global_avg_pool};
 pub use store::ParamStore;
+pub use vecmat_op::batched_vecmat;
 
 /// Names of buffers that are state but not trainable parameters (the optimiser must skip them).
 pub fn is_buffer_name(name: &str) -> bool {

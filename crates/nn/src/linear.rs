@@ -1,9 +1,10 @@
 //! Fully connected layers with PyTorch's initialisation.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::init::pytorch_default;
+use crate::linear_op::{LinearBiasOp, LinearOp};
 
 /// `y = x·Wᵀ + b` with `W: [out, in]` (key `weight`) and an optional `b: [out]` (key `bias`).
 #[derive(Debug, Clone)]
@@ -32,12 +33,81 @@ impl Linear {
 
 impl Module for Linear {
     /// # Shapes
-    /// `xs: [B, in]` → `[B, out]`.
+    /// `xs: [..., in]` → `[..., out]`.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = xs.matmul(&self.weight.t()?)?;
-        match &self.bias {
-            Some(bias) => ys.broadcast_add(bias),
-            None => Ok(ys),
+        let dims = xs.dims();
+        let Some((&in_features, leading)) = dims.split_last() else {
+            candle_core::bail!("linear expects at least one dimension, got a scalar")
+        };
+        let rows: usize = leading.iter().product();
+        let flat = xs.reshape((rows, in_features))?;
+        let ys = linear_forward(&flat, &self.weight, self.bias.as_ref())?;
+        let mut out_dims = leading.to_vec();
+        out_dims.push(self.weight.dim(0)?);
+        ys.reshape(out_dims)
+    }
+}
+
+/// `x·Wᵀ + b` for `x: [B, in]`: on the CPU the project's op (direct gemm calls, bias folded
+/// into the product), elsewhere and in half precision candle's matmul.
+pub fn linear_forward(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let fused = matches!(xs.device(), Device::Cpu) && matches!(xs.dtype(), DType::F32 | DType::F64);
+    if fused {
+        let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
+        return match bias {
+            Some(bias) => xs.apply_op3(&weight, &bias.contiguous()?, LinearBiasOp),
+            None => xs.apply_op2(&weight, LinearOp),
+        };
+    }
+    let ys = xs.matmul(&weight.t()?)?;
+    match bias {
+        Some(bias) => ys.broadcast_add(bias),
+        None => Ok(ys),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Module, Tensor, Var};
+
+    use crate::ParamStore;
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn fused_linear_matches_the_matmul_path_with_gradients() {
+        for bias in [true, false] {
+            for (rows, inp, out) in [(5, 7, 3), (1, 4, 9), (33, 17, 65)] {
+                let store = ParamStore::new(4);
+                let layer = super::linear(inp, out, bias, store.var_builder(DType::F64, &Device::Cpu)).unwrap();
+                let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (rows, inp), &Device::Cpu).unwrap()).unwrap();
+                let mix = Tensor::randn(0f64, 1.0, (rows, out), &Device::Cpu).unwrap();
+                let ours = layer.forward(x.as_tensor()).unwrap();
+                let mut reference = x.as_tensor().matmul(&layer.weight().t().unwrap()).unwrap();
+                if let Some(b) = layer.bias() {
+                    reference = reference.broadcast_add(b).unwrap();
+                }
+                let (a, b) = (values(&ours), values(&reference));
+                assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-12));
+                let ga = (ours * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+                let gb = (reference * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut watched = vec![x.as_tensor().clone(), layer.weight().clone()];
+                watched.extend(layer.bias().cloned());
+                for t in watched {
+                    let (a, b) = (values(ga.get(&t).unwrap()), values(gb.get(&t).unwrap()));
+                    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-10), "{a:?} vs {b:?}");
+                }
+            }
         }
+    }
+
+    #[test]
+    fn leading_dimensions_are_kept() {
+        let store = ParamStore::new(1);
+        let layer = super::linear(4, 3, true, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 4), &Device::Cpu).unwrap();
+        assert_eq!(layer.forward(&x).unwrap().dims(), [2, 5, 3]);
     }
 }

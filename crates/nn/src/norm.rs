@@ -8,6 +8,7 @@ use candle_core::{D, DType, Device, Module, ModuleT, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use crate::batch_norm_op::{BatchNormTrainOp, Stats};
+use crate::layer_norm_op::LayerNormOp;
 
 /// `nn.BatchNorm2d` / `nn.BatchNorm1d`, PyTorch semantics: in training it normalises with the
 /// batch statistics (biased variance) and updates `running = (1 − m)·running + m·batch` with the
@@ -141,8 +142,9 @@ impl ModuleT for BatchNorm {
     }
 }
 
-/// `nn.LayerNorm(n)` over the last dimension (eps 1e-5, affine; weight 1, bias 0), composed from
-/// differentiable primitives: candle's fused layer norm returns no gradient.
+/// `nn.LayerNorm(n)` over the last dimension (eps 1e-5, affine; weight 1, bias 0), with a
+/// gradient for every input (candle's fused layer norm returns none): one fused op on the CPU,
+/// differentiable primitives elsewhere.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -163,13 +165,25 @@ impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         // Half precision accumulates badly over 2048 values: normalise in f32, as PyTorch's autocast does.
         let dtype = xs.dtype();
-        let xs = if matches!(dtype, DType::F16 | DType::BF16) { xs.to_dtype(DType::F32)? } else { xs.clone() };
-        let mean = xs.mean_keepdim(D::Minus1)?;
-        let centered = xs.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?.to_dtype(dtype)?;
-        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        let compute = if matches!(dtype, DType::F16 | DType::BF16) { DType::F32 } else { dtype };
+        let xs = xs.to_dtype(compute)?;
+        let (weight, bias) = (self.weight.to_dtype(compute)?, self.bias.to_dtype(compute)?);
+        let ys = match xs.device() {
+            Device::Cpu => {
+                xs.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps: self.eps })?
+            }
+            _ => layer_norm_composed(&xs, &weight, &bias, self.eps)?,
+        };
+        ys.to_dtype(dtype)
     }
+}
+
+/// LayerNorm from differentiable primitives (any device).
+fn layer_norm_composed(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = xs.mean_keepdim(D::Minus1)?;
+    let centered = xs.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    centered.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(weight)?.broadcast_add(bias)
 }
 
 #[cfg(test)]
@@ -286,5 +300,39 @@ mod tests {
             assert!((y[idx] - expected).abs() < 1e-12);
         }
         assert_eq!(bn.num_batches_tracked(), 0);
+    }
+
+    #[test]
+    fn layer_norm_op_matches_the_composed_one_and_finite_differences() {
+        let store = ParamStore::new(3);
+        let ln = layer_norm(7, store.var_builder(DType::F64, &Device::Cpu)).unwrap();
+        for (idx, (_, var)) in store.vars().into_iter().enumerate() {
+            let fresh: Vec<f64> = (0..7).map(|j| 0.3 + 0.2 * ((j * 3 + idx) % 4) as f64).collect();
+            var.set(&Tensor::from_vec(fresh, 7, &Device::Cpu).unwrap()).unwrap();
+        }
+        let (w, b) = (store.get("weight").unwrap(), store.get("bias").unwrap());
+        let x0 = values(&Tensor::randn(1f64, 2.0, (3, 2, 7), &Device::Cpu).unwrap());
+        let mix = Tensor::randn(0f64, 1.0, (3, 2, 7), &Device::Cpu).unwrap();
+        let x = Var::from_slice(&x0, (3, 2, 7), &Device::Cpu).unwrap();
+        let ours = ln.forward(x.as_tensor()).unwrap();
+        let theirs = layer_norm_composed(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+        close("forward", &values(&ours), &values(&theirs), 1e-12);
+        let ga = (ours * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (theirs * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+        for t in [x.as_tensor(), w.as_tensor(), b.as_tensor()] {
+            close("grad", &values(ga.get(t).unwrap()), &values(gb.get(t).unwrap()), 1e-10);
+        }
+        let loss = |x: &[f64]| -> f64 {
+            let x = Tensor::from_slice(x, (3, 2, 7), &Device::Cpu).unwrap();
+            (ln.forward(&x).unwrap() * &mix).unwrap().sum_all().unwrap().to_scalar().unwrap()
+        };
+        let dx = values(ga.get(x.as_tensor()).unwrap());
+        for idx in 0..x0.len() {
+            let (mut plus, mut minus) = (x0.clone(), x0.clone());
+            plus[idx] += 1e-6;
+            minus[idx] -= 1e-6;
+            let numeric = (loss(&plus) - loss(&minus)) / 2e-6;
+            assert!((numeric - dx[idx]).abs() < 1e-6, "dx[{idx}]: {numeric} vs {}", dx[idx]);
+        }
     }
 }

@@ -10,14 +10,12 @@ use dmlp_fusion::{FusionConfig, FusionHead};
 use dmlp_geo::{Metadata, Observation};
 use dmlp_model::{Classifier, LoadPolicy, ModelConfig, ModelDType, UnusedKeys, WeightsFile};
 use dmlp_nn::ParamStore;
+use dmlp_train::{Sgd, SgdConfig, mixup, mixup_loss};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::Outcome;
 use super::compare::{TensorCheck, Tolerance};
-
-const TRAIN_STEP_UNSUPPORTED: &str =
-    "training steps need the trainer (SGD, label smoothing, mixup), which this build does not have yet";
 
 /// Reads `dir/case.json` and runs it. The error side carries the kind when it was read.
 pub(super) fn load_and_run(dir: &Path, device: &Device) -> Result<(String, Outcome), (String, anyhow::Error)> {
@@ -40,7 +38,7 @@ pub(super) fn load_and_run(dir: &Path, device: &Device) -> Result<(String, Outco
         "fusion" => parse(&path, value).and_then(|case| run_fusion(dir, &case, device)),
         "model" => parse(&path, value).and_then(|case| run_model(dir, &case, device)),
         "checkpoint" => parse(&path, value).and_then(|case| run_checkpoint(dir, &case)),
-        "train_step" => Ok(Outcome::Unsupported(TRAIN_STEP_UNSUPPORTED.to_owned())),
+        "train_step" => parse(&path, value).and_then(|case| run_train_step(dir, &case, device)),
         other => {
             Err(anyhow!("unknown case kind {other:?}: expected encoding, fusion, model, checkpoint or train_step"))
         }
@@ -257,6 +255,124 @@ fn run_checkpoint(dir: &Path, case: &CheckpointCase) -> anyhow::Result<Outcome> 
         let read = file.epoch.context("the checkpoint holds no epoch")?;
         let exact = Tolerance { rel_l2: None, max_abs: Some(0.0) };
         checks.push(TensorCheck::from_values("epoch", &[read as f64], &[epoch as f64], &exact));
+    }
+    Ok(verdict(checks))
+}
+
+#[derive(Debug, Deserialize)]
+struct OptimizerSpec {
+    kind: String,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+    #[serde(default)]
+    nesterov: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchNormSpec {
+    momentum: f64,
+    running_var: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct TrainTolerance {
+    losses_max_abs: f64,
+    rel_l2: Option<f64>,
+    #[serde(default)]
+    per_tensor: HashMap<String, f64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TrainStepCase {
+    backbone: Option<BackboneSpec>,
+    fusion: Option<FusionConfig>,
+    metadata: Option<Metadata>,
+    num_classes: usize,
+    weights: PathBuf,
+    inputs: PathBuf,
+    expected: PathBuf,
+    #[serde(default = "strict_keys")]
+    unused_weight_keys: UnusedKeys,
+    mixup_lambda: f64,
+    label_smoothing: f64,
+    dropout: Option<String>,
+    steps: usize,
+    optimizer: OptimizerSpec,
+    batch_norm: Option<BatchNormSpec>,
+    tolerance: TrainTolerance,
+}
+
+fn run_train_step(dir: &Path, case: &TrainStepCase, device: &Device) -> anyhow::Result<Outcome> {
+    if case.optimizer.kind != "sgd" {
+        return Ok(Outcome::Unsupported(format!("optimizer {:?}: only sgd is implemented", case.optimizer.kind)));
+    }
+    if let Some(bn) = &case.batch_norm
+        && (bn.momentum != 0.1 || bn.running_var != "unbiased")
+    {
+        return Ok(Outcome::Unsupported(format!(
+            "batch norm momentum {} with {} running variance",
+            bn.momentum, bn.running_var
+        )));
+    }
+    if case.dropout.as_deref() != Some("disabled") {
+        bail!("a training-step case must disable dropout (\"dropout\": \"disabled\") to be deterministic");
+    }
+    let inputs = load_tensors(dir, &case.inputs, device)?;
+    let target = take(&inputs, "target", &case.inputs)?;
+    let perm = take(&inputs, "perm", &case.inputs)?;
+    let features = if case.backbone.is_none() { Some(take(&inputs, "image_features", &case.inputs)?) } else { None };
+    let config = ModelConfig {
+        backbone: case.backbone.clone(),
+        feature_dim: features.as_ref().map(|f| f.dim(1)).transpose()?,
+        num_classes: case.num_classes,
+        metadata: case.metadata,
+        fusion: case.fusion.clone().map(|f| FusionConfig { loc_dropout: 0.0, ..f }),
+        dtype: ModelDType::F32,
+    };
+    let model = Classifier::new_zeroed(&config, device)?;
+    load_weights(dir, &case.weights, model.store(), case.unused_weight_keys)?;
+    let lambda = case.mixup_lambda;
+    let loc =
+        if case.fusion.is_some() { Some(mixup(&take(&inputs, "loc", &case.inputs)?, &perm, lambda)?) } else { None };
+    let o = &case.optimizer;
+    let mut sgd = Sgd::new(
+        model.store().trainable_vars(),
+        SgdConfig { momentum: o.momentum, weight_decay: o.weight_decay, nesterov: o.nesterov },
+    );
+    let mut losses = Vec::with_capacity(case.steps);
+    for _ in 0..case.steps {
+        let out = match &features {
+            Some(features) => model.forward_features_t(&mixup(features, &perm, lambda)?, loc.as_ref(), true)?,
+            None => {
+                model.forward_t(&mixup(&take(&inputs, "image", &case.inputs)?, &perm, lambda)?, loc.as_ref(), true)?
+            }
+        };
+        let loss = mixup_loss(&out.logits, &target, &perm, lambda, case.label_smoothing)?;
+        losses.push(f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?));
+        sgd.step(&loss.backward()?, o.lr)?;
+    }
+
+    let expected = load_tensors(dir, &case.expected, &Device::Cpu)?;
+    let mut checks = Vec::new();
+    let mut names: Vec<&String> = expected.keys().collect();
+    names.sort();
+    for name in names {
+        if name == "losses" {
+            let reference: Vec<f64> = expected[name].to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+            if reference.len() != losses.len() {
+                bail!("expected {} losses, ran {} steps", reference.len(), losses.len());
+            }
+            let tol = Tolerance { rel_l2: None, max_abs: Some(case.tolerance.losses_max_abs) };
+            checks.push(TensorCheck::from_values("losses", &losses, &reference, &tol));
+            continue;
+        }
+        let param =
+            name.strip_prefix("after.").with_context(|| format!("unexpected tensor {name:?} in the expected file"))?;
+        let var = model.store().get(param).with_context(|| format!("{name}: the model has no {param}"))?;
+        let rel_l2 = case.tolerance.per_tensor.get(name).copied().or(case.tolerance.rel_l2);
+        let tol = Tolerance { rel_l2, max_abs: None };
+        checks.push(TensorCheck::new(name, var.as_tensor(), &expected[name], &tol)?);
     }
     Ok(verdict(checks))
 }

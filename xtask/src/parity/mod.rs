@@ -1,9 +1,9 @@
 //! The parity fixture runner: reads cases in the format of `shared/fixtures/parity/README.md`,
 //! computes each with dmlp, and compares with the reference's numbers.
 //!
-//! Kinds: `encoding`, `fusion`, `model`, `checkpoint`. A `train_step` case is reported as
-//! unsupported by name (the trainer does not exist yet) without failing the run; an unknown kind
-//! or an unreadable case fails it.
+//! Kinds: `encoding`, `fusion`, `model`, `checkpoint`, `train_step`. A case asking for what is
+//! not implemented (another optimiser, other BatchNorm momentum) is reported as unsupported by
+//! name without failing the run; an unknown kind or an unreadable case fails it.
 
 mod cases;
 mod compare;

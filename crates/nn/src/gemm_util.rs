@@ -1,0 +1,50 @@
+//! One place that calls `gemm`: a checked, strided matrix product on CPU slices.
+
+use candle_core::WithDType;
+use gemm::{Parallelism, gemm};
+
+/// `dst[m × n] (row stride ld_dst) = (accumulate ? dst : 0) + lhs · rhs`, where `lhs` and `rhs`
+/// are given by (pointer, row stride, column stride) so that transposes cost nothing.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul<T: WithDType>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    ld_dst: usize,
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (&[T], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[T], usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= (m - 1) * ld_dst + n, "matmul destination too small");
+    assert!(k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs, "matmul lhs too small");
+    assert!(k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs, "matmul rhs too small");
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    // SAFETY: the asserts above keep every index gemm computes from these strides inside the
+    // slices; dst does not alias lhs or rhs (it is a distinct &mut).
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            ld_dst as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}

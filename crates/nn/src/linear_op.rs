@@ -1,0 +1,188 @@
+//! Fully connected layers on the CPU as direct gemm calls, forward and backward.
+//!
+//! `y = x·Wᵀ + b` with the bias written into the destination before the product (one pass
+//! instead of a product and a broadcast add), and a backward of two products and a column sum:
+//!
+//! ```text
+//! dx = dy · W      [B × O] · [O × I]
+//! dW = dyᵀ · x     [O × B] · [B × I]   (the transpose is a stride, not a copy)
+//! db = Σ_b dy
+//! ```
+
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType, backend::BackendStorage, bail,
+};
+
+use crate::gemm_util::matmul;
+
+fn slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
+        None => bail!("linear expects a contiguous {what}"),
+    }
+}
+
+/// `(rows, in)` of `x` and `(out, in)` of `W`, checked against each other.
+fn dims(x: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
+    let (&[rows, in_x], &[out, in_w]) = (x.dims(), w.dims()) else {
+        bail!("linear expects x [B, in] and W [out, in], got {:?} and {:?}", x.dims(), w.dims())
+    };
+    if in_x != in_w {
+        bail!("linear: x has {in_x} features, W expects {in_w}")
+    }
+    Ok((rows, in_x, out))
+}
+
+fn forward<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, (rows, inp, out): (usize, usize, usize)) -> Vec<T> {
+    let mut y = vec![T::zero(); rows * out];
+    if let Some(bias) = bias {
+        for row in y.chunks_exact_mut(out) {
+            row.copy_from_slice(bias);
+        }
+    }
+    // Wᵀ as the right operand: element (i, o) lives at W[o·in + i].
+    matmul((rows, out, inp), &mut y, out, bias.is_some(), (x, inp, 1), (w, 1, inp));
+    y
+}
+
+macro_rules! dispatch_float {
+    ($storage:expr, |$ty:ident| $body:expr) => {
+        match $storage {
+            CpuStorage::F32(_) => {
+                type $ty = f32;
+                $body
+            }
+            CpuStorage::F64(_) => {
+                type $ty = f64;
+                $body
+            }
+            other => bail!("dmlp linear supports f32 and f64 on the CPU, got {:?}", other.dtype()),
+        }
+    };
+}
+
+/// `(x [B, in], W [out, in], b [out]) → [B, out]`.
+pub(crate) struct LinearBiasOp;
+
+/// `(x [B, in], W [out, in]) → [B, out]`.
+pub(crate) struct LinearOp;
+
+impl CustomOp3 for LinearBiasOp {
+    fn name(&self) -> &'static str {
+        "dmlp-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = dims(l1, l2)?;
+        if l3.dims() != [dims.2] {
+            bail!("linear: bias {:?} does not fit {} outputs", l3.dims(), dims.2)
+        }
+        let y = dispatch_float!(s1, |T| T::to_cpu_storage_owned(forward(
+            slice::<T>(s1, l1, "input")?,
+            slice::<T>(s2, l2, "weight")?,
+            Some(slice::<T>(s3, l3, "bias")?),
+            dims
+        )));
+        Ok((y, Shape::from((dims.0, dims.2))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = backward(x, w, grad)?;
+        Ok((Some(dx), Some(dw), Some(grad.sum(0)?)))
+    }
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "dmlp-linear-no-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = dims(l1, l2)?;
+        let y = dispatch_float!(s1, |T| T::to_cpu_storage_owned(forward(
+            slice::<T>(s1, l1, "input")?,
+            slice::<T>(s2, l2, "weight")?,
+            None,
+            dims
+        )));
+        Ok((y, Shape::from((dims.0, dims.2))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = backward(x, w, grad)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+fn backward(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    let grad = grad.contiguous()?;
+    let dx = grad.apply_op2_no_bwd(w, &InputGradOp)?;
+    let dw = grad.apply_op2_no_bwd(x, &WeightGradOp)?;
+    Ok((dx, dw))
+}
+
+/// `(dy [B, out], W [out, in]) → dx = dy · W`.
+struct InputGradOp;
+
+impl CustomOp2 for InputGradOp {
+    fn name(&self) -> &'static str {
+        "dmlp-linear-input-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (&[rows, out], &[out_w, inp]) = (l1.dims(), l2.dims()) else { bail!("linear input grad: bad shapes") };
+        if out != out_w {
+            bail!("linear input grad: gradient {:?} does not fit W {:?}", l1.dims(), l2.dims())
+        }
+        let dx = dispatch_float!(s1, |T| {
+            let (dy, w) = (slice::<T>(s1, l1, "gradient")?, slice::<T>(s2, l2, "weight")?);
+            let mut dx = vec![T::from_f64(0.0); rows * inp];
+            matmul((rows, inp, out), &mut dx, inp, false, (dy, out, 1), (w, inp, 1));
+            T::to_cpu_storage_owned(dx)
+        });
+        Ok((dx, Shape::from((rows, inp))))
+    }
+}
+
+/// `(dy [B, out], x [B, in]) → dW = dyᵀ · x`.
+struct WeightGradOp;
+
+impl CustomOp2 for WeightGradOp {
+    fn name(&self) -> &'static str {
+        "dmlp-linear-weight-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (&[rows, out], &[rows_x, inp]) = (l1.dims(), l2.dims()) else { bail!("linear weight grad: bad shapes") };
+        if rows != rows_x {
+            bail!("linear weight grad: gradient {:?} does not fit x {:?}", l1.dims(), l2.dims())
+        }
+        let x_layout_ok = l2.is_contiguous();
+        if !x_layout_ok {
+            bail!("linear weight grad expects a contiguous input")
+        }
+        let dw = dispatch_float!(s1, |T| {
+            let (dy, x) = (slice::<T>(s1, l1, "gradient")?, slice::<T>(s2, l2, "input")?);
+            let mut dw = vec![T::from_f64(0.0); out * inp];
+            // dyᵀ as the left operand: element (o, b) lives at dy[b·out + o].
+            matmul((out, inp, rows), &mut dw, inp, false, (dy, 1, out), (x, inp, 1));
+            T::to_cpu_storage_owned(dw)
+        });
+        Ok((dw, Shape::from((out, inp))))
+    }
+}

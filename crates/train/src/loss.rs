@@ -1,0 +1,77 @@
+//! Label-smoothed cross-entropy and mixup, as the reference computes them (`utils.py`).
+
+use candle_core::{D, DType, Result, Tensor, bail};
+
+/// `mean_b(−Σ_c q_c · log_softmax(z)_c)` with `q = 1 − s` on the target and `s / (C − 1)` elsewhere.
+///
+/// # Shapes
+/// `logits: [B, C]`, `targets: [B]` (integer class ids) → scalar.
+pub fn label_smoothing_loss(logits: &Tensor, targets: &Tensor, smoothing: f64) -> Result<Tensor> {
+    let (_, classes) = logits.dims2()?;
+    if classes < 2 {
+        bail!("label smoothing needs at least two classes, got {classes}")
+    }
+    if !(0.0..1.0).contains(&smoothing) {
+        bail!("label smoothing must be in [0, 1), got {smoothing}")
+    }
+    let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    let off = smoothing / (classes - 1) as f64;
+    let on = 1.0 - smoothing;
+    let target_log_probs = log_probs.gather(&targets.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let all = log_probs.sum(1)?;
+    // −(off·Σ_c log p + (on − off)·log p_target)
+    let per_sample = ((all * off)? + (target_log_probs * (on - off))?)?.neg()?;
+    per_sample.mean_all()
+}
+
+/// Mixes a batch with its permutation: `λ·x + (1 − λ)·x[perm]` along the first dimension.
+pub fn mixup(xs: &Tensor, perm: &Tensor, lambda: f64) -> Result<Tensor> {
+    let shuffled = xs.index_select(&perm.to_dtype(DType::U32)?, 0)?;
+    (xs * lambda)? + (shuffled * (1.0 - lambda))?
+}
+
+/// `λ·LS(out, y) + (1 − λ)·LS(out, y[perm])`.
+pub fn mixup_loss(logits: &Tensor, targets: &Tensor, perm: &Tensor, lambda: f64, smoothing: f64) -> Result<Tensor> {
+    let permuted = targets.index_select(&perm.to_dtype(DType::U32)?, 0)?;
+    let a = label_smoothing_loss(logits, targets, smoothing)?;
+    let b = label_smoothing_loss(logits, &permuted, smoothing)?;
+    (a * lambda)? + (b * (1.0 - lambda))?
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    #[test]
+    fn smoothing_puts_the_documented_mass_on_each_class() {
+        // Uniform logits over C classes: −Σ q log(1/C) = log C whatever the smoothing.
+        let logits = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
+        let targets = Tensor::new(&[1u32, 3], &Device::Cpu).unwrap();
+        let loss: f32 = label_smoothing_loss(&logits, &targets, 0.1).unwrap().to_scalar().unwrap();
+        assert!((loss - 4f32.ln()).abs() < 1e-6);
+        // One sample, logits [0, ln 2]: log p = [−ln 3, ln 2 − ln 3]; target 1, s = 0.3, C = 2.
+        let logits = Tensor::new(&[[0f32, 2f32.ln()]], &Device::Cpu).unwrap();
+        let targets = Tensor::new(&[1u32], &Device::Cpu).unwrap();
+        let loss: f32 = label_smoothing_loss(&logits, &targets, 0.3).unwrap().to_scalar().unwrap();
+        let expected = -(0.3 * (-(3f32.ln())) + 0.7 * (2f32.ln() - 3f32.ln()));
+        assert!((loss - expected).abs() < 1e-6, "{loss} vs {expected}");
+        assert!(
+            label_smoothing_loss(
+                &Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap(),
+                &Tensor::new(&[0u32], &Device::Cpu).unwrap(),
+                0.1
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn mixup_mixes_rows_with_their_permutation() {
+        let xs = Tensor::new(&[[1f32, 2.0], [3.0, 4.0], [5.0, 6.0]], &Device::Cpu).unwrap();
+        let perm = Tensor::new(&[2i64, 0, 1], &Device::Cpu).unwrap();
+        let mixed: Vec<Vec<f32>> = mixup(&xs, &perm, 0.75).unwrap().to_vec2().unwrap();
+        assert_eq!(mixed, vec![vec![2.0, 3.0], vec![2.5, 3.5], vec![4.5, 5.5]]);
+    }
+}

@@ -109,14 +109,14 @@ impl Block {
         for (idx, (conv, bn)) in self.convs.iter().enumerate() {
             ys = bn.forward_t(&conv.forward(&ys)?, train)?;
             if idx != last {
-                ys = ys.relu()?;
+                ys = dmlp_nn::relu(&ys)?;
             }
         }
         let identity = match &self.downsample {
             Some(downsample) => downsample.forward_t(xs, train)?,
             None => xs.clone(),
         };
-        (ys + identity)?.relu()
+        dmlp_nn::add_relu(&ys, &identity)
     }
 }
 
@@ -166,7 +166,7 @@ impl ResNet {
     /// # Shapes
     /// `images: [B, 3, H, W]` → `[B, num_features]`.
     pub fn forward_features(&self, images: &Tensor, train: bool) -> Result<Tensor> {
-        let xs = self.bn1.forward_t(&self.conv1.forward(images)?, train)?.relu()?; // [B, w, H/2, W/2]
+        let xs = dmlp_nn::relu(&self.bn1.forward_t(&self.conv1.forward(images)?, train)?)?; // [B, w, H/2, W/2]
         let mut xs = self.maxpool.forward(&xs)?; // [B, w, H/4, W/4]
         for stage in &self.stages {
             for block in stage {

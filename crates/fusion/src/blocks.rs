@@ -30,7 +30,7 @@ impl Module for Basic1d {
             Some(norm) => norm.forward(&ys)?,
             None => ys,
         };
-        ys.relu()
+        dmlp_nn::relu(&ys)
     }
 }
 
@@ -46,7 +46,7 @@ impl NormRelu {
 
 impl Module for NormRelu {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.0.forward(xs)?.relu()
+        dmlp_nn::relu(&self.0.forward(xs)?)
     }
 }
 

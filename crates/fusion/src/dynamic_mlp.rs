@@ -32,7 +32,7 @@ impl DynamicMlpA {
     pub fn forward(&self, x: &Tensor, g: &Tensor) -> Result<Tensor> {
         let (i, o) = self.dims;
         let ys = dynamic_projection(x, &self.get_weight.forward(g)?, i, o)?;
-        self.norm.forward(&ys)?.relu()
+        dmlp_nn::relu(&self.norm.forward(&ys)?)
     }
 }
 

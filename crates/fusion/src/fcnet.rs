@@ -25,9 +25,9 @@ impl ModuleT for FcResLayer {
     /// # Shapes
     /// `xs: [B, n]` → `[B, n]`.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = self.w1.forward(xs)?.relu()?;
+        let ys = dmlp_nn::relu(&self.w1.forward(xs)?)?;
         let ys = dropout(&ys, self.dropout, train)?;
-        let ys = self.w2.forward(&ys)?.relu()?;
+        let ys = dmlp_nn::relu(&self.w2.forward(&ys)?)?;
         xs + ys
     }
 }
@@ -59,7 +59,7 @@ impl ModuleT for FcNet {
     /// # Shapes
     /// `loc: [B, cin]` → `[B, d]`.
     fn forward_t(&self, loc: &Tensor, train: bool) -> Result<Tensor> {
-        let mut xs = self.input.forward(loc)?.relu()?;
+        let mut xs = dmlp_nn::relu(&self.input.forward(loc)?)?;
         for layer in &self.res_layers {
             xs = layer.forward_t(&xs, train)?;
         }

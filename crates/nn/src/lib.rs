@@ -14,6 +14,7 @@
 //! Architecture invariant: knows nothing of images, locations, datasets or models; depends on
 //! candle and the libraries candle itself uses (gemm, rayon, rand).
 
+mod activation_op;
 mod batch_norm_op;
 mod conv;
 mod conv_op;
@@ -27,6 +28,7 @@ mod pool;
 mod store;
 mod vecmat_op;
 
+pub use activation_op::{add_relu, relu};
 pub use conv::{Conv2d, Conv2dConfig, conv2d, conv2d_forward};
 pub use linear::{Linear, linear, linear_forward};
 pub use norm::{BatchNorm, LayerNorm, batch_norm, layer_norm};

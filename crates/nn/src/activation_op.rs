@@ -1,0 +1,176 @@
+//! ReLU and the residual `ReLU(a + b)` as CPU ops with one-pass backward.
+//!
+//! candle's ReLU backward builds `x ≥ 0` as a new tensor, converts it, multiplies and adds into a
+//! zero-initialised gradient: about 90 ms forward + backward over a `(8, 256, 56, 56)` activation
+//! on this project's machine, against 2 ms for the forward. Here the backward is one parallel pass
+//! `dx = dy · [y > 0]`, and the residual block's `ReLU(a + b)` is one op whose backward hands the
+//! same gradient to both inputs.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType, backend::BackendStorage, bail,
+};
+use rayon::prelude::*;
+
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 16;
+
+fn slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
+        None => bail!("activation ops expect contiguous tensors"),
+    }
+}
+
+macro_rules! dispatch_float {
+    ($storage:expr, |$ty:ident| $body:expr) => {
+        match $storage {
+            CpuStorage::F32(_) => {
+                type $ty = f32;
+                $body
+            }
+            CpuStorage::F64(_) => {
+                type $ty = f64;
+                $body
+            }
+            other => bail!("dmlp activation ops support f32 and f64 on the CPU, got {:?}", other.dtype()),
+        }
+    };
+}
+
+fn relu_slice<T: WithDType + Send + Sync>(x: &[T]) -> Vec<T> {
+    let zero = T::from_f64(0.0);
+    let mut y = vec![zero; x.len()];
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, inp)| {
+        for (o, &v) in out.iter_mut().zip(inp) {
+            *o = if v > zero { v } else { zero };
+        }
+    });
+    y
+}
+
+fn add_relu_slice<T: WithDType + Send + Sync>(a: &[T], b: &[T]) -> Vec<T> {
+    let zero = T::from_f64(0.0);
+    let mut y = vec![zero; a.len()];
+    y.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(out, (xa, xb))| {
+        for ((o, &u), &v) in out.iter_mut().zip(xa).zip(xb) {
+            let s = u + v;
+            *o = if s > zero { s } else { zero };
+        }
+    });
+    y
+}
+
+/// `dy · [y > 0]`.
+fn mask_slice<T: WithDType + Send + Sync>(y: &[T], dy: &[T]) -> Vec<T> {
+    let zero = T::from_f64(0.0);
+    let mut dx = vec![zero; y.len()];
+    dx.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(out, (ys, gs))| {
+        for ((o, &v), &g) in out.iter_mut().zip(ys).zip(gs) {
+            *o = if v > zero { g } else { zero };
+        }
+    });
+    dx
+}
+
+struct ReluOp;
+struct AddReluOp;
+/// `(y, dy) → dy · [y > 0]`.
+struct ReluMaskOp;
+
+impl CustomOp1 for ReluOp {
+    fn name(&self) -> &'static str {
+        "dmlp-relu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = dispatch_float!(storage, |T| T::to_cpu_storage_owned(relu_slice(slice::<T>(storage, layout)?)));
+        Ok((y, layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2_no_bwd(&grad.contiguous()?, &ReluMaskOp)?))
+    }
+}
+
+impl CustomOp2 for AddReluOp {
+    fn name(&self) -> &'static str {
+        "dmlp-add-relu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            bail!("add_relu: shapes {:?} and {:?} differ", l1.dims(), l2.dims())
+        }
+        let y =
+            dispatch_float!(s1, |T| T::to_cpu_storage_owned(add_relu_slice(slice::<T>(s1, l1)?, slice::<T>(s2, l2)?)));
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn bwd(&self, _a: &Tensor, _b: &Tensor, y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let masked = y.apply_op2_no_bwd(&grad.contiguous()?, &ReluMaskOp)?;
+        Ok((Some(masked.clone()), Some(masked)))
+    }
+}
+
+impl CustomOp2 for ReluMaskOp {
+    fn name(&self) -> &'static str {
+        "dmlp-relu-mask"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            bail!("relu backward: shapes {:?} and {:?} differ", l1.dims(), l2.dims())
+        }
+        let dx = dispatch_float!(s1, |T| T::to_cpu_storage_owned(mask_slice(slice::<T>(s1, l1)?, slice::<T>(s2, l2)?)));
+        Ok((dx, l1.shape().clone()))
+    }
+}
+
+fn is_cpu_float(xs: &Tensor) -> bool {
+    matches!(xs.device(), candle_core::Device::Cpu)
+        && matches!(xs.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+}
+
+/// `max(x, 0)`; its gradient is `dy · [y > 0]`, as PyTorch's.
+pub fn relu(xs: &Tensor) -> Result<Tensor> {
+    if is_cpu_float(xs) { xs.contiguous()?.apply_op1(ReluOp) } else { xs.relu() }
+}
+
+/// `max(a + b, 0)`, the end of a residual block, as one op.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if is_cpu_float(a) && a.dtype() == b.dtype() && a.dims() == b.dims() {
+        a.contiguous()?.apply_op2(&b.contiguous()?, AddReluOp)
+    } else {
+        (a + b)?.relu()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor, Var};
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn match_candles_relu_and_add_with_gradients() {
+        let a = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 5, 7, 11), &Device::Cpu).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 5, 7, 11), &Device::Cpu).unwrap()).unwrap();
+        let mix = Tensor::randn(0f64, 1.0, (3, 5, 7, 11), &Device::Cpu).unwrap();
+        let ours = super::add_relu(a.as_tensor(), b.as_tensor()).unwrap();
+        let theirs = (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap();
+        assert_eq!(values(&ours), values(&theirs));
+        let ga = (ours * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (theirs * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+        for t in [a.as_tensor(), b.as_tensor()] {
+            assert_eq!(values(ga.get(t).unwrap()), values(gb.get(t).unwrap()));
+        }
+        let ours = super::relu(a.as_tensor()).unwrap();
+        assert_eq!(values(&ours), values(&a.as_tensor().relu().unwrap()));
+        let g = (ours * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+        let expected: Vec<f64> =
+            values(a.as_tensor()).iter().zip(values(&mix)).map(|(x, m)| if *x > 0.0 { m } else { 0.0 }).collect();
+        assert_eq!(values(g.get(a.as_tensor()).unwrap()), expected);
+    }
+}

@@ -84,13 +84,15 @@ fn half_precision_files_load_into_any_model_dtype() {
         let b = Classifier::new_zeroed(&small_config(ModelDType::F32), &Device::Cpu).unwrap();
         WeightsFile::read(&path).unwrap().load_into(b.store(), LoadPolicy::STRICT).unwrap();
         assert_eq!(logits(&a, &images, &loc), logits(&b, &images, &loc), "{file_dtype:?}");
-        // The same weights computed in float16 land close to the float32 result.
-        let half = Classifier::new_zeroed(&small_config(ModelDType::F16), &Device::Cpu).unwrap();
-        WeightsFile::read(&path).unwrap().load_into(half.store(), LoadPolicy::STRICT).unwrap();
-        let (full, half) = (logits(&a, &images, &loc), logits(&half, &images, &loc));
-        let err: f32 = full.iter().zip(&half).map(|(x, y)| (x - y).powi(2)).sum::<f32>().sqrt();
-        let norm: f32 = full.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!(err / norm < 2e-2, "f16 compute off by {}", err / norm);
+        // The same weights computed in float16 and bfloat16 land close to the float32 result.
+        for (model_dtype, tolerance) in [(ModelDType::F16, 2e-2), (ModelDType::Bf16, 6e-2)] {
+            let half = Classifier::new_zeroed(&small_config(model_dtype), &Device::Cpu).unwrap();
+            WeightsFile::read(&path).unwrap().load_into(half.store(), LoadPolicy::STRICT).unwrap();
+            let (full, half) = (logits(&a, &images, &loc), logits(&half, &images, &loc));
+            let err: f32 = full.iter().zip(&half).map(|(x, y)| (x - y).powi(2)).sum::<f32>().sqrt();
+            let norm: f32 = full.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!(err / norm < tolerance, "{model_dtype:?} compute off by {}", err / norm);
+        }
     }
 }
 

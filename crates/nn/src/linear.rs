@@ -49,21 +49,25 @@ impl Module for Linear {
 }
 
 /// `x·Wᵀ + b` for `x: [B, in]`: on the CPU the project's op (direct gemm calls, bias folded
-/// into the product), elsewhere and in half precision candle's matmul.
+/// into the product; half precision through f32), elsewhere candle's matmul.
 pub fn linear_forward(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let fused = matches!(xs.device(), Device::Cpu) && matches!(xs.dtype(), DType::F32 | DType::F64);
-    if fused {
-        let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
+    if !matches!(xs.device(), Device::Cpu) {
+        let ys = xs.matmul(&weight.t()?)?;
         return match bias {
-            Some(bias) => xs.apply_op3(&weight, &bias.contiguous()?, LinearBiasOp),
-            None => xs.apply_op2(&weight, LinearOp),
+            Some(bias) => ys.broadcast_add(bias),
+            None => Ok(ys),
         };
     }
-    let ys = xs.matmul(&weight.t()?)?;
-    match bias {
-        Some(bias) => ys.broadcast_add(bias),
-        None => Ok(ys),
-    }
+    // candle has no CPU matmul for bf16: half precision computes in f32 and rounds back.
+    let dtype = xs.dtype();
+    let compute = if matches!(dtype, DType::F32 | DType::F64) { dtype } else { DType::F32 };
+    let xs = xs.to_dtype(compute)?.contiguous()?;
+    let weight = weight.to_dtype(compute)?.contiguous()?;
+    let ys = match bias {
+        Some(bias) => xs.apply_op3(&weight, &bias.to_dtype(compute)?.contiguous()?, LinearBiasOp)?,
+        None => xs.apply_op2(&weight, LinearOp)?,
+    };
+    ys.to_dtype(dtype)
 }
 
 #[cfg(test)]

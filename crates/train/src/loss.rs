@@ -74,4 +74,29 @@ mod tests {
         let mixed: Vec<Vec<f32>> = mixup(&xs, &perm, 0.75).unwrap().to_vec2().unwrap();
         assert_eq!(mixed, vec![vec![2.0, 3.0], vec![2.5, 3.5], vec![4.5, 5.5]]);
     }
+
+    #[test]
+    fn gradient_of_the_mixed_smoothed_loss_matches_finite_differences() {
+        // Covers log_softmax's backward, gather and the mixup weighting.
+        let (b, c) = (4, 5);
+        let z0: Vec<f64> = (0..b * c).map(|i| ((i * 37 % 11) as f64 - 5.0) / 3.0).collect();
+        let targets = Tensor::new(&[0u32, 4, 2, 2], &Device::Cpu).unwrap();
+        let perm = Tensor::new(&[3u32, 2, 0, 1], &Device::Cpu).unwrap();
+        let loss = |z: &Tensor| mixup_loss(z, &targets, &perm, 0.7, 0.1).unwrap();
+        // The loss computes in f32 (as the reference's autocast does): compare at f32 precision.
+        let z = candle_core::Var::from_slice(&z0, (b, c), &Device::Cpu).unwrap();
+        let grads = loss(z.as_tensor()).backward().unwrap();
+        let analytic: Vec<f64> = grads.get(z.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let eps = 1e-3;
+        for idx in 0..z0.len() {
+            let (mut plus, mut minus) = (z0.clone(), z0.clone());
+            plus[idx] += eps;
+            minus[idx] -= eps;
+            let f = |v: &[f64]| {
+                f64::from(loss(&Tensor::from_slice(v, (b, c), &Device::Cpu).unwrap()).to_scalar::<f32>().unwrap())
+            };
+            let numeric = (f(&plus) - f(&minus)) / (2.0 * eps);
+            assert!((numeric - analytic[idx]).abs() < 2e-3, "dz[{idx}]: {numeric} vs {}", analytic[idx]);
+        }
+    }
 }

@@ -1,0 +1,140 @@
+//! The synthetic dataset through the real reading path: JSON reader, JPEG decoding, loader.
+
+use std::sync::Arc;
+
+use dmlp_datasets::loader::{EpochBatches, LoaderConfig};
+use dmlp_datasets::synth::{SynthConfig, generate};
+use dmlp_datasets::transform::{Normalization, Transform};
+use dmlp_datasets::{DatasetError, inat2021};
+use dmlp_geo::Metadata;
+
+fn config(seed: u64, with_dates: bool) -> SynthConfig {
+    SynthConfig {
+        groups: 2,
+        per_group: 3,
+        distinct: 2,
+        train_per_class: 5,
+        val_per_class: 2,
+        image_size: 24,
+        seed,
+        with_dates,
+        missing_fraction: 0.1,
+    }
+}
+
+fn loader(workers: usize, metadata: Option<Metadata>) -> LoaderConfig {
+    LoaderConfig {
+        batch_size: 7,
+        transform: Transform::Train { size: 16 },
+        normalization: Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
+        metadata,
+        shuffle: true,
+        drop_last: false,
+        workers,
+        prefetch: 2,
+        seed: 3,
+    }
+}
+
+#[test]
+fn generated_data_reads_back_with_every_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert_eq!(generate(&config(1, true), tmp.path()).unwrap(), 8 * 7);
+    let train = inat2021::read_split(tmp.path(), "train").unwrap();
+    let val = inat2021::read_split(tmp.path(), "val").unwrap();
+    assert_eq!((train.records.len(), val.records.len(), train.classes.len()), (40, 16, 8));
+    for label in 0..8 {
+        assert_eq!(train.records.iter().filter(|r| r.label == label).count(), 5);
+    }
+    let with_date = train.records.iter().filter(|r| r.observation.date().is_some()).count();
+    let with_location = train.records.iter().filter(|r| r.observation.latitude().is_some()).count();
+    assert_eq!(with_date, with_location);
+    assert!(with_location > 25 && with_location < 40, "{with_location}");
+    assert_eq!(train.classes[3].supercategory.as_deref(), Some("group01"));
+    // Same seed, same files; another seed, other files.
+    let again = tempfile::tempdir().unwrap();
+    generate(&config(1, true), again.path()).unwrap();
+    let read = |dir: &std::path::Path| std::fs::read(dir.join("train/0000/0.jpg")).unwrap();
+    assert_eq!(read(tmp.path()), read(again.path()));
+    assert_eq!(
+        std::fs::read(tmp.path().join("val.json")).unwrap(),
+        std::fs::read(again.path().join("val.json")).unwrap()
+    );
+}
+
+#[test]
+fn the_yfcc_like_variant_has_locations_and_no_dates() {
+    let tmp = tempfile::tempdir().unwrap();
+    generate(&config(2, false), tmp.path()).unwrap();
+    let train = inat2021::read_split(tmp.path(), "train").unwrap();
+    assert!(train.records.iter().all(|r| r.observation.date().is_none()));
+    assert!(train.records.iter().filter(|r| r.observation.latitude().is_some()).count() > 25);
+}
+
+#[test]
+fn batches_are_the_same_whatever_the_number_of_workers() {
+    let tmp = tempfile::tempdir().unwrap();
+    generate(&config(4, true), tmp.path()).unwrap();
+    let split = Arc::new(inat2021::read_split(tmp.path(), "train").unwrap());
+    let collect = |workers| -> Vec<_> {
+        EpochBatches::new(split.clone(), loader(workers, Some(Metadata::GeoTemporal)), 2)
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect()
+    };
+    let one = collect(1);
+    assert_eq!(one.len(), 6); // 40 records in batches of 7
+    assert_eq!(one.last().unwrap().len, 5);
+    assert_eq!(one[0].images.len(), 7 * 3 * 16 * 16);
+    assert_eq!(one[0].loc.len(), 7 * 6);
+    assert_eq!(one, collect(3));
+    // Another epoch shuffles differently.
+    let other: Vec<_> = EpochBatches::new(split.clone(), loader(2, None), 3).unwrap().map(|b| b.unwrap()).collect();
+    assert_ne!(one[0].targets, other[0].targets);
+    assert!(other[0].loc.is_empty());
+}
+
+#[test]
+fn a_corrupt_image_is_an_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    generate(&config(5, true), tmp.path()).unwrap();
+    let split = inat2021::read_split(tmp.path(), "val").unwrap();
+    let victim = split.records[3].path.clone();
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() / 3]).unwrap();
+    let mut config = loader(2, None);
+    config.shuffle = false;
+    let results: Vec<_> = EpochBatches::new(Arc::new(split), config, 0).unwrap().collect();
+    let err = results.into_iter().find_map(Result::err).expect("the truncated JPEG fails");
+    assert!(matches!(&err, DatasetError::Image { path, .. } if *path == victim), "{err}");
+}
+
+#[test]
+fn malformed_annotation_files_are_errors_naming_file_and_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |json: &str| std::fs::write(tmp.path().join("val.json"), json).unwrap();
+    let cats = r#""categories": [{"id": 4, "name": "a"}, {"id": 9, "name": "b"}]"#;
+    write(&format!(
+        r#"{{"images": [{{"id": 1, "file_name": "x.jpg", "latitude": 10.0, "longitude": 20.0, "date": "2011-02-30"}}], "annotations": [{{"image_id": 1, "category_id": 9}}], {cats}}}"#
+    ));
+    let err = inat2021::read_split(tmp.path(), "val").unwrap_err().to_string();
+    assert!(err.contains("val.json") && err.contains("image #0") && err.contains("2011-02-30"), "{err}");
+    write(&format!(
+        r#"{{"images": [{{"id": 1, "file_name": "x.jpg"}}], "annotations": [{{"image_id": 1, "category_id": 5}}], {cats}}}"#
+    ));
+    let err = inat2021::read_split(tmp.path(), "val").unwrap_err().to_string();
+    assert!(err.contains("annotation #0") && err.contains("category id 5"), "{err}");
+    write(&format!(r#"{{"images": [{{"id": 1, "file_name": "x.jpg"}}, {{"id": 1, "file_name": "y.jpg"}}], {cats}}}"#));
+    assert!(inat2021::read_split(tmp.path(), "val").unwrap_err().to_string().contains("duplicate image id 1"));
+    write(&format!(r#"{{"images": [{{"id": 1, "file_name": "x.jpg"}}], "annotations": [], {cats}}}"#));
+    assert!(inat2021::read_split(tmp.path(), "val").unwrap_err().to_string().contains("no annotation"));
+    write(r#"{"images": [{"id": 1, "file_name": "x.jpg", "latitude": 95.0}], "#);
+    let err = inat2021::read_split(tmp.path(), "val").unwrap_err().to_string();
+    assert!(err.contains("malformed JSON") && err.contains("line"), "{err}");
+    // Labels follow category ids sorted; the join is by id, whatever the order of the lists.
+    write(&format!(
+        r#"{{"images": [{{"id": 7, "file_name": "a.jpg"}}, {{"id": 3, "file_name": "b.jpg", "latitude": null}}], "annotations": [{{"image_id": 3, "category_id": 4}}, {{"image_id": 7, "category_id": 9}}], {cats}}}"#
+    ));
+    let split = inat2021::read_split(tmp.path(), "val").unwrap();
+    assert_eq!(split.records.iter().map(|r| (r.image_id, r.label)).collect::<Vec<_>>(), vec![(7, 1), (3, 0)]);
+}

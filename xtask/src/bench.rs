@@ -130,7 +130,13 @@ fn time_steps(iters: usize, mut step: Step) -> anyhow::Result<f64> {
 fn head_step(device: &Device) -> anyhow::Result<Step> {
     let store = ParamStore::new(0);
     let config = FusionConfig::with_defaults(FusionKind::DynamicMlpC);
-    let head = FusionHead::new(2048, Metadata::GeoTemporal.n_inputs(), &config, store.var_builder(DType::F32, device))?;
+    let head = FusionHead::new(
+        2048,
+        Metadata::GeoTemporal.n_inputs(),
+        &config,
+        dmlp_nn::DropoutRng::new(0),
+        store.var_builder(DType::F32, device),
+    )?;
     let features = Tensor::randn(0f32, 1.0, (HEAD_BATCH, 2048), device)?;
     let loc = Tensor::rand(-1f32, 1.0, (HEAD_BATCH, 6), device)?;
     Ok(Box::new(move || {

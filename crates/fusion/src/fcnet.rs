@@ -2,7 +2,7 @@
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
-use dmlp_nn::{Linear, dropout, linear};
+use dmlp_nn::{DropoutRng, Linear, dropout, linear};
 
 /// The hidden width of FCNet, hard-coded to 256 in the reference whatever `mlp_d` is.
 pub const FCNET_HIDDEN: usize = 256;
@@ -13,11 +13,17 @@ pub struct FcResLayer {
     w1: Linear,
     w2: Linear,
     dropout: f32,
+    rng: DropoutRng,
 }
 
 impl FcResLayer {
-    pub fn new(width: usize, dropout: f32, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { w1: linear(width, width, true, vb.pp("w1"))?, w2: linear(width, width, true, vb.pp("w2"))?, dropout })
+    pub fn new(width: usize, dropout: f32, rng: DropoutRng, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            w1: linear(width, width, true, vb.pp("w1"))?,
+            w2: linear(width, width, true, vb.pp("w2"))?,
+            dropout,
+            rng,
+        })
     }
 }
 
@@ -26,7 +32,7 @@ impl ModuleT for FcResLayer {
     /// `xs: [B, n]` → `[B, n]`.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let ys = dmlp_nn::relu(&self.w1.forward(xs)?)?;
-        let ys = dropout(&ys, self.dropout, train)?;
+        let ys = dropout(&ys, self.dropout, train, &self.rng)?;
         let ys = dmlp_nn::relu(&self.w2.forward(&ys)?)?;
         xs + ys
     }
@@ -44,12 +50,13 @@ pub struct FcNet {
 }
 
 impl FcNet {
-    /// `dropout` is the residual layers' dropout probability (the reference's 0.5).
-    pub fn new(num_inputs: usize, out_features: usize, dropout: f32, vb: VarBuilder) -> Result<Self> {
+    /// `dropout` is the residual layers' dropout probability (the reference's 0.5), drawn from `rng`.
+    pub fn new(num_inputs: usize, out_features: usize, dropout: f32, rng: DropoutRng, vb: VarBuilder) -> Result<Self> {
         let feats = vb.pp("feats");
         let input = linear(num_inputs, FCNET_HIDDEN, true, feats.pp("0"))?;
-        let res_layers =
-            (2..6).map(|idx| FcResLayer::new(FCNET_HIDDEN, dropout, feats.pp(idx))).collect::<Result<Vec<_>>>()?;
+        let res_layers = (2..6)
+            .map(|idx| FcResLayer::new(FCNET_HIDDEN, dropout, rng.clone(), feats.pp(idx)))
+            .collect::<Result<Vec<_>>>()?;
         let class_emb = linear(FCNET_HIDDEN, out_features, false, vb.pp("class_emb"))?;
         Ok(Self { input, res_layers, class_emb })
     }

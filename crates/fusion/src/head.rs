@@ -2,7 +2,7 @@
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
-use dmlp_nn::{LayerNorm, Linear, layer_norm, linear};
+use dmlp_nn::{DropoutRng, LayerNorm, Linear, layer_norm, linear};
 
 use crate::matched::{FuseOp, MatchedBlock};
 use crate::{DynamicMlpA, DynamicMlpB, DynamicMlpC, FcNet, FusionError};
@@ -238,10 +238,11 @@ impl FusionHead {
         image_features: usize,
         loc_inputs: usize,
         config: &FusionConfig,
+        dropout_rng: DropoutRng,
         vb: VarBuilder,
     ) -> std::result::Result<Self, FusionError> {
         config.validate()?;
-        let loc_net = FcNet::new(loc_inputs, config.mlp_d, config.loc_dropout, vb.pp("loc_net"))?;
+        let loc_net = FcNet::new(loc_inputs, config.mlp_d, config.loc_dropout, dropout_rng, vb.pp("loc_net"))?;
         let loc_att = FusionModule::new(image_features, config, vb.pp("loc_att"))?;
         Ok(Self { loc_net, loc_att })
     }

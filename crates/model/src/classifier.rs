@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 use dmlp_backbones::Backbone;
 use dmlp_fusion::{FusionHead, FusionOutput};
-use dmlp_nn::{Linear, ParamStore, linear};
+use dmlp_nn::{DropoutRng, Linear, ParamStore, linear};
 
 use crate::{ModelConfig, ModelError, ParamCounts};
 
@@ -17,6 +17,7 @@ pub struct Classifier {
     head: Option<FusionHead>,
     fc: Linear,
     num_features: usize,
+    dropout_rng: DropoutRng,
 }
 
 /// Everything the forward pass computes, for parity checks, features and logits.
@@ -54,13 +55,23 @@ impl Classifier {
             (None, Some(dim)) => dim,
             (None, None) => unreachable!("validated: a backbone or feature_dim"),
         };
+        let dropout_rng = DropoutRng::new(0);
         let head = config
             .fusion
             .as_ref()
-            .map(|fusion| FusionHead::new(num_features, config.loc_inputs(), fusion, vb.clone()))
+            .map(|fusion| FusionHead::new(num_features, config.loc_inputs(), fusion, dropout_rng.clone(), vb.clone()))
             .transpose()?;
         let fc = linear(num_features, config.num_classes, true, vb.pp("fc"))?;
-        Ok(Self { config: config.clone(), store, device: device.clone(), backbone, head, fc, num_features })
+        Ok(Self {
+            config: config.clone(),
+            store,
+            device: device.clone(),
+            backbone,
+            head,
+            fc,
+            num_features,
+            dropout_rng,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -83,6 +94,12 @@ impl Classifier {
     /// Width of the pooled image features.
     pub fn num_features(&self) -> usize {
         self.num_features
+    }
+
+    /// Restarts the dropout layers' random stream (the trainer does this before each step, so a
+    /// run is reproducible).
+    pub fn reseed_dropout(&self, seed: u64) {
+        self.dropout_rng.reseed(seed);
     }
 
     pub fn param_counts(&self) -> ParamCounts {

@@ -12,6 +12,9 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType, backend::BackendStorage, bail};
 use rayon::prelude::*;
 
+/// Rows per parallel task of the backward (fixed, so sums are reproducible).
+const ROWS_PER_CHUNK: usize = 32;
+
 /// `(x [..., n], weight [n], bias [n]) → y`.
 pub(crate) struct LayerNormOp {
     pub(crate) eps: f64,
@@ -48,13 +51,15 @@ fn forward<T: WithDType + Send + Sync>(x: &[T], w: &[T], b: &[T], eps: f64) -> V
 fn backward<T: WithDType + Send + Sync>(x: &[T], w: &[T], dy: &[T], eps: f64) -> Vec<T> {
     let n = w.len();
     let mut dx = vec![T::from_f64(0.0); x.len()];
-    // Per-row dx in parallel; the affine gradients as per-chunk partial sums, then reduced.
-    let (d_weight, d_bias) = dx
-        .par_chunks_mut(n)
-        .zip(x.par_chunks(n).zip(dy.par_chunks(n)))
-        .fold(
-            || (vec![0f64; n], vec![0f64; n]),
-            |(mut dw, mut db), (out, (row, grad))| {
+    // Per-row dx in parallel; the affine gradients as partial sums over fixed chunks of rows,
+    // added in order, so the result does not depend on how the work was scheduled.
+    let chunk = ROWS_PER_CHUNK * n;
+    let partials: Vec<(Vec<f64>, Vec<f64>)> = dx
+        .par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
+        .map(|(out_rows, (rows, grads))| {
+            let (mut dw, mut db) = (vec![0f64; n], vec![0f64; n]);
+            for (out, (row, grad)) in out_rows.chunks_mut(n).zip(rows.chunks(n).zip(grads.chunks(n))) {
                 let (mean, inv) = row_stats(row, eps);
                 let mut mean_g = 0.0;
                 let mut mean_gx = 0.0;
@@ -74,17 +79,15 @@ fn backward<T: WithDType + Send + Sync>(x: &[T], w: &[T], dy: &[T], eps: f64) ->
                     let gw = grad[j].to_f64() * w[j].to_f64();
                     out[j] = T::from_f64((gw - mean_g - xhat * mean_gx) * inv);
                 }
-                (dw, db)
-            },
-        )
-        .reduce(
-            || (vec![0f64; n], vec![0f64; n]),
-            |(mut a_w, mut a_b), (b_w, b_b)| {
-                a_w.iter_mut().zip(b_w).for_each(|(a, b)| *a += b);
-                a_b.iter_mut().zip(b_b).for_each(|(a, b)| *a += b);
-                (a_w, a_b)
-            },
-        );
+            }
+            (dw, db)
+        })
+        .collect();
+    let (mut d_weight, mut d_bias) = (vec![0f64; n], vec![0f64; n]);
+    for (dw, db) in partials {
+        d_weight.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
+        d_bias.iter_mut().zip(db).for_each(|(a, b)| *a += b);
+    }
     dx.extend(d_weight.into_iter().map(T::from_f64));
     dx.extend(d_bias.into_iter().map(T::from_f64));
     dx

@@ -41,7 +41,42 @@ pub fn is_buffer_name(name: &str) -> bool {
     name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked")
 }
 
-/// Dropout with probability `p` while training, the identity in evaluation.
-pub fn dropout(xs: &candle_core::Tensor, p: f32, train: bool) -> candle_core::Result<candle_core::Tensor> {
-    if train && p > 0.0 { candle_nn::ops::dropout(xs, p) } else { Ok(xs.clone()) }
+/// Dropout with probability `p` while training (kept values scaled by `1/(1 − p)`), the identity
+/// in evaluation. The mask comes from a seeded stream shared by the layers of a model, so a
+/// training run is reproducible: reseed it before each step ([`DropoutRng::reseed`]).
+pub fn dropout(
+    xs: &candle_core::Tensor,
+    p: f32,
+    train: bool,
+    rng: &DropoutRng,
+) -> candle_core::Result<candle_core::Tensor> {
+    if !train || p <= 0.0 {
+        return Ok(xs.clone());
+    }
+    let keep = 1.0 - f64::from(p);
+    let mask: Vec<f32> = {
+        let mut rng = rng.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        (0..xs.elem_count())
+            .map(|_| if rand::Rng::random_bool(&mut *rng, keep) { (1.0 / keep) as f32 } else { 0.0 })
+            .collect()
+    };
+    let mask = candle_core::Tensor::from_vec(mask, xs.shape(), &candle_core::Device::Cpu)?
+        .to_dtype(xs.dtype())?
+        .to_device(xs.device())?;
+    xs * mask
+}
+
+/// The random stream of a model's dropout layers, shared by clones.
+#[derive(Debug, Clone)]
+pub struct DropoutRng(std::sync::Arc<std::sync::Mutex<rand_chacha::ChaCha8Rng>>);
+
+impl DropoutRng {
+    pub fn new(seed: u64) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(rand::SeedableRng::seed_from_u64(seed))))
+    }
+
+    /// Restarts the stream at `seed` (the trainer does this before each step).
+    pub fn reseed(&self, seed: u64) {
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = rand::SeedableRng::seed_from_u64(seed);
+    }
 }

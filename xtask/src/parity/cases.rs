@@ -170,7 +170,13 @@ fn load_weights(dir: &Path, file: &Path, store: &ParamStore, unused_keys: Unused
 fn run_fusion(dir: &Path, case: &FusionCase, device: &Device) -> anyhow::Result<Outcome> {
     let store = ParamStore::zeroed();
     let vb = store.var_builder(DType::F32, device);
-    let head = FusionHead::new(case.image_features_dim, case.metadata.n_inputs(), &case.fusion, vb)?;
+    let head = FusionHead::new(
+        case.image_features_dim,
+        case.metadata.n_inputs(),
+        &case.fusion,
+        dmlp_nn::DropoutRng::new(0),
+        vb,
+    )?;
     load_weights(dir, &case.weights, &store, case.unused_weight_keys)?;
     let inputs = load_tensors(dir, &case.inputs, device)?;
     let features = take(&inputs, "image_features", &case.inputs)?;

@@ -84,7 +84,9 @@ fn reference_train_step_cases_pass() {
 fn write_fusion_case(dir: &Path, expected_scale: f64) {
     let config = FusionConfig { mlp_d: 16, mlp_h: 8, mlp_n: 2, ..FusionConfig::with_defaults(FusionKind::DynamicMlpB) };
     let store = ParamStore::new(3);
-    let head = FusionHead::new(32, 4, &config, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    let head =
+        FusionHead::new(32, 4, &config, dmlp_nn::DropoutRng::new(0), store.var_builder(DType::F32, &Device::Cpu))
+            .unwrap();
     let weights: HashMap<String, Tensor> = store.vars().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect();
     candle_core::safetensors::save(&weights, dir.join("weights.safetensors")).unwrap();
     let features = Tensor::randn(0f32, 1.0, (3, 32), &Device::Cpu).unwrap();

@@ -1,0 +1,115 @@
+//! The run config file.
+
+use std::path::{Path, PathBuf};
+
+use dmlp_model::ModelConfig;
+use dmlp_train::TrainConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::ExperimentError;
+
+/// `[model]`, `[data]`, `[train]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub train: TrainConfig,
+}
+
+/// Where the images are and how to batch them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// The annotation layout: `inat2021` (the synthetic data is written in it).
+    #[serde(default = "DataConfig::default_dataset")]
+    pub dataset: String,
+    /// The dataset folder (relative paths resolve against the config file's folder).
+    pub root: PathBuf,
+    #[serde(default = "DataConfig::default_train_split")]
+    pub train_split: String,
+    #[serde(default = "DataConfig::default_val_split")]
+    pub val_split: String,
+    /// Training crop and evaluation crop side (224 in the paper).
+    pub image_size: u32,
+    /// Evaluation resize of the shorter side (default `round(image_size · 256 / 224)`).
+    #[serde(default)]
+    pub eval_resize: Option<u32>,
+    /// Loader threads.
+    #[serde(default = "DataConfig::default_workers")]
+    pub workers: usize,
+}
+
+impl DataConfig {
+    fn default_dataset() -> String {
+        "inat2021".into()
+    }
+
+    fn default_train_split() -> String {
+        "train".into()
+    }
+
+    fn default_val_split() -> String {
+        "val".into()
+    }
+
+    fn default_workers() -> usize {
+        2
+    }
+}
+
+/// Sets `table.key = value` (`value` read as a TOML value, else as a string) in `doc`.
+pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<(), String> {
+    let (path, value) =
+        assignment.split_once('=').ok_or_else(|| format!("--set {assignment:?}: expected key=value"))?;
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    let value = value.trim();
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let (last, parents) = keys.split_last().ok_or_else(|| format!("--set {assignment:?}: empty key"))?;
+    let mut table = doc;
+    for key in parents {
+        let entry = table.entry((*key).to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| format!("--set {assignment:?}: {key} is not a table"))?;
+    }
+    table.insert((*last).to_owned(), parsed);
+    Ok(())
+}
+
+impl RunConfig {
+    /// Reads a config file, applies `overrides` (`table.key=value`), resolves relative data paths
+    /// against the file's folder, and validates.
+    pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self, ExperimentError> {
+        let err = |message: String| ExperimentError::Config { path: path.to_owned(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let mut doc: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        for assignment in overrides {
+            apply_override(&mut doc, assignment).map_err(err)?;
+        }
+        let mut config: RunConfig =
+            toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| err(e.to_string()))?;
+        if config.data.root.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.data.root = base.join(&config.data.root);
+        }
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.model.validate().map_err(|e| e.to_string())?;
+        self.train.validate()?;
+        if self.data.dataset != "inat2021" {
+            return Err(format!("data.dataset = {:?}: this build reads the inat2021 layout", self.data.dataset));
+        }
+        if self.data.image_size < 8 || self.data.workers == 0 {
+            return Err("data.image_size must be at least 8 and data.workers at least 1".into());
+        }
+        if self.model.backbone.is_none() {
+            return Err("training from images needs a [model] backbone".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,114 @@
+//! One run from a config file: the data, the model and the trainer composed.
+//!
+//! A run config has three tables: `[model]` ([`dmlp_model::ModelConfig`]), `[data]`
+//! ([`DataConfig`]) and `[train]` ([`dmlp_train::TrainConfig`]). `--set table.key=value`
+//! overrides one key ([`apply_override`]). [`train_run`] writes the run folder: the resolved
+//! config (`config.toml`), `provenance.json` (git commit, seed, device, data), metrics and
+//! checkpoints.
+//!
+//! Architecture invariant: composition only; no model layers, no file formats of its own beyond
+//! the run folder's.
+
+mod config;
+mod source;
+
+pub use config::{DataConfig, RunConfig, apply_override};
+pub use source::LoaderSource;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::Device;
+use dmlp_datasets::inat2021;
+use dmlp_model::Classifier;
+use dmlp_train::{RunDir, TrainOptions, TrainSummary, write_atomic};
+
+/// What can go wrong in a run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error(transparent)]
+    Dataset(#[from] dmlp_datasets::DatasetError),
+    #[error(transparent)]
+    Model(#[from] dmlp_model::ModelError),
+    #[error(transparent)]
+    Train(#[from] dmlp_train::TrainError),
+}
+
+/// Facts about a run that are not in its config, written to `provenance.json`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Provenance {
+    pub git_commit: Option<String>,
+    pub device: String,
+    pub command: String,
+}
+
+/// Reads the train and validation splits the config names.
+pub fn read_splits(config: &RunConfig) -> Result<(dmlp_datasets::Split, dmlp_datasets::Split), ExperimentError> {
+    let data = &config.data;
+    let train = inat2021::read_split(&data.root, &data.train_split)?;
+    let val = inat2021::read_split(&data.root, &data.val_split)?;
+    let (model_classes, data_classes) = (config.model.num_classes, train.classes.len());
+    if model_classes != data_classes || val.classes.len() != data_classes {
+        return Err(ExperimentError::Config {
+            path: data.root.clone(),
+            message: format!(
+                "the model has {model_classes} classes, the data {data_classes} (train) and {} (val)",
+                val.classes.len()
+            ),
+        });
+    }
+    Ok((train, val))
+}
+
+/// Trains the model `config` describes into `run_dir` (or continues it with `resume`).
+pub fn train_run(
+    config: &RunConfig,
+    run_dir: &Path,
+    device: &Device,
+    options: TrainOptions,
+    provenance: &Provenance,
+) -> Result<TrainSummary, ExperimentError> {
+    let (train_split, val_split) = read_splits(config)?;
+    let run = RunDir::create(run_dir)?;
+    let config_text = toml::to_string_pretty(config)
+        .map_err(|e| ExperimentError::Config { path: run_dir.to_owned(), message: e.to_string() })?;
+    if !options.resume {
+        write_atomic(&run_dir.join("config.toml"), config_text.as_bytes())?;
+    }
+    let data_summary = serde_json::json!({
+        "root": config.data.root,
+        "train": {"split": config.data.train_split, "images": train_split.records.len(), "classes": train_split.classes.len()},
+        "val": {"split": config.data.val_split, "images": val_split.records.len()},
+    });
+    let provenance_json = serde_json::json!({
+        "git_commit": provenance.git_commit,
+        "seed": config.train.seed,
+        "device": provenance.device,
+        "command": provenance.command,
+        "data": data_summary,
+        "resumed": options.resume,
+    });
+    let name = if options.resume { "provenance-resume.json" } else { "provenance.json" };
+    write_atomic(&run_dir.join(name), serde_json::to_string_pretty(&provenance_json).unwrap_or_default().as_bytes())?;
+
+    let model = Classifier::new(&config.model, config.train.seed, device)?;
+    let train_source = LoaderSource::train(Arc::new(train_split), config, device.clone())?;
+    let val_source = LoaderSource::eval(Arc::new(val_split), config, device.clone())?;
+    Ok(dmlp_train::train(&model, &config.train, &train_source, &val_source, &run, options)?)
+}
+
+/// Evaluates the model of a run folder's checkpoint (`best` or `last`) on the config's
+/// validation split: `(loss, top-1, top-5, images)`.
+pub fn evaluate_checkpoint(
+    config: &RunConfig,
+    weights: &Path,
+    device: &Device,
+) -> Result<(f64, f64, f64, usize), ExperimentError> {
+    let (_, val_split) = read_splits(config)?;
+    let model = Classifier::new_zeroed(&config.model, device)?;
+    dmlp_model::WeightsFile::read(weights)?.load_into(model.store(), dmlp_model::LoadPolicy::STRICT)?;
+    let val_source = LoaderSource::eval(Arc::new(val_split), config, device.clone())?;
+    Ok(dmlp_train::evaluate(&model, &val_source, config.train.label_smoothing)?)
+}

@@ -1,0 +1,79 @@
+//! The dataset loader as the trainer's batch source.
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use dmlp_backbones::{IMAGENET_MEAN, IMAGENET_STD};
+use dmlp_datasets::Split;
+use dmlp_datasets::loader::{EpochBatches, LoaderConfig, batches_per_epoch};
+use dmlp_datasets::transform::{Normalization, Transform};
+use dmlp_train::{BatchSource, TensorBatch, TrainError};
+
+use crate::{ExperimentError, RunConfig};
+
+/// A split, batched by worker threads, turned into tensors on `device`.
+pub struct LoaderSource {
+    split: Arc<Split>,
+    config: LoaderConfig,
+    device: Device,
+}
+
+impl LoaderSource {
+    /// The training loader: RandomResizedCrop + flip, shuffled per epoch, last partial batch kept
+    /// (as the reference's `drop_last=False`).
+    pub fn train(split: Arc<Split>, run: &RunConfig, device: Device) -> Result<Self, ExperimentError> {
+        let config = Self::config(run, Transform::Train { size: run.data.image_size }, run.train.batch_size, true);
+        Ok(Self { split, config, device })
+    }
+
+    /// The evaluation loader: resize + centre crop, in file order.
+    pub fn eval(split: Arc<Split>, run: &RunConfig, device: Device) -> Result<Self, ExperimentError> {
+        let transform = match run.data.eval_resize {
+            Some(resize) => Transform::Eval { size: run.data.image_size, resize },
+            None => Transform::eval_for(run.data.image_size),
+        };
+        let config = Self::config(run, transform, run.train.eval_batch_size(), false);
+        Ok(Self { split, config, device })
+    }
+
+    fn config(run: &RunConfig, transform: Transform, batch_size: usize, shuffle: bool) -> LoaderConfig {
+        LoaderConfig {
+            batch_size,
+            transform,
+            normalization: Normalization { mean: IMAGENET_MEAN, std: IMAGENET_STD },
+            metadata: run.model.fusion.as_ref().and(run.model.metadata),
+            shuffle,
+            drop_last: false,
+            workers: run.data.workers,
+            prefetch: 2,
+            seed: run.train.seed,
+        }
+    }
+}
+
+impl BatchSource for LoaderSource {
+    fn batches_per_epoch(&self) -> usize {
+        batches_per_epoch(self.split.records.len(), &self.config)
+    }
+
+    fn len(&self) -> usize {
+        self.split.records.len()
+    }
+
+    fn epoch(
+        &self,
+        epoch: usize,
+    ) -> Result<Box<dyn Iterator<Item = Result<TensorBatch, TrainError>> + '_>, TrainError> {
+        let batches =
+            EpochBatches::new(self.split.clone(), self.config, epoch).map_err(|e| TrainError::Data(e.to_string()))?;
+        let device = self.device.clone();
+        let cin = self.config.metadata.map_or(0, dmlp_geo::Metadata::n_inputs);
+        Ok(Box::new(batches.map(move |batch| {
+            let batch = batch.map_err(|e| TrainError::Data(e.to_string()))?;
+            let images = Tensor::from_vec(batch.images, (batch.len, 3, batch.size, batch.size), &device)?;
+            let loc = if cin > 0 { Some(Tensor::from_vec(batch.loc, (batch.len, cin), &device)?) } else { None };
+            let targets = Tensor::from_vec(batch.targets, batch.len, &device)?;
+            Ok(TensorBatch { images, loc, targets })
+        })))
+    }
+}

@@ -1,0 +1,83 @@
+//! The training recipe: the `[train]` table of a config.
+
+use serde::{Deserialize, Serialize};
+
+/// The reference recipe's knobs (`train.py` flags in brackets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Epochs (`--stop_epoch`, 90).
+    pub epochs: usize,
+    /// Images per step (`--batch_size`, 512).
+    pub batch_size: usize,
+    /// Peak learning rate (`--start_lr`, 0.04).
+    pub lr: f64,
+    #[serde(default = "TrainConfig::default_momentum")]
+    pub momentum: f64,
+    #[serde(default = "TrainConfig::default_weight_decay")]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub nesterov: bool,
+    /// Epochs of linear warm-up per iteration before the cosine decay (2).
+    #[serde(default = "TrainConfig::default_warmup_epochs")]
+    pub warmup_epochs: usize,
+    /// Label smoothing (0.1).
+    #[serde(default = "TrainConfig::default_label_smoothing")]
+    pub label_smoothing: f64,
+    /// Beta(α, α) of mixup (0.4); 0 switches mixup off.
+    #[serde(default = "TrainConfig::default_mixup_alpha")]
+    pub mixup_alpha: f64,
+    /// The seed every random stream derives from (the reference's 37).
+    #[serde(default = "TrainConfig::default_seed")]
+    pub seed: u64,
+    /// Images per evaluation step (defaults to `batch_size`).
+    #[serde(default)]
+    pub eval_batch_size: Option<usize>,
+}
+
+impl TrainConfig {
+    fn default_momentum() -> f64 {
+        0.9
+    }
+
+    fn default_weight_decay() -> f64 {
+        1e-4
+    }
+
+    fn default_warmup_epochs() -> usize {
+        2
+    }
+
+    fn default_label_smoothing() -> f64 {
+        0.1
+    }
+
+    fn default_mixup_alpha() -> f64 {
+        0.4
+    }
+
+    fn default_seed() -> u64 {
+        37
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.epochs == 0 || self.batch_size == 0 {
+            return Err("epochs and batch_size must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(format!("lr must be a positive number, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing)
+            || self.mixup_alpha < 0.0
+            || self.momentum < 0.0
+            || self.weight_decay < 0.0
+        {
+            return Err("label_smoothing must be in [0, 1); mixup_alpha, momentum and weight_decay non-negative".into());
+        }
+        Ok(())
+    }
+
+    pub fn eval_batch_size(&self) -> usize {
+        self.eval_batch_size.unwrap_or(self.batch_size)
+    }
+}

@@ -1,0 +1,248 @@
+//! The training loop: the reference recipe, evaluation every epoch, checkpoints, resume.
+//!
+//! Every random draw comes from a stream derived from `(seed, purpose, epoch, iteration)`:
+//! mixup's λ and permutation, the dropout masks, and (in the batch source) the order and the
+//! augmentation. A run resumed from its last checkpoint therefore repeats exactly what the
+//! uninterrupted run would have done, on the CPU.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use dmlp_model::{Classifier, LoadPolicy, WeightsFile};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Beta, Distribution};
+
+use crate::data::{BatchSource, TensorBatch};
+use crate::run_dir::{CheckpointState, EpochMetrics, RunDir};
+use crate::{LrSchedule, Sgd, SgdConfig, TrainConfig, TrainError, label_smoothing_loss, lr_at, mixup, mixup_loss};
+
+const MIXUP_STREAM: u64 = 11;
+const DROPOUT_STREAM: u64 = 12;
+
+/// How to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainOptions {
+    /// Continue from the run folder's last checkpoint (an error if it has none).
+    pub resume: bool,
+    /// Draw a progress bar on standard error.
+    pub progress: bool,
+    /// Stop after this epoch even if `epochs` is larger (for tests and staged runs).
+    pub stop_after: Option<usize>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub metrics: Vec<EpochMetrics>,
+    pub best_top1: f64,
+    pub best_epoch: usize,
+}
+
+/// A stable mix of seed parts (splitmix64), for the random streams.
+pub fn stream_seed(parts: &[u64]) -> u64 {
+    let mut state = 0x243F_6A88_85A3_08D3u64;
+    for part in parts {
+        state = state.wrapping_add(*part).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        state = z ^ (z >> 31);
+    }
+    state
+}
+
+/// Top-k hits of `logits` `[B, C]` against `targets` `[B]`.
+fn top_k_hits(logits: &Tensor, targets: &[u32], k: usize) -> Result<usize, TrainError> {
+    let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2()?;
+    Ok(rows
+        .iter()
+        .zip(targets)
+        .filter(|(row, target)| {
+            let own = row[**target as usize];
+            // Ranks ahead of the target: strictly larger logits (ties count in the target's favour).
+            row.iter().filter(|v| **v > own).count() < k
+        })
+        .count())
+}
+
+fn to_u32(targets: &Tensor) -> Result<Vec<u32>, TrainError> {
+    Ok(targets.to_dtype(DType::U32)?.to_device(&Device::Cpu)?.to_vec1()?)
+}
+
+/// Evaluates `model` on `source`: `(loss, top-1 %, top-5 %, images)`, loss label-smoothed and
+/// averaged per image.
+pub fn evaluate(
+    model: &Classifier,
+    source: &dyn BatchSource,
+    smoothing: f64,
+) -> Result<(f64, f64, f64, usize), TrainError> {
+    let (mut loss_sum, mut top1, mut top5, mut seen) = (0.0, 0usize, 0usize, 0usize);
+    for batch in source.epoch(0)? {
+        let batch = batch?;
+        let out = model.forward_t(&batch.images, batch.loc.as_ref(), false)?;
+        let targets = to_u32(&batch.targets)?;
+        let n = targets.len();
+        let loss =
+            label_smoothing_loss(&out.logits, &batch.targets, smoothing)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        loss_sum += loss * n as f64;
+        top1 += top_k_hits(&out.logits, &targets, 1)?;
+        top5 += top_k_hits(&out.logits, &targets, 5)?;
+        seen += n;
+    }
+    if seen == 0 {
+        return Err(TrainError::Data("the evaluation split is empty".into()));
+    }
+    let pct = |hits: usize| 100.0 * hits as f64 / seen as f64;
+    Ok((loss_sum / seen as f64, pct(top1), pct(top5), seen))
+}
+
+fn model_tensors(model: &Classifier) -> HashMap<String, Tensor> {
+    model.store().vars().into_iter().map(|(name, var)| (name, var.as_tensor().clone())).collect()
+}
+
+/// Trains `model` on `train`, evaluating on `val` after every epoch, writing `run`.
+pub fn train(
+    model: &Classifier,
+    config: &TrainConfig,
+    train: &dyn BatchSource,
+    val: &dyn BatchSource,
+    run: &RunDir,
+    options: TrainOptions,
+) -> Result<TrainSummary, TrainError> {
+    config.validate().map_err(TrainError::Config)?;
+    let mut sgd = Sgd::new(
+        model.store().trainable_vars(),
+        SgdConfig { momentum: config.momentum, weight_decay: config.weight_decay, nesterov: config.nesterov },
+    );
+    let (mut start_epoch, mut best_top1, mut best_epoch) = (1, f64::NEG_INFINITY, 0);
+    let mut metrics = Vec::new();
+    if options.resume {
+        let checkpoint = run.checkpoint("last")?.ok_or_else(|| {
+            TrainError::Config(format!("--resume: {} holds no checkpoint to resume from", run.root().display()))
+        })?;
+        WeightsFile::read(&checkpoint.model)?.load_into(model.store(), LoadPolicy::STRICT)?;
+        let buffers = checkpoint
+            .optimizer
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.to_dtype(model.dtype())?.to_device(model.device())?)))
+            .collect::<Result<HashMap<_, _>, TrainError>>()?;
+        sgd.set_momentum_buffers(buffers);
+        start_epoch = checkpoint.state.epoch + 1;
+        best_top1 = checkpoint.state.best_top1;
+        best_epoch = checkpoint.state.best_epoch;
+        // Epochs recorded after the checkpoint are redone.
+        metrics = run.read_metrics()?.into_iter().filter(|m| m.epoch <= checkpoint.state.epoch).collect();
+        run.write_metrics(&metrics)?;
+        eprintln!("resuming {} after epoch {}", run.root().display(), checkpoint.state.epoch);
+    } else if run.checkpoint("last")?.is_some() || !run.read_metrics()?.is_empty() {
+        return Err(TrainError::Config(format!(
+            "{} already holds a run: pass --resume to continue it, or choose another run folder",
+            run.root().display()
+        )));
+    }
+
+    let schedule = LrSchedule { base_lr: config.lr, warmup_epochs: config.warmup_epochs, epochs: config.epochs };
+    let iters = train.batches_per_epoch();
+    if iters == 0 {
+        return Err(TrainError::Data("the training split gives no batch".into()));
+    }
+    let last_epoch = options.stop_after.map_or(config.epochs, |stop| stop.min(config.epochs));
+    for epoch in start_epoch..=last_epoch {
+        let started = Instant::now();
+        let bar = progress_bar(options.progress, epoch, config.epochs, train.len());
+        let (mut loss_sum, mut hits, mut seen, mut lr) = (0.0, 0.0, 0usize, 0.0);
+        for (iteration, batch) in train.epoch(epoch)?.enumerate() {
+            let TensorBatch { images, loc, targets } = batch?;
+            let n = images.dim(0)?;
+            lr = lr_at(schedule, epoch, iteration, iters);
+            let (lambda, perm) = mixup_draw(config, n, epoch, iteration)?;
+            let perm = Tensor::from_vec(perm, n, images.device())?;
+            let images = mixup(&images, &perm, lambda)?;
+            let loc = loc.map(|loc| mixup(&loc, &perm, lambda)).transpose()?;
+            model.reseed_dropout(stream_seed(&[config.seed, DROPOUT_STREAM, epoch as u64, iteration as u64]));
+            let out = model.forward_t(&images, loc.as_ref(), true)?;
+            let loss = mixup_loss(&out.logits, &targets, &perm, lambda, config.label_smoothing)?;
+            let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !loss_value.is_finite() {
+                bar.abandon();
+                return Err(TrainError::NonFinite { epoch, iteration, loss: loss_value });
+            }
+            sgd.step(&loss.backward()?, lr)?;
+            let target_ids = to_u32(&targets)?;
+            let permuted: Vec<u32> = to_u32(&perm)?.iter().map(|p| target_ids[*p as usize]).collect();
+            hits += lambda * top_k_hits(&out.logits, &target_ids, 1)? as f64
+                + (1.0 - lambda) * top_k_hits(&out.logits, &permuted, 1)? as f64;
+            loss_sum += loss_value * n as f64;
+            seen += n;
+            bar.inc(n as u64);
+            bar.set_message(format!("loss {:.4} lr {lr:.5}", loss_sum / seen as f64));
+        }
+        bar.finish_and_clear();
+        let train_seconds = started.elapsed().as_secs_f64();
+        let (val_loss, val_top1, val_top5, val_images) = evaluate(model, val, config.label_smoothing)?;
+        let epoch_metrics = EpochMetrics {
+            epoch,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_top1: 100.0 * hits / seen.max(1) as f64,
+            val_loss,
+            val_top1,
+            val_top5,
+            train_images: seen,
+            val_images,
+            epoch_seconds: started.elapsed().as_secs_f64(),
+            images_per_s: seen as f64 / train_seconds.max(1e-9),
+        };
+        eprintln!(
+            "epoch {epoch}/{}: train loss {:.4} top-1 {:.2} | val loss {:.4} top-1 {:.2} top-5 {:.2} | {:.0} img/s",
+            config.epochs,
+            epoch_metrics.train_loss,
+            epoch_metrics.train_top1,
+            val_loss,
+            val_top1,
+            val_top5,
+            epoch_metrics.images_per_s
+        );
+        let is_best = val_top1 > best_top1;
+        if is_best {
+            best_top1 = val_top1;
+            best_epoch = epoch;
+        }
+        run.append_metrics(&epoch_metrics)?;
+        let state = CheckpointState { epoch, best_top1, best_epoch };
+        run.save_checkpoint(&state, &model_tensors(model), sgd.momentum_buffers(), is_best)?;
+        metrics.push(epoch_metrics);
+    }
+    Ok(TrainSummary { metrics, best_top1, best_epoch })
+}
+
+/// λ and the permutation of one step (λ = 1 and the identity when mixup is off).
+fn mixup_draw(config: &TrainConfig, n: usize, epoch: usize, iteration: usize) -> Result<(f64, Vec<u32>), TrainError> {
+    let mut perm: Vec<u32> = (0..n as u32).collect();
+    if config.mixup_alpha <= 0.0 {
+        return Ok((1.0, perm));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(&[config.seed, MIXUP_STREAM, epoch as u64, iteration as u64]));
+    let beta = Beta::new(config.mixup_alpha, config.mixup_alpha)
+        .map_err(|e| TrainError::Config(format!("mixup_alpha: {e}")))?;
+    let lambda = beta.sample(&mut rng);
+    perm.shuffle(&mut rng);
+    Ok((lambda, perm))
+}
+
+fn progress_bar(show: bool, epoch: usize, epochs: usize, images: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(images as u64);
+    let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} img {per_sec} eta {eta} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("{epoch}/{epochs}"));
+    bar
+}

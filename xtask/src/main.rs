@@ -1,6 +1,7 @@
 //! Project automation, in the cargo-xtask style (<https://github.com/matklad/cargo-xtask>):
-//! `cargo xtask parity` runs the reference fixtures, `cargo xtask bench model` times the model
-//! against PyTorch. Orchestration only: the model code lives in the library crates.
+//! `cargo xtask reproduce table-s4 [--smoke]` runs a table's experiment matrix,
+//! `cargo xtask parity` runs the reference fixtures, `cargo xtask bench model|ops` times the
+//! model and its ops against PyTorch. Orchestration only: the model code lives in the library crates.
 //!
 //! Path arguments are resolved against the directory the command was started from.
 
@@ -8,6 +9,8 @@ mod bench;
 mod bench_ops;
 mod parity;
 mod paths;
+mod reproduce;
+mod smoke_train;
 mod tidy;
 
 use std::path::PathBuf;
@@ -34,6 +37,10 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Run a table's experiment matrix and write results/TABLE.{md,csv}.
+    Reproduce(reproduce::ReproduceArgs),
+    /// Train a tiny model on tiny synthetic data: it must learn, and resume must be exact (CI).
+    SmokeTrain(smoke_train::SmokeTrainArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -46,6 +53,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Parity { cases, device } => parity::run_command(&cases, &device),
         Command::Bench { what } => bench::run(what),
+        Command::Reproduce(args) => reproduce::run(&args),
+        Command::SmokeTrain(args) => smoke_train::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -40,7 +40,9 @@ impl Backbone {
             CustomBackbone::Resnet { block, layers, width } => {
                 Ok(Backbone::ResNet(ResNet::new(block, &layers, width, vb)?))
             }
-            CustomBackbone::Sk2res2net { layers } => Ok(Backbone::Sk2Res2Net(Sk2Res2Net::new(&layers, vb)?)),
+            CustomBackbone::Sk2res2net { layers, width } => {
+                Ok(Backbone::Sk2Res2Net(Sk2Res2Net::new(&layers, width, vb)?))
+            }
         }
     }
 

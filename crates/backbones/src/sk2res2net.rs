@@ -12,10 +12,10 @@ use dmlp_nn::{AvgPool2d, BatchNorm, Conv2d, Conv2dConfig, MaxPool2d, batch_norm,
 
 const SCALES: usize = 4;
 const BASE_WIDTH: usize = 26;
+/// The reference's planes per split relate to 64 channels: width = planes · 26 / 64.
 const BASE_CHANNELS: usize = 64;
 const SK_RATIO: usize = 4;
 const SK_MIN_HIDDEN: usize = 32;
-const STEM_CHANNELS: usize = 64;
 const EXPANSION: usize = 4;
 
 /// A convolution with PyTorch's default initialisation (the reference never re-initialises).
@@ -197,9 +197,9 @@ struct DeepStem {
 }
 
 impl DeepStem {
-    fn new(vb: VarBuilder) -> Result<Self> {
-        let half = STEM_CHANNELS / 2;
-        let shapes = [(3, half, 2, 0), (half, half, 1, 3), (half, STEM_CHANNELS, 1, 6)];
+    fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+        let half = channels / 2;
+        let shapes = [(3, half, 2, 0), (half, half, 1, 3), (half, channels, 1, 6)];
         let layers = shapes
             .into_iter()
             .map(|(i, o, s, key)| Ok((conv(i, o, 3, s, 1, false, vb.pp(key))?, batch_norm(o, vb.pp(key + 1))?)))
@@ -217,7 +217,7 @@ impl DeepStem {
 }
 
 /// SK-Res2Net without `fc`: deep stem, max-pool 3×3/2, stages of `layers[s]` Bottle2necks with
-/// `64·2^s` planes, global average pooling. `[3, 4, 6, 3]` is SK-Res2Net-50, `[3, 4, 23, 3]` the
+/// `width·2^s` planes (`width` 64 in the reference), global average pooling. `[3, 4, 6, 3]` is SK-Res2Net-50, `[3, 4, 23, 3]` the
 /// paper's SK-Res2Net-101.
 #[derive(Debug)]
 pub struct Sk2Res2Net {
@@ -228,15 +228,18 @@ pub struct Sk2Res2Net {
 }
 
 impl Sk2Res2Net {
-    pub fn new(layers: &[usize], vb: VarBuilder) -> Result<Self> {
-        if layers.is_empty() || layers.contains(&0) {
-            bail!("an SK-Res2Net needs at least one stage and one block per stage, got layers {layers:?}")
+    /// `width` is the stem's output and the first stage's planes (64 in the reference).
+    pub fn new(layers: &[usize], width: usize, vb: VarBuilder) -> Result<Self> {
+        if layers.is_empty() || layers.contains(&0) || width < 4 {
+            bail!(
+                "an SK-Res2Net needs at least one stage, one block per stage and a width of at least 4, got layers {layers:?} width {width}"
+            )
         }
-        let stem = DeepStem::new(vb.pp("stem"))?;
-        let mut in_c = STEM_CHANNELS;
+        let stem = DeepStem::new(width, vb.pp("stem"))?;
+        let mut in_c = width;
         let mut stages = Vec::with_capacity(layers.len());
         for (stage_idx, &n_blocks) in layers.iter().enumerate() {
-            let planes = BASE_CHANNELS << stage_idx;
+            let planes = width << stage_idx;
             let stride = if stage_idx == 0 { 1 } else { 2 };
             let stage_vb = vb.pp(format!("layer{}", stage_idx + 1));
             let mut blocks = Vec::with_capacity(n_blocks);

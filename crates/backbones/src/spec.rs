@@ -38,8 +38,13 @@ pub enum CustomBackbone {
         #[serde(default = "default_width")]
         width: usize,
     },
-    /// The reference's SK-Res2Net with the given stage depths.
-    Sk2res2net { layers: Vec<usize> },
+    /// The reference's SK-Res2Net with the given stage depths; `width` scales the stem and the
+    /// planes of every stage (64 in the reference; smaller widths give smoke-run backbones).
+    Sk2res2net {
+        layers: Vec<usize>,
+        #[serde(default = "default_width")]
+        width: usize,
+    },
 }
 
 fn default_width() -> usize {
@@ -78,8 +83,8 @@ impl BackbonePreset {
             BackbonePreset::Resnet50 => resnet(BlockKind::Bottleneck, [3, 4, 6, 3]),
             BackbonePreset::Resnet101 => resnet(BlockKind::Bottleneck, [3, 4, 23, 3]),
             BackbonePreset::Resnet152 => resnet(BlockKind::Bottleneck, [3, 8, 36, 3]),
-            BackbonePreset::Sk2res2net50 => CustomBackbone::Sk2res2net { layers: vec![3, 4, 6, 3] },
-            BackbonePreset::Sk2res2net101 => CustomBackbone::Sk2res2net { layers: vec![3, 4, 23, 3] },
+            BackbonePreset::Sk2res2net50 => CustomBackbone::Sk2res2net { layers: vec![3, 4, 6, 3], width: 64 },
+            BackbonePreset::Sk2res2net101 => CustomBackbone::Sk2res2net { layers: vec![3, 4, 23, 3], width: 64 },
         }
     }
 }
@@ -118,9 +123,9 @@ impl BackboneSpec {
                 let depths: Vec<_> = layers.iter().map(ToString::to_string).collect();
                 format!("resnet-{}-{}-w{width}", block.as_str(), depths.join("-"))
             }
-            BackboneSpec::Custom(CustomBackbone::Sk2res2net { layers }) => {
+            BackboneSpec::Custom(CustomBackbone::Sk2res2net { layers, width }) => {
                 let depths: Vec<_> = layers.iter().map(ToString::to_string).collect();
-                format!("sk2res2net-{}", depths.join("-"))
+                format!("sk2res2net-{}-w{width}", depths.join("-"))
             }
         }
     }

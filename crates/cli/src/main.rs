@@ -1,10 +1,11 @@
 //! `dmlp`, the command line of the dmlp toolkit.
 //!
-//! Subcommands so far: `params` (parameter counts of any backbone × fusion × class count) and
-//! `encode` (the location/date encoding of one observation). Training, evaluation, prediction
-//! and dataset tools join as their crates land.
+//! Subcommands: `train` (a run from a config, resumable), `eval` (a checkpoint on the validation
+//! split), `data synth` (the synthetic geo-aware dataset), `params` (parameter counts of any
+//! backbone × fusion × class count) and `encode` (the location/date encoding of one observation).
 
 mod params;
+mod run;
 
 use std::process::ExitCode;
 
@@ -19,15 +20,33 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train a model from a config file into a run folder (resumable with --resume).
+    Train(run::TrainArgs),
+    /// Evaluate a checkpoint on the config's validation split.
+    Eval(run::EvalArgs),
+    /// Dataset tools.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
     /// Print the parameter count of a model, in total and per part.
     Params(params::ParamsArgs),
     /// Print the encoded location vector of one observation, as the model sees it.
     Encode(params::EncodeArgs),
 }
 
+#[derive(Debug, Subcommand)]
+enum DataCommand {
+    /// Write the synthetic geo-aware dataset (iNat 2021 layout).
+    Synth(run::SynthArgs),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => run::run_train(&args),
+        Command::Eval(args) => run::run_eval(&args),
+        Command::Data { command: DataCommand::Synth(args) } => run::run_synth(&args),
         Command::Params(args) => params::run_params(&args),
         Command::Encode(args) => params::run_encode(&args),
     };

@@ -138,3 +138,23 @@ fn malformed_annotation_files_are_errors_naming_file_and_record() {
     let split = inat2021::read_split(tmp.path(), "val").unwrap();
     assert_eq!(split.records.iter().map(|r| (r.image_id, r.label)).collect::<Vec<_>>(), vec![(7, 1), (3, 0)]);
 }
+
+#[test]
+fn grayscale_and_alpha_images_decode_to_rgb() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gray = tmp.path().join("gray.png");
+    image::GrayImage::from_fn(5, 3, |x, _| image::Luma([x as u8 * 50])).save(&gray).unwrap();
+    let rgba = tmp.path().join("rgba.png");
+    image::RgbaImage::from_fn(4, 4, |_, _| image::Rgba([10, 20, 30, 0])).save(&rgba).unwrap();
+    let gray_jpeg = tmp.path().join("gray.jpg");
+    image::GrayImage::from_fn(8, 8, |_, _| image::Luma([128])).save(&gray_jpeg).unwrap();
+    let decoded = dmlp_datasets::transform::decode_rgb(&gray).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (5, 3));
+    assert_eq!(decoded.get_pixel(2, 1).0, [100, 100, 100]);
+    assert_eq!(dmlp_datasets::transform::decode_rgb(&rgba).unwrap().get_pixel(1, 1).0, [10, 20, 30]);
+    let jpeg = dmlp_datasets::transform::decode_rgb(&gray_jpeg).unwrap();
+    assert!(jpeg.pixels().all(|p| p.0.iter().all(|v| v.abs_diff(128) <= 2)));
+    let missing = tmp.path().join("absent.jpg");
+    let err = dmlp_datasets::transform::decode_rgb(&missing).unwrap_err().to_string();
+    assert!(err.contains("absent.jpg"), "{err}");
+}

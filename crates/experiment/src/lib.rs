@@ -44,6 +44,13 @@ pub struct Provenance {
     pub command: String,
 }
 
+/// FNV-1a 64 of an annotation file, as hex: which exact data a run saw.
+fn annotation_fingerprint(path: &Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    Some(format!("{hash:016x}"))
+}
+
 /// Reads the train and validation splits the config names.
 pub fn read_splits(config: &RunConfig) -> Result<(dmlp_datasets::Split, dmlp_datasets::Split), ExperimentError> {
     let data = &config.data;
@@ -77,10 +84,11 @@ pub fn train_run(
     if !options.resume {
         write_atomic(&run_dir.join("config.toml"), config_text.as_bytes())?;
     }
+    let fingerprint = |split: &str| annotation_fingerprint(&config.data.root.join(format!("{split}.json")));
     let data_summary = serde_json::json!({
         "root": config.data.root,
-        "train": {"split": config.data.train_split, "images": train_split.records.len(), "classes": train_split.classes.len()},
-        "val": {"split": config.data.val_split, "images": val_split.records.len()},
+        "train": {"split": config.data.train_split, "images": train_split.records.len(), "classes": train_split.classes.len(), "annotations_fnv1a64": fingerprint(&config.data.train_split)},
+        "val": {"split": config.data.val_split, "images": val_split.records.len(), "annotations_fnv1a64": fingerprint(&config.data.val_split)},
     });
     let provenance_json = serde_json::json!({
         "git_commit": provenance.git_commit,

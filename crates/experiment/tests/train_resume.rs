@@ -142,3 +142,30 @@ fn resume_without_a_checkpoint_and_bad_overrides_are_errors() {
             .contains("learning_rate")
     );
 }
+
+#[test]
+fn a_diverging_loss_stops_the_run_naming_the_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let synth = SynthConfig {
+        groups: 2,
+        per_group: 3,
+        distinct: 2,
+        train_per_class: 4,
+        val_per_class: 1,
+        image_size: 16,
+        seed: 2,
+        with_dates: true,
+        missing_fraction: 0.0,
+    };
+    generate(&synth, &data).unwrap();
+    let config = RunConfig::from_file(
+        &write_config(tmp.path(), &data),
+        &["train.lr=1e30".into(), "train.warmup_epochs=0".into()],
+    )
+    .unwrap();
+    let options = TrainOptions { resume: false, progress: false, stop_after: None };
+    let err =
+        train_run(&config, &tmp.path().join("run"), &Device::Cpu, options, &provenance()).unwrap_err().to_string();
+    assert!(err.contains("loss became") && err.contains("epoch") && err.contains("iteration"), "{err}");
+}

@@ -17,7 +17,8 @@ fn backbones() -> Vec<BackboneSpec> {
             width: 8,
         }),
         // Two blocks in the first stage exercise the hierarchical (non-first) Res2Net block too.
-        BackboneSpec::Custom(CustomBackbone::Sk2res2net { layers: vec![2, 1, 1, 1] }),
+        BackboneSpec::Custom(CustomBackbone::Sk2res2net { layers: vec![2, 1, 1, 1], width: 64 }),
+        BackboneSpec::Custom(CustomBackbone::Sk2res2net { layers: vec![1, 1, 1, 1], width: 16 }),
     ]
 }
 
@@ -82,5 +83,12 @@ fn resnet_bottleneck_every_fusion() {
 fn sk2res2net_every_fusion() {
     for fusion in fusions() {
         check_step(&backbones()[2], fusion);
+    }
+}
+
+#[test]
+fn narrow_sk2res2net_every_fusion() {
+    for fusion in fusions() {
+        check_step(&backbones()[3], fusion);
     }
 }

@@ -1,0 +1,152 @@
+//! `dmlp train`, `dmlp eval` and `dmlp data synth`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use dmlp_datasets::synth::{SynthConfig, generate};
+use dmlp_experiment::{Provenance, RunConfig, evaluate_checkpoint, train_run};
+use dmlp_model::parse_device;
+use dmlp_train::TrainOptions;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TrainArgs {
+    /// The run config: [model], [data] and [train] tables.
+    #[arg(long)]
+    config: PathBuf,
+    /// The run folder (config, provenance, metrics, checkpoints).
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// Continue the run in --run-dir from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Override one config key, e.g. --set train.lr=0.1 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Stop after this epoch (the schedule still spans the configured epochs).
+    #[arg(long)]
+    stop_after: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct EvalArgs {
+    #[arg(long)]
+    config: PathBuf,
+    /// A run folder (its best checkpoint), a checkpoint folder, or a weights file.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SynthArgs {
+    /// Where to write the dataset (train.json, val.json and JPEGs).
+    #[arg(long)]
+    out: PathBuf,
+    /// Groups of look-alike classes (same look, different region and season).
+    #[arg(long, default_value_t = 6)]
+    groups: usize,
+    #[arg(long, default_value_t = 3)]
+    per_group: usize,
+    /// Classes that look distinct.
+    #[arg(long, default_value_t = 6)]
+    distinct: usize,
+    #[arg(long, default_value_t = 60)]
+    train_per_class: usize,
+    #[arg(long, default_value_t = 20)]
+    val_per_class: usize,
+    #[arg(long, default_value_t = 40)]
+    image_size: u32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The YFCC-like variant: locations without dates (train it with metadata = "geo").
+    #[arg(long)]
+    no_dates: bool,
+    /// Share of images without location and date.
+    #[arg(long, default_value_t = 0.02)]
+    missing_fraction: f64,
+}
+
+/// The checked-out commit, if this runs inside a git work tree.
+pub(crate) fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+pub(crate) fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
+    let config = RunConfig::from_file(&args.config, &args.overrides)?;
+    let device = parse_device(&args.device)?;
+    let provenance = Provenance {
+        git_commit: git_commit(),
+        device: args.device.clone(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let options = TrainOptions { resume: args.resume, progress: !args.quiet, stop_after: args.stop_after };
+    let summary = train_run(&config, &args.run_dir, &device, options, &provenance)
+        .with_context(|| format!("training into {}", args.run_dir.display()))?;
+    println!(
+        "done: {} epochs in {}; best val top-1 {:.3} at epoch {}",
+        summary.metrics.len(),
+        args.run_dir.display(),
+        summary.best_top1,
+        summary.best_epoch
+    );
+    Ok(())
+}
+
+/// A run folder → its best checkpoint's weights; a checkpoint folder → its weights; else the path.
+fn weights_path(path: &Path) -> anyhow::Result<PathBuf> {
+    let pointer = path.join("checkpoints").join("best");
+    if pointer.is_file() {
+        let name = std::fs::read_to_string(&pointer).with_context(|| format!("reading {}", pointer.display()))?;
+        return Ok(path.join("checkpoints").join(name.trim()).join("model.safetensors"));
+    }
+    if path.join("model.safetensors").is_file() {
+        return Ok(path.join("model.safetensors"));
+    }
+    Ok(path.to_owned())
+}
+
+pub(crate) fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let config = RunConfig::from_file(&args.config, &args.overrides)?;
+    let device = parse_device(&args.device)?;
+    let weights = weights_path(&args.checkpoint)?;
+    let (loss, top1, top5, images) = evaluate_checkpoint(&config, &weights, &device)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"weights": weights, "images": images, "loss": loss, "top1": top1, "top5": top5})
+        );
+    } else {
+        println!("{}: {images} images, top-1 {top1:.3}, top-5 {top5:.3}, loss {loss:.4}", weights.display());
+    }
+    Ok(())
+}
+
+pub(crate) fn run_synth(args: &SynthArgs) -> anyhow::Result<()> {
+    let config = SynthConfig {
+        groups: args.groups,
+        per_group: args.per_group,
+        distinct: args.distinct,
+        train_per_class: args.train_per_class,
+        val_per_class: args.val_per_class,
+        image_size: args.image_size,
+        seed: args.seed,
+        with_dates: !args.no_dates,
+        missing_fraction: args.missing_fraction,
+    };
+    let written = generate(&config, &args.out)?;
+    println!("wrote {written} images of {} classes to {}", config.n_classes(), args.out.display());
+    Ok(())
+}

@@ -11,14 +11,16 @@
 //! ```text
 //! u = conv12(conv11(x))          conv11 = Basic1d(i → k), conv12 = Linear(k → k)   image branch
 //! v = conv22(conv21(g))          conv21 = Basic1d(ℓ → k), conv22 = Linear(k → k)   location branch
-//! f = [u; v]  |  u + v  |  u ⊙ (1 + v)                                             the one fusion
+//! f = [u; v]  |  u + v  |  u ⊙ v                                                   the one fusion
 //! y = conv3(br(proj(f)))         proj = Linear(2k or k → o), br = LN(o) + ReLU,
 //!                                conv3 = Basic1d(o → o, no bias)
 //! ```
 //!
-//! Multiplication is FiLM-style modulation with `γ = 1 + v` (the spec's "f_img ⊙ P(f_loc)",
-//! FiLM / feature-modulation style): a plain `u ⊙ v` starts by scrambling the image signal, and
-//! in our smoke runs one such cell never learned to use the location.
+//! Multiplication is the spec's `f_img ⊙ P(f_loc)`. On the synthetic smoke data (look-alike
+//! classes whose images carry no class signal) it often fails to learn to use the location at all
+//! within the smoke budget, where concatenation and addition reach ~99%: location reaches the
+//! output only scaled by image features there. A FiLM-style `u ⊙ (1 + v)` did worse (3 of 4 smoke
+//! cells at image-only level, against 1–2 of 4 for `u ⊙ v`), so the literal form stays.
 //!
 //! The hidden width `k` of each block is the integer that brings the block's parameter count
 //! closest to the Dynamic MLP-C block it replaces ([`matched_hidden_width`]), so a whole `loc_att`
@@ -116,9 +118,7 @@ impl MatchedBlock {
         let fused = match self.op {
             FuseOp::Concatenation => Tensor::cat(&[&u, &v], 1)?,
             FuseOp::Addition => (u + v)?,
-            // FiLM's parameterisation: γ = 1 + v starts at the identity, so the image signal
-            // passes through while the location learns to modulate it.
-            FuseOp::Multiplication => (&u + (&u * v)?)?,
+            FuseOp::Multiplication => (u * v)?,
         };
         self.conv3.forward(&self.br.forward(&self.proj.forward(&fused)?)?)
     }

@@ -6,36 +6,13 @@
 //! `dx = dy · [y > 0]`, and the residual block's `ReLU(a + b)` is one op whose backward hands the
 //! same gradient to both inputs.
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType, backend::BackendStorage, bail,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType, bail};
+
+use crate::cpu::{contiguous, dispatch_float};
 use rayon::prelude::*;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 16;
-
-fn slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
-        None => bail!("activation ops expect contiguous tensors"),
-    }
-}
-
-macro_rules! dispatch_float {
-    ($storage:expr, |$ty:ident| $body:expr) => {
-        match $storage {
-            CpuStorage::F32(_) => {
-                type $ty = f32;
-                $body
-            }
-            CpuStorage::F64(_) => {
-                type $ty = f64;
-                $body
-            }
-            other => bail!("dmlp activation ops support f32 and f64 on the CPU, got {:?}", other.dtype()),
-        }
-    };
-}
 
 fn relu_slice<T: WithDType + Send + Sync>(x: &[T]) -> Vec<T> {
     let zero = T::from_f64(0.0);
@@ -83,7 +60,11 @@ impl CustomOp1 for ReluOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = dispatch_float!(storage, |T| T::to_cpu_storage_owned(relu_slice(slice::<T>(storage, layout)?)));
+        let y = dispatch_float!(storage, self.name(), |T| T::to_cpu_storage_owned(relu_slice(contiguous::<T>(
+            storage,
+            layout,
+            self.name()
+        )?)));
         Ok((y, layout.shape().clone()))
     }
 
@@ -101,8 +82,10 @@ impl CustomOp2 for AddReluOp {
         if l1.dims() != l2.dims() {
             bail!("add_relu: shapes {:?} and {:?} differ", l1.dims(), l2.dims())
         }
-        let y =
-            dispatch_float!(s1, |T| T::to_cpu_storage_owned(add_relu_slice(slice::<T>(s1, l1)?, slice::<T>(s2, l2)?)));
+        let y = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(add_relu_slice(
+            contiguous::<T>(s1, l1, self.name())?,
+            contiguous::<T>(s2, l2, self.name())?
+        )));
         Ok((y, l1.shape().clone()))
     }
 
@@ -121,7 +104,10 @@ impl CustomOp2 for ReluMaskOp {
         if l1.dims() != l2.dims() {
             bail!("relu backward: shapes {:?} and {:?} differ", l1.dims(), l2.dims())
         }
-        let dx = dispatch_float!(s1, |T| T::to_cpu_storage_owned(mask_slice(slice::<T>(s1, l1)?, slice::<T>(s2, l2)?)));
+        let dx = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(mask_slice(
+            contiguous::<T>(s1, l1, self.name())?,
+            contiguous::<T>(s2, l2, self.name())?
+        )));
         Ok((dx, l1.shape().clone()))
     }
 }

@@ -16,7 +16,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType, backend::BackendStorage, bail};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType, bail};
+
+use crate::cpu::{contiguous, dispatch_float};
 use rayon::prelude::*;
 
 /// Per-channel batch statistics of the last forward: mean and biased variance.
@@ -44,13 +46,6 @@ fn dims(layout: &Layout) -> Result<(usize, usize, usize)> {
         bail!("batch norm expects [N, C, ...], got {dims:?}")
     }
     Ok((dims[0], dims[1], dims[2..].iter().product()))
-}
-
-fn slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
-        None => bail!("batch norm expects contiguous tensors"),
-    }
 }
 
 /// The `[spatial]` runs of channel `c` in an `[N, C, spatial]` buffer.
@@ -151,22 +146,6 @@ fn backward<T: WithDType + Send + Sync>(
     packed
 }
 
-macro_rules! dispatch_float {
-    ($storage:expr, |$ty:ident| $body:expr) => {
-        match $storage {
-            CpuStorage::F32(_) => {
-                type $ty = f32;
-                $body
-            }
-            CpuStorage::F64(_) => {
-                type $ty = f64;
-                $body
-            }
-            other => bail!("dmlp batch norm supports f32 and f64 on the CPU, got {:?}", other.dtype()),
-        }
-    };
-}
-
 impl CustomOp3 for BatchNormTrainOp {
     fn name(&self) -> &'static str {
         "dmlp-batch-norm-train"
@@ -185,8 +164,14 @@ impl CustomOp3 for BatchNormTrainOp {
         if l2.dims() != [shape.1] || l3.dims() != [shape.1] {
             bail!("batch norm over {} channels got weight {:?} and bias {:?}", shape.1, l2.dims(), l3.dims())
         }
-        let (out, stats) = dispatch_float!(s1, |T| {
-            let (y, stats) = forward(slice::<T>(s1, l1)?, slice::<T>(s2, l2)?, slice::<T>(s3, l3)?, shape, self.eps);
+        let (out, stats) = dispatch_float!(s1, self.name(), |T| {
+            let (y, stats) = forward(
+                contiguous::<T>(s1, l1, self.name())?,
+                contiguous::<T>(s2, l2, self.name())?,
+                contiguous::<T>(s3, l3, self.name())?,
+                shape,
+                self.eps,
+            );
             (T::to_cpu_storage_owned(y), stats)
         });
         *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
@@ -237,10 +222,10 @@ impl CustomOp3 for BatchNormBackwardOp {
         if l3.dims() != l1.dims() {
             bail!("batch norm backward: gradient {:?} does not match input {:?}", l3.dims(), l1.dims())
         }
-        let out = dispatch_float!(s1, |T| T::to_cpu_storage_owned(backward(
-            slice::<T>(s1, l1)?,
-            slice::<T>(s2, l2)?,
-            slice::<T>(s3, l3)?,
+        let out = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(backward(
+            contiguous::<T>(s1, l1, self.name())?,
+            contiguous::<T>(s2, l2, self.name())?,
+            contiguous::<T>(s3, l3, self.name())?,
             shape,
             &self.stats,
             self.eps

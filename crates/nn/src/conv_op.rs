@@ -13,10 +13,11 @@
 //!
 //! with `K = C/g · kh · kw`. 1×1 convolutions with stride 1 and no padding skip im2col.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType, backend::BackendStorage, bail};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType, bail};
 use rayon::prelude::*;
 
 use crate::Conv2dConfig;
+use crate::cpu::{contiguous, dispatch_float};
 use crate::gemm_util::matmul;
 
 /// Column buffer budget per batch block, in elements (32 Mi floats = 128 MiB in f32).
@@ -289,29 +290,6 @@ fn backward_weight<T: WithDType>(geo: &Geometry, x: &[T], dout: &[T]) -> Vec<T> 
     dw
 }
 
-fn slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
-        None => bail!("conv2d expects a contiguous {what}"),
-    }
-}
-
-macro_rules! dispatch_float {
-    ($storage:expr, |$ty:ident| $body:expr) => {
-        match $storage {
-            CpuStorage::F32(_) => {
-                type $ty = f32;
-                $body
-            }
-            CpuStorage::F64(_) => {
-                type $ty = f64;
-                $body
-            }
-            other => bail!("dmlp conv2d supports f32 and f64 on the CPU, got {:?}", other.dtype()),
-        }
-    };
-}
-
 /// The forward op: `(input [N, C, H, W], weight [O, C/g, kh, kw]) → [N, O, H', W']`.
 pub(crate) struct Conv2dOp(pub(crate) Conv2dConfig);
 
@@ -322,10 +300,10 @@ impl CustomOp2 for Conv2dOp {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let geo = Geometry::new(l1.dims(), l2.dims(), self.0)?;
-        let out = dispatch_float!(s1, |T| T::to_cpu_storage_owned(forward(
+        let out = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(forward(
             &geo,
-            slice::<T>(s1, l1, "input")?,
-            slice::<T>(s2, l2, "weight")?
+            contiguous::<T>(s1, l1, self.name())?,
+            contiguous::<T>(s2, l2, self.name())?
         )));
         Ok((out, Shape::from((geo.batch, geo.out_c, geo.out_h, geo.out_w))))
     }
@@ -361,10 +339,10 @@ impl CustomOp2 for InputGradOp {
         if l1.dims() != [geo.batch, geo.out_c, geo.out_h, geo.out_w] {
             bail!("conv2d input grad: gradient {:?} does not fit the output shape", l1.dims())
         }
-        let dx = dispatch_float!(s1, |T| T::to_cpu_storage_owned(backward_input(
+        let dx = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(backward_input(
             &geo,
-            slice::<T>(s1, l1, "gradient")?,
-            slice::<T>(s2, l2, "weight")?
+            contiguous::<T>(s1, l1, self.name())?,
+            contiguous::<T>(s2, l2, self.name())?
         )));
         Ok((dx, Shape::from(self.input_dims.clone())))
     }
@@ -386,10 +364,10 @@ impl CustomOp2 for WeightGradOp {
         if l2.dims() != [geo.batch, geo.out_c, geo.out_h, geo.out_w] {
             bail!("conv2d weight grad: gradient {:?} does not fit the output shape", l2.dims())
         }
-        let dw = dispatch_float!(s1, |T| T::to_cpu_storage_owned(backward_weight(
+        let dw = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(backward_weight(
             &geo,
-            slice::<T>(s1, l1, "input")?,
-            slice::<T>(s2, l2, "gradient")?
+            contiguous::<T>(s1, l1, self.name())?,
+            contiguous::<T>(s2, l2, self.name())?
         )));
         Ok((dw, Shape::from(self.weight_dims.clone())))
     }

@@ -9,7 +9,9 @@
 //!           dγ = Σ_rows dy·x̂,  dβ = Σ_rows dy
 //! ```
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType, backend::BackendStorage, bail};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType, bail};
+
+use crate::cpu::{contiguous, dispatch_float};
 use rayon::prelude::*;
 
 /// Rows per parallel task of the backward (fixed, so sums are reproducible).
@@ -18,13 +20,6 @@ const ROWS_PER_CHUNK: usize = 32;
 /// `(x [..., n], weight [n], bias [n]) → y`.
 pub(crate) struct LayerNormOp {
     pub(crate) eps: f64,
-}
-
-fn slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
-        None => bail!("layer norm expects contiguous tensors"),
-    }
 }
 
 /// Mean and 1/√(σ² + ε) of one row, accumulated in f64.
@@ -93,22 +88,6 @@ fn backward<T: WithDType + Send + Sync>(x: &[T], w: &[T], dy: &[T], eps: f64) ->
     dx
 }
 
-macro_rules! dispatch_float {
-    ($storage:expr, |$ty:ident| $body:expr) => {
-        match $storage {
-            CpuStorage::F32(_) => {
-                type $ty = f32;
-                $body
-            }
-            CpuStorage::F64(_) => {
-                type $ty = f64;
-                $body
-            }
-            other => bail!("dmlp layer norm supports f32 and f64 on the CPU, got {:?}", other.dtype()),
-        }
-    };
-}
-
 fn check(l1: &Layout, l2: &Layout, l3: &Layout) -> Result<usize> {
     let n = *l1.dims().last().unwrap_or(&0);
     if n == 0 || l2.dims() != [n] || l3.dims() != [n] {
@@ -132,10 +111,10 @@ impl CustomOp3 for LayerNormOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         check(l1, l2, l3)?;
-        let y = dispatch_float!(s1, |T| T::to_cpu_storage_owned(forward(
-            slice::<T>(s1, l1)?,
-            slice::<T>(s2, l2)?,
-            slice::<T>(s3, l3)?,
+        let y = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(forward(
+            contiguous::<T>(s1, l1, self.name())?,
+            contiguous::<T>(s2, l2, self.name())?,
+            contiguous::<T>(s3, l3, self.name())?,
             self.eps
         )));
         Ok((y, l1.shape().clone()))
@@ -179,10 +158,10 @@ impl CustomOp3 for LayerNormBackwardOp {
         if l3.dims() != l1.dims() {
             bail!("layer norm backward: gradient {:?} does not match input {:?}", l3.dims(), l1.dims())
         }
-        let out = dispatch_float!(s1, |T| T::to_cpu_storage_owned(backward(
-            slice::<T>(s1, l1)?,
-            slice::<T>(s2, l2)?,
-            slice::<T>(s3, l3)?,
+        let out = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(backward(
+            contiguous::<T>(s1, l1, self.name())?,
+            contiguous::<T>(s2, l2, self.name())?,
+            contiguous::<T>(s3, l3, self.name())?,
             self.eps
         )));
         Ok((out, Shape::from(l1.shape().elem_count() + 2 * n)))

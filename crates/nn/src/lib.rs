@@ -18,6 +18,7 @@ mod activation_op;
 mod batch_norm_op;
 mod conv;
 mod conv_op;
+mod cpu;
 mod gemm_util;
 pub mod init;
 mod layer_norm_op;

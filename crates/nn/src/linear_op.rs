@@ -9,18 +9,10 @@
 //! db = Σ_b dy
 //! ```
 
-use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType, backend::BackendStorage, bail,
-};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType, bail};
 
+use crate::cpu::{contiguous, dispatch_float};
 use crate::gemm_util::matmul;
-
-fn slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
-        None => bail!("linear expects a contiguous {what}"),
-    }
-}
 
 /// `(rows, in)` of `x` and `(out, in)` of `W`, checked against each other.
 fn dims(x: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
@@ -43,22 +35,6 @@ fn forward<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, (rows, inp, out):
     // Wᵀ as the right operand: element (i, o) lives at W[o·in + i].
     matmul((rows, out, inp), &mut y, out, bias.is_some(), (x, inp, 1), (w, 1, inp));
     y
-}
-
-macro_rules! dispatch_float {
-    ($storage:expr, |$ty:ident| $body:expr) => {
-        match $storage {
-            CpuStorage::F32(_) => {
-                type $ty = f32;
-                $body
-            }
-            CpuStorage::F64(_) => {
-                type $ty = f64;
-                $body
-            }
-            other => bail!("dmlp linear supports f32 and f64 on the CPU, got {:?}", other.dtype()),
-        }
-    };
 }
 
 /// `(x [B, in], W [out, in], b [out]) → [B, out]`.
@@ -85,10 +61,10 @@ impl CustomOp3 for LinearBiasOp {
         if l3.dims() != [dims.2] {
             bail!("linear: bias {:?} does not fit {} outputs", l3.dims(), dims.2)
         }
-        let y = dispatch_float!(s1, |T| T::to_cpu_storage_owned(forward(
-            slice::<T>(s1, l1, "input")?,
-            slice::<T>(s2, l2, "weight")?,
-            Some(slice::<T>(s3, l3, "bias")?),
+        let y = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(forward(
+            contiguous::<T>(s1, l1, self.name())?,
+            contiguous::<T>(s2, l2, self.name())?,
+            Some(contiguous::<T>(s3, l3, self.name())?),
             dims
         )));
         Ok((y, Shape::from((dims.0, dims.2))))
@@ -114,9 +90,9 @@ impl CustomOp2 for LinearOp {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = dims(l1, l2)?;
-        let y = dispatch_float!(s1, |T| T::to_cpu_storage_owned(forward(
-            slice::<T>(s1, l1, "input")?,
-            slice::<T>(s2, l2, "weight")?,
+        let y = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(forward(
+            contiguous::<T>(s1, l1, self.name())?,
+            contiguous::<T>(s2, l2, self.name())?,
             None,
             dims
         )));
@@ -149,8 +125,8 @@ impl CustomOp2 for InputGradOp {
         if out != out_w {
             bail!("linear input grad: gradient {:?} does not fit W {:?}", l1.dims(), l2.dims())
         }
-        let dx = dispatch_float!(s1, |T| {
-            let (dy, w) = (slice::<T>(s1, l1, "gradient")?, slice::<T>(s2, l2, "weight")?);
+        let dx = dispatch_float!(s1, self.name(), |T| {
+            let (dy, w) = (contiguous::<T>(s1, l1, self.name())?, contiguous::<T>(s2, l2, self.name())?);
             let mut dx = vec![T::from_f64(0.0); rows * inp];
             matmul((rows, inp, out), &mut dx, inp, false, (dy, out, 1), (w, inp, 1));
             T::to_cpu_storage_owned(dx)
@@ -176,8 +152,8 @@ impl CustomOp2 for WeightGradOp {
         if !x_layout_ok {
             bail!("linear weight grad expects a contiguous input")
         }
-        let dw = dispatch_float!(s1, |T| {
-            let (dy, x) = (slice::<T>(s1, l1, "gradient")?, slice::<T>(s2, l2, "input")?);
+        let dw = dispatch_float!(s1, self.name(), |T| {
+            let (dy, x) = (contiguous::<T>(s1, l1, self.name())?, contiguous::<T>(s2, l2, self.name())?);
             let mut dw = vec![T::from_f64(0.0); out * inp];
             // dyᵀ as the left operand: element (o, b) lives at dy[b·out + o].
             matmul((out, inp, rows), &mut dw, inp, false, (dy, 1, out), (x, inp, 1));

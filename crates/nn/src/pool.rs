@@ -6,10 +6,9 @@
 //! they compute the same forward from candle's kernels on a padded input (`forward_with_candle`),
 //! whose backward candle supports only when the kernel equals the stride.
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, D, DType, Device, Layout, Result, Shape, Tensor, WithDType,
-    backend::BackendStorage, bail,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Device, Layout, Result, Shape, Tensor, WithDType, bail};
+
+use crate::cpu::{contiguous, dispatch_float};
 
 /// `nn.MaxPool2d(kernel, stride, padding, ceil_mode=…)` with square windows and no dilation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,13 +78,6 @@ impl Geometry {
 
 fn dims4(layout: &Layout) -> Result<(usize, usize, usize, usize)> {
     layout.shape().dims4()
-}
-
-fn contiguous_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
-        None => bail!("pooling expects a contiguous input"),
-    }
 }
 
 fn is_nan<T: WithDType>(v: T) -> bool {
@@ -208,23 +200,6 @@ impl Geometry {
     }
 }
 
-/// Runs `f` on an f32 or f64 contiguous CPU tensor.
-macro_rules! dispatch_float {
-    ($storage:expr, $name:expr, |$ty:ident| $body:expr) => {
-        match $storage {
-            CpuStorage::F32(_) => {
-                type $ty = f32;
-                $body
-            }
-            CpuStorage::F64(_) => {
-                type $ty = f64;
-                $body
-            }
-            other => bail!("{} supports f32 and f64 on the CPU, got {:?}", $name, other.dtype()),
-        }
-    };
-}
-
 struct MaxPoolOp(Geometry);
 struct MaxPoolBackwardOp(Geometry);
 struct AvgPoolOp(Geometry, bool);
@@ -244,7 +219,7 @@ impl CustomOp1 for MaxPoolOp {
         let (b, c, h, w) = dims4(layout)?;
         let (oh, ow) = self.0.check(h, w)?;
         let out = dispatch_float!(storage, self.name(), |T| T::to_cpu_storage_owned(
-            self.0.max_forward(contiguous_slice::<T>(storage, layout)?, (b, c, h, w))?
+            self.0.max_forward(contiguous::<T>(storage, layout, self.name())?, (b, c, h, w))?
         ));
         Ok((out, Shape::from((b, c, oh, ow))))
     }
@@ -262,8 +237,8 @@ impl CustomOp2 for MaxPoolBackwardOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (_, _, h, w) = dims4(l1)?;
         let out = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(self.0.max_backward(
-            contiguous_slice::<T>(s1, l1)?,
-            contiguous_slice::<T>(s2, l2)?,
+            contiguous::<T>(s1, l1, self.name())?,
+            contiguous::<T>(s2, l2, self.name())?,
             (h, w)
         )?));
         Ok((out, l1.shape().clone()))
@@ -279,7 +254,7 @@ impl CustomOp1 for AvgPoolOp {
         let (b, c, h, w) = dims4(layout)?;
         let (oh, ow) = self.0.check(h, w)?;
         let out = dispatch_float!(storage, self.name(), |T| T::to_cpu_storage_owned(self.0.avg_forward(
-            contiguous_slice::<T>(storage, layout)?,
+            contiguous::<T>(storage, layout, self.name())?,
             (b, c, h, w),
             self.1
         )?));
@@ -302,7 +277,7 @@ impl CustomOp1 for AvgPoolBackwardOp {
         let (b, c, _, _) = dims4(layout)?;
         let dims = (b, c, self.in_h, self.in_w);
         let out = dispatch_float!(storage, self.name(), |T| T::to_cpu_storage_owned(self.geometry.avg_backward(
-            contiguous_slice::<T>(storage, layout)?,
+            contiguous::<T>(storage, layout, self.name())?,
             dims,
             self.count_include_pad
         )?));

@@ -7,15 +7,10 @@
 //!           dW[b, r·o + c] = u[b, r] · dy[b, c]
 //! ```
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType, backend::BackendStorage, bail};
-use rayon::prelude::*;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType, bail};
 
-fn slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
-        None => bail!("batched vecmat expects contiguous tensors"),
-    }
-}
+use crate::cpu::{contiguous, dispatch_float};
+use rayon::prelude::*;
 
 /// `(batch, i, o)` from `u: [B, i]` and `W: [B, i·o]`.
 fn dims(u: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
@@ -26,22 +21,6 @@ fn dims(u: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
         bail!("batched vecmat: u {:?} does not fit W {:?}", u.dims(), w.dims())
     }
     Ok((b, i, io / i))
-}
-
-macro_rules! dispatch_float {
-    ($storage:expr, |$ty:ident| $body:expr) => {
-        match $storage {
-            CpuStorage::F32(_) => {
-                type $ty = f32;
-                $body
-            }
-            CpuStorage::F64(_) => {
-                type $ty = f64;
-                $body
-            }
-            other => bail!("dmlp batched vecmat supports f32 and f64 on the CPU, got {:?}", other.dtype()),
-        }
-    };
 }
 
 fn forward<T: WithDType + Send + Sync>(u: &[T], w: &[T], (_, i, o): (usize, usize, usize)) -> Vec<T> {
@@ -91,8 +70,11 @@ impl CustomOp2 for VecmatOp {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = dims(l1, l2)?;
-        let y =
-            dispatch_float!(s1, |T| T::to_cpu_storage_owned(forward(slice::<T>(s1, l1)?, slice::<T>(s2, l2)?, dims)));
+        let y = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(forward(
+            contiguous::<T>(s1, l1, self.name())?,
+            contiguous::<T>(s2, l2, self.name())?,
+            dims
+        )));
         Ok((y, Shape::from((dims.0, dims.2))))
     }
 
@@ -124,10 +106,10 @@ impl CustomOp2 for VecmatBackwardOp {
         if l1.dims() != [b * i + b * i * o] || l2.dims() != [b, o] {
             bail!("batched vecmat backward: unexpected shapes {:?} and {:?}", l1.dims(), l2.dims())
         }
-        let out = dispatch_float!(s1, |T| {
-            let packed = slice::<T>(s1, l1)?;
+        let out = dispatch_float!(s1, self.name(), |T| {
+            let packed = contiguous::<T>(s1, l1, self.name())?;
             let (u, w) = packed.split_at(b * i);
-            T::to_cpu_storage_owned(backward(u, w, slice::<T>(s2, l2)?, (b, i, o)))
+            T::to_cpu_storage_owned(backward(u, w, contiguous::<T>(s2, l2, self.name())?, (b, i, o)))
         });
         Ok((out, Shape::from(b * i + b * i * o)))
     }

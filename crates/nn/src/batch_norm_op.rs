@@ -53,16 +53,58 @@ fn channel_runs<T>(data: &[T], (n, c_count, spatial): (usize, usize, usize), c: 
     (0..n).map(move |img| &data[(img * c_count + c) * spatial..][..spatial])
 }
 
+/// Lanes of the partial sums within a run: enough independent accumulators for the compiler to
+/// vectorise, few enough that a run's sum stays accurate in its own type before it joins the f64
+/// total.
+const LANES: usize = 8;
+
+/// `Σ f(v)` over a run in `T` with [`LANES`] accumulators, returned as f64.
+fn lane_sum<T: WithDType>(run: &[T], f: impl Fn(T) -> T) -> f64 {
+    let mut acc = [T::zero(); LANES];
+    let chunks = run.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (a, v) in acc.iter_mut().zip(chunk) {
+            *a += f(*v);
+        }
+    }
+    let mut total: f64 = acc.iter().map(|a| a.to_f64()).sum();
+    for v in rest {
+        total += f(*v).to_f64();
+    }
+    total
+}
+
+/// `(Σ g, Σ g·(x − mean))` over a pair of runs, in `T` with [`LANES`] accumulators.
+fn lane_sums_pair<T: WithDType>(xs: &[T], gs: &[T], mean: T) -> (f64, f64) {
+    let (mut acc_g, mut acc_gx) = ([T::zero(); LANES], [T::zero(); LANES]);
+    let pairs = xs.chunks_exact(LANES).zip(gs.chunks_exact(LANES));
+    for (xc, gc) in pairs {
+        for lane in 0..LANES {
+            acc_g[lane] += gc[lane];
+            acc_gx[lane] += gc[lane] * (xc[lane] - mean);
+        }
+    }
+    let mut sum_g: f64 = acc_g.iter().map(|a| a.to_f64()).sum();
+    let mut sum_gx: f64 = acc_gx.iter().map(|a| a.to_f64()).sum();
+    let tail = xs.len() - xs.len() % LANES;
+    for (x, g) in xs[tail..].iter().zip(&gs[tail..]) {
+        sum_g += g.to_f64();
+        sum_gx += (*g * (*x - mean)).to_f64();
+    }
+    (sum_g, sum_gx)
+}
+
 fn statistics<T: WithDType>(x: &[T], shape: (usize, usize, usize)) -> Stats {
     let (n, c_count, spatial) = shape;
     let count = n * spatial;
     let per_channel: Vec<(f64, f64)> = (0..c_count)
         .into_par_iter()
         .map(|c| {
-            let sum: f64 = channel_runs(x, shape, c).flat_map(|run| run.iter()).map(|v| v.to_f64()).sum();
+            let sum: f64 = channel_runs(x, shape, c).map(|run| lane_sum(run, |v| v)).sum();
             let mean = sum / count as f64;
-            let sq: f64 =
-                channel_runs(x, shape, c).flat_map(|run| run.iter()).map(|v| (v.to_f64() - mean).powi(2)).sum();
+            let mean_t = T::from_f64(mean);
+            let sq: f64 = channel_runs(x, shape, c).map(|run| lane_sum(run, |v| (v - mean_t) * (v - mean_t))).sum();
             (mean, sq / count as f64)
         })
         .collect();
@@ -114,17 +156,14 @@ fn backward<T: WithDType + Send + Sync>(
     let sums: Vec<(f64, f64)> = (0..c_count)
         .into_par_iter()
         .map(|c| {
-            let (mean, inv) = (stats.mean[c], inv_std[c]);
-            let mut d_bias = 0.0;
-            let mut d_weight = 0.0;
+            let mean = T::from_f64(stats.mean[c]);
+            let (mut d_bias, mut d_centered) = (0.0, 0.0);
             for (xs, gs) in channel_runs(x, shape, c).zip(channel_runs(dy, shape, c)) {
-                for (v, g) in xs.iter().zip(gs) {
-                    let g = g.to_f64();
-                    d_bias += g;
-                    d_weight += g * (v.to_f64() - mean) * inv;
-                }
+                let (g, gx) = lane_sums_pair(xs, gs, mean);
+                d_bias += g;
+                d_centered += gx;
             }
-            (d_weight, d_bias)
+            (d_centered * inv_std[c], d_bias)
         })
         .collect();
     let m = stats.count as f64;
@@ -132,11 +171,13 @@ fn backward<T: WithDType + Send + Sync>(
     let (dx, tail) = packed.split_at_mut(x.len());
     for_each_run(dx, shape, |c, start, run| {
         let (d_weight, d_bias) = sums[c];
+        // dx = k·(g − dβ/M − x̂·dγ/M) with x̂ = (x − μ)·inv, folded to dx = k·g + a·x + b.
         let k = w[c].to_f64() * inv_std[c];
-        let (mean, inv) = (stats.mean[c], inv_std[c]);
+        let slope = -k * inv_std[c] * d_weight / m;
+        let offset = -k * d_bias / m - slope * stats.mean[c];
+        let (k, slope, offset) = (T::from_f64(k), T::from_f64(slope), T::from_f64(offset));
         for ((out, v), g) in run.iter_mut().zip(&x[start..]).zip(&dy[start..]) {
-            let xhat = (v.to_f64() - mean) * inv;
-            *out = T::from_f64(k * (g.to_f64() - d_bias / m - xhat * d_weight / m));
+            *out = k * *g + slope * *v + offset;
         }
     });
     for (c, (d_weight, d_bias)) in sums.into_iter().enumerate() {

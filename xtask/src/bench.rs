@@ -174,25 +174,43 @@ struct TorchTimes {
 }
 
 fn run_torch(python: &Path, threads: usize, args: &ModelBenchArgs) -> anyhow::Result<TorchTimes> {
-    let script = crate::paths::project_root().join("xtask").join("python").join("bench_model.py");
-    eprintln!("torch: running {} {}", python.display(), script.display());
-    let output = Command::new(python)
-        .arg(&script)
-        .args(["--threads", &threads.to_string()])
-        .args(["--head-iters", &args.head_iters.to_string()])
-        .args(["--resnet-iters", &args.resnet_iters.to_string()])
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    if !output.status.success() {
-        bail!("the PyTorch benchmark failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr));
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout.lines().last().context("the PyTorch benchmark printed nothing")?;
-    let times: TorchTimes =
-        serde_json::from_str(last).with_context(|| format!("parsing the PyTorch benchmark's output {last:?}"))?;
+    let times: TorchTimes = run_python_json(
+        python,
+        "bench_model.py",
+        &[
+            "--threads".into(),
+            threads.to_string(),
+            "--head-iters".into(),
+            args.head_iters.to_string(),
+            "--resnet-iters".into(),
+            args.resnet_iters.to_string(),
+        ],
+    )?;
     eprintln!(
         "torch {} head step: {:.3} s, ResNet-50 step: {:.3} s",
         times.torch_version, times.head_step_s, times.resnet50_step_s
     );
     Ok(times)
+}
+
+/// Runs `xtask/python/<script>` with `python` and parses the JSON object on its last line of
+/// standard output (the peer benchmarks' convention).
+pub(crate) fn run_python_json<T: serde::de::DeserializeOwned>(
+    python: &Path,
+    script: &str,
+    args: &[String],
+) -> anyhow::Result<T> {
+    let script = crate::paths::project_root().join("xtask").join("python").join(script);
+    eprintln!("torch: running {} {}", python.display(), script.display());
+    let output = Command::new(python)
+        .arg(&script)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !output.status.success() {
+        bail!("{} failed ({}):\n{}", script.display(), output.status, String::from_utf8_lossy(&output.stderr));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().with_context(|| format!("{} printed nothing", script.display()))?;
+    serde_json::from_str(last).with_context(|| format!("parsing the output of {}: {last:?}", script.display()))
 }

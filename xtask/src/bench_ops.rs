@@ -3,10 +3,9 @@
 //! step, and a tiny ResNet's step, each beside PyTorch's when a Python with PyTorch is given.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use dmlp_backbones::{BackbonePreset, BackboneSpec, BlockKind, CustomBackbone};
 use dmlp_model::{Classifier, ModelConfig, ModelDType};
@@ -196,17 +195,9 @@ pub(crate) fn run(args: &OpsBenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_torch(python: &Path, threads: usize, iters: usize) -> anyhow::Result<TorchOps> {
-    let script = crate::paths::project_root().join("xtask").join("python").join("bench_ops.py");
-    eprintln!("torch: running {} {}", python.display(), script.display());
-    let output = Command::new(python)
-        .arg(&script)
-        .args(["--threads", &threads.to_string(), "--iters", &iters.to_string()])
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    if !output.status.success() {
-        bail!("the PyTorch benchmark failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr));
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout.lines().last().context("the PyTorch benchmark printed nothing")?;
-    serde_json::from_str(last).with_context(|| format!("parsing the PyTorch benchmark's output {last:?}"))
+    crate::bench::run_python_json(
+        python,
+        "bench_ops.py",
+        &["--threads".into(), threads.to_string(), "--iters".into(), iters.to_string()],
+    )
 }

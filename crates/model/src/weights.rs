@@ -10,7 +10,7 @@
 //! wrong shape is an error naming each offending tensor, unless the [`LoadPolicy`] allows it.
 //! BatchNorm's `num_batches_tracked` entries are always accepted and ignored.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
@@ -197,12 +197,4 @@ fn read_top_level_pickle(path: &Path) -> Result<Object, String> {
     let mut stack = Stack::empty();
     stack.read_loop(&mut reader).map_err(|e| format!("{pickle_name}: {e}"))?;
     stack.finalize().map_err(|e| format!("{pickle_name}: {e}"))
-}
-
-/// Writes `tensors` as safetensors to `path` atomically (a temporary file renamed into place).
-pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<(), ModelError> {
-    let file_err = |message: String| ModelError::WeightsFile { path: path.to_owned(), message };
-    let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(tensors, &tmp).map_err(|e| file_err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(e.to_string()))
 }

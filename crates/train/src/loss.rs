@@ -7,6 +7,11 @@ use candle_core::{D, DType, Result, Tensor, bail};
 /// # Shapes
 /// `logits: [B, C]`, `targets: [B]` (integer class ids) → scalar.
 pub fn label_smoothing_loss(logits: &Tensor, targets: &Tensor, smoothing: f64) -> Result<Tensor> {
+    smoothed_nll(&log_probs(logits, smoothing)?, targets, smoothing)
+}
+
+/// Checks the class count and smoothing, and returns `log_softmax(logits)` in f32.
+fn log_probs(logits: &Tensor, smoothing: f64) -> Result<Tensor> {
     let (_, classes) = logits.dims2()?;
     if classes < 2 {
         bail!("label smoothing needs at least two classes, got {classes}")
@@ -14,7 +19,12 @@ pub fn label_smoothing_loss(logits: &Tensor, targets: &Tensor, smoothing: f64) -
     if !(0.0..1.0).contains(&smoothing) {
         bail!("label smoothing must be in [0, 1), got {smoothing}")
     }
-    let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)
+}
+
+/// The smoothed negative log-likelihood from log-probabilities `[B, C]`.
+fn smoothed_nll(log_probs: &Tensor, targets: &Tensor, smoothing: f64) -> Result<Tensor> {
+    let classes = log_probs.dim(1)?;
     let off = smoothing / (classes - 1) as f64;
     let on = 1.0 - smoothing;
     let target_log_probs = log_probs.gather(&targets.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?.squeeze(1)?;
@@ -33,8 +43,9 @@ pub fn mixup(xs: &Tensor, perm: &Tensor, lambda: f64) -> Result<Tensor> {
 /// `λ·LS(out, y) + (1 − λ)·LS(out, y[perm])`.
 pub fn mixup_loss(logits: &Tensor, targets: &Tensor, perm: &Tensor, lambda: f64, smoothing: f64) -> Result<Tensor> {
     let permuted = targets.index_select(&perm.to_dtype(DType::U32)?, 0)?;
-    let a = label_smoothing_loss(logits, targets, smoothing)?;
-    let b = label_smoothing_loss(logits, &permuted, smoothing)?;
+    let log_probs = log_probs(logits, smoothing)?;
+    let a = smoothed_nll(&log_probs, targets, smoothing)?;
+    let b = smoothed_nll(&log_probs, &permuted, smoothing)?;
     (a * lambda)? + (b * (1.0 - lambda))?
 }
 

@@ -55,18 +55,21 @@ pub fn stream_seed(parts: &[u64]) -> u64 {
     state
 }
 
-/// Top-k hits of `logits` `[B, C]` against `targets` `[B]`.
-fn top_k_hits(logits: &Tensor, targets: &[u32], k: usize) -> Result<usize, TrainError> {
-    let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2()?;
-    Ok(rows
-        .iter()
+/// Logits `[B, C]` as rows on the CPU (one copy per batch, for the accuracy counts).
+fn logit_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>, TrainError> {
+    Ok(logits.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2()?)
+}
+
+/// Top-k hits of logit `rows` against `targets`.
+fn top_k_hits(rows: &[Vec<f32>], targets: &[u32], k: usize) -> usize {
+    rows.iter()
         .zip(targets)
         .filter(|(row, target)| {
             let own = row[**target as usize];
             // Ranks ahead of the target: strictly larger logits (ties count in the target's favour).
             row.iter().filter(|v| **v > own).count() < k
         })
-        .count())
+        .count()
 }
 
 fn to_u32(targets: &Tensor) -> Result<Vec<u32>, TrainError> {
@@ -89,8 +92,9 @@ pub fn evaluate(
         let loss =
             label_smoothing_loss(&out.logits, &batch.targets, smoothing)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         loss_sum += loss * n as f64;
-        top1 += top_k_hits(&out.logits, &targets, 1)?;
-        top5 += top_k_hits(&out.logits, &targets, 5)?;
+        let rows = logit_rows(&out.logits)?;
+        top1 += top_k_hits(&rows, &targets, 1);
+        top5 += top_k_hits(&rows, &targets, 5);
         seen += n;
     }
     if seen == 0 {
@@ -159,8 +163,8 @@ pub fn train(
             let TensorBatch { images, loc, targets } = batch?;
             let n = images.dim(0)?;
             lr = lr_at(schedule, epoch, iteration, iters);
-            let (lambda, perm) = mixup_draw(config, n, epoch, iteration)?;
-            let perm = Tensor::from_vec(perm, n, images.device())?;
+            let (lambda, perm_ids) = mixup_draw(config, n, epoch, iteration)?;
+            let perm = Tensor::from_slice(&perm_ids, n, images.device())?;
             let images = mixup(&images, &perm, lambda)?;
             let loc = loc.map(|loc| mixup(&loc, &perm, lambda)).transpose()?;
             model.reseed_dropout(stream_seed(&[config.seed, DROPOUT_STREAM, epoch as u64, iteration as u64]));
@@ -173,9 +177,10 @@ pub fn train(
             }
             sgd.step(&loss.backward()?, lr)?;
             let target_ids = to_u32(&targets)?;
-            let permuted: Vec<u32> = to_u32(&perm)?.iter().map(|p| target_ids[*p as usize]).collect();
-            hits += lambda * top_k_hits(&out.logits, &target_ids, 1)? as f64
-                + (1.0 - lambda) * top_k_hits(&out.logits, &permuted, 1)? as f64;
+            let permuted: Vec<u32> = perm_ids.iter().map(|p| target_ids[*p as usize]).collect();
+            let rows = logit_rows(&out.logits)?;
+            hits += lambda * top_k_hits(&rows, &target_ids, 1) as f64
+                + (1.0 - lambda) * top_k_hits(&rows, &permuted, 1) as f64;
             loss_sum += loss_value * n as f64;
             seen += n;
             bar.inc(n as u64);

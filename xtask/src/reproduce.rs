@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use dmlp_backbones::{BackbonePreset, BackboneSpec};
 use dmlp_datasets::synth::{SynthConfig, generate};
+use dmlp_datasets::{DatasetName, SplitScheme};
 use dmlp_experiment::{DataConfig, Provenance, RunConfig, train_run};
 use dmlp_fusion::{FusionConfig, FusionKind};
 use dmlp_geo::Metadata;
@@ -70,7 +71,10 @@ struct MethodRow {
 struct DatasetColumn {
     key: String,
     label: String,
-    name: String,
+    name: DatasetName,
+    /// The split definition of the real data (YFCC: the supplement's 2,000-image val split).
+    #[serde(default)]
+    split_scheme: SplitScheme,
     num_classes: usize,
     metadata: Metadata,
     smoke_dates: bool,
@@ -187,23 +191,28 @@ fn dataset_roots(table: &TableSpec, args: &ReproduceArgs, root: &Path) -> anyhow
     };
     let data_root = std::path::absolute(data_root)?;
     let mut missing = Vec::new();
-    let roots: Vec<PathBuf> = table.datasets.iter().map(|d| data_root.join(&d.name)).collect();
+    let roots: Vec<PathBuf> = table.datasets.iter().map(|d| data_root.join(d.name.as_str())).collect();
     for (dataset, dir) in table.datasets.iter().zip(&roots) {
-        if !(dir.join("train.json").is_file() && dir.join("val.json").is_file()) {
+        let absent: Vec<String> = ["train", "val"]
+            .iter()
+            .flat_map(|split| dataset.name.annotation_files(dir, split))
+            .filter(|file| !file.is_file())
+            .map(|file| file.display().to_string())
+            .collect();
+        if !absent.is_empty() {
             missing.push(format!(
-                "  {} ({}): expected {}/train.json and val.json; see data-manifests/{}.toml for where to get it",
+                "  {} ({}): no {}; see data-manifests/{}.toml for where to get it, then `dmlp data verify --dataset {} --root {}`",
                 dataset.label,
                 dataset.name,
-                dir.display(),
-                dataset.name
+                absent.join(", "),
+                dataset.name,
+                dataset.name,
+                dir.display()
             ));
         }
     }
     if !missing.is_empty() {
-        bail!(
-            "missing datasets:\n{}\nThis build reads the iNaturalist 2021 annotation layout (train.json, val.json with latitude, longitude, date); readers for the official iNat 2017/2018 and YFCC100M-GEO100 files are tracked separately.",
-            missing.join("\n")
-        );
+        bail!("missing datasets under {}:\n{}", data_root.display(), missing.join("\n"));
     }
     Ok(roots)
 }
@@ -266,7 +275,8 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<ExitCode> {
                 let config = RunConfig {
                     model,
                     data: DataConfig {
-                        dataset: "inat2021".into(),
+                        dataset: if args.smoke { DatasetName::Inat2021 } else { dataset.name },
+                        split_scheme: if args.smoke { SplitScheme::Official } else { dataset.split_scheme },
                         root: data_roots[*d].clone(),
                         train_split: "train".into(),
                         val_split: "val".into(),

@@ -1,9 +1,9 @@
 //! Datasets: records, readers, the synthetic generator, image transforms and the loader.
 //!
 //! - [`Split`]: one split's records (image path, label, location and date) and its class list.
-//! - [`inat2021::read_split`]: the iNaturalist 2021 layout (`train.json`, `val.json`: COCO-style
-//!   `images`, `annotations`, `categories`, with `latitude`, `longitude`, `date` per image),
-//!   joined by id, never by position.
+//! - [`read_split`]: the readers of iNaturalist 2017, 2018, 2021 (full and mini) and
+//!   YFCC100M-GEO100 as distributed ([`readers`] has the table of files and of what happens to
+//!   bad input), joined by id, never by position.
 //! - [`synth`]: a deterministic, geo-aware synthetic dataset written in that same layout (JPEG
 //!   files and JSON), so that tests and smoke runs exercise the real reading path.
 //! - [`transform`]: decoding to RGB (grayscale, alpha, CMYK handled) and torchvision's
@@ -14,19 +14,21 @@
 //! Architecture invariant: no models, no trainer, no tensor library; errors name the file and
 //! the record.
 
-pub mod inat2021;
 pub mod loader;
+pub mod readers;
 pub mod synth;
 pub mod transform;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use dmlp_geo::Observation;
+pub use readers::{DatasetName, SplitScheme, read_split};
 
 /// One image with its label and metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    /// The image id in the source annotation file.
+    /// The image id in the source annotation file (YFCC, which has none: the CSV line).
     pub image_id: u64,
     /// The image file (the annotation's `file_name` joined to the dataset root).
     pub path: PathBuf,
@@ -50,6 +52,9 @@ pub struct Split {
     pub records: Vec<Record>,
     /// Labels index this list (classes sorted by their source id).
     pub classes: Vec<ClassInfo>,
+    /// What the reader set aside or noticed on purpose, counted by description (location records
+    /// of other images, records marked invalid, …); empty when nothing was.
+    pub notes: BTreeMap<String, usize>,
 }
 
 /// What can be wrong with a dataset.
@@ -59,6 +64,8 @@ pub enum DatasetError {
     Io { path: PathBuf, message: String },
     #[error("{path}: malformed JSON: {message}")]
     Json { path: PathBuf, message: String },
+    #[error("{path}: line {line}: {message}")]
+    Csv { path: PathBuf, line: u64, message: String },
     #[error("{path}: {what} #{index}: {message}")]
     Record { path: PathBuf, what: &'static str, index: usize, message: String },
     #[error("{path}: cannot decode image: {message}")]

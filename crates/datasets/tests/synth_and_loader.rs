@@ -5,8 +5,12 @@ use std::sync::Arc;
 use dmlp_datasets::loader::{EpochBatches, LoaderConfig};
 use dmlp_datasets::synth::{SynthConfig, generate};
 use dmlp_datasets::transform::{Normalization, Transform};
-use dmlp_datasets::{DatasetError, inat2021};
+use dmlp_datasets::{DatasetError, DatasetName, Split, SplitScheme};
 use dmlp_geo::Metadata;
+
+fn read_inat2021(root: &std::path::Path, split: &str) -> Result<Split, DatasetError> {
+    dmlp_datasets::read_split(DatasetName::Inat2021, root, split, SplitScheme::Official)
+}
 
 fn config(seed: u64, with_dates: bool) -> SynthConfig {
     SynthConfig {
@@ -40,8 +44,8 @@ fn loader(workers: usize, metadata: Option<Metadata>) -> LoaderConfig {
 fn generated_data_reads_back_with_every_record() {
     let tmp = tempfile::tempdir().unwrap();
     assert_eq!(generate(&config(1, true), tmp.path()).unwrap(), 8 * 7);
-    let train = inat2021::read_split(tmp.path(), "train").unwrap();
-    let val = inat2021::read_split(tmp.path(), "val").unwrap();
+    let train = read_inat2021(tmp.path(), "train").unwrap();
+    let val = read_inat2021(tmp.path(), "val").unwrap();
     assert_eq!((train.records.len(), val.records.len(), train.classes.len()), (40, 16, 8));
     for label in 0..8 {
         assert_eq!(train.records.iter().filter(|r| r.label == label).count(), 5);
@@ -66,7 +70,7 @@ fn generated_data_reads_back_with_every_record() {
 fn the_yfcc_like_variant_has_locations_and_no_dates() {
     let tmp = tempfile::tempdir().unwrap();
     generate(&config(2, false), tmp.path()).unwrap();
-    let train = inat2021::read_split(tmp.path(), "train").unwrap();
+    let train = read_inat2021(tmp.path(), "train").unwrap();
     assert!(train.records.iter().all(|r| r.observation.date().is_none()));
     assert!(train.records.iter().filter(|r| r.observation.latitude().is_some()).count() > 25);
 }
@@ -75,7 +79,7 @@ fn the_yfcc_like_variant_has_locations_and_no_dates() {
 fn batches_are_the_same_whatever_the_number_of_workers() {
     let tmp = tempfile::tempdir().unwrap();
     generate(&config(4, true), tmp.path()).unwrap();
-    let split = Arc::new(inat2021::read_split(tmp.path(), "train").unwrap());
+    let split = Arc::new(read_inat2021(tmp.path(), "train").unwrap());
     let collect = |workers| -> Vec<_> {
         EpochBatches::new(split.clone(), loader(workers, Some(Metadata::GeoTemporal)), 2)
             .unwrap()
@@ -98,7 +102,7 @@ fn batches_are_the_same_whatever_the_number_of_workers() {
 fn a_corrupt_image_is_an_error_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     generate(&config(5, true), tmp.path()).unwrap();
-    let split = inat2021::read_split(tmp.path(), "val").unwrap();
+    let split = read_inat2021(tmp.path(), "val").unwrap();
     let victim = split.records[3].path.clone();
     let bytes = std::fs::read(&victim).unwrap();
     std::fs::write(&victim, &bytes[..bytes.len() / 3]).unwrap();
@@ -117,25 +121,25 @@ fn malformed_annotation_files_are_errors_naming_file_and_record() {
     write(&format!(
         r#"{{"images": [{{"id": 1, "file_name": "x.jpg", "latitude": 10.0, "longitude": 20.0, "date": "2011-02-30"}}], "annotations": [{{"image_id": 1, "category_id": 9}}], {cats}}}"#
     ));
-    let err = inat2021::read_split(tmp.path(), "val").unwrap_err().to_string();
+    let err = read_inat2021(tmp.path(), "val").unwrap_err().to_string();
     assert!(err.contains("val.json") && err.contains("image #0") && err.contains("2011-02-30"), "{err}");
     write(&format!(
         r#"{{"images": [{{"id": 1, "file_name": "x.jpg"}}], "annotations": [{{"image_id": 1, "category_id": 5}}], {cats}}}"#
     ));
-    let err = inat2021::read_split(tmp.path(), "val").unwrap_err().to_string();
+    let err = read_inat2021(tmp.path(), "val").unwrap_err().to_string();
     assert!(err.contains("annotation #0") && err.contains("category id 5"), "{err}");
     write(&format!(r#"{{"images": [{{"id": 1, "file_name": "x.jpg"}}, {{"id": 1, "file_name": "y.jpg"}}], {cats}}}"#));
-    assert!(inat2021::read_split(tmp.path(), "val").unwrap_err().to_string().contains("duplicate image id 1"));
+    assert!(read_inat2021(tmp.path(), "val").unwrap_err().to_string().contains("duplicate image id 1"));
     write(&format!(r#"{{"images": [{{"id": 1, "file_name": "x.jpg"}}], "annotations": [], {cats}}}"#));
-    assert!(inat2021::read_split(tmp.path(), "val").unwrap_err().to_string().contains("no annotation"));
+    assert!(read_inat2021(tmp.path(), "val").unwrap_err().to_string().contains("no annotation"));
     write(r#"{"images": [{"id": 1, "file_name": "x.jpg", "latitude": 95.0}], "#);
-    let err = inat2021::read_split(tmp.path(), "val").unwrap_err().to_string();
+    let err = read_inat2021(tmp.path(), "val").unwrap_err().to_string();
     assert!(err.contains("malformed JSON") && err.contains("line"), "{err}");
     // Labels follow category ids sorted; the join is by id, whatever the order of the lists.
     write(&format!(
         r#"{{"images": [{{"id": 7, "file_name": "a.jpg"}}, {{"id": 3, "file_name": "b.jpg", "latitude": null}}], "annotations": [{{"image_id": 3, "category_id": 4}}, {{"image_id": 7, "category_id": 9}}], {cats}}}"#
     ));
-    let split = inat2021::read_split(tmp.path(), "val").unwrap();
+    let split = read_inat2021(tmp.path(), "val").unwrap();
     assert_eq!(split.records.iter().map(|r| (r.image_id, r.label)).collect::<Vec<_>>(), vec![(7, 1), (3, 0)]);
 }
 

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use dmlp_datasets::{DatasetName, SplitScheme};
 use dmlp_model::ModelConfig;
 use dmlp_train::TrainConfig;
 use serde::{Deserialize, Serialize};
@@ -21,9 +22,14 @@ pub struct RunConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// The annotation layout: `inat2021` (the synthetic data is written in it).
+    /// Which dataset's files `root` holds: `inat2017`, `inat2018`, `inat2021` (the synthetic data
+    /// is written in its layout), `inat2021-mini` or `yfcc-geo100`.
     #[serde(default = "DataConfig::default_dataset")]
-    pub dataset: String,
+    pub dataset: DatasetName,
+    /// `official` (the files' own splits) or `supplement` (YFCC only: the supplement's 2,000-image
+    /// val split).
+    #[serde(default)]
+    pub split_scheme: SplitScheme,
     /// The dataset folder (relative paths resolve against the config file's folder).
     pub root: PathBuf,
     #[serde(default = "DataConfig::default_train_split")]
@@ -41,8 +47,8 @@ pub struct DataConfig {
 }
 
 impl DataConfig {
-    fn default_dataset() -> String {
-        "inat2021".into()
+    fn default_dataset() -> DatasetName {
+        DatasetName::Inat2021
     }
 
     fn default_train_split() -> String {
@@ -101,9 +107,7 @@ impl RunConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.model.validate().map_err(|e| e.to_string())?;
         self.train.validate()?;
-        if self.data.dataset != "inat2021" {
-            return Err(format!("data.dataset = {:?}: this build reads the inat2021 layout", self.data.dataset));
-        }
+        self.data.dataset.check_scheme(self.data.split_scheme).map_err(|e| e.to_string())?;
         if self.data.image_size < 8 || self.data.workers == 0 {
             return Err("data.image_size must be at least 8 and data.workers at least 1".into());
         }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::Device;
-use dmlp_datasets::inat2021;
+use dmlp_datasets::read_split;
 use dmlp_model::Classifier;
 use dmlp_train::{RunDir, TrainOptions, TrainSummary, write_atomic};
 
@@ -44,18 +44,30 @@ pub struct Provenance {
     pub command: String,
 }
 
-/// FNV-1a 64 of an annotation file, as hex: which exact data a run saw.
-fn annotation_fingerprint(path: &Path) -> Option<String> {
-    let bytes = std::fs::read(path).ok()?;
-    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
-    Some(format!("{hash:016x}"))
+/// FNV-1a 64 of each annotation file of a split, as hex by file name: which exact data a run saw.
+fn annotation_fingerprints(config: &RunConfig, split: &str) -> serde_json::Value {
+    let files = config.data.dataset.annotation_files(&config.data.root, split);
+    let fingerprint = |path: &Path| -> Option<String> {
+        let bytes = std::fs::read(path).ok()?;
+        let hash =
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+        Some(format!("{hash:016x}"))
+    };
+    files
+        .iter()
+        .map(|path| {
+            let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            (name, serde_json::json!(fingerprint(path)))
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// Reads the train and validation splits the config names.
 pub fn read_splits(config: &RunConfig) -> Result<(dmlp_datasets::Split, dmlp_datasets::Split), ExperimentError> {
     let data = &config.data;
-    let train = inat2021::read_split(&data.root, &data.train_split)?;
-    let val = inat2021::read_split(&data.root, &data.val_split)?;
+    let train = read_split(data.dataset, &data.root, &data.train_split, data.split_scheme)?;
+    let val = read_split(data.dataset, &data.root, &data.val_split, data.split_scheme)?;
     let (model_classes, data_classes) = (config.model.num_classes, train.classes.len());
     if model_classes != data_classes || val.classes.len() != data_classes {
         return Err(ExperimentError::Config {
@@ -84,11 +96,12 @@ pub fn train_run(
     if !options.resume {
         write_atomic(&run_dir.join("config.toml"), config_text.as_bytes())?;
     }
-    let fingerprint = |split: &str| annotation_fingerprint(&config.data.root.join(format!("{split}.json")));
     let data_summary = serde_json::json!({
+        "dataset": config.data.dataset,
+        "split_scheme": config.data.split_scheme,
         "root": config.data.root,
-        "train": {"split": config.data.train_split, "images": train_split.records.len(), "classes": train_split.classes.len(), "annotations_fnv1a64": fingerprint(&config.data.train_split)},
-        "val": {"split": config.data.val_split, "images": val_split.records.len(), "annotations_fnv1a64": fingerprint(&config.data.val_split)},
+        "train": {"split": config.data.train_split, "images": train_split.records.len(), "classes": train_split.classes.len(), "notes": train_split.notes, "annotations_fnv1a64": annotation_fingerprints(config, &config.data.train_split)},
+        "val": {"split": config.data.val_split, "images": val_split.records.len(), "notes": val_split.notes, "annotations_fnv1a64": annotation_fingerprints(config, &config.data.val_split)},
     });
     let provenance_json = serde_json::json!({
         "git_commit": provenance.git_commit,

@@ -282,6 +282,8 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<ExitCode> {
                         val_split: "val".into(),
                         image_size: recipe.image_size,
                         eval_resize: None,
+                        test_scales: None,
+                        ten_crop: false,
                         workers: recipe.workers,
                     },
                     train: train_config(&recipe),

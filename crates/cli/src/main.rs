@@ -1,9 +1,11 @@
 //! `dmlp`, the command line of the dmlp toolkit.
 //!
 //! Subcommands: `train` (a run from a config, resumable), `eval` (a checkpoint on the validation
-//! split), `data synth` (the synthetic geo-aware dataset), `params` (parameter counts of any
+//! split), `data synth` (the synthetic geo-aware dataset), `data verify` (a dataset folder against its
+//! annotation files and official counts), `params` (parameter counts of any
 //! backbone × fusion × class count) and `encode` (the location/date encoding of one observation).
 
+mod data;
 mod params;
 mod run;
 
@@ -39,11 +41,19 @@ enum Command {
 enum DataCommand {
     /// Write the synthetic geo-aware dataset (iNat 2021 layout).
     Synth(run::SynthArgs),
+    /// Compare a dataset folder with its annotation files and official counts; exits non-zero
+    /// when a split cannot be read or an image is missing or corrupt.
+    Verify(data::VerifyArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Data { command: DataCommand::Verify(args) } => match data::run_verify(&args) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::FAILURE,
+            Err(err) => Err(err),
+        },
         Command::Train(args) => run::run_train(&args),
         Command::Eval(args) => run::run_eval(&args),
         Command::Data { command: DataCommand::Synth(args) } => run::run_synth(&args),

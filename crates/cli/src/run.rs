@@ -44,6 +44,13 @@ pub(crate) struct EvalArgs {
     overrides: Vec<String>,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Ten-crop (corners, centre and their mirrors) at each test scale; logits averaged.
+    #[arg(long)]
+    ten_crop: bool,
+    /// Multi-scale test: crop sides, comma-separated (e.g. 256,288,320,352,384); each resizes the
+    /// shorter side to round(s·256/224). Default: the config's image_size.
+    #[arg(long, value_delimiter = ',')]
+    test_scales: Vec<u32>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -119,17 +126,30 @@ fn weights_path(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub(crate) fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
-    let config = RunConfig::from_file(&args.config, &args.overrides)?;
+    let mut overrides = args.overrides.clone();
+    if args.ten_crop {
+        overrides.push("data.ten_crop=true".into());
+    }
+    if !args.test_scales.is_empty() {
+        let scales: Vec<String> = args.test_scales.iter().map(u32::to_string).collect();
+        overrides.push(format!("data.test_scales=[{}]", scales.join(", ")));
+    }
+    let config = RunConfig::from_file(&args.config, &overrides)?;
     let device = parse_device(&args.device)?;
     let weights = weights_path(&args.checkpoint)?;
+    let views: Vec<String> = config.data.eval_transforms().iter().map(|t| format!("{t:?}")).collect();
     let (loss, top1, top5, images) = evaluate_checkpoint(&config, &weights, &device)?;
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"weights": weights, "images": images, "loss": loss, "top1": top1, "top5": top5})
+            serde_json::json!({"weights": weights, "images": images, "loss": loss, "top1": top1, "top5": top5, "views": views})
         );
     } else {
-        println!("{}: {images} images, top-1 {top1:.3}, top-5 {top5:.3}, loss {loss:.4}", weights.display());
+        println!(
+            "{}: {images} images, top-1 {top1:.3}, top-5 {top5:.3}, loss {loss:.4} ({})",
+            weights.display(),
+            views.join(" + ")
+        );
     }
     Ok(())
 }

@@ -63,3 +63,119 @@ fn encode_prints_the_reference_vector_and_rejects_impossible_dates() {
     let (ok, _, stderr) = dmlp(&["encode", "--latitude", "95", "--longitude", "10"]);
     assert!(!ok && stderr.contains("95"), "{stderr}");
 }
+
+fn write(root: &std::path::Path, name: &str, bytes: &[u8]) {
+    let path = root.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn tiny_jpeg() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image::RgbImage::from_fn(20, 14, |x, y| image::Rgb([(x * 9) as u8, (y * 11) as u8, 40]))
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
+        .unwrap();
+    bytes
+}
+
+#[test]
+fn data_verify_reports_a_yfcc_folder_as_json_and_fails_on_a_missing_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write(root, "class_names.csv", b"id,name\n0,airport\n1,beach\n");
+    write(
+        root,
+        "train_test_split.csv",
+        b"path,lat,lon,split,class\nbeach/1.jpg,10,20,train,1\nairport/2.jpg,,,train,0\nbeach/3.jpg,1,2,val,1\nairport/4.jpg,3,4,test,0\n",
+    );
+    for name in ["beach/1.jpg", "airport/2.jpg", "beach/3.jpg"] {
+        write(root, name, &tiny_jpeg());
+    }
+    let root_arg = root.to_str().unwrap();
+    let (ok, stdout, stderr) =
+        dmlp(&["data", "verify", "--dataset", "yfcc-geo100", "--root", root_arg, "--json", "--decode"]);
+    assert!(!ok, "a missing image must fail verify: {stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"));
+    assert_eq!(json["dataset"], "yfcc-geo100");
+    let train = &json["splits"]["train"];
+    assert_eq!((train["records"].as_u64(), train["images_found"].as_u64()), (Some(2), Some(2)));
+    assert_eq!((train["without_location"].as_u64(), train["without_date"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(train["images_corrupt"].as_u64(), Some(0));
+    assert_eq!(train["classes"].as_u64(), Some(2));
+    assert_eq!(json["splits"]["test"]["missing_files"], serde_json::json!(["airport/4.jpg"]));
+    write(root, "airport/4.jpg", &tiny_jpeg());
+    let (ok, stdout, stderr) = dmlp(&["data", "verify", "--dataset", "yfcc-geo100", "--root", root_arg]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("| train | 2 | 66739 (unverified) | 2 | 2 | 0 |"), "{stdout}");
+    // The supplement's split: test rows join val.
+    let (ok, stdout, _) = dmlp(&[
+        "data",
+        "verify",
+        "--dataset",
+        "yfcc-geo100",
+        "--root",
+        root_arg,
+        "--split-scheme",
+        "supplement",
+        "--json",
+    ]);
+    assert!(ok);
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(json["splits"]["val"]["records"].as_u64(), Some(2));
+    assert!(json["splits"].get("test").is_none());
+}
+
+#[test]
+fn eval_with_ten_crop_and_several_scales_after_a_short_training_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (ok, _, stderr) = dmlp(&[
+        "data",
+        "synth",
+        "--out",
+        data.to_str().unwrap(),
+        "--groups",
+        "1",
+        "--per-group",
+        "2",
+        "--distinct",
+        "1",
+        "--train-per-class",
+        "4",
+        "--val-per-class",
+        "2",
+        "--image-size",
+        "24",
+    ]);
+    assert!(ok, "{stderr}");
+    let config = tmp.path().join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\nbackbone = {{ type = \"resnet\", block = \"basic\", layers = [1, 1, 1, 1], width = 4 }}\nnum_classes = 3\n\n[data]\nroot = \"{}\"\nimage_size = 16\nworkers = 1\n\n[train]\nepochs = 1\nbatch_size = 4\nlr = 0.01\nwarmup_epochs = 0\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let run = tmp.path().join("run");
+    let (ok, _, stderr) =
+        dmlp(&["train", "--config", config.to_str().unwrap(), "--run-dir", run.to_str().unwrap(), "--quiet"]);
+    assert!(ok, "{stderr}");
+    let eval = |extra: &[&str]| -> serde_json::Value {
+        let mut args =
+            vec!["eval", "--config", config.to_str().unwrap(), "--checkpoint", run.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = dmlp(&args);
+        assert!(ok, "{stderr}");
+        serde_json::from_str(stdout.trim()).unwrap()
+    };
+    let plain = eval(&[]);
+    let tta = eval(&["--ten-crop", "--test-scales", "16,20"]);
+    assert_eq!(plain["images"], 6);
+    assert_eq!(tta["images"], 6);
+    assert_eq!(plain["views"].as_array().unwrap().len(), 1);
+    let views: Vec<&str> = tta["views"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(views, ["TenCrop { size: 16, resize: 18 }", "TenCrop { size: 20, resize: 23 }"]);
+    assert_ne!(plain["loss"], tta["loss"], "test-time views must change the averaged logits");
+}

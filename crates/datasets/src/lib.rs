@@ -14,10 +14,13 @@
 //! Architecture invariant: no models, no trainer, no tensor library; errors name the file and
 //! the record.
 
+pub mod decode;
 pub mod loader;
+pub mod manifest;
 pub mod readers;
 pub mod synth;
 pub mod transform;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -55,6 +58,27 @@ pub struct Split {
     /// What the reader set aside or noticed on purpose, counted by description (location records
     /// of other images, records marked invalid, …); empty when nothing was.
     pub notes: BTreeMap<String, usize>,
+}
+
+impl Split {
+    /// Fails naming the first few image files that do not exist, and how many are missing, so a
+    /// run stops before its first step instead of hours into an epoch.
+    pub fn check_images_exist(&self) -> Result<(), DatasetError> {
+        let missing: Vec<&std::path::Path> =
+            self.records.iter().map(|r| r.path.as_path()).filter(|p| !p.is_file()).collect();
+        let Some(first) = missing.first() else { return Ok(()) };
+        let shown: Vec<String> = missing.iter().take(5).map(|p| p.display().to_string()).collect();
+        Err(DatasetError::Io {
+            path: first.to_path_buf(),
+            message: format!(
+                "{} of the {} images of split {:?} are missing (first: {}); `dmlp data verify` lists them all",
+                missing.len(),
+                self.records.len(),
+                self.name,
+                shown.join(", ")
+            ),
+        })
+    }
 }
 
 /// What can be wrong with a dataset.

@@ -14,14 +14,17 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::transform::{Normalization, Transform, apply, decode_rgb};
+use crate::decode::read_bytes;
+use crate::transform::{Normalization, Renderer, Transform};
 use crate::{DatasetError, Split};
 
 /// How to batch a split.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoaderConfig {
     pub batch_size: usize,
-    pub transform: Transform,
+    /// The views of each image: one for training; for evaluation one per test scale (each a
+    /// centre crop or a ten-crop).
+    pub transforms: Vec<Transform>,
     pub normalization: Normalization,
     /// Which metadata to encode into `Batch::loc` (none for image-only models).
     pub metadata: Option<Metadata>,
@@ -32,15 +35,23 @@ pub struct LoaderConfig {
     pub seed: u64,
 }
 
+/// One view of every image of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewBuffer {
+    /// `[len · crops, 3, size, size]`, normalised; the crops of one image are consecutive.
+    pub images: Vec<f32>,
+    pub size: usize,
+    pub crops: usize,
+}
+
 /// One batch, ready to become tensors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
-    /// `[len, 3, size, size]`, normalised.
-    pub images: Vec<f32>,
+    /// One buffer per transform of the config, in its order.
+    pub views: Vec<ViewBuffer>,
     /// `[len, cin]` encoded locations (empty without metadata).
     pub loc: Vec<f32>,
     pub targets: Vec<u32>,
-    pub size: usize,
     pub len: usize,
 }
 
@@ -78,32 +89,41 @@ pub fn epoch_order(n: usize, config: &LoaderConfig, epoch: usize) -> Vec<usize> 
 fn build_batch(
     split: &Split,
     config: &LoaderConfig,
+    renderer: &mut Renderer,
     epoch: usize,
     first: usize,
     indices: &[usize],
 ) -> Result<Batch, DatasetError> {
-    let size = config.transform.size() as usize;
-    let slot = 3 * size * size;
     let cin = config.metadata.map_or(0, Metadata::n_inputs);
     let mut batch = Batch {
-        images: vec![0.0; indices.len() * slot],
+        views: config
+            .transforms
+            .iter()
+            .map(|t| ViewBuffer {
+                images: vec![0.0; indices.len() * t.floats_per_image()],
+                size: t.size() as usize,
+                crops: t.crops(),
+            })
+            .collect(),
         loc: vec![0.0; indices.len() * cin],
         targets: Vec::with_capacity(indices.len()),
-        size,
         len: indices.len(),
     };
     for (row, &idx) in indices.iter().enumerate() {
         let record = &split.records[idx];
-        let image = decode_rgb(&record.path)?;
+        let bytes = read_bytes(&record.path)?;
         let mut rng =
             ChaCha8Rng::seed_from_u64(derive_seed(&[config.seed, AUGMENT_STREAM, epoch as u64, (first + row) as u64]));
-        apply(
-            &image,
-            config.transform,
-            &config.normalization,
-            &mut rng,
-            &mut batch.images[row * slot..(row + 1) * slot],
-        );
+        let mut slots: Vec<&mut [f32]> = batch
+            .views
+            .iter_mut()
+            .zip(&config.transforms)
+            .map(|(view, t)| {
+                let n = t.floats_per_image();
+                &mut view.images[row * n..(row + 1) * n]
+            })
+            .collect();
+        renderer.render(&bytes, &record.path, &config.transforms, &config.normalization, &mut rng, &mut slots)?;
         if let Some(metadata) = config.metadata {
             record.observation.encode_into(metadata, &mut batch.loc[row * cin..(row + 1) * cin]);
         }
@@ -122,8 +142,8 @@ pub struct EpochBatches {
 
 impl EpochBatches {
     pub fn new(split: Arc<Split>, config: LoaderConfig, epoch: usize) -> Result<Self, DatasetError> {
-        if config.batch_size == 0 || config.workers == 0 {
-            return Err(DatasetError::Config("batch_size and workers must be at least 1".into()));
+        if config.batch_size == 0 || config.workers == 0 || config.transforms.is_empty() {
+            return Err(DatasetError::Config("batch_size, workers and transforms must be at least 1".into()));
         }
         let order = Arc::new(epoch_order(split.records.len(), &config, epoch));
         let total = batches_per_epoch(order.len(), &config);
@@ -132,12 +152,13 @@ impl EpochBatches {
         let mut workers = Vec::with_capacity(n_workers);
         for worker in 0..n_workers {
             let (sender, receiver): (SyncSender<_>, _) = sync_channel(config.prefetch.max(1));
-            let (split, order) = (split.clone(), order.clone());
+            let (split, order, config) = (split.clone(), order.clone(), config.clone());
             workers.push(std::thread::spawn(move || {
+                let mut renderer = Renderer::new();
                 for k in (worker..total).step_by(n_workers) {
                     let first = k * config.batch_size;
                     let last = (first + config.batch_size).min(order.len());
-                    let batch = build_batch(&split, &config, epoch, first, &order[first..last]);
+                    let batch = build_batch(&split, &config, &mut renderer, epoch, first, &order[first..last]);
                     // A dropped receiver means the consumer stopped: stop too.
                     if sender.send(batch).is_err() {
                         return;

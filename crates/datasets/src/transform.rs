@@ -1,22 +1,27 @@
-//! Decoding and the reference's image transforms (torchvision semantics), written straight into a
+//! The reference's image transforms (torchvision semantics), from file bytes straight into a
 //! batch buffer as normalised CHW floats.
 //!
-//! - training: `RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3))`, then a horizontal
-//!   flip with probability ½;
-//! - evaluation: `Resize(resize)` (shorter side to `resize`, the longer to
+//! - [`Transform::Train`]: `RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3))`, then a
+//!   horizontal flip with probability ½;
+//! - [`Transform::Eval`]: `Resize(resize)` (shorter side to `resize`, the longer to
 //!   `int(resize · long / short)`), then `CenterCrop(size)` (offsets rounded half to even, as
-//!   Python's `round`).
+//!   Python's `round`);
+//! - [`Transform::TenCrop`]: `Resize(resize)`, then `TenCrop(size)`: the four corners and the
+//!   centre, then the same five of the mirrored image, in torchvision's order.
 //!
-//! Resizing is bilinear with antialiasing on downscaling (the `image` crate's triangle filter,
-//! close to PIL's `BILINEAR` but not bit-exact).
+//! A multi-scale test is several eval transforms of one image ([`Renderer::render`] takes a list:
+//! the file is decoded once, at the resolution the largest view needs). Resizing is Pillow's
+//! antialiased bilinear filter (fast_image_resize's `Convolution(Bilinear)`, written after
+//! Pillow's), computed only over the output window: a centre crop resizes just the pixels it
+//! keeps, with the filter reaching across the window's edges as a full resize would.
 
-use std::path::Path;
-
-use image::imageops::FilterType;
-use image::{ImageReader, RgbImage};
+use fast_image_resize::images::{CroppedImage, Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use rand::Rng;
 
 use crate::DatasetError;
+pub use crate::decode::decode_rgb;
+use crate::decode::{Decoded, dct_scale_for, decode_scaled, dimensions};
 
 /// Per-channel normalisation of images scaled to [0, 1].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,33 +37,42 @@ pub enum Transform {
     Train { size: u32 },
     /// Resize the shorter side to `resize`, centre-crop `size`.
     Eval { size: u32, resize: u32 },
+    /// Resize the shorter side to `resize`, then ten `size` crops.
+    TenCrop { size: u32, resize: u32 },
+}
+
+/// The reference's resize for a crop of `size`: `round(size · 256 / 224)`.
+pub fn eval_resize_for(size: u32) -> u32 {
+    (f64::from(size) * 256.0 / 224.0).round() as u32
 }
 
 impl Transform {
     /// The evaluation transform for `size` with the reference's ratio (`256 / 224`).
     pub fn eval_for(size: u32) -> Self {
-        Transform::Eval { size, resize: (f64::from(size) * 256.0 / 224.0).round() as u32 }
+        Transform::Eval { size, resize: eval_resize_for(size) }
+    }
+
+    /// Ten-crop at `size` with the reference's ratio.
+    pub fn ten_crop_for(size: u32) -> Self {
+        Transform::TenCrop { size, resize: eval_resize_for(size) }
     }
 
     pub fn size(&self) -> u32 {
         match *self {
-            Transform::Train { size } | Transform::Eval { size, .. } => size,
+            Transform::Train { size } | Transform::Eval { size, .. } | Transform::TenCrop { size, .. } => size,
         }
     }
-}
 
-/// Decodes any supported file (JPEG, PNG) to 8-bit RGB: grayscale is replicated, alpha dropped,
-/// CMYK converted.
-pub fn decode_rgb(path: &Path) -> Result<RgbImage, DatasetError> {
-    let image_err = |message: String| DatasetError::Image { path: path.to_owned(), message };
-    let reader =
-        ImageReader::open(path).map_err(|e| DatasetError::Io { path: path.to_owned(), message: e.to_string() })?;
-    let reader = reader.with_guessed_format().map_err(|e| image_err(e.to_string()))?;
-    let image = reader.decode().map_err(|e| image_err(e.to_string()))?;
-    if image.width() == 0 || image.height() == 0 {
-        return Err(image_err("the image is empty".into()));
+    /// Crops this transform makes of each image.
+    pub fn crops(&self) -> usize {
+        if matches!(self, Transform::TenCrop { .. }) { 10 } else { 1 }
     }
-    Ok(image.to_rgb8())
+
+    /// Floats one image takes in a batch: `crops · 3 · size²`.
+    pub fn floats_per_image(&self) -> usize {
+        let size = self.size() as usize;
+        self.crops() * 3 * size * size
+    }
 }
 
 /// torchvision's `RandomResizedCrop.get_params`: `(left, top, width, height)` of the crop.
@@ -100,37 +114,257 @@ pub fn resized_dims(width: u32, height: u32, resize: u32) -> (u32, u32) {
     }
 }
 
-/// Applies `transform` to `image` and writes normalised CHW floats into `out`
-/// (`3 · size · size` values).
-pub fn apply(image: &RgbImage, transform: Transform, norm: &Normalization, rng: &mut impl Rng, out: &mut [f32]) {
-    let (pixels, flip) = match transform {
-        Transform::Train { size } => {
-            let (left, top, w, h) = random_resized_crop_box(image.width(), image.height(), rng);
-            let crop = image::imageops::crop_imm(image, left, top, w, h).to_image();
-            let flip = rng.random_bool(0.5);
-            (image::imageops::resize(&crop, size, size, FilterType::Triangle), flip)
-        }
-        Transform::Eval { size, resize } => {
-            let (w, h) = resized_dims(image.width(), image.height(), resize.max(size));
-            let resized = image::imageops::resize(image, w, h, FilterType::Triangle);
-            let top = (f64::from(h - size) / 2.0).round_ties_even() as u32;
-            let left = (f64::from(w - size) / 2.0).round_ties_even() as u32;
-            (image::imageops::crop_imm(&resized, left, top, size, size).to_image(), false)
-        }
-    };
-    write_normalized(&pixels, flip, norm, out);
+/// Centre-crop offset, as torchvision's `int(round((len - size) / 2.0))`.
+fn centre_offset(len: u32, size: u32) -> u32 {
+    (f64::from(len - size) / 2.0).round_ties_even() as u32
 }
 
-fn write_normalized(pixels: &RgbImage, flip: bool, norm: &Normalization, out: &mut [f32]) {
-    let (w, h) = (pixels.width() as usize, pixels.height() as usize);
-    assert_eq!(out.len(), 3 * w * h, "batch slot size");
-    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * norm.std[c]));
-    let shift: [f32; 3] = std::array::from_fn(|c| -norm.mean[c] / norm.std[c]);
-    for (y, row) in pixels.rows().enumerate() {
-        for (x, pixel) in row.enumerate() {
-            let dst_x = if flip { w - 1 - x } else { x };
-            for c in 0..3 {
-                out[c * w * h + y * w + dst_x] = f32::from(pixel.0[c]) * scale[c] + shift[c];
+/// One view's geometry, in the file's full-resolution pixels.
+#[derive(Debug, Clone)]
+enum Plan {
+    /// Resize the region `(left, top, width, height)` to `size²`, maybe mirrored. `confine`: the
+    /// filter sees only the region, as torchvision's `resized_crop` (crop, then resize) does;
+    /// otherwise it reaches past the edges, as a whole-image `Resize` followed by a crop does.
+    Region { region: [f64; 4], size: u32, flip: bool, confine: bool },
+    /// Resize the whole image to `resized`, then take `size²` crops at `(x, y, mirrored)`.
+    Crops { resized: (u32, u32), size: u32, crops: Vec<(u32, u32, bool)> },
+}
+
+impl Plan {
+    /// `(width, height)` of the file's region that must stay at full detail.
+    fn need(&self, full: (u32, u32)) -> (f64, f64) {
+        match self {
+            Plan::Region { region, size, .. } => {
+                let s = f64::from(*size);
+                (s.min(region[2]), s.min(region[3]))
+            }
+            Plan::Crops { resized, .. } => (f64::from(resized.0.min(full.0)), f64::from(resized.1.min(full.1))),
+        }
+    }
+}
+
+fn plan(transform: Transform, (width, height): (u32, u32), rng: &mut impl Rng) -> Plan {
+    match transform {
+        Transform::Train { size } => {
+            let (left, top, w, h) = random_resized_crop_box(width, height, rng);
+            let flip = rng.random_bool(0.5);
+            Plan::Region { region: [left, top, w, h].map(f64::from), size, flip, confine: true }
+        }
+        Transform::Eval { size, resize } => {
+            let (rw, rh) = resized_dims(width, height, resize.max(size));
+            let (left, top) = (centre_offset(rw, size), centre_offset(rh, size));
+            // Only the window the crop keeps is resized: source pixels per resized pixel.
+            let (fx, fy) = (f64::from(width) / f64::from(rw), f64::from(height) / f64::from(rh));
+            let region = [f64::from(left) * fx, f64::from(top) * fy, f64::from(size) * fx, f64::from(size) * fy];
+            Plan::Region { region, size, flip: false, confine: false }
+        }
+        Transform::TenCrop { size, resize } => {
+            let (rw, rh) = resized_dims(width, height, resize.max(size));
+            let (right, bottom) = (rw - size, rh - size);
+            let five =
+                [(0, 0), (right, 0), (0, bottom), (right, bottom), (centre_offset(rw, size), centre_offset(rh, size))];
+            let mut crops: Vec<(u32, u32, bool)> = five.iter().map(|&(x, y)| (x, y, false)).collect();
+            // torchvision mirrors the image, then five-crops it: a crop at x of the mirror is the
+            // mirror of the crop at rw − size − x.
+            crops.extend(five.iter().map(|&(x, y)| (right - x, y, true)));
+            Plan::Crops { resized: (rw, rh), size, crops }
+        }
+    }
+}
+
+/// Decodes and transforms images; holds the resizer's scratch buffers, so keep one per thread.
+#[derive(Debug)]
+pub struct Renderer {
+    resizer: Resizer,
+    resized: Vec<u8>,
+    dct_scaling: bool,
+}
+
+impl Default for Renderer {
+    fn default() -> Self {
+        Self { resizer: Resizer::new(), resized: Vec::new(), dct_scaling: true }
+    }
+}
+
+impl Renderer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A renderer that always decodes at full resolution (to compare against).
+    pub fn without_dct_scaling() -> Self {
+        Self { dct_scaling: false, ..Self::default() }
+    }
+
+    /// torchvision's `resized_crop(img, top, left, height, width, [size, size])`, mirrored when
+    /// `flip`: the deterministic half of the training transform, into `out` (`3 · size²`).
+    pub fn render_crop(
+        &mut self,
+        bytes: &[u8],
+        path: &std::path::Path,
+        (left, top, width, height): (u32, u32, u32, u32),
+        size: u32,
+        flip: bool,
+        norm: &Normalization,
+        out: &mut [f32],
+    ) -> Result<(), DatasetError> {
+        assert_eq!(out.len(), 3 * (size as usize).pow(2), "batch slot size");
+        let full = dimensions(bytes, path)?;
+        if left + width > full.0 || top + height > full.1 || width == 0 || height == 0 {
+            return Err(DatasetError::Config(format!(
+                "crop ({left}, {top}, {width}, {height}) is not inside the {}×{} image {}",
+                full.0,
+                full.1,
+                path.display()
+            )));
+        }
+        let plan = Plan::Region { region: [left, top, width, height].map(f64::from), size, flip, confine: true };
+        let decoded = decode_scaled(bytes, path, self.scale_for(std::slice::from_ref(&plan), full))?;
+        self.render_plan(&decoded, &plan, norm, out, path)
+    }
+
+    /// The DCT scale that keeps every plan's region at full detail.
+    fn scale_for(&self, plans: &[Plan], full: (u32, u32)) -> u32 {
+        if !self.dct_scaling {
+            return 1;
+        }
+        plans
+            .iter()
+            .map(|p| {
+                let (need_w, need_h) = p.need(full);
+                let region = match p {
+                    Plan::Region { region, .. } => (region[2], region[3]),
+                    Plan::Crops { .. } => (f64::from(full.0), f64::from(full.1)),
+                };
+                dct_scale_for(region.0, region.1, need_w, need_h)
+            })
+            .min()
+            .unwrap_or(1)
+    }
+
+    /// Writes each view of the file `bytes` (named `path` in errors) into its slot of `out`
+    /// (`transforms[k].floats_per_image()` floats for view `k`). Random draws (the training crop
+    /// and flip) come from `rng`, in the order of `transforms`.
+    pub fn render(
+        &mut self,
+        bytes: &[u8],
+        path: &std::path::Path,
+        transforms: &[Transform],
+        norm: &Normalization,
+        rng: &mut impl Rng,
+        out: &mut [&mut [f32]],
+    ) -> Result<(), DatasetError> {
+        assert_eq!(out.len(), transforms.len(), "one slot per view");
+        for (slot, t) in out.iter().zip(transforms) {
+            assert_eq!(slot.len(), t.floats_per_image(), "batch slot size");
+        }
+        let full = dimensions(bytes, path)?;
+        let plans: Vec<Plan> = transforms.iter().map(|t| plan(*t, full, rng)).collect();
+        let decoded = decode_scaled(bytes, path, self.scale_for(&plans, full))?;
+        for (plan, slot) in plans.iter().zip(out.iter_mut()) {
+            self.render_plan(&decoded, plan, norm, slot, path)?;
+        }
+        Ok(())
+    }
+
+    fn render_plan(
+        &mut self,
+        decoded: &Decoded,
+        plan: &Plan,
+        norm: &Normalization,
+        out: &mut [f32],
+        path: &std::path::Path,
+    ) -> Result<(), DatasetError> {
+        let lut = Lut::new(norm);
+        // Full-resolution coordinates to the decoded image's.
+        let (sx, sy) = (
+            f64::from(decoded.image.width()) / (f64::from(decoded.full_size.0) / f64::from(decoded.scale)),
+            f64::from(decoded.image.height()) / (f64::from(decoded.full_size.1) / f64::from(decoded.scale)),
+        );
+        let to_decoded = |r: [f64; 4]| {
+            let s = f64::from(decoded.scale);
+            [r[0] / s * sx, r[1] / s * sy, r[2] / s * sx, r[3] / s * sy]
+        };
+        match plan {
+            Plan::Region { region, size, flip, confine } => {
+                self.resize(decoded, to_decoded(*region), *confine, (*size, *size), path)?;
+                lut.write(&self.resized, *size as usize, (0, 0), *size as usize, *flip, out);
+            }
+            Plan::Crops { resized, size, crops } => {
+                let whole = [0.0, 0.0, f64::from(decoded.full_size.0), f64::from(decoded.full_size.1)];
+                self.resize(decoded, to_decoded(whole), false, *resized, path)?;
+                let slot = 3 * (*size as usize).pow(2);
+                for (k, &(x, y, flip)) in crops.iter().enumerate() {
+                    let view = &mut out[k * slot..(k + 1) * slot];
+                    lut.write(&self.resized, resized.0 as usize, (x as usize, y as usize), *size as usize, flip, view);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resizes `region` of the decoded image to `dst` into `self.resized` (RGB bytes); with
+    /// `confine`, the filter reads only the pixels the region covers.
+    fn resize(
+        &mut self,
+        decoded: &Decoded,
+        region: [f64; 4],
+        confine: bool,
+        dst: (u32, u32),
+        path: &std::path::Path,
+    ) -> Result<(), DatasetError> {
+        let image = &decoded.image;
+        let err =
+            |e: &dyn std::fmt::Display| DatasetError::Image { path: path.to_owned(), message: format!("resize: {e}") };
+        let src = ImageRef::new(image.width(), image.height(), image.as_raw(), PixelType::U8x3).map_err(|e| err(&e))?;
+        let mut buffer = std::mem::take(&mut self.resized);
+        buffer.resize(dst.0 as usize * dst.1 as usize * 3, 0);
+        let mut target = Image::from_vec_u8(dst.0, dst.1, buffer, PixelType::U8x3).map_err(|e| err(&e))?;
+        let alg = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+        let result = if confine {
+            // The whole pixels the region touches (all of them, unless decoded scaled down).
+            let x0 = region[0].floor().max(0.0);
+            let y0 = region[1].floor().max(0.0);
+            let x1 = (region[0] + region[2]).ceil().min(f64::from(image.width()));
+            let y1 = (region[1] + region[3]).ceil().min(f64::from(image.height()));
+            let view = CroppedImage::new(&src, x0 as u32, y0 as u32, (x1 - x0) as u32, (y1 - y0) as u32)
+                .map_err(|e| err(&e))?;
+            let options = alg.crop(region[0] - x0, region[1] - y0, region[2], region[3]);
+            self.resizer.resize(&view, &mut target, &options)
+        } else {
+            self.resizer.resize(&src, &mut target, &alg.crop(region[0], region[1], region[2], region[3]))
+        };
+        result.map_err(|e| err(&e))?;
+        self.resized = target.into_vec();
+        Ok(())
+    }
+}
+
+/// `pixel · 1/(255·std) − mean/std` per channel, as a table over the 256 pixel values.
+struct Lut([[f32; 256]; 3]);
+
+impl Lut {
+    fn new(norm: &Normalization) -> Self {
+        Lut(std::array::from_fn(|c| {
+            std::array::from_fn(|v| v as f32 * (1.0 / (255.0 * norm.std[c])) - norm.mean[c] / norm.std[c])
+        }))
+    }
+
+    /// Writes the `size²` window at `(x0, y0)` of the RGB image `pixels` (row width `width`) as
+    /// CHW floats into `out`, mirrored when `flip`.
+    fn write(&self, pixels: &[u8], width: usize, (x0, y0): (usize, usize), size: usize, flip: bool, out: &mut [f32]) {
+        let plane = size * size;
+        let (r_out, rest) = out.split_at_mut(plane);
+        let (g_out, b_out) = rest.split_at_mut(plane);
+        for y in 0..size {
+            let row = &pixels[((y0 + y) * width + x0) * 3..((y0 + y) * width + x0 + size) * 3];
+            let dst = y * size..(y + 1) * size;
+            let (r, g, b) = (&mut r_out[dst.clone()], &mut g_out[dst.clone()], &mut b_out[dst]);
+            for (x, px) in row.chunks_exact(3).enumerate() {
+                let i = if flip { size - 1 - x } else { x };
+                r[i] = self.0[0][px[0] as usize];
+                g[i] = self.0[1][px[1] as usize];
+                b[i] = self.0[2][px[2] as usize];
             }
         }
     }
@@ -165,19 +399,24 @@ mod tests {
         assert_eq!(resized_dims(375, 500, 256), (256, 341));
         assert_eq!(Transform::eval_for(224), Transform::Eval { size: 224, resize: 256 });
         assert_eq!(Transform::eval_for(32), Transform::Eval { size: 32, resize: 37 });
+        assert_eq!(eval_resize_for(384), 439);
+        assert_eq!(Transform::ten_crop_for(224).floats_per_image(), 10 * 3 * 224 * 224);
     }
 
     #[test]
     fn normalisation_and_flip_write_chw() {
-        let mut image = RgbImage::new(2, 1);
-        image.put_pixel(0, 0, image::Rgb([255, 0, 51]));
-        image.put_pixel(1, 0, image::Rgb([0, 255, 0]));
-        let norm = Normalization { mean: [0.5; 3], std: [0.5; 3] };
-        let mut out = vec![0f32; 6];
+        let pixels = [255u8, 0, 51, 0, 255, 0];
+        let lut = Lut::new(&Normalization { mean: [0.5; 3], std: [0.5; 3] });
+        let mut out = vec![0f32; 3];
         let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
-        write_normalized(&image, false, &norm, &mut out);
-        assert!(close(&out, &[1.0, -1.0, -1.0, 1.0, -0.6, -1.0]), "{out:?}");
-        write_normalized(&image, true, &norm, &mut out);
-        assert!(close(&out, &[-1.0, 1.0, 1.0, -1.0, -1.0, -0.6]), "{out:?}");
+        lut.write(&pixels, 2, (0, 0), 1, false, &mut out);
+        assert!(close(&out, &[1.0, -1.0, -0.6]), "{out:?}");
+        lut.write(&pixels, 2, (1, 0), 1, false, &mut out);
+        assert!(close(&out, &[-1.0, 1.0, -1.0]), "{out:?}");
+        let mut two = vec![0f32; 12];
+        let square = [1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        let unit = Lut::new(&Normalization { mean: [0.0; 3], std: [1.0 / 255.0; 3] });
+        unit.write(&square, 2, (0, 0), 2, true, &mut two);
+        assert!(close(&two, &[4.0, 1.0, 10.0, 7.0, 5.0, 2.0, 11.0, 8.0, 6.0, 3.0, 12.0, 9.0]), "{two:?}");
     }
 }

@@ -29,7 +29,7 @@ fn config(seed: u64, with_dates: bool) -> SynthConfig {
 fn loader(workers: usize, metadata: Option<Metadata>) -> LoaderConfig {
     LoaderConfig {
         batch_size: 7,
-        transform: Transform::Train { size: 16 },
+        transforms: vec![Transform::Train { size: 16 }],
         normalization: Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
         metadata,
         shuffle: true,
@@ -89,7 +89,7 @@ fn batches_are_the_same_whatever_the_number_of_workers() {
     let one = collect(1);
     assert_eq!(one.len(), 6); // 40 records in batches of 7
     assert_eq!(one.last().unwrap().len, 5);
-    assert_eq!(one[0].images.len(), 7 * 3 * 16 * 16);
+    assert_eq!(one[0].views[0].images.len(), 7 * 3 * 16 * 16);
     assert_eq!(one[0].loc.len(), 7 * 6);
     assert_eq!(one, collect(3));
     // Another epoch shuffles differently.
@@ -161,4 +161,16 @@ fn grayscale_and_alpha_images_decode_to_rgb() {
     let missing = tmp.path().join("absent.jpg");
     let err = dmlp_datasets::transform::decode_rgb(&missing).unwrap_err().to_string();
     assert!(err.contains("absent.jpg"), "{err}");
+}
+
+#[test]
+fn missing_images_are_named_before_any_batch_is_built() {
+    let tmp = tempfile::tempdir().unwrap();
+    generate(&config(6, true), tmp.path()).unwrap();
+    let split = read_inat2021(tmp.path(), "val").unwrap();
+    split.check_images_exist().unwrap();
+    std::fs::remove_file(&split.records[2].path).unwrap();
+    std::fs::remove_file(&split.records[5].path).unwrap();
+    let err = split.check_images_exist().unwrap_err().to_string();
+    assert!(err.contains("2 of the 16 images") && err.contains(&split.records[2].path.display().to_string()), "{err}");
 }

@@ -38,15 +38,42 @@ pub struct DataConfig {
     pub val_split: String,
     /// Training crop and evaluation crop side (224 in the paper).
     pub image_size: u32,
-    /// Evaluation resize of the shorter side (default `round(image_size · 256 / 224)`).
+    /// Evaluation resize of the shorter side (default `round(image_size · 256 / 224)`); with one
+    /// test scale only.
     #[serde(default)]
     pub eval_resize: Option<u32>,
+    /// Test-time crop sides (default: `[image_size]`). Several make a multi-scale test (Table S1):
+    /// each scale `s` resizes the shorter side to `round(s · 256 / 224)` and crops `s`; the logits
+    /// are averaged over every crop and scale.
+    #[serde(default)]
+    pub test_scales: Option<Vec<u32>>,
+    /// Ten-crop at every test scale (the reference's `--tencrop`): corners, centre and mirrors.
+    #[serde(default)]
+    pub ten_crop: bool,
     /// Loader threads.
     #[serde(default = "DataConfig::default_workers")]
     pub workers: usize,
 }
 
 impl DataConfig {
+    /// The evaluation transforms: one per test scale, each a centre crop or a ten-crop.
+    pub fn eval_transforms(&self) -> Vec<dmlp_datasets::transform::Transform> {
+        use dmlp_datasets::transform::{Transform, eval_resize_for};
+        let scales = self.test_scales.clone().unwrap_or_else(|| vec![self.image_size]);
+        let single = scales.len() == 1;
+        scales
+            .into_iter()
+            .map(|size| {
+                let resize = if single {
+                    self.eval_resize.unwrap_or_else(|| eval_resize_for(size))
+                } else {
+                    eval_resize_for(size)
+                };
+                if self.ten_crop { Transform::TenCrop { size, resize } } else { Transform::Eval { size, resize } }
+            })
+            .collect()
+    }
+
     fn default_dataset() -> DatasetName {
         DatasetName::Inat2021
     }
@@ -110,6 +137,14 @@ impl RunConfig {
         self.data.dataset.check_scheme(self.data.split_scheme).map_err(|e| e.to_string())?;
         if self.data.image_size < 8 || self.data.workers == 0 {
             return Err("data.image_size must be at least 8 and data.workers at least 1".into());
+        }
+        if let Some(scales) = &self.data.test_scales {
+            if scales.is_empty() || scales.iter().any(|&s| s < 8) {
+                return Err(format!("data.test_scales must list crop sides of at least 8, got {scales:?}"));
+            }
+            if scales.len() > 1 && self.data.eval_resize.is_some() {
+                return Err("data.eval_resize applies to a single test scale; drop it or list one scale".into());
+            }
         }
         if self.model.backbone.is_none() {
             return Err("training from images needs a [model] backbone".into());

@@ -68,6 +68,8 @@ pub fn read_splits(config: &RunConfig) -> Result<(dmlp_datasets::Split, dmlp_dat
     let data = &config.data;
     let train = read_split(data.dataset, &data.root, &data.train_split, data.split_scheme)?;
     let val = read_split(data.dataset, &data.root, &data.val_split, data.split_scheme)?;
+    train.check_images_exist()?;
+    val.check_images_exist()?;
     let (model_classes, data_classes) = (config.model.num_classes, train.classes.len());
     if model_classes != data_classes || val.classes.len() != data_classes {
         return Err(ExperimentError::Config {

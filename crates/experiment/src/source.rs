@@ -7,7 +7,7 @@ use dmlp_backbones::{IMAGENET_MEAN, IMAGENET_STD};
 use dmlp_datasets::Split;
 use dmlp_datasets::loader::{EpochBatches, LoaderConfig, batches_per_epoch};
 use dmlp_datasets::transform::{Normalization, Transform};
-use dmlp_train::{BatchSource, TensorBatch, TrainError};
+use dmlp_train::{BatchSource, ImageView, TensorBatch, TrainError};
 
 use crate::{ExperimentError, RunConfig};
 
@@ -22,24 +22,21 @@ impl LoaderSource {
     /// The training loader: RandomResizedCrop + flip, shuffled per epoch, last partial batch kept
     /// (as the reference's `drop_last=False`).
     pub fn train(split: Arc<Split>, run: &RunConfig, device: Device) -> Result<Self, ExperimentError> {
-        let config = Self::config(run, Transform::Train { size: run.data.image_size }, run.train.batch_size, true);
+        let config =
+            Self::config(run, vec![Transform::Train { size: run.data.image_size }], run.train.batch_size, true);
         Ok(Self { split, config, device })
     }
 
-    /// The evaluation loader: resize + centre crop, in file order.
+    /// The evaluation loader: resize + centre crop (or ten-crop) at each test scale, in file order.
     pub fn eval(split: Arc<Split>, run: &RunConfig, device: Device) -> Result<Self, ExperimentError> {
-        let transform = match run.data.eval_resize {
-            Some(resize) => Transform::Eval { size: run.data.image_size, resize },
-            None => Transform::eval_for(run.data.image_size),
-        };
-        let config = Self::config(run, transform, run.train.eval_batch_size(), false);
+        let config = Self::config(run, run.data.eval_transforms(), run.train.eval_batch_size(), false);
         Ok(Self { split, config, device })
     }
 
-    fn config(run: &RunConfig, transform: Transform, batch_size: usize, shuffle: bool) -> LoaderConfig {
+    fn config(run: &RunConfig, transforms: Vec<Transform>, batch_size: usize, shuffle: bool) -> LoaderConfig {
         LoaderConfig {
             batch_size,
-            transform,
+            transforms,
             normalization: Normalization { mean: IMAGENET_MEAN, std: IMAGENET_STD },
             metadata: run.model.fusion.as_ref().and(run.model.metadata),
             shuffle,
@@ -64,16 +61,23 @@ impl BatchSource for LoaderSource {
         &self,
         epoch: usize,
     ) -> Result<Box<dyn Iterator<Item = Result<TensorBatch, TrainError>> + '_>, TrainError> {
-        let batches =
-            EpochBatches::new(self.split.clone(), self.config, epoch).map_err(|e| TrainError::Data(e.to_string()))?;
+        let batches = EpochBatches::new(self.split.clone(), self.config.clone(), epoch)
+            .map_err(|e| TrainError::Data(e.to_string()))?;
         let device = self.device.clone();
         let cin = self.config.metadata.map_or(0, dmlp_geo::Metadata::n_inputs);
         Ok(Box::new(batches.map(move |batch| {
             let batch = batch.map_err(|e| TrainError::Data(e.to_string()))?;
-            let images = Tensor::from_vec(batch.images, (batch.len, 3, batch.size, batch.size), &device)?;
+            let views = batch
+                .views
+                .into_iter()
+                .map(|v| {
+                    let images = Tensor::from_vec(v.images, (batch.len * v.crops, 3, v.size, v.size), &device)?;
+                    Ok(ImageView { images, crops: v.crops })
+                })
+                .collect::<Result<Vec<_>, TrainError>>()?;
             let loc = if cin > 0 { Some(Tensor::from_vec(batch.loc, (batch.len, cin), &device)?) } else { None };
             let targets = Tensor::from_vec(batch.targets, batch.len, &device)?;
-            Ok(TensorBatch { images, loc, targets })
+            Ok(TensorBatch { views, loc, targets })
         })))
     }
 }

@@ -7,12 +7,36 @@ use crate::TrainError;
 /// One batch on the model's device.
 #[derive(Debug, Clone)]
 pub struct TensorBatch {
-    /// `[B, 3, H, W]`.
-    pub images: Tensor,
+    /// The images, one entry per view: a training batch has one view of one crop; a test-time
+    /// augmented evaluation batch has one view per scale, each of one or ten crops per image.
+    pub views: Vec<ImageView>,
     /// `[B, cin]` encoded locations, for models with a fusion head.
     pub loc: Option<Tensor>,
     /// `[B]` class indices (u32).
     pub targets: Tensor,
+}
+
+/// The images of one view of a batch.
+#[derive(Debug, Clone)]
+pub struct ImageView {
+    /// `[B · crops, 3, H, W]`; the crops of one image are consecutive.
+    pub images: Tensor,
+    pub crops: usize,
+}
+
+impl TensorBatch {
+    /// A batch of one view of one crop per image (`images: [B, 3, H, W]`).
+    pub fn single(images: Tensor, loc: Option<Tensor>, targets: Tensor) -> Self {
+        Self { views: vec![ImageView { images, crops: 1 }], loc, targets }
+    }
+
+    /// The images of a one-view, one-crop batch, as training needs.
+    pub fn single_view(&self) -> Result<&Tensor, TrainError> {
+        match self.views.as_slice() {
+            [view] if view.crops == 1 => Ok(&view.images),
+            _ => Err(TrainError::Data("training needs batches of one view of one crop per image".into())),
+        }
+    }
 }
 
 /// A split as epochs of batches. Implementations must give the same batches for the same epoch

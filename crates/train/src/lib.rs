@@ -28,7 +28,7 @@ mod trainer;
 use std::path::PathBuf;
 
 pub use config::TrainConfig;
-pub use data::{BatchSource, TensorBatch};
+pub use data::{BatchSource, ImageView, TensorBatch};
 pub use loss::{label_smoothing_loss, mixup, mixup_loss};
 pub use optim::{Sgd, SgdConfig};
 pub use run_dir::{Checkpoint, CheckpointState, EpochMetrics, RunDir, write_atomic};

@@ -78,6 +78,33 @@ fn to_u32(targets: &Tensor) -> Result<Vec<u32>, TrainError> {
 
 /// Evaluates `model` on `source`: `(loss, top-1 %, top-5 %, images)`, loss label-smoothed and
 /// averaged per image.
+/// `[B, C]` logits averaged over every crop of every view of each image (the reference's
+/// ten-crop averages logits; a multi-scale test averages over all crops of all scales).
+fn view_mean_logits(model: &Classifier, batch: &TensorBatch) -> Result<Tensor, TrainError> {
+    let mut sum: Option<Tensor> = None;
+    let mut crops_total = 0usize;
+    for view in &batch.views {
+        let n = view.images.dim(0)? / view.crops.max(1);
+        let loc = match (&batch.loc, view.crops) {
+            (Some(loc), crops) if crops > 1 => {
+                let cin = loc.dim(1)?;
+                Some(loc.unsqueeze(1)?.broadcast_as((n, crops, cin))?.contiguous()?.reshape((n * crops, cin))?)
+            }
+            (loc, _) => loc.clone(),
+        };
+        let logits = model.forward_t(&view.images, loc.as_ref(), false)?.logits;
+        let classes = logits.dim(1)?;
+        let per_image = logits.reshape((n, view.crops, classes))?.sum(1)?;
+        sum = Some(match sum {
+            Some(acc) => (acc + per_image)?,
+            None => per_image,
+        });
+        crops_total += view.crops;
+    }
+    let sum = sum.ok_or_else(|| TrainError::Data("an evaluation batch without images".into()))?;
+    Ok((sum / crops_total as f64)?)
+}
+
 pub fn evaluate(
     model: &Classifier,
     source: &dyn BatchSource,
@@ -86,13 +113,13 @@ pub fn evaluate(
     let (mut loss_sum, mut top1, mut top5, mut seen) = (0.0, 0usize, 0usize, 0usize);
     for batch in source.epoch(0)? {
         let batch = batch?;
-        let out = model.forward_t(&batch.images, batch.loc.as_ref(), false)?;
+        let logits = view_mean_logits(model, &batch)?;
         let targets = to_u32(&batch.targets)?;
         let n = targets.len();
         let loss =
-            label_smoothing_loss(&out.logits, &batch.targets, smoothing)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            label_smoothing_loss(&logits, &batch.targets, smoothing)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         loss_sum += loss * n as f64;
-        let rows = logit_rows(&out.logits)?;
+        let rows = logit_rows(&logits)?;
         top1 += top_k_hits(&rows, &targets, 1);
         top5 += top_k_hits(&rows, &targets, 5);
         seen += n;
@@ -160,7 +187,9 @@ pub fn train(
         let bar = progress_bar(options.progress, epoch, config.epochs, train.len());
         let (mut loss_sum, mut hits, mut seen, mut lr) = (0.0, 0.0, 0usize, 0.0);
         for (iteration, batch) in train.epoch(epoch)?.enumerate() {
-            let TensorBatch { images, loc, targets } = batch?;
+            let batch = batch?;
+            let images = batch.single_view()?.clone();
+            let TensorBatch { loc, targets, .. } = batch;
             let n = images.dim(0)?;
             lr = lr_at(schedule, epoch, iteration, iters);
             let (lambda, perm_ids) = mixup_draw(config, n, epoch, iteration)?;
@@ -250,4 +279,62 @@ fn progress_bar(show: bool, epoch: usize, epochs: usize, images: usize) -> Progr
     bar.set_style(style);
     bar.set_prefix(format!("{epoch}/{epochs}"));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+    use dmlp_backbones::{BackboneSpec, BlockKind, CustomBackbone};
+    use dmlp_fusion::{FusionConfig, FusionKind};
+    use dmlp_geo::Metadata;
+    use dmlp_model::{Classifier, ModelConfig, ModelDType};
+
+    use super::view_mean_logits;
+    use crate::{ImageView, TensorBatch};
+
+    #[test]
+    fn test_time_views_average_logits_over_every_crop_with_locations_repeated() {
+        let device = Device::Cpu;
+        let config = ModelConfig {
+            backbone: Some(BackboneSpec::Custom(CustomBackbone::Resnet {
+                block: BlockKind::Basic,
+                layers: vec![1, 1, 1, 1],
+                width: 4,
+            })),
+            feature_dim: None,
+            num_classes: 3,
+            metadata: Some(Metadata::Geo),
+            fusion: Some(FusionConfig { mlp_d: 8, mlp_h: 4, ..FusionConfig::with_defaults(FusionKind::DynamicMlpC) }),
+            dtype: ModelDType::F32,
+        };
+        let model = Classifier::new(&config, 3, &device).unwrap();
+        let one = Tensor::randn(0f32, 1.0, (2, 3, 8, 8), &device).unwrap();
+        let three = Tensor::randn(0f32, 1.0, (6, 3, 8, 8), &device).unwrap();
+        let loc = Tensor::randn(0f32, 1.0, (2, 4), &device).unwrap();
+        let targets = Tensor::new(&[0u32, 2], &device).unwrap();
+        let batch = TensorBatch {
+            views: vec![ImageView { images: one.clone(), crops: 1 }, ImageView { images: three.clone(), crops: 3 }],
+            loc: Some(loc.clone()),
+            targets,
+        };
+        let got: Vec<Vec<f32>> = view_mean_logits(&model, &batch).unwrap().to_vec2().unwrap();
+        let logits = |x: &Tensor, l: &Tensor| -> Vec<Vec<f32>> {
+            model.forward_t(x, Some(l), false).unwrap().logits.to_vec2().unwrap()
+        };
+        let first = logits(&one, &loc);
+        for image in 0..2 {
+            let own_loc = loc.narrow(0, image, 1).unwrap();
+            let mut expected = first[image].clone();
+            for crop in 0..3 {
+                let row = logits(&three.narrow(0, image * 3 + crop, 1).unwrap(), &own_loc);
+                expected.iter_mut().zip(&row[0]).for_each(|(e, r)| *e += r);
+            }
+            for (g, e) in got[image].iter().zip(&expected) {
+                assert!((g - e / 4.0).abs() < 1e-5, "image {image}: {g} vs {}", e / 4.0);
+            }
+        }
+        // One view of one crop: the logits themselves.
+        let single = TensorBatch::single(one.clone(), Some(loc.clone()), Tensor::new(&[0u32, 2], &device).unwrap());
+        assert_eq!(view_mean_logits(&model, &single).unwrap().to_vec2::<f32>().unwrap(), first);
+    }
 }

@@ -1,0 +1,134 @@
+//! `dmlp data verify` (and, with `prepare`, the Parquet manifest).
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use dmlp_datasets::verify::{SplitReport, VerifyOptions, VerifyReport, verify};
+use dmlp_datasets::{DatasetName, SplitScheme};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct VerifyArgs {
+    /// inat2017, inat2018, inat2021, inat2021-mini or yfcc-geo100.
+    #[arg(long)]
+    dataset: DatasetName,
+    /// The dataset folder (annotation files and images, as data-manifests/<dataset>.toml lays out).
+    #[arg(long)]
+    root: PathBuf,
+    /// official, or supplement (yfcc-geo100: the supplement's 2,000-image val split).
+    #[arg(long, default_value = "official")]
+    split_scheme: SplitScheme,
+    /// Also decode every image (slow on a whole dataset) and count those that fail.
+    #[arg(long)]
+    decode: bool,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Name at most this many missing and corrupt files per split (counts stay exact).
+    #[arg(long, default_value_t = 1000)]
+    max_listed: usize,
+    /// Threads checking files (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// Runs `dmlp data verify`; `Ok(false)` when the folder does not match its annotations.
+pub(crate) fn run_verify(args: &VerifyArgs) -> anyhow::Result<bool> {
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let options = VerifyOptions { decode: args.decode, max_listed: args.max_listed, threads };
+    let bar: Mutex<Option<(String, ProgressBar)>> = Mutex::new(None);
+    let progress = |split: &str, done: usize, total: usize| {
+        let mut slot = bar.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_none_or(|(name, _)| name != split) {
+            if let Some((_, old)) = slot.take() {
+                old.finish_and_clear();
+            }
+            let new = ProgressBar::new(total as u64);
+            let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} images {per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            new.set_style(style);
+            new.set_prefix(split.to_owned());
+            *slot = Some((split.to_owned(), new));
+        }
+        if let Some((_, b)) = slot.as_ref() {
+            b.set_position(done as u64);
+        }
+    };
+    let report = verify(args.dataset, &args.root, args.split_scheme, options, &progress)?;
+    if let Some((_, b)) = bar.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        b.finish_and_clear();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(report.ok)
+}
+
+fn count(value: Option<usize>) -> String {
+    value.map_or_else(|| "—".into(), |v| v.to_string())
+}
+
+fn render(report: &VerifyReport) -> String {
+    let mut out = format!(
+        "{} at {} (split scheme {}; official classes {}){}\n\n",
+        report.dataset,
+        report.root,
+        report.split_scheme.as_str(),
+        report.official_classes,
+        if report.decoded { "" } else { "; images not decoded (--decode checks them)" }
+    );
+    out.push_str("| split | records | official | classes | found | missing | corrupt | no location | no date |\n");
+    out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for (name, s) in &report.splits {
+        let official = match (s.official_records, s.official_verified) {
+            (Some(n), Some(false)) => format!("{n} (unverified)"),
+            (Some(n), _) => n.to_string(),
+            (None, _) => "—".into(),
+        };
+        out.push_str(&format!(
+            "| {name} | {} | {official} | {} | {} | {} | {} | {} | {} |\n",
+            count(s.records),
+            count(s.classes),
+            count(s.images_found),
+            count(s.images_missing),
+            count(s.images_corrupt),
+            count(s.without_location),
+            count(s.without_date),
+        ));
+    }
+    for (name, s) in &report.splits {
+        out.push_str(&render_details(name, s));
+    }
+    out.push_str(if report.ok { "\nok\n" } else { "\nNOT OK: see above\n" });
+    out
+}
+
+fn render_details(name: &str, s: &SplitReport) -> String {
+    let mut out = String::new();
+    if let Some(error) = &s.error {
+        out.push_str(&format!("\n{name}: cannot be read: {error}\n"));
+    }
+    for (note, n) in &s.notes {
+        out.push_str(&format!("\n{name}: {n} {note}"));
+    }
+    if !s.notes.is_empty() {
+        out.push('\n');
+    }
+    const SHOWN: usize = 20;
+    if !s.missing_files.is_empty() {
+        out.push_str(&format!("\n{name}: missing files (first {}):\n", s.missing_files.len().min(SHOWN)));
+        for path in s.missing_files.iter().take(SHOWN) {
+            out.push_str(&format!("  {path}\n"));
+        }
+    }
+    if !s.corrupt_files.is_empty() {
+        out.push_str(&format!("\n{name}: files that fail to decode (first {}):\n", s.corrupt_files.len().min(SHOWN)));
+        for (path, error) in s.corrupt_files.iter().zip(&s.corrupt_errors).take(SHOWN) {
+            out.push_str(&format!("  {path}: {error}\n"));
+        }
+    }
+    out
+}

@@ -20,6 +20,8 @@ pub(crate) enum BenchCommand {
     Model(ModelBenchArgs),
     /// The training ops: conv2d GFLOP/s on ResNet-50's shapes, BatchNorm, whole training steps.
     Ops(crate::bench_ops::OpsBenchArgs),
+    /// The input pipeline: training and evaluation transforms per core, beside PIL's.
+    Data(crate::bench_data::DataBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,6 +51,7 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Model(args) => bench_model(&args),
         BenchCommand::Ops(args) => crate::bench_ops::run(&args),
+        BenchCommand::Data(args) => crate::bench_data::run(&args),
     }
 }
 
@@ -201,7 +204,7 @@ pub(crate) fn run_python_json<T: serde::de::DeserializeOwned>(
     args: &[String],
 ) -> anyhow::Result<T> {
     let script = crate::paths::project_root().join("xtask").join("python").join(script);
-    eprintln!("torch: running {} {}", python.display(), script.display());
+    eprintln!("peer: running {} {}", python.display(), script.display());
     let output = Command::new(python)
         .arg(&script)
         .args(args)

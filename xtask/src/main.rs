@@ -1,11 +1,12 @@
 //! Project automation, in the cargo-xtask style (<https://github.com/matklad/cargo-xtask>):
 //! `cargo xtask reproduce table-s4 [--smoke]` runs a table's experiment matrix,
-//! `cargo xtask parity` runs the reference fixtures, `cargo xtask bench model|ops` times the
-//! model and its ops against PyTorch. Orchestration only: the model code lives in the library crates.
+//! `cargo xtask parity` runs the reference fixtures, `cargo xtask bench model|ops|data` times
+//! the model and its ops against PyTorch and the input pipeline against PIL. Orchestration only: the model code lives in the library crates.
 //!
 //! Path arguments are resolved against the directory the command was started from.
 
 mod bench;
+mod bench_data;
 mod bench_ops;
 mod parity;
 mod paths;

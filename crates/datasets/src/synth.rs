@@ -279,3 +279,49 @@ mod tests {
         assert_eq!(month_day(364), (12, 31));
     }
 }
+
+/// A photo-like JPEG of `width × height` for benchmarks (smooth colour fields, a few ellipses,
+/// sensor-like noise), deterministic per seed, at JPEG `quality`: about as costly to decode as a
+/// natural photo of that size, unlike flat synthetic images.
+pub fn photo_like_jpeg(width: u32, height: u32, seed: u64, quality: u8) -> Result<Vec<u8>, DatasetError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(&[seed, 7]));
+    let cell = 24u32;
+    let (gw, gh) = (width / cell + 2, height / cell + 2);
+    let grid: Vec<[f32; 3]> = (0..gw * gh).map(|_| std::array::from_fn(|_| rng.random_range(0.0f32..255.0))).collect();
+    let ellipses: Vec<(f32, f32, f32, f32, [f32; 3])> = (0..10)
+        .map(|_| {
+            (
+                rng.random_range(0.0..width as f32),
+                rng.random_range(0.0..height as f32),
+                rng.random_range(8.0..width as f32 / 4.0),
+                rng.random_range(8.0..height as f32 / 4.0),
+                std::array::from_fn(|_| rng.random_range(0.0f32..255.0)),
+            )
+        })
+        .collect();
+    let noise = Normal::new(0.0f32, 3.0).map_err(|e| DatasetError::Config(e.to_string()))?;
+    let mut image = RgbImage::new(width, height);
+    for (x, y, pixel) in image.enumerate_pixels_mut() {
+        let (fx, fy) = (x as f32 / cell as f32, y as f32 / cell as f32);
+        let (ix, iy) = (fx as u32, fy as u32);
+        let (tx, ty) = (fx - ix as f32, fy - iy as f32);
+        let at = |gx: u32, gy: u32| grid[(gy * gw + gx) as usize];
+        let mut value: [f32; 3] = std::array::from_fn(|c| {
+            let top = at(ix, iy)[c] * (1.0 - tx) + at(ix + 1, iy)[c] * tx;
+            let bottom = at(ix, iy + 1)[c] * (1.0 - tx) + at(ix + 1, iy + 1)[c] * tx;
+            top * (1.0 - ty) + bottom * ty
+        });
+        for (cx, cy, rx, ry, colour) in &ellipses {
+            let (dx, dy) = ((x as f32 - cx) / rx, (y as f32 - cy) / ry);
+            if dx * dx + dy * dy <= 1.0 {
+                value = *colour;
+            }
+        }
+        *pixel = Rgb(std::array::from_fn(|c| (value[c] + noise.sample(&mut rng)).clamp(0.0, 255.0) as u8));
+    }
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality)
+        .encode_image(&image)
+        .map_err(|e| DatasetError::Config(format!("encoding a benchmark JPEG: {e}")))?;
+    Ok(bytes)
+}

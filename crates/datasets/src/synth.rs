@@ -266,20 +266,6 @@ pub fn generate(config: &SynthConfig, root: &Path) -> Result<usize, DatasetError
     Ok(written)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn month_day_covers_the_year() {
-        assert_eq!(month_day(0), (1, 1));
-        assert_eq!(month_day(31), (2, 1));
-        assert_eq!(month_day(58), (2, 28));
-        assert_eq!(month_day(59), (3, 1));
-        assert_eq!(month_day(364), (12, 31));
-    }
-}
-
 /// A photo-like JPEG of `width × height` for benchmarks (smooth colour fields, a few ellipses,
 /// sensor-like noise), deterministic per seed, at JPEG `quality`: about as costly to decode as a
 /// natural photo of that size, unlike flat synthetic images.
@@ -324,4 +310,18 @@ pub fn photo_like_jpeg(width: u32, height: u32, seed: u64, quality: u8) -> Resul
         .encode_image(&image)
         .map_err(|e| DatasetError::Config(format!("encoding a benchmark JPEG: {e}")))?;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn month_day_covers_the_year() {
+        assert_eq!(month_day(0), (1, 1));
+        assert_eq!(month_day(31), (2, 1));
+        assert_eq!(month_day(58), (2, 28));
+        assert_eq!(month_day(59), (3, 1));
+        assert_eq!(month_day(364), (12, 31));
+    }
 }

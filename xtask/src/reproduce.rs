@@ -285,6 +285,11 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<ExitCode> {
                         test_scales: None,
                         ten_crop: false,
                         workers: recipe.workers,
+                        cache_dir: if args.smoke {
+                            None
+                        } else {
+                            dmlp_prepare::default_cache_dir(|k| std::env::var(k).ok())
+                        },
                     },
                     train: train_config(&recipe),
                 };

@@ -1,4 +1,4 @@
-//! `dmlp data verify` (and, with `prepare`, the Parquet manifest).
+//! `dmlp data verify` and `dmlp data prepare`.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -131,4 +131,46 @@ fn render_details(name: &str, s: &SplitReport) -> String {
         }
     }
     out
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct PrepareArgs {
+    /// inat2017, inat2018, inat2021, inat2021-mini or yfcc-geo100.
+    #[arg(long)]
+    dataset: DatasetName,
+    /// The dataset folder; it is only read.
+    #[arg(long)]
+    root: PathBuf,
+    /// official, or supplement (yfcc-geo100 only).
+    #[arg(long, default_value = "official")]
+    split_scheme: SplitScheme,
+    /// Where manifests live (default: $DMLP_CACHE_DIR, else $XDG_CACHE_HOME/dmlp, else ~/.cache/dmlp).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Rebuild even if the manifest matches the annotation files.
+    #[arg(long)]
+    force: bool,
+}
+
+/// The cache folder the user named, else the documented default.
+pub(crate) fn cache_dir(given: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    given.cloned().or_else(|| dmlp_prepare::default_cache_dir(|k| std::env::var(k).ok())).ok_or_else(|| {
+        anyhow::anyhow!("no cache folder: give --cache-dir, or set DMLP_CACHE_DIR, XDG_CACHE_HOME or HOME")
+    })
+}
+
+pub(crate) fn run_prepare(args: &PrepareArgs) -> anyhow::Result<()> {
+    let cache = cache_dir(args.cache_dir.as_ref())?;
+    let report = dmlp_prepare::prepare(args.dataset, &args.root, args.split_scheme, &cache, args.force)?;
+    println!("{} {}: {}", if report.rebuilt { "prepared" } else { "up to date" }, args.dataset, report.dir.display());
+    for (split, s) in &report.info.splits {
+        println!("  {split}: {} records, {} classes", s.records, s.classes);
+        for (note, n) in &s.notes {
+            println!("    {n} {note}");
+        }
+    }
+    for (split, why) in &report.info.skipped {
+        println!("  {split}: skipped ({why})");
+    }
+    Ok(())
 }

@@ -2,7 +2,7 @@
 //!
 //! Subcommands: `train` (a run from a config, resumable), `eval` (a checkpoint on the validation
 //! split), `data synth` (the synthetic geo-aware dataset), `data verify` (a dataset folder against its
-//! annotation files and official counts), `params` (parameter counts of any
+//! annotation files and official counts), `data prepare` (its Parquet manifest), `params` (parameter counts of any
 //! backbone × fusion × class count) and `encode` (the location/date encoding of one observation).
 
 mod data;
@@ -44,6 +44,9 @@ enum DataCommand {
     /// Compare a dataset folder with its annotation files and official counts; exits non-zero
     /// when a split cannot be read or an image is missing or corrupt.
     Verify(data::VerifyArgs),
+    /// Build the Parquet manifest of a dataset's records in the cache folder (never in the
+    /// dataset folder); training reads splits from it while it matches the annotation files.
+    Prepare(data::PrepareArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::FAILURE,
             Err(err) => Err(err),
         },
+        Command::Data { command: DataCommand::Prepare(args) } => data::run_prepare(&args),
         Command::Train(args) => run::run_train(&args),
         Command::Eval(args) => run::run_eval(&args),
         Command::Data { command: DataCommand::Synth(args) } => run::run_synth(&args),

@@ -91,8 +91,17 @@ pub(crate) fn git_commit() -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// Reads a run config and gives it the default manifest cache when it names none.
+fn read_config(path: &Path, overrides: &[String]) -> anyhow::Result<RunConfig> {
+    let mut config = RunConfig::from_file(path, overrides)?;
+    if config.data.cache_dir.is_none() {
+        config.data.cache_dir = dmlp_prepare::default_cache_dir(|k| std::env::var(k).ok());
+    }
+    Ok(config)
+}
+
 pub(crate) fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
-    let config = RunConfig::from_file(&args.config, &args.overrides)?;
+    let config = read_config(&args.config, &args.overrides)?;
     let device = parse_device(&args.device)?;
     let provenance = Provenance {
         git_commit: git_commit(),
@@ -134,7 +143,7 @@ pub(crate) fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         let scales: Vec<String> = args.test_scales.iter().map(u32::to_string).collect();
         overrides.push(format!("data.test_scales=[{}]", scales.join(", ")));
     }
-    let config = RunConfig::from_file(&args.config, &overrides)?;
+    let config = read_config(&args.config, &overrides)?;
     let device = parse_device(&args.device)?;
     let weights = weights_path(&args.checkpoint)?;
     let views: Vec<String> = config.data.eval_transforms().iter().map(|t| format!("{t:?}")).collect();

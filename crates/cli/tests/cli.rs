@@ -179,3 +179,76 @@ fn eval_with_ten_crop_and_several_scales_after_a_short_training_run() {
     assert_eq!(views, ["TenCrop { size: 16, resize: 18 }", "TenCrop { size: 20, resize: 23 }"]);
     assert_ne!(plain["loss"], tta["loss"], "test-time views must change the averaged logits");
 }
+
+#[test]
+fn data_prepare_builds_a_manifest_that_training_reads_instead_of_the_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cache = tmp.path().join("cache");
+    let (ok, _, stderr) = dmlp(&[
+        "data",
+        "synth",
+        "--out",
+        data.to_str().unwrap(),
+        "--groups",
+        "1",
+        "--per-group",
+        "2",
+        "--distinct",
+        "1",
+        "--train-per-class",
+        "4",
+        "--val-per-class",
+        "2",
+        "--image-size",
+        "24",
+    ]);
+    assert!(ok, "{stderr}");
+    let prepare = [
+        "data",
+        "prepare",
+        "--dataset",
+        "inat2021",
+        "--root",
+        data.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ];
+    let (ok, stdout, stderr) = dmlp(&prepare);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("prepared inat2021") && stdout.contains("train: 12 records, 3 classes"), "{stdout}");
+    assert!(stdout.contains("train_mini: skipped"), "{stdout}");
+    let (ok, stdout, _) = dmlp(&prepare);
+    assert!(ok && stdout.starts_with("up to date"), "{stdout}");
+
+    // Garble train.json but keep its size and time: only the manifest can still give the split.
+    let train_json = data.join("train.json");
+    let len = std::fs::metadata(&train_json).unwrap().len() as usize;
+    let modified = std::fs::metadata(&train_json).unwrap().modified().unwrap();
+    std::fs::write(&train_json, "x".repeat(len)).unwrap();
+    std::fs::File::options().write(true).open(&train_json).unwrap().set_modified(modified).unwrap();
+    let config = tmp.path().join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\nbackbone = {{ type = \"resnet\", block = \"basic\", layers = [1, 1, 1, 1], width = 4 }}\nnum_classes = 3\n\n[data]\nroot = \"{}\"\nimage_size = 16\nworkers = 1\ncache_dir = \"{}\"\n\n[train]\nepochs = 1\nbatch_size = 4\nlr = 0.01\nwarmup_epochs = 0\n",
+            data.display(),
+            cache.display()
+        ),
+    )
+    .unwrap();
+    let run = tmp.path().join("run");
+    let train = |run: &std::path::Path, extra: &[&str]| {
+        let mut args =
+            vec!["train", "--config", config.to_str().unwrap(), "--run-dir", run.to_str().unwrap(), "--quiet"];
+        args.extend_from_slice(extra);
+        dmlp(&args)
+    };
+    let (ok, _, stderr) = train(&run, &[]);
+    assert!(ok, "training from the prepared manifest: {stderr}");
+    // Without the cache, the garbled file is read, and its error names it.
+    let elsewhere = tmp.path().join("empty-cache");
+    let (ok, _, stderr) =
+        train(&tmp.path().join("run2"), &["--set", &format!("data.cache_dir={}", elsewhere.display())]);
+    assert!(!ok && stderr.contains("train.json") && stderr.contains("malformed JSON"), "{stderr}");
+}

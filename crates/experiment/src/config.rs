@@ -53,6 +53,11 @@ pub struct DataConfig {
     /// Loader threads.
     #[serde(default = "DataConfig::default_workers")]
     pub workers: usize,
+    /// Where `dmlp data prepare` keeps Parquet manifests: a split is read from its manifest when
+    /// one matches the annotation files, else from the files. `dmlp` fills in its default
+    /// (`$DMLP_CACHE_DIR`, else `$XDG_CACHE_HOME/dmlp`, else `~/.cache/dmlp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl DataConfig {

@@ -31,6 +31,8 @@ pub enum ExperimentError {
     #[error(transparent)]
     Dataset(#[from] dmlp_datasets::DatasetError),
     #[error(transparent)]
+    Prepared(#[from] dmlp_prepare::PrepareError),
+    #[error(transparent)]
     Model(#[from] dmlp_model::ModelError),
     #[error(transparent)]
     Train(#[from] dmlp_train::TrainError),
@@ -63,11 +65,22 @@ fn annotation_fingerprints(config: &RunConfig, split: &str) -> serde_json::Value
         .into()
 }
 
+/// Reads one split: from its prepared Parquet manifest when `cache_dir` holds a current one,
+/// else from the annotation files.
+fn read_one_split(data: &DataConfig, split: &str) -> Result<dmlp_datasets::Split, ExperimentError> {
+    if let Some(cache) = &data.cache_dir
+        && let Some(prepared) = dmlp_prepare::load_split(data.dataset, &data.root, split, data.split_scheme, cache)?
+    {
+        return Ok(prepared);
+    }
+    Ok(read_split(data.dataset, &data.root, split, data.split_scheme)?)
+}
+
 /// Reads the train and validation splits the config names.
 pub fn read_splits(config: &RunConfig) -> Result<(dmlp_datasets::Split, dmlp_datasets::Split), ExperimentError> {
     let data = &config.data;
-    let train = read_split(data.dataset, &data.root, &data.train_split, data.split_scheme)?;
-    let val = read_split(data.dataset, &data.root, &data.val_split, data.split_scheme)?;
+    let train = read_one_split(data, &data.train_split)?;
+    let val = read_one_split(data, &data.val_split)?;
     train.check_images_exist()?;
     val.check_images_exist()?;
     let (model_classes, data_classes) = (config.model.num_classes, train.classes.len());

@@ -4,10 +4,13 @@
 //! - [`read_split`]: the readers of iNaturalist 2017, 2018, 2021 (full and mini) and
 //!   YFCC100M-GEO100 as distributed ([`readers`] has the table of files and of what happens to
 //!   bad input), joined by id, never by position.
+//! - [`manifest`]: the data manifests of `data-manifests/` (sources, checksums, official counts);
+//!   [`verify`]: a dataset folder against its annotation files and those counts.
 //! - [`synth`]: a deterministic, geo-aware synthetic dataset written in that same layout (JPEG
 //!   files and JSON), so that tests and smoke runs exercise the real reading path.
-//! - [`transform`]: decoding to RGB (grayscale, alpha, CMYK handled) and torchvision's
-//!   `RandomResizedCrop` + flip and `Resize` + `CenterCrop`, normalised straight into a batch.
+//! - [`decode`]: strict decoding to RGB (grayscale, alpha, CMYK handled; truncated files fail);
+//!   [`transform`]: torchvision's `RandomResizedCrop` + flip, `Resize` + `CenterCrop` and
+//!   `TenCrop`, several views per image for multi-scale tests, normalised straight into a batch.
 //! - [`loader`]: batches prepared on worker threads ahead of the consumer, deterministic per seed
 //!   whatever the number of workers.
 //!

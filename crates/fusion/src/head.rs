@@ -4,6 +4,8 @@ use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use dmlp_nn::{DropoutRng, LayerNorm, Linear, layer_norm, linear};
 
+use crate::attention::{AttentionBlock, AttentionInputs};
+use crate::dagger::DaggerBlock;
 use crate::matched::{FuseOp, MatchedBlock};
 use crate::{DynamicMlpA, DynamicMlpB, DynamicMlpC, FcNet, FusionError};
 
@@ -24,16 +26,35 @@ pub enum FusionKind {
     AddMatched,
     /// "Multiplication*" of Table S4 (a reconstruction).
     MulMatched,
+    /// Table S3's attention with the query from the image, keys and values from the location
+    /// (a reconstruction, see [`crate::attention`]).
+    AttentionImageQuery,
+    /// Table S3's attention with the query from the location, keys and values from the image.
+    AttentionLocationQuery,
+    /// Table S3's attention with query, keys and values from the concatenation of both.
+    AttentionConcat,
+    /// "Concatenation†" of Table S5 (a reconstruction, see [`crate::dagger`]).
+    ConcatDagger,
+    /// "Addition†" of Table S5.
+    AddDagger,
+    /// "Multiplication†" of Table S5.
+    MulDagger,
 }
 
 impl FusionKind {
-    pub const ALL: [FusionKind; 6] = [
+    pub const ALL: [FusionKind; 12] = [
         FusionKind::DynamicMlpA,
         FusionKind::DynamicMlpB,
         FusionKind::DynamicMlpC,
         FusionKind::ConcatMatched,
         FusionKind::AddMatched,
         FusionKind::MulMatched,
+        FusionKind::AttentionImageQuery,
+        FusionKind::AttentionLocationQuery,
+        FusionKind::AttentionConcat,
+        FusionKind::ConcatDagger,
+        FusionKind::AddDagger,
+        FusionKind::MulDagger,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,12 +65,18 @@ impl FusionKind {
             FusionKind::ConcatMatched => "concat_matched",
             FusionKind::AddMatched => "add_matched",
             FusionKind::MulMatched => "mul_matched",
+            FusionKind::AttentionImageQuery => "attention_image_query",
+            FusionKind::AttentionLocationQuery => "attention_location_query",
+            FusionKind::AttentionConcat => "attention_concat",
+            FusionKind::ConcatDagger => "concat_dagger",
+            FusionKind::AddDagger => "add_dagger",
+            FusionKind::MulDagger => "mul_dagger",
         }
     }
 
     /// Whether the layers are a reconstruction of an unpublished design.
     pub fn is_reconstruction(self) -> bool {
-        matches!(self, FusionKind::ConcatMatched | FusionKind::AddMatched | FusionKind::MulMatched)
+        !matches!(self, FusionKind::DynamicMlpA | FusionKind::DynamicMlpB | FusionKind::DynamicMlpC)
     }
 }
 
@@ -148,14 +175,19 @@ enum Block {
     B(DynamicMlpB),
     C(DynamicMlpC),
     Matched(MatchedBlock),
+    Attention(AttentionBlock),
+    Dagger(DaggerBlock),
 }
 
 impl Block {
     /// The reference's `RecursiveBlock` holds its block as `dynamic_conv`; the static baselines
-    /// use `static_conv`.
+    /// use `static_conv`, the attention variants `attention`.
     fn new(kind: FusionKind, i: usize, o: usize, loc_planes: usize, vb: VarBuilder) -> Result<Self> {
         let dynamic = vb.pp("dynamic_conv");
         let matched = |op| Ok(Block::Matched(MatchedBlock::new(op, i, o, loc_planes, vb.pp("static_conv"))?));
+        let dagger = |op| Ok(Block::Dagger(DaggerBlock::new(op, i, o, loc_planes, vb.pp("static_conv"))?));
+        let attention =
+            |inputs| Ok(Block::Attention(AttentionBlock::new(inputs, i, o, loc_planes, vb.pp("attention"))?));
         match kind {
             FusionKind::DynamicMlpA => Ok(Block::A(DynamicMlpA::new(i, o, loc_planes, dynamic)?)),
             FusionKind::DynamicMlpB => Ok(Block::B(DynamicMlpB::new(i, o, loc_planes, dynamic)?)),
@@ -163,6 +195,12 @@ impl Block {
             FusionKind::ConcatMatched => matched(FuseOp::Concatenation),
             FusionKind::AddMatched => matched(FuseOp::Addition),
             FusionKind::MulMatched => matched(FuseOp::Multiplication),
+            FusionKind::AttentionImageQuery => attention(AttentionInputs::ImageQuery),
+            FusionKind::AttentionLocationQuery => attention(AttentionInputs::LocationQuery),
+            FusionKind::AttentionConcat => attention(AttentionInputs::Concatenation),
+            FusionKind::ConcatDagger => dagger(FuseOp::Concatenation),
+            FusionKind::AddDagger => dagger(FuseOp::Addition),
+            FusionKind::MulDagger => dagger(FuseOp::Multiplication),
         }
     }
 
@@ -172,6 +210,8 @@ impl Block {
             Block::B(block) => block.forward(x, g),
             Block::C(block) => block.forward(x, g),
             Block::Matched(block) => block.forward(x, g),
+            Block::Attention(block) => block.forward(x, g),
+            Block::Dagger(block) => block.forward(x, g),
         }
     }
 }

@@ -7,8 +7,10 @@
 //!   image width, normalises and adds the image vector.
 //! - The blocks ([`FusionKind`]): Dynamic MLP versions A, B and C (C is the reference's default),
 //!   and the three single-dimension baselines of the supplement's Table S4 (concatenation,
-//!   addition, multiplication) at Dynamic MLP-C's parameter count. The paper does not spell those
-//!   baselines out: ours are a **reconstruction** (spec §12), documented in [`matched`].
+//!   addition, multiplication) at Dynamic MLP-C's parameter count ([`matched`]), Table S3's
+//!   attention variants ([`attention`]) and Table S5's "†" variants ([`dagger`]). The paper does
+//!   not spell those baselines out: ours are a **reconstruction** (spec §12), documented in each
+//!   module, with the parameter counts set beside the paper's.
 //! - [`FusionHead`]: `loc_net` and `loc_att` together, what the classifier puts between the
 //!   pooled image features and `fc`.
 //!
@@ -18,7 +20,9 @@
 //! Architecture invariant: fusion sees a feature vector and a location vector only; it knows
 //! nothing of images, backbones or datasets.
 
+pub mod attention;
 mod blocks;
+pub mod dagger;
 mod dynamic_mlp;
 mod fcnet;
 mod head;

@@ -95,3 +95,52 @@ fn resnet_presets_have_torchvision_counts() {
         assert_eq!(counts(preset, None, 1000).total(), total, "{preset}");
     }
 }
+
+/// `loc_att` of a fusion module with d = 256, h = 64, N = 2 on 2048-d features: `conv1`, `conv3`,
+/// `norm3`, and the two blocks (256 → 64) and (64 → 256), each counted by `block(i, o)`.
+fn loc_att_with(block: impl Fn(usize, usize) -> usize) -> usize {
+    let linear = |i: usize, o: usize| i * o + o;
+    linear(2048, 256) + linear(256, 2048) + 2 * 2048 + block(256, 64) + block(64, 256)
+}
+
+#[test]
+fn attention_and_dagger_heads_have_the_documented_layers() {
+    let l = 256; // location features
+    let linear = |i: usize, o: usize| i * o + o;
+    let tail = |o: usize| 2 * o + (o * o + 2 * o); // br (LN) + conv3 (Linear without bias, LN)
+    let k = dmlp_fusion::attention::KEY_WIDTH;
+    let attention = |query_in: usize, kv_in: usize| {
+        move |i: usize, o: usize| {
+            linear(query_in_of(query_in, i, l), i)
+                + linear(i, k)
+                + linear(kv_in_of(kv_in, i, l), i)
+                + linear(i, i * o)
+                + linear(kv_in_of(kv_in, i, l), i)
+                + linear(i, k * i)
+                + tail(o)
+        }
+    };
+    // 0: the image vector (i wide), 1: the location features (ℓ), 2: both.
+    fn query_in_of(which: usize, i: usize, l: usize) -> usize {
+        [i, l, i + l][which]
+    }
+    fn kv_in_of(which: usize, i: usize, l: usize) -> usize {
+        [i, l, i + l][which]
+    }
+    assert_eq!(head_counts(FusionKind::AttentionImageQuery, 256, 64, 2).loc_att, loc_att_with(attention(0, 1)));
+    assert_eq!(head_counts(FusionKind::AttentionLocationQuery, 256, 64, 2).loc_att, loc_att_with(attention(1, 0)));
+    assert_eq!(head_counts(FusionKind::AttentionConcat, 256, 64, 2).loc_att, loc_att_with(attention(2, 2)));
+    let dagger = |proj: bool| {
+        move |i: usize, o: usize| {
+            2 * (linear(i + l, i) + linear(i, o)) + if proj { linear(2 * o, o) } else { 0 } + tail(o)
+        }
+    };
+    assert_eq!(head_counts(FusionKind::ConcatDagger, 256, 64, 2).loc_att, loc_att_with(dagger(true)));
+    assert_eq!(head_counts(FusionKind::AddDagger, 256, 64, 2).loc_att, loc_att_with(dagger(false)));
+    assert_eq!(head_counts(FusionKind::MulDagger, 256, 64, 2).loc_att, loc_att_with(dagger(false)));
+    // Against Dynamic MLP-C: the image-query attention is 0.70 M larger, as in the paper's
+    // Table S3 (48.1 M against 47.4 M).
+    let c = head_counts(FusionKind::DynamicMlpC, 256, 64, 2).loc_att;
+    let extra = head_counts(FusionKind::AttentionImageQuery, 256, 64, 2).loc_att - c;
+    assert!((690_000..=710_000).contains(&extra), "{extra}");
+}

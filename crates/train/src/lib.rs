@@ -17,6 +17,7 @@
 //! Architecture invariant: generic over what it trains (the classifier and any batch source);
 //! never names a dataset format or a fusion method.
 
+mod adam;
 mod config;
 mod data;
 mod loss;
@@ -27,6 +28,7 @@ mod trainer;
 
 use std::path::PathBuf;
 
+pub use adam::{Adam, AdamConfig, AdamState};
 pub use config::TrainConfig;
 pub use data::{BatchSource, ImageView, TensorBatch};
 pub use loss::{label_smoothing_loss, mixup, mixup_loss};

@@ -63,6 +63,46 @@ impl Adam {
         self.state = state;
     }
 
+    /// The state as named tensors for a checkpoint: `<param>.exp_avg`, `<param>.exp_avg_sq`,
+    /// `<param>.step` (a one-element u32 tensor).
+    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for (name, s) in &self.state {
+            out.insert(format!("{name}.exp_avg"), s.exp_avg.clone());
+            out.insert(format!("{name}.exp_avg_sq"), s.exp_avg_sq.clone());
+            let step =
+                u32::try_from(s.step).map_err(|_| candle_core::Error::Msg(format!("{name}: step {}", s.step)))?;
+            out.insert(format!("{name}.step"), Tensor::new(&[step], s.exp_avg.device())?);
+        }
+        Ok(out)
+    }
+
+    /// Restores what [`Adam::state_tensors`] saved, moved to each parameter's device and dtype.
+    pub fn load_state_tensors(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        let mut state = HashMap::new();
+        for (name, var) in &self.vars {
+            let (Some(m), Some(v), Some(step)) = (
+                tensors.get(&format!("{name}.exp_avg")),
+                tensors.get(&format!("{name}.exp_avg_sq")),
+                tensors.get(&format!("{name}.step")),
+            ) else {
+                continue;
+            };
+            let like = var.as_tensor();
+            let step = step.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?.first().copied().unwrap_or(0);
+            state.insert(
+                name.clone(),
+                AdamState {
+                    step: u64::from(step),
+                    exp_avg: m.to_dtype(like.dtype())?.to_device(like.device())?,
+                    exp_avg_sq: v.to_dtype(like.dtype())?.to_device(like.device())?,
+                },
+            );
+        }
+        self.state = state;
+        Ok(())
+    }
+
     /// One update with learning rate `lr`; parameters without a gradient are skipped.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         let AdamConfig { beta1, beta2, eps, weight_decay, decoupled } = self.config;

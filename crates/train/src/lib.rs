@@ -35,7 +35,7 @@ pub use loss::{label_smoothing_loss, mixup, mixup_loss};
 pub use optim::{Sgd, SgdConfig};
 pub use run_dir::{Checkpoint, CheckpointState, EpochMetrics, RunDir, write_atomic};
 pub use schedule::{LrSchedule, lr_at};
-pub use trainer::{TrainOptions, TrainSummary, evaluate, stream_seed, train};
+pub use trainer::{TrainOptions, TrainSummary, evaluate, logit_rows, stream_seed, to_u32, top_k_hits, train};
 
 /// What can stop a run.
 #[derive(Debug, thiserror::Error)]

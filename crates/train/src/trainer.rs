@@ -56,12 +56,12 @@ pub fn stream_seed(parts: &[u64]) -> u64 {
 }
 
 /// Logits `[B, C]` as rows on the CPU (one copy per batch, for the accuracy counts).
-fn logit_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>, TrainError> {
+pub fn logit_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>, TrainError> {
     Ok(logits.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2()?)
 }
 
-/// Top-k hits of logit `rows` against `targets`.
-fn top_k_hits(rows: &[Vec<f32>], targets: &[u32], k: usize) -> usize {
+/// Top-k hits of score `rows` against `targets` (ties count in the target's favour).
+pub fn top_k_hits(rows: &[Vec<f32>], targets: &[u32], k: usize) -> usize {
     rows.iter()
         .zip(targets)
         .filter(|(row, target)| {
@@ -72,7 +72,8 @@ fn top_k_hits(rows: &[Vec<f32>], targets: &[u32], k: usize) -> usize {
         .count()
 }
 
-fn to_u32(targets: &Tensor) -> Result<Vec<u32>, TrainError> {
+/// Class indices `[B]` on the CPU.
+pub fn to_u32(targets: &Tensor) -> Result<Vec<u32>, TrainError> {
     Ok(targets.to_dtype(DType::U32)?.to_device(&Device::Cpu)?.to_vec1()?)
 }
 

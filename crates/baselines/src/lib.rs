@@ -1,0 +1,44 @@
+//! The location baselines of the paper's comparisons, trained and evaluated with the same data,
+//! recipe and metrics as Dynamic MLP.
+//!
+//! - [`priorsnet`]: PriorsNet (Mac Aodha et al., ICCV 2019): FCNet with a sigmoid per class,
+//!   trained alone on locations (and dates) with the presence-only "full assume negative" loss,
+//!   a class-balanced or instance-balanced sampler and Adam; at test time the image classifier's
+//!   softmax is multiplied by the prior, images without a location keep the image model's
+//!   prediction.
+//! - [`geonet`]: GeoNet's post-processing model (Chu et al., 2019): a small network over a frozen
+//!   image-only classifier's logits and the encoded location. **No reference code exists**: this is
+//!   the spec's reconstruction (§2.3), configurable.
+//! - [`eval`]: top-1/top-5 of an image classifier whose scores another model rescales.
+//!
+//! Both read the location as Dynamic MLP's loader encodes it (`[sin lat', sin lon', sin t, cos
+//! lat', cos lon', cos t]`, zero when missing); PriorsNet reorders it to its own layout
+//! ([`encoding`]).
+//!
+//! Architecture invariant: generic over the data (any [`dmlp_train::BatchSource`], location
+//! tensors); never names a dataset format. Composes `dmlp-fusion`'s FCNet and `dmlp-model`'s
+//! classifier; the experiment crate wires them to configs and loaders.
+
+pub mod encoding;
+pub mod eval;
+pub mod geonet;
+pub mod priorsnet;
+
+/// What can go wrong in a baseline.
+#[derive(Debug, thiserror::Error)]
+pub enum BaselineError {
+    #[error("invalid baseline configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Train(#[from] dmlp_train::TrainError),
+    #[error(transparent)]
+    Model(#[from] dmlp_model::ModelError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl From<dmlp_fusion::FusionError> for BaselineError {
+    fn from(e: dmlp_fusion::FusionError) -> Self {
+        BaselineError::Config(e.to_string())
+    }
+}

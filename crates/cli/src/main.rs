@@ -1,9 +1,11 @@
 //! `dmlp`, the command line of the dmlp toolkit.
 //!
 //! Subcommands: `train` (a run from a config, resumable), `eval` (a checkpoint on the validation
-//! split), `data synth` (the synthetic geo-aware dataset), `data verify` (a dataset folder against its
-//! annotation files and official counts), `data prepare` (its Parquet manifest), `params` (parameter counts of any
-//! backbone × fusion × class count) and `encode` (the location/date encoding of one observation).
+//! split, with ten-crop and multi-scale tests), `baseline` (PriorsNet or GeoNet on an image-only
+//! run), `data synth` (the synthetic geo-aware dataset), `data verify` (a dataset folder against
+//! its annotation files and official counts), `data prepare` (its Parquet manifest), `params`
+//! (parameter counts of any backbone × fusion × class count) and `encode` (the location/date
+//! encoding of one observation).
 
 mod data;
 mod params;
@@ -26,6 +28,8 @@ enum Command {
     Train(run::TrainArgs),
     /// Evaluate a checkpoint on the config's validation split.
     Eval(run::EvalArgs),
+    /// Train a location baseline (PriorsNet or GeoNet) on top of an image-only run, and evaluate it.
+    Baseline(run::BaselineArgs),
     /// Dataset tools.
     Data {
         #[command(subcommand)]
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Data { command: DataCommand::Prepare(args) } => data::run_prepare(&args),
         Command::Train(args) => run::run_train(&args),
         Command::Eval(args) => run::run_eval(&args),
+        Command::Baseline(args) => run::run_baseline(&args),
         Command::Data { command: DataCommand::Synth(args) } => run::run_synth(&args),
         Command::Params(args) => params::run_params(&args),
         Command::Encode(args) => params::run_encode(&args),

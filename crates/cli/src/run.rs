@@ -179,3 +179,52 @@ pub(crate) fn run_synth(args: &SynthArgs) -> anyhow::Result<()> {
     println!("wrote {written} images of {} classes to {}", config.n_classes(), args.out.display());
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct BaselineArgs {
+    /// The image-only run the baseline sits on (its config.toml and best checkpoint).
+    #[arg(long)]
+    image_run: PathBuf,
+    /// A file with the [baseline] table (type, metadata, [baseline.priorsnet] or [baseline.geonet]).
+    #[arg(long)]
+    config: PathBuf,
+    /// The baseline's run folder.
+    #[arg(long)]
+    run_dir: PathBuf,
+    #[arg(long)]
+    resume: bool,
+    /// Override one key, e.g. --set baseline.priorsnet.lr=0.001 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub(crate) fn run_baseline(args: &BaselineArgs) -> anyhow::Result<()> {
+    let image = read_config(&args.image_run.join("config.toml"), &[])?;
+    let weights = weights_path(&args.image_run)?;
+    let baseline = dmlp_experiment::BaselineConfig::from_file(&args.config, &args.overrides)?;
+    let device = parse_device(&args.device)?;
+    let provenance = Provenance {
+        git_commit: git_commit(),
+        device: args.device.clone(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let options = dmlp_baselines::priorsnet::RunOptions { resume: args.resume, progress: !args.quiet };
+    let summary =
+        dmlp_experiment::baseline_run(&image, &weights, &baseline, &args.run_dir, &device, options, &provenance)
+            .with_context(|| format!("baseline into {}", args.run_dir.display()))?;
+    println!(
+        "{:?} on {}: top-1 {:.3}, top-5 {:.3} (image model alone: top-1 {:.3}, top-5 {:.3}; {} images)",
+        summary.kind,
+        args.image_run.display(),
+        summary.top1,
+        summary.top5,
+        summary.image_only_top1,
+        summary.image_only_top5,
+        summary.images
+    );
+    Ok(())
+}

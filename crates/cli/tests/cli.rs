@@ -252,3 +252,89 @@ fn data_prepare_builds_a_manifest_that_training_reads_instead_of_the_json() {
         train(&tmp.path().join("run2"), &["--set", &format!("data.cache_dir={}", elsewhere.display())]);
     assert!(!ok && stderr.contains("train.json") && stderr.contains("malformed JSON"), "{stderr}");
 }
+
+#[test]
+fn baselines_train_on_top_of_an_image_only_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (ok, _, stderr) = dmlp(&[
+        "data",
+        "synth",
+        "--out",
+        data.to_str().unwrap(),
+        "--groups",
+        "1",
+        "--per-group",
+        "2",
+        "--distinct",
+        "1",
+        "--train-per-class",
+        "6",
+        "--val-per-class",
+        "3",
+        "--image-size",
+        "24",
+        "--missing-fraction",
+        "0.2",
+    ]);
+    assert!(ok, "{stderr}");
+    let config = tmp.path().join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\nbackbone = {{ type = \"resnet\", block = \"basic\", layers = [1, 1, 1, 1], width = 4 }}\nnum_classes = 3\n\n[data]\nroot = \"{}\"\nimage_size = 16\nworkers = 1\n\n[train]\nepochs = 1\nbatch_size = 6\nlr = 0.01\nwarmup_epochs = 0\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let image_run = tmp.path().join("image");
+    let (ok, _, stderr) =
+        dmlp(&["train", "--config", config.to_str().unwrap(), "--run-dir", image_run.to_str().unwrap(), "--quiet"]);
+    assert!(ok, "{stderr}");
+    for (kind, table) in [
+        (
+            "priorsnet",
+            "[baseline.priorsnet]\nbatch_size = 8\nepochs = 2\nsampler = { type = \"class_balanced\", per_class = 4 }\n",
+        ),
+        ("geonet", "[baseline.geonet]\nepochs = 1\nfusion = \"add\"\n"),
+    ] {
+        let file = tmp.path().join(format!("{kind}.toml"));
+        std::fs::write(&file, format!("[baseline]\ntype = \"{kind}\"\nmetadata = \"geo_temporal\"\n\n{table}"))
+            .unwrap();
+        let run = tmp.path().join(kind);
+        let args = [
+            "baseline",
+            "--image-run",
+            image_run.to_str().unwrap(),
+            "--config",
+            file.to_str().unwrap(),
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--quiet",
+        ];
+        let (ok, stdout, stderr) = dmlp(&args);
+        assert!(ok, "{kind}: {stderr}");
+        assert!(stdout.contains("top-1") && stdout.contains("image model alone"), "{stdout}");
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["images"], 9);
+        let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count();
+        assert_eq!(lines, if kind == "priorsnet" { 2 } else { 1 });
+        assert!(run.join("checkpoints").join("last").is_file() && run.join("config.toml").is_file());
+        // The same folder again, without --resume, is refused rather than overwritten.
+        let (ok, _, stderr) = dmlp(&args);
+        assert!(!ok && stderr.contains("already holds a run"), "{stderr}");
+    }
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[baseline]\ntype = \"priorsnet\"\nmetadata = \"temporal\"\n").unwrap();
+    let (ok, _, stderr) = dmlp(&[
+        "baseline",
+        "--image-run",
+        image_run.to_str().unwrap(),
+        "--config",
+        bad.to_str().unwrap(),
+        "--run-dir",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("needs a location"), "{stderr}");
+}

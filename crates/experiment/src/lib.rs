@@ -9,9 +9,11 @@
 //! Architecture invariant: composition only; no model layers, no file formats of its own beyond
 //! the run folder's.
 
+mod baseline;
 mod config;
 mod source;
 
+pub use baseline::{BaselineConfig, BaselineSummary, BaselineType, PriorData, baseline_run, finished_baseline};
 pub use config::{DataConfig, RunConfig, apply_override};
 pub use source::LoaderSource;
 
@@ -36,6 +38,8 @@ pub enum ExperimentError {
     Model(#[from] dmlp_model::ModelError),
     #[error(transparent)]
     Train(#[from] dmlp_train::TrainError),
+    #[error(transparent)]
+    Baseline(#[from] dmlp_baselines::BaselineError),
 }
 
 /// Facts about a run that are not in its config, written to `provenance.json`.

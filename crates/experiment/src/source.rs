@@ -33,6 +33,21 @@ impl LoaderSource {
         Ok(Self { split, config, device })
     }
 
+    /// A loader for the baselines over a frozen image model: the centre crop (no augmentation),
+    /// the locations encoded for `metadata`, shuffled per epoch when `shuffle`.
+    pub fn frozen_image(
+        split: Arc<Split>,
+        run: &RunConfig,
+        metadata: dmlp_geo::Metadata,
+        shuffle: bool,
+        batch_size: usize,
+        device: Device,
+    ) -> Self {
+        let mut config = Self::config(run, vec![Transform::eval_for(run.data.image_size)], batch_size, shuffle);
+        config.metadata = Some(metadata);
+        Self { split, config, device }
+    }
+
     fn config(run: &RunConfig, transforms: Vec<Transform>, batch_size: usize, shuffle: bool) -> LoaderConfig {
         LoaderConfig {
             batch_size,

@@ -117,6 +117,7 @@ fn attention_and_dagger_heads_have_the_documented_layers() {
                 + linear(i, i * o)
                 + linear(kv_in_of(kv_in, i, l), i)
                 + linear(i, k * i)
+                + 4 * k // qnorm and knorm
                 + tail(o)
         }
     };

@@ -79,7 +79,8 @@ impl CustomOp3 for LinearBiasOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = backward(x, w, grad)?;
-        Ok((Some(dx), Some(dw), Some(grad.sum(0)?)))
+        let db = if grad.device().is_cpu() { grad.contiguous()?.apply_op1_no_bwd(&ColumnSumOp)? } else { grad.sum(0)? };
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 
@@ -110,6 +111,31 @@ fn backward(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
     let dx = grad.apply_op2_no_bwd(w, &InputGradOp)?;
     let dw = grad.apply_op2_no_bwd(x, &WeightGradOp)?;
     Ok((dx, dw))
+}
+
+/// `dy [B, out] → Σ_b dy [out]`, row by row into one accumulator (candle's `sum(0)` reduces
+/// each column with a strided walk, ten times slower on Dynamic MLP's [512, 16384] gradients).
+struct ColumnSumOp;
+
+impl candle_core::CustomOp1 for ColumnSumOp {
+    fn name(&self) -> &'static str {
+        "dmlp-linear-bias-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let &[_, out] = l.dims() else { bail!("linear bias grad: expected [B, out], got {:?}", l.dims()) };
+        let db = dispatch_float!(s, self.name(), |T| {
+            let dy = contiguous::<T>(s, l, self.name())?;
+            let mut db = vec![T::from_f64(0.0); out];
+            for row in dy.chunks_exact(out.max(1)) {
+                for (acc, v) in db.iter_mut().zip(row) {
+                    *acc += *v;
+                }
+            }
+            T::to_cpu_storage_owned(db)
+        });
+        Ok((db, Shape::from(out)))
+    }
 }
 
 /// `(dy [B, out], W [out, in]) → dx = dy · W`.

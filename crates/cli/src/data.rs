@@ -7,17 +7,25 @@ use dmlp_datasets::verify::{SplitReport, VerifyOptions, VerifyReport, verify};
 use dmlp_datasets::{DatasetName, SplitScheme};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// Which dataset folder a data command works on.
 #[derive(Debug, clap::Args)]
-pub(crate) struct VerifyArgs {
+pub(crate) struct DatasetArgs {
     /// inat2017, inat2018, inat2021, inat2021-mini or yfcc-geo100.
     #[arg(long)]
     dataset: DatasetName,
-    /// The dataset folder (annotation files and images, as data-manifests/<dataset>.toml lays out).
+    /// The dataset folder (annotation files and images, as data-manifests/<dataset>.toml lays
+    /// out); it is only read.
     #[arg(long)]
     root: PathBuf,
     /// official, or supplement (yfcc-geo100: the supplement's 2,000-image val split).
     #[arg(long, default_value = "official")]
     split_scheme: SplitScheme,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct VerifyArgs {
+    #[command(flatten)]
+    data: DatasetArgs,
     /// Also decode every image (slow on a whole dataset) and count those that fail.
     #[arg(long)]
     decode: bool,
@@ -55,7 +63,8 @@ pub(crate) fn run_verify(args: &VerifyArgs) -> anyhow::Result<bool> {
             b.set_position(done as u64);
         }
     };
-    let report = verify(args.dataset, &args.root, args.split_scheme, options, &progress)?;
+    let DatasetArgs { dataset, root, split_scheme } = &args.data;
+    let report = verify(*dataset, root, *split_scheme, options, &progress)?;
     if let Some((_, b)) = bar.lock().unwrap_or_else(|e| e.into_inner()).take() {
         b.finish_and_clear();
     }
@@ -135,15 +144,8 @@ fn render_details(name: &str, s: &SplitReport) -> String {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct PrepareArgs {
-    /// inat2017, inat2018, inat2021, inat2021-mini or yfcc-geo100.
-    #[arg(long)]
-    dataset: DatasetName,
-    /// The dataset folder; it is only read.
-    #[arg(long)]
-    root: PathBuf,
-    /// official, or supplement (yfcc-geo100 only).
-    #[arg(long, default_value = "official")]
-    split_scheme: SplitScheme,
+    #[command(flatten)]
+    data: DatasetArgs,
     /// Where manifests live (default: $DMLP_CACHE_DIR, else $XDG_CACHE_HOME/dmlp, else ~/.cache/dmlp).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -161,8 +163,9 @@ pub(crate) fn cache_dir(given: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
 
 pub(crate) fn run_prepare(args: &PrepareArgs) -> anyhow::Result<()> {
     let cache = cache_dir(args.cache_dir.as_ref())?;
-    let report = dmlp_prepare::prepare(args.dataset, &args.root, args.split_scheme, &cache, args.force)?;
-    println!("{} {}: {}", if report.rebuilt { "prepared" } else { "up to date" }, args.dataset, report.dir.display());
+    let DatasetArgs { dataset, root, split_scheme } = &args.data;
+    let report = dmlp_prepare::prepare(*dataset, root, *split_scheme, &cache, args.force)?;
+    println!("{} {dataset}: {}", if report.rebuilt { "prepared" } else { "up to date" }, report.dir.display());
     for (split, s) in &report.info.splits {
         println!("  {split}: {} records, {} classes", s.records, s.classes);
         for (note, n) in &s.notes {

@@ -64,6 +64,49 @@ fn encode_prints_the_reference_vector_and_rejects_impossible_dates() {
     assert!(!ok && stderr.contains("95"), "{stderr}");
 }
 
+/// A tiny synthetic dataset (3 classes) in `dir/data` with `per_class` training and `val` validation
+/// images, and a run config for a width-4 ResNet on it (`extra_data` appended to `[data]`).
+fn tiny_run(
+    dir: &std::path::Path,
+    per_class: usize,
+    val: usize,
+    extra_data: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let data = dir.join("data");
+    let (per_class, val) = (per_class.to_string(), val.to_string());
+    let (ok, _, stderr) = dmlp(&[
+        "data",
+        "synth",
+        "--out",
+        data.to_str().unwrap(),
+        "--groups",
+        "1",
+        "--per-group",
+        "2",
+        "--distinct",
+        "1",
+        "--train-per-class",
+        &per_class,
+        "--val-per-class",
+        &val,
+        "--image-size",
+        "24",
+        "--missing-fraction",
+        "0.2",
+    ]);
+    assert!(ok, "{stderr}");
+    let config = dir.join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\nbackbone = {{ type = \"resnet\", block = \"basic\", layers = [1, 1, 1, 1], width = 4 }}\nnum_classes = 3\n\n[data]\nroot = \"{}\"\nimage_size = 16\nworkers = 1\n{extra_data}\n[train]\nepochs = 1\nbatch_size = 4\nlr = 0.01\nwarmup_epochs = 0\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    (data, config)
+}
+
 fn write(root: &std::path::Path, name: &str, bytes: &[u8]) {
     let path = root.join(name);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -129,35 +172,7 @@ fn data_verify_reports_a_yfcc_folder_as_json_and_fails_on_a_missing_image() {
 #[test]
 fn eval_with_ten_crop_and_several_scales_after_a_short_training_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let (ok, _, stderr) = dmlp(&[
-        "data",
-        "synth",
-        "--out",
-        data.to_str().unwrap(),
-        "--groups",
-        "1",
-        "--per-group",
-        "2",
-        "--distinct",
-        "1",
-        "--train-per-class",
-        "4",
-        "--val-per-class",
-        "2",
-        "--image-size",
-        "24",
-    ]);
-    assert!(ok, "{stderr}");
-    let config = tmp.path().join("run.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[model]\nbackbone = {{ type = \"resnet\", block = \"basic\", layers = [1, 1, 1, 1], width = 4 }}\nnum_classes = 3\n\n[data]\nroot = \"{}\"\nimage_size = 16\nworkers = 1\n\n[train]\nepochs = 1\nbatch_size = 4\nlr = 0.01\nwarmup_epochs = 0\n",
-            data.display()
-        ),
-    )
-    .unwrap();
+    let (_, config) = tiny_run(tmp.path(), 4, 2, "");
     let run = tmp.path().join("run");
     let (ok, _, stderr) =
         dmlp(&["train", "--config", config.to_str().unwrap(), "--run-dir", run.to_str().unwrap(), "--quiet"]);
@@ -183,27 +198,9 @@ fn eval_with_ten_crop_and_several_scales_after_a_short_training_run() {
 #[test]
 fn data_prepare_builds_a_manifest_that_training_reads_instead_of_the_json() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
     let cache = tmp.path().join("cache");
-    let (ok, _, stderr) = dmlp(&[
-        "data",
-        "synth",
-        "--out",
-        data.to_str().unwrap(),
-        "--groups",
-        "1",
-        "--per-group",
-        "2",
-        "--distinct",
-        "1",
-        "--train-per-class",
-        "4",
-        "--val-per-class",
-        "2",
-        "--image-size",
-        "24",
-    ]);
-    assert!(ok, "{stderr}");
+    let (data, config) =
+        tiny_run(tmp.path(), 4, 2, &format!("cache_dir = \"{}\"\n", tmp.path().join("cache").display()));
     let prepare = [
         "data",
         "prepare",
@@ -227,16 +224,6 @@ fn data_prepare_builds_a_manifest_that_training_reads_instead_of_the_json() {
     let modified = std::fs::metadata(&train_json).unwrap().modified().unwrap();
     std::fs::write(&train_json, "x".repeat(len)).unwrap();
     std::fs::File::options().write(true).open(&train_json).unwrap().set_modified(modified).unwrap();
-    let config = tmp.path().join("run.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[model]\nbackbone = {{ type = \"resnet\", block = \"basic\", layers = [1, 1, 1, 1], width = 4 }}\nnum_classes = 3\n\n[data]\nroot = \"{}\"\nimage_size = 16\nworkers = 1\ncache_dir = \"{}\"\n\n[train]\nepochs = 1\nbatch_size = 4\nlr = 0.01\nwarmup_epochs = 0\n",
-            data.display(),
-            cache.display()
-        ),
-    )
-    .unwrap();
     let run = tmp.path().join("run");
     let train = |run: &std::path::Path, extra: &[&str]| {
         let mut args =
@@ -256,37 +243,7 @@ fn data_prepare_builds_a_manifest_that_training_reads_instead_of_the_json() {
 #[test]
 fn baselines_train_on_top_of_an_image_only_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let (ok, _, stderr) = dmlp(&[
-        "data",
-        "synth",
-        "--out",
-        data.to_str().unwrap(),
-        "--groups",
-        "1",
-        "--per-group",
-        "2",
-        "--distinct",
-        "1",
-        "--train-per-class",
-        "6",
-        "--val-per-class",
-        "3",
-        "--image-size",
-        "24",
-        "--missing-fraction",
-        "0.2",
-    ]);
-    assert!(ok, "{stderr}");
-    let config = tmp.path().join("run.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[model]\nbackbone = {{ type = \"resnet\", block = \"basic\", layers = [1, 1, 1, 1], width = 4 }}\nnum_classes = 3\n\n[data]\nroot = \"{}\"\nimage_size = 16\nworkers = 1\n\n[train]\nepochs = 1\nbatch_size = 6\nlr = 0.01\nwarmup_epochs = 0\n",
-            data.display()
-        ),
-    )
-    .unwrap();
+    let (_, config) = tiny_run(tmp.path(), 6, 3, "");
     let image_run = tmp.path().join("image");
     let (ok, _, stderr) =
         dmlp(&["train", "--config", config.to_str().unwrap(), "--run-dir", image_run.to_str().unwrap(), "--quiet"]);

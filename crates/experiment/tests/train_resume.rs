@@ -61,6 +61,16 @@ fn deterministic_lines(path: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_resumed_run_ends_where_the_uninterrupted_run_ends() {
+    resumes_exactly(&[]);
+}
+
+#[test]
+fn a_resumed_adamw_run_ends_where_the_uninterrupted_run_ends() {
+    // The supplement's transformer recipe uses AdamW; its state must survive a checkpoint too.
+    resumes_exactly(&["train.optimizer=adamw".into(), "train.lr=0.002".into(), "train.weight_decay=0.05".into()]);
+}
+
+fn resumes_exactly(overrides: &[String]) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let synth = SynthConfig {
@@ -75,12 +85,14 @@ fn a_resumed_run_ends_where_the_uninterrupted_run_ends() {
         missing_fraction: 0.05,
     };
     generate(&synth, &data).unwrap();
-    let config = RunConfig::from_file(&write_config(tmp.path(), &data), &[]).unwrap();
+    let config = RunConfig::from_file(&write_config(tmp.path(), &data), overrides).unwrap();
     let options = TrainOptions { resume: false, progress: false, stop_after: None };
 
     let whole = tmp.path().join("whole");
     let summary = train_run(&config, &whole, &Device::Cpu, options, &provenance()).unwrap();
     assert_eq!(summary.metrics.len(), 3);
+    let losses: Vec<f64> = summary.metrics.iter().map(|m| m.train_loss).collect();
+    assert!(losses[2] < losses[0], "the optimiser must learn: {losses:?}");
     for file in
         ["config.toml", "provenance.json", "metrics.jsonl", "metrics.csv", "checkpoints/last", "checkpoints/best"]
     {

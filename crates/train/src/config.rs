@@ -2,6 +2,18 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Which optimiser updates the parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// SGD with momentum and weight decay (the CNN recipe).
+    #[default]
+    Sgd,
+    /// AdamW, β (`momentum`, 0.999), decoupled weight decay (the supplement's transformer recipe:
+    /// lr 2e-4, weight decay 0.05).
+    Adamw,
+}
+
 /// The reference recipe's knobs (`train.py` flags in brackets).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -12,6 +24,9 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Peak learning rate (`--start_lr`, 0.04).
     pub lr: f64,
+    /// `sgd` (the default) or `adamw`.
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
     #[serde(default = "TrainConfig::default_momentum")]
     pub momentum: f64,
     #[serde(default = "TrainConfig::default_weight_decay")]

@@ -29,7 +29,7 @@ mod trainer;
 use std::path::PathBuf;
 
 pub use adam::{Adam, AdamConfig, AdamState};
-pub use config::TrainConfig;
+pub use config::{OptimizerKind, TrainConfig};
 pub use data::{BatchSource, ImageView, TensorBatch};
 pub use loss::{label_smoothing_loss, mixup, mixup_loss};
 pub use optim::{Sgd, SgdConfig};

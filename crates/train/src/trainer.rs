@@ -18,7 +18,10 @@ use rand_distr::{Beta, Distribution};
 
 use crate::data::{BatchSource, TensorBatch};
 use crate::run_dir::{CheckpointState, EpochMetrics, RunDir};
-use crate::{LrSchedule, Sgd, SgdConfig, TrainConfig, TrainError, label_smoothing_loss, lr_at, mixup, mixup_loss};
+use crate::{
+    Adam, AdamConfig, LrSchedule, OptimizerKind, Sgd, SgdConfig, TrainConfig, TrainError, label_smoothing_loss, lr_at,
+    mixup, mixup_loss,
+};
 
 const MIXUP_STREAM: u64 = 11;
 const DROPOUT_STREAM: u64 = 12;
@@ -136,6 +139,37 @@ fn model_tensors(model: &Classifier) -> HashMap<String, Tensor> {
     model.store().vars().into_iter().map(|(name, var)| (name, var.as_tensor().clone())).collect()
 }
 
+/// The optimiser of a run, with its state as named tensors for checkpoints.
+enum Optimizer {
+    Sgd(Sgd),
+    AdamW(Adam),
+}
+
+impl Optimizer {
+    fn step(&mut self, grads: &candle_core::backprop::GradStore, lr: f64) -> Result<(), TrainError> {
+        match self {
+            Optimizer::Sgd(sgd) => sgd.step(grads, lr)?,
+            Optimizer::AdamW(adam) => adam.step(grads, lr)?,
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Result<HashMap<String, Tensor>, TrainError> {
+        Ok(match self {
+            Optimizer::Sgd(sgd) => sgd.momentum_buffers().clone(),
+            Optimizer::AdamW(adam) => adam.state_tensors()?,
+        })
+    }
+
+    fn load_state(&mut self, tensors: HashMap<String, Tensor>) -> Result<(), TrainError> {
+        match self {
+            Optimizer::Sgd(sgd) => sgd.set_momentum_buffers(tensors),
+            Optimizer::AdamW(adam) => adam.load_state_tensors(&tensors)?,
+        }
+        Ok(())
+    }
+}
+
 /// Trains `model` on `train`, evaluating on `val` after every epoch, writing `run`.
 pub fn train(
     model: &Classifier,
@@ -146,10 +180,17 @@ pub fn train(
     options: TrainOptions,
 ) -> Result<TrainSummary, TrainError> {
     config.validate().map_err(TrainError::Config)?;
-    let mut sgd = Sgd::new(
-        model.store().trainable_vars(),
-        SgdConfig { momentum: config.momentum, weight_decay: config.weight_decay, nesterov: config.nesterov },
-    );
+    let vars = model.store().trainable_vars();
+    let mut optimizer = match config.optimizer {
+        OptimizerKind::Sgd => Optimizer::Sgd(Sgd::new(
+            vars,
+            SgdConfig { momentum: config.momentum, weight_decay: config.weight_decay, nesterov: config.nesterov },
+        )),
+        OptimizerKind::Adamw => Optimizer::AdamW(Adam::new(
+            vars,
+            AdamConfig { beta1: config.momentum, ..AdamConfig::adamw(config.weight_decay) },
+        )),
+    };
     let (mut start_epoch, mut best_top1, mut best_epoch) = (1, f64::NEG_INFINITY, 0);
     let mut metrics = Vec::new();
     if options.resume {
@@ -162,7 +203,7 @@ pub fn train(
             .into_iter()
             .map(|(k, v)| Ok((k, v.to_dtype(model.dtype())?.to_device(model.device())?)))
             .collect::<Result<HashMap<_, _>, TrainError>>()?;
-        sgd.set_momentum_buffers(buffers);
+        optimizer.load_state(buffers)?;
         start_epoch = checkpoint.state.epoch + 1;
         best_top1 = checkpoint.state.best_top1;
         best_epoch = checkpoint.state.best_epoch;
@@ -205,7 +246,7 @@ pub fn train(
                 bar.abandon();
                 return Err(TrainError::NonFinite { epoch, iteration, loss: loss_value });
             }
-            sgd.step(&loss.backward()?, lr)?;
+            optimizer.step(&loss.backward()?, lr)?;
             let target_ids = to_u32(&targets)?;
             let permuted: Vec<u32> = perm_ids.iter().map(|p| target_ids[*p as usize]).collect();
             let rows = logit_rows(&out.logits)?;
@@ -249,7 +290,7 @@ pub fn train(
         }
         run.append_metrics(&epoch_metrics)?;
         let state = CheckpointState { epoch, best_top1, best_epoch };
-        run.save_checkpoint(&state, &model_tensors(model), sgd.momentum_buffers(), is_best)?;
+        run.save_checkpoint(&state, &model_tensors(model), &optimizer.state()?, is_best)?;
         metrics.push(epoch_metrics);
     }
     Ok(TrainSummary { metrics, best_top1, best_epoch })

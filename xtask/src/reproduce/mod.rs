@@ -89,6 +89,7 @@ fn train_config(recipe: &Recipe) -> TrainConfig {
         epochs: recipe.epochs,
         batch_size: recipe.batch_size,
         lr: recipe.lr,
+        optimizer: dmlp_train::OptimizerKind::Sgd,
         momentum: 0.9,
         weight_decay: 1e-4,
         nesterov: false,

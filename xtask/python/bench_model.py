@@ -171,6 +171,7 @@ def main():
     parser.add_argument("--head-batch", type=int, default=512)
     parser.add_argument("--resnet-batch", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--only", choices=["head", "resnet"], default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -197,8 +198,8 @@ def main():
     result = {
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
-        "head_step_s": time_steps(head_step, args.head_iters),
-        "resnet50_step_s": time_steps(resnet_step, args.resnet_iters),
+        "head_step_s": time_steps(head_step, args.head_iters) if args.only in (None, "head") else None,
+        "resnet50_step_s": time_steps(resnet_step, args.resnet_iters) if args.only in (None, "resnet") else None,
     }
     print(json.dumps(result))
 

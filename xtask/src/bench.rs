@@ -38,9 +38,28 @@ pub(crate) struct ModelBenchArgs {
     /// Timed iterations of the ResNet-50 step (median reported, after one warm-up).
     #[arg(long, default_value_t = 3)]
     resnet_iters: usize,
+    /// Time only this step (`head` or `resnet`), on both sides: for profiling one of them.
+    #[arg(long, value_enum)]
+    only: Option<ModelStep>,
     /// Print one JSON object as the last line of standard output.
     #[arg(long)]
     json: bool,
+}
+
+/// The two steps `bench model` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ModelStep {
+    Head,
+    Resnet,
+}
+
+impl ModelStep {
+    fn name(self) -> &'static str {
+        match self {
+            ModelStep::Head => "head",
+            ModelStep::Resnet => "resnet",
+        }
+    }
 }
 
 const HEAD_BATCH: usize = 512;
@@ -80,22 +99,34 @@ fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
     }
 
     let device = Device::Cpu;
-    let head_s = time_steps(args.head_iters, head_step(&device)?)?;
-    eprintln!("dmlp  head step (loc_net + loc_att C, batch {HEAD_BATCH}): {head_s:.3} s");
-    let resnet_s = time_steps(args.resnet_iters, resnet_step(&device)?)?;
-    eprintln!("dmlp  ResNet-50 step (batch {RESNET_BATCH} × {IMAGE_SIZE}²): {resnet_s:.3} s");
+    let wanted = |step: ModelStep| args.only.is_none_or(|only| only == step);
+    let head_s = match wanted(ModelStep::Head) {
+        true => Some(time_steps(args.head_iters, head_step(&device)?)?),
+        false => None,
+    };
+    if let Some(head_s) = head_s {
+        eprintln!("dmlp  head step (loc_net + loc_att C, batch {HEAD_BATCH}): {head_s:.3} s");
+    }
+    let resnet_s = match wanted(ModelStep::Resnet) {
+        true => Some(time_steps(args.resnet_iters, resnet_step(&device)?)?),
+        false => None,
+    };
+    if let Some(resnet_s) = resnet_s {
+        eprintln!("dmlp  ResNet-50 step (batch {RESNET_BATCH} × {IMAGE_SIZE}²): {resnet_s:.3} s");
+    }
 
     let torch = match &args.python {
         Some(python) => Some(run_torch(python, threads, args)?),
         None => None,
     };
     println!("{:<34} {:>10} {:>10} {:>8}", "step (forward + backward)", "dmlp s", "torch s", "ratio");
-    let row = |name: &str, ours: f64, theirs: Option<f64>| match theirs {
-        Some(t) => println!("{name:<34} {ours:>10.3} {t:>10.3} {:>7.2}×", ours / t),
-        None => println!("{name:<34} {ours:>10.3} {:>10} {:>8}", "-", "-"),
+    let row = |name: &str, ours: Option<f64>, theirs: Option<f64>| match (ours, theirs) {
+        (Some(ours), Some(t)) => println!("{name:<34} {ours:>10.3} {t:>10.3} {:>7.2}×", ours / t),
+        (Some(ours), None) => println!("{name:<34} {ours:>10.3} {:>10} {:>8}", "-", "-"),
+        (None, _) => {}
     };
-    row("Dynamic MLP-C head, batch 512", head_s, torch.as_ref().map(|t| t.head_step_s));
-    row("ResNet-50, batch 8 × 224²", resnet_s, torch.as_ref().map(|t| t.resnet50_step_s));
+    row("Dynamic MLP-C head, batch 512", head_s, torch.as_ref().and_then(|t| t.head_step_s));
+    row("ResNet-50, batch 8 × 224²", resnet_s, torch.as_ref().and_then(|t| t.resnet50_step_s));
     if torch.is_some() {
         println!("(ratio = dmlp time / PyTorch time; below 1 means dmlp is faster)");
     }
@@ -172,26 +203,29 @@ fn resnet_step(device: &Device) -> anyhow::Result<Step> {
 #[derive(Debug, serde::Deserialize)]
 struct TorchTimes {
     torch_version: String,
-    head_step_s: f64,
-    resnet50_step_s: f64,
+    head_step_s: Option<f64>,
+    resnet50_step_s: Option<f64>,
 }
 
 fn run_torch(python: &Path, threads: usize, args: &ModelBenchArgs) -> anyhow::Result<TorchTimes> {
-    let times: TorchTimes = run_python_json(
-        python,
-        "bench_model.py",
-        &[
-            "--threads".into(),
-            threads.to_string(),
-            "--head-iters".into(),
-            args.head_iters.to_string(),
-            "--resnet-iters".into(),
-            args.resnet_iters.to_string(),
-        ],
-    )?;
+    let mut script_args = vec![
+        "--threads".into(),
+        threads.to_string(),
+        "--head-iters".into(),
+        args.head_iters.to_string(),
+        "--resnet-iters".into(),
+        args.resnet_iters.to_string(),
+    ];
+    if let Some(only) = args.only {
+        script_args.extend(["--only".into(), only.name().into()]);
+    }
+    let times: TorchTimes = run_python_json(python, "bench_model.py", &script_args)?;
+    let shown = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.3} s"));
     eprintln!(
-        "torch {} head step: {:.3} s, ResNet-50 step: {:.3} s",
-        times.torch_version, times.head_step_s, times.resnet50_step_s
+        "torch {} head step: {}, ResNet-50 step: {}",
+        times.torch_version,
+        shown(times.head_step_s),
+        shown(times.resnet50_step_s)
     );
     Ok(times)
 }

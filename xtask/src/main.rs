@@ -50,6 +50,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Training reuses freed activations instead of page-faulting them in every step.
+    dmlp_nn::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Parity { cases, device } => parity::run_command(&cases, &device),

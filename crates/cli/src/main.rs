@@ -54,6 +54,8 @@ enum DataCommand {
 }
 
 fn main() -> ExitCode {
+    // Training reuses freed activations instead of page-faulting them in every step.
+    dmlp_nn::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Data { command: DataCommand::Verify(args) } => match data::run_verify(&args) {

@@ -50,14 +50,13 @@ impl Module for NormRelu {
     }
 }
 
-/// `y[b] = u[b] · W[b]` with `W[b]` the row-major `[i, o]` view of `flat[b]`, as the reference's
-/// `torch.bmm(u.unsqueeze(1), flat.view(-1, i, o)).squeeze(1)`.
+/// `y[b] = u[b] · W[b]` with `W[b]` the row-major `[i, o]` view of `generator(h)[b]`, as the
+/// reference's `torch.bmm(u.unsqueeze(1), generator(h).view(-1, i, o)).squeeze(1)`; one op on
+/// the CPU that never materialises the generated matrices as a tensor
+/// ([`dmlp_nn::generated_projection`]).
 ///
 /// # Shapes
-/// `u: [B, i]`, `flat: [B, i·o]` → `[B, o]`.
-pub(crate) fn dynamic_projection(u: &Tensor, flat: &Tensor, i: usize, o: usize) -> Result<Tensor> {
-    if u.dim(1)? != i || flat.dim(1)? != i * o {
-        candle_core::bail!("dynamic projection: u {:?} and W {:?} do not fit [{i} × {o}]", u.dims(), flat.dims())
-    }
-    dmlp_nn::batched_vecmat(u, flat)
+/// `u: [B, i]`, `h: [B, k]`, `generator: k → i·o` → `[B, o]`.
+pub(crate) fn dynamic_projection(u: &Tensor, h: &Tensor, generator: &Linear, (i, o): (usize, usize)) -> Result<Tensor> {
+    dmlp_nn::generated_projection(u, h, generator, (i, o))
 }

@@ -31,7 +31,7 @@ impl DynamicMlpA {
     /// `x: [B, i]`, `g: [B, ℓ]` → `[B, o]`.
     pub fn forward(&self, x: &Tensor, g: &Tensor) -> Result<Tensor> {
         let (i, o) = self.dims;
-        let ys = dynamic_projection(x, &self.get_weight.forward(g)?, i, o)?;
+        let ys = dynamic_projection(x, g, &self.get_weight, (i, o))?;
         dmlp_nn::relu(&self.norm.forward(&ys)?)
     }
 }
@@ -68,8 +68,8 @@ impl DynamicMlpB {
     pub fn forward(&self, x: &Tensor, g: &Tensor) -> Result<Tensor> {
         let (i, o) = self.dims;
         let u = self.conv12.forward(&self.conv11.forward(x)?)?;
-        let w = self.conv22.forward(&self.conv21.forward(g)?)?;
-        let ys = self.br.forward(&dynamic_projection(&u, &w, i, o)?)?;
+        let h = self.conv21.forward(g)?;
+        let ys = self.br.forward(&dynamic_projection(&u, &h, &self.conv22, (i, o))?)?;
         self.conv3.forward(&ys)
     }
 }
@@ -106,8 +106,8 @@ impl DynamicMlpC {
         let (i, o) = self.dims;
         let z = Tensor::cat(&[x, g], 1)?;
         let u = self.conv12.forward(&self.conv11.forward(&z)?)?;
-        let w = self.conv22.forward(&self.conv21.forward(&z)?)?;
-        let ys = self.br.forward(&dynamic_projection(&u, &w, i, o)?)?;
+        let h = self.conv21.forward(&z)?;
+        let ys = self.br.forward(&dynamic_projection(&u, &h, &self.conv22, (i, o))?)?;
         self.conv3.forward(&ys)
     }
 }

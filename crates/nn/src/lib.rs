@@ -27,6 +27,7 @@ mod linear_op;
 mod memory;
 mod norm;
 mod pool;
+mod projection_op;
 mod store;
 mod vecmat_op;
 
@@ -36,6 +37,7 @@ pub use linear::{Linear, linear, linear_forward};
 pub use memory::keep_freed_memory;
 pub use norm::{BatchNorm, LayerNorm, batch_norm, layer_norm};
 pub use pool::{AvgPool2d, MaxPool2d, global_avg_pool};
+pub use projection_op::generated_projection;
 pub use store::ParamStore;
 pub use vecmat_op::batched_vecmat;
 

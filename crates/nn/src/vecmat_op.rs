@@ -23,7 +23,8 @@ fn dims(u: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
     Ok((b, i, io / i))
 }
 
-fn forward<T: WithDType + Send + Sync>(u: &[T], w: &[T], (_, i, o): (usize, usize, usize)) -> Vec<T> {
+/// `y[b] = u[b] · W[b]` for every row, in parallel.
+pub(crate) fn vecmat_forward<T: WithDType + Send + Sync>(u: &[T], w: &[T], (_, i, o): (usize, usize, usize)) -> Vec<T> {
     let mut y = vec![T::from_f64(0.0); u.len() / i * o];
     y.par_chunks_mut(o).zip(u.par_chunks(i)).zip(w.par_chunks(i * o)).for_each(|((out, u_row), w_mat)| {
         for (r, &ur) in u_row.iter().enumerate() {
@@ -35,6 +36,21 @@ fn forward<T: WithDType + Send + Sync>(u: &[T], w: &[T], (_, i, o): (usize, usiz
     y
 }
 
+/// One sample's backward: `du = W · dy` and `dW = u ⊗ dy` (`u: [i]`, `W: [i·o]`, `dy: [o]`).
+pub(crate) fn vecmat_backward_rows<T: WithDType>(u: &[T], w: &[T], dy: &[T], du: &mut [T], dw: &mut [T]) {
+    let o = dy.len();
+    for ((du_r, &ur), (w_row, dw_row)) in du.iter_mut().zip(u).zip(w.chunks_exact(o).zip(dw.chunks_exact_mut(o))) {
+        let mut acc = T::from_f64(0.0);
+        for (&wv, &gv) in w_row.iter().zip(dy) {
+            acc += wv * gv;
+        }
+        *du_r = acc;
+        for (d, &gv) in dw_row.iter_mut().zip(dy) {
+            *d = ur * gv;
+        }
+    }
+}
+
 /// `[du..., dW...]` packed.
 fn backward<T: WithDType + Send + Sync>(u: &[T], w: &[T], dy: &[T], (b, i, o): (usize, usize, usize)) -> Vec<T> {
     let mut du = vec![T::from_f64(0.0); b * i];
@@ -42,20 +58,7 @@ fn backward<T: WithDType + Send + Sync>(u: &[T], w: &[T], dy: &[T], (b, i, o): (
     du.par_chunks_mut(i)
         .zip(dw.par_chunks_mut(i * o))
         .zip(u.par_chunks(i).zip(w.par_chunks(i * o)).zip(dy.par_chunks(o)))
-        .for_each(|((du_row, dw_mat), ((u_row, w_mat), g))| {
-            for r in 0..i {
-                let w_row = &w_mat[r * o..(r + 1) * o];
-                let mut acc = T::from_f64(0.0);
-                for (&wv, &gv) in w_row.iter().zip(g) {
-                    acc += wv * gv;
-                }
-                du_row[r] = acc;
-                let ur = u_row[r];
-                for (d, &gv) in dw_mat[r * o..(r + 1) * o].iter_mut().zip(g) {
-                    *d = ur * gv;
-                }
-            }
-        });
+        .for_each(|((du_row, dw_mat), ((u_row, w_mat), g))| vecmat_backward_rows(u_row, w_mat, g, du_row, dw_mat));
     du.extend(dw);
     du
 }
@@ -70,7 +73,7 @@ impl CustomOp2 for VecmatOp {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = dims(l1, l2)?;
-        let y = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(forward(
+        let y = dispatch_float!(s1, self.name(), |T| T::to_cpu_storage_owned(vecmat_forward(
             contiguous::<T>(s1, l1, self.name())?,
             contiguous::<T>(s2, l2, self.name())?,
             dims

@@ -107,10 +107,11 @@ impl Block {
         let mut ys = xs.clone();
         let last = self.convs.len() - 1;
         for (idx, (conv, bn)) in self.convs.iter().enumerate() {
-            ys = bn.forward_t(&conv.forward(&ys)?, train)?;
-            if idx != last {
-                ys = dmlp_nn::relu(&ys)?;
-            }
+            let conv_out = conv.forward(&ys)?;
+            ys = match idx == last {
+                true => bn.forward_t(&conv_out, train)?,
+                false => bn.forward_relu_t(&conv_out, train)?,
+            };
         }
         let identity = match &self.downsample {
             Some(downsample) => downsample.forward_t(xs, train)?,
@@ -166,7 +167,7 @@ impl ResNet {
     /// # Shapes
     /// `images: [B, 3, H, W]` → `[B, num_features]`.
     pub fn forward_features(&self, images: &Tensor, train: bool) -> Result<Tensor> {
-        let xs = dmlp_nn::relu(&self.bn1.forward_t(&self.conv1.forward(images)?, train)?)?; // [B, w, H/2, W/2]
+        let xs = self.bn1.forward_relu_t(&self.conv1.forward(images)?, train)?; // [B, w, H/2, W/2]
         let mut xs = self.maxpool.forward(&xs)?; // [B, w, H/4, W/4]
         for stage in &self.stages {
             for block in stage {

@@ -75,7 +75,7 @@ impl SkLayer {
         let a = candle_nn::ops::sigmoid(&self.alpha)?; // [1, 1, 1, 1]
         let one_minus_a = a.affine(-1.0, 1.0)?;
         let gv = (gap_keepdim(out)?.broadcast_mul(&a)? + gap_keepdim(fx)?.broadcast_mul(&one_minus_a)?)?; // [B, W4, 1, 1]
-        let hidden = dmlp_nn::relu(&self.bn.forward_t(&self.reduce.forward(&gv)?, train)?)?; // [B, h, 1, 1]
+        let hidden = self.bn.forward_relu_t(&self.reduce.forward(&gv)?, train)?; // [B, h, 1, 1]
         let s = candle_nn::ops::sigmoid(&self.expand.forward(&hidden)?)?; // [B, W4, 1, 1]
         (fx - out)?.broadcast_mul(&s)? + out
     }
@@ -162,7 +162,7 @@ impl Bottle2neck {
     /// # Shapes
     /// `xs: [B, in, H, W]` → `[B, 4·planes, H/stride, W/stride]`.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let out = dmlp_nn::relu(&self.bn1.forward_t(&self.conv1.forward(xs)?, train)?)?; // [B, W4, H, W]
+        let out = self.bn1.forward_relu_t(&self.conv1.forward(xs)?, train)?; // [B, W4, H, W]
         let splits = (0..SCALES)
             .map(|idx| out.narrow(1, idx * self.split_width, self.split_width))
             .collect::<Result<Vec<_>>>()?;
@@ -172,7 +172,7 @@ impl Bottle2neck {
                 (0, _) | (_, true) => splits[idx].clone(),
                 (_, false) => (&pieces[idx - 1] + &splits[idx])?,
             };
-            pieces.push(dmlp_nn::relu(&bn.forward_t(&conv.forward(&input)?, train)?)?);
+            pieces.push(bn.forward_relu_t(&conv.forward(&input)?, train)?);
         }
         pieces.push(splits[SCALES - 1].clone()); // the last split passes through untouched
         let fx = Tensor::cat(&pieces, 1)?; // [B, W4, H, W]
@@ -210,7 +210,7 @@ impl DeepStem {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let mut xs = xs.clone();
         for (conv, bn) in &self.layers {
-            xs = dmlp_nn::relu(&bn.forward_t(&conv.forward(&xs)?, train)?)?;
+            xs = bn.forward_relu_t(&conv.forward(&xs)?, train)?;
         }
         Ok(xs)
     }

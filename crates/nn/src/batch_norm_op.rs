@@ -13,6 +13,12 @@
 //!
 //! Sums accumulate in f64. The batch statistics are handed back to the caller for the running
 //! update through [`BatchStats`].
+//!
+//! With `relu` the op is `max(0, BatchNorm(x))`, the pattern after nearly every convolution of
+//! the backbones: the forward writes the rectified output directly, and the backward gates `dy`
+//! by the sign of the pre-activation recomputed from `x` (bit-identical to the forward's), so the
+//! ReLU costs neither passes of its own nor a gradient tensor that candle would zero and add
+//! into. As PyTorch's ReLU, the gradient is zero where the pre-activation is exactly zero.
 
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +34,9 @@ pub(crate) struct Stats {
     pub(crate) var: Vec<f64>,
     /// Values per channel (batch × spatial).
     pub(crate) count: usize,
+    /// The forward's per-channel affine map, `y = x·scale + shift` (before any ReLU).
+    pub(crate) scale: Vec<f64>,
+    pub(crate) shift: Vec<f64>,
 }
 
 /// Where the forward leaves its statistics, for the running update and the backward.
@@ -37,6 +46,8 @@ pub(crate) type BatchStats = Arc<Mutex<Option<Stats>>>;
 pub(crate) struct BatchNormTrainOp {
     pub(crate) eps: f64,
     pub(crate) stats: BatchStats,
+    /// Rectify the output: `max(0, y)`.
+    pub(crate) relu: bool,
 }
 
 /// `(n, c, spatial)` of an `[N, C, ...]` layout.
@@ -75,24 +86,33 @@ fn lane_sum<T: WithDType>(run: &[T], f: impl Fn(T) -> T) -> f64 {
     total
 }
 
-/// `(Σ g, Σ g·(x − mean))` over a pair of runs, in `T` with [`LANES`] accumulators.
-fn lane_sums_pair<T: WithDType>(xs: &[T], gs: &[T], mean: T) -> (f64, f64) {
+/// `(Σ g, Σ g·(x − mean))` over a pair of runs with `g = gate(x, dy)`, in `T` with [`LANES`]
+/// accumulators.
+fn lane_sums_pair<T: WithDType>(xs: &[T], gs: &[T], mean: T, gate: impl Fn(T, T) -> T) -> (f64, f64) {
     let (mut acc_g, mut acc_gx) = ([T::zero(); LANES], [T::zero(); LANES]);
     let pairs = xs.chunks_exact(LANES).zip(gs.chunks_exact(LANES));
     for (xc, gc) in pairs {
         for lane in 0..LANES {
-            acc_g[lane] += gc[lane];
-            acc_gx[lane] += gc[lane] * (xc[lane] - mean);
+            let g = gate(xc[lane], gc[lane]);
+            acc_g[lane] += g;
+            acc_gx[lane] += g * (xc[lane] - mean);
         }
     }
     let mut sum_g: f64 = acc_g.iter().map(|a| a.to_f64()).sum();
     let mut sum_gx: f64 = acc_gx.iter().map(|a| a.to_f64()).sum();
     let tail = xs.len() - xs.len() % LANES;
     for (x, g) in xs[tail..].iter().zip(&gs[tail..]) {
+        let g = gate(*x, *g);
         sum_g += g.to_f64();
-        sum_gx += (*g * (*x - mean)).to_f64();
+        sum_gx += (g * (*x - mean)).to_f64();
     }
     (sum_g, sum_gx)
+}
+
+/// `dy` where `x·scale + shift > 0`, else zero: the ReLU's gate, recomputed as the forward did.
+#[inline(always)]
+fn relu_gate<T: WithDType>(x: T, dy: T, scale: T, shift: T) -> T {
+    if x * scale + shift > T::zero() { dy } else { T::zero() }
 }
 
 fn statistics<T: WithDType>(x: &[T], shape: (usize, usize, usize)) -> Stats {
@@ -109,7 +129,7 @@ fn statistics<T: WithDType>(x: &[T], shape: (usize, usize, usize)) -> Stats {
         })
         .collect();
     let (mean, var) = per_channel.into_iter().unzip();
-    Stats { mean, var, count }
+    Stats { mean, var, count, scale: Vec::new(), shift: Vec::new() }
 }
 
 /// Runs `f(c, out_run, in_run)` over every `[spatial]` run of an `[N, C, spatial]` output, in
@@ -128,15 +148,24 @@ fn forward<T: WithDType + Send + Sync>(
     b: &[T],
     shape: (usize, usize, usize),
     eps: f64,
+    relu: bool,
 ) -> (Vec<T>, Stats) {
-    let stats = statistics(x, shape);
-    let scale: Vec<f64> = (0..shape.1).map(|c| w[c].to_f64() / (stats.var[c] + eps).sqrt()).collect();
-    let shift: Vec<f64> = (0..shape.1).map(|c| b[c].to_f64() - stats.mean[c] * scale[c]).collect();
+    let mut stats = statistics(x, shape);
+    stats.scale = (0..shape.1).map(|c| w[c].to_f64() / (stats.var[c] + eps).sqrt()).collect();
+    stats.shift = (0..shape.1).map(|c| b[c].to_f64() - stats.mean[c] * stats.scale[c]).collect();
     let mut y = vec![T::zero(); x.len()];
     for_each_run(&mut y, shape, |c, start, run| {
-        let (s, t) = (T::from_f64(scale[c]), T::from_f64(shift[c]));
-        for (out, v) in run.iter_mut().zip(&x[start..]) {
-            *out = *v * s + t;
+        let (s, t) = (T::from_f64(stats.scale[c]), T::from_f64(stats.shift[c]));
+        let pairs = run.iter_mut().zip(&x[start..]);
+        if relu {
+            for (out, v) in pairs {
+                let pre = *v * s + t;
+                *out = if pre > T::zero() { pre } else { T::zero() };
+            }
+        } else {
+            for (out, v) in pairs {
+                *out = *v * s + t;
+            }
         }
     });
     (y, stats)
@@ -150,16 +179,22 @@ fn backward<T: WithDType + Send + Sync>(
     shape: (usize, usize, usize),
     stats: &Stats,
     eps: f64,
+    relu: bool,
 ) -> Vec<T> {
     let c_count = shape.1;
+    let affine = |c: usize| (T::from_f64(stats.scale[c]), T::from_f64(stats.shift[c]));
     let inv_std: Vec<f64> = stats.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let sums: Vec<(f64, f64)> = (0..c_count)
         .into_par_iter()
         .map(|c| {
             let mean = T::from_f64(stats.mean[c]);
             let (mut d_bias, mut d_centered) = (0.0, 0.0);
+            let (s, t) = affine(c);
             for (xs, gs) in channel_runs(x, shape, c).zip(channel_runs(dy, shape, c)) {
-                let (g, gx) = lane_sums_pair(xs, gs, mean);
+                let (g, gx) = match relu {
+                    true => lane_sums_pair(xs, gs, mean, |x, g| relu_gate(x, g, s, t)),
+                    false => lane_sums_pair(xs, gs, mean, |_, g| g),
+                };
                 d_bias += g;
                 d_centered += gx;
             }
@@ -176,8 +211,16 @@ fn backward<T: WithDType + Send + Sync>(
         let slope = -k * inv_std[c] * d_weight / m;
         let offset = -k * d_bias / m - slope * stats.mean[c];
         let (k, slope, offset) = (T::from_f64(k), T::from_f64(slope), T::from_f64(offset));
-        for ((out, v), g) in run.iter_mut().zip(&x[start..]).zip(&dy[start..]) {
-            *out = k * *g + slope * *v + offset;
+        let triples = run.iter_mut().zip(&x[start..]).zip(&dy[start..]);
+        if relu {
+            let (s, t) = affine(c);
+            for ((out, v), g) in triples {
+                *out = k * relu_gate(*v, *g, s, t) + slope * *v + offset;
+            }
+        } else {
+            for ((out, v), g) in triples {
+                *out = k * *g + slope * *v + offset;
+            }
         }
     });
     for (c, (d_weight, d_bias)) in sums.into_iter().enumerate() {
@@ -212,6 +255,7 @@ impl CustomOp3 for BatchNormTrainOp {
                 contiguous::<T>(s3, l3, self.name())?,
                 shape,
                 self.eps,
+                self.relu,
             );
             (T::to_cpu_storage_owned(y), stats)
         });
@@ -229,7 +273,7 @@ impl CustomOp3 for BatchNormTrainOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(stats) = stats else { bail!("batch norm backward without its forward statistics") };
-        let op = BatchNormBackwardOp { eps: self.eps, stats };
+        let op = BatchNormBackwardOp { eps: self.eps, stats, relu: self.relu };
         let packed = x.apply_op3_no_bwd(weight, &grad.contiguous()?, &op)?;
         let (n, c) = (x.elem_count(), weight.elem_count());
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
@@ -243,6 +287,7 @@ impl CustomOp3 for BatchNormTrainOp {
 struct BatchNormBackwardOp {
     eps: f64,
     stats: Stats,
+    relu: bool,
 }
 
 impl CustomOp3 for BatchNormBackwardOp {
@@ -269,7 +314,8 @@ impl CustomOp3 for BatchNormBackwardOp {
             contiguous::<T>(s3, l3, self.name())?,
             shape,
             &self.stats,
-            self.eps
+            self.eps,
+            self.relu
         )));
         Ok((out, Shape::from(l1.shape().elem_count() + 2 * shape.1)))
     }

@@ -69,7 +69,19 @@ impl BatchNorm {
         (0..xs.rank()).filter(|&d| d != 1).collect()
     }
 
-    fn forward_train(&self, xs: &Tensor) -> Result<Tensor> {
+    /// `max(0, BatchNorm(xs))`: in training on the CPU one op (the ReLU folded into the
+    /// normalisation, forward and backward; see `batch_norm_op`), elsewhere the two in turn.
+    ///
+    /// # Shapes
+    /// `xs: [B, C, H, W]` or `[B, C]` → same shape.
+    pub fn forward_relu_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        match (train, xs.device()) {
+            (true, Device::Cpu) => self.forward_train(xs, true),
+            _ => crate::relu(&self.forward_t(xs, train)?),
+        }
+    }
+
+    fn forward_train(&self, xs: &Tensor, relu: bool) -> Result<Tensor> {
         let channels = xs.dim(1)?;
         let n = xs.elem_count() / channels.max(1);
         if n < 2 {
@@ -79,7 +91,8 @@ impl BatchNorm {
             );
         }
         let (ys, mean, var) = match xs.device() {
-            Device::Cpu => self.batch_statistics_fused(xs)?,
+            Device::Cpu => self.batch_statistics_fused(xs, relu)?,
+            _ if relu => candle_core::bail!("batch norm with a fused ReLU runs on the CPU only"),
             _ => self.batch_statistics_composed(xs)?,
         };
         // PyTorch: running = (1 − m)·running + m·batch, with the unbiased batch variance.
@@ -94,9 +107,9 @@ impl BatchNorm {
 
     /// The CPU path: one fused op (see `batch_norm_op`). Returns the output and the detached
     /// per-channel batch mean and biased variance.
-    fn batch_statistics_fused(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    fn batch_statistics_fused(&self, xs: &Tensor, relu: bool) -> Result<(Tensor, Tensor, Tensor)> {
         let stats = Arc::new(Mutex::new(None));
-        let op = BatchNormTrainOp { eps: self.eps, stats: stats.clone() };
+        let op = BatchNormTrainOp { eps: self.eps, stats: stats.clone(), relu };
         let dtype = xs.dtype();
         let compute = if matches!(dtype, DType::F32 | DType::F64) { dtype } else { DType::F32 };
         let ys = xs.to_dtype(compute)?.contiguous()?.apply_op3(
@@ -138,7 +151,7 @@ impl ModuleT for BatchNorm {
     /// # Shapes
     /// `xs: [B, C, H, W]` or `[B, C]` → same shape.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        if train { self.forward_train(xs) } else { self.forward_eval(xs) }
+        if train { self.forward_train(xs, false) } else { self.forward_eval(xs) }
     }
 }
 
@@ -225,7 +238,7 @@ mod tests {
             let mix = Tensor::randn(0f64, 1.0, dims.as_slice(), &Device::Cpu).unwrap();
             let (store_a, a) = random_bn(channels, 1);
             let (store_b, b) = random_bn(channels, 1);
-            let (ya, _, _) = a.batch_statistics_fused(x.as_tensor()).unwrap();
+            let (ya, _, _) = a.batch_statistics_fused(x.as_tensor(), false).unwrap();
             let (yb, _, _) = b.batch_statistics_composed(x.as_tensor()).unwrap();
             close("forward", &values(&ya), &values(&yb), 1e-12);
             let ga = (ya * &mix).unwrap().sum_all().unwrap().backward().unwrap();
@@ -265,11 +278,11 @@ mod tests {
         let (store, bn) = random_bn(2, 5);
         let loss = |x: &[f64]| -> f64 {
             let x = Tensor::from_slice(x, dims, &Device::Cpu).unwrap();
-            let (y, _, _) = bn.batch_statistics_fused(&x).unwrap();
+            let (y, _, _) = bn.batch_statistics_fused(&x, false).unwrap();
             (y * &mix).unwrap().sum_all().unwrap().to_scalar().unwrap()
         };
         let x = Var::from_slice(&x0, dims, &Device::Cpu).unwrap();
-        let (y, _, _) = bn.batch_statistics_fused(x.as_tensor()).unwrap();
+        let (y, _, _) = bn.batch_statistics_fused(x.as_tensor(), false).unwrap();
         let grads = (y * &mix).unwrap().sum_all().unwrap().backward().unwrap();
         let dx = values(grads.get(x.as_tensor()).unwrap());
         let eps = 1e-6;
@@ -284,6 +297,36 @@ mod tests {
         let db = values(grads.get(store.get("bias").unwrap().as_tensor()).unwrap());
         let mix_sums = values(&mix.transpose(0, 1).unwrap().flatten_from(1).unwrap().sum(1).unwrap());
         close("dbias", &db, &mix_sums, 1e-12);
+    }
+
+    /// The ReLU folded into the op against BatchNorm then the ReLU op, values and gradients, on
+    /// shapes with a spatial tail (odd sizes) and without; half the pre-activations are negative.
+    #[test]
+    fn fused_relu_matches_batch_norm_then_relu() {
+        for dims in [vec![3, 5, 4, 3], vec![6, 4], vec![2, 3, 5, 7]] {
+            let channels = dims[1];
+            let x = Var::from_tensor(&Tensor::randn(0f64, 2.0, dims.as_slice(), &Device::Cpu).unwrap()).unwrap();
+            let mix = Tensor::randn(0f64, 1.0, dims.as_slice(), &Device::Cpu).unwrap();
+            let (store_a, a) = random_bn(channels, 4);
+            let (store_b, b) = random_bn(channels, 4);
+            let ya = a.forward_relu_t(x.as_tensor(), true).unwrap();
+            let yb = crate::relu(&b.forward_t(x.as_tensor(), true).unwrap()).unwrap();
+            let zeros = values(&ya).iter().filter(|v| **v == 0.0).count();
+            assert!(zeros > 0 && zeros < x.elem_count(), "the test needs both signs, got {zeros} zeros");
+            close("forward", &values(&ya), &values(&yb), 1e-12);
+            let ga = (ya * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (yb * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+            close("dx", &values(ga.get(x.as_tensor()).unwrap()), &values(gb.get(x.as_tensor()).unwrap()), 1e-10);
+            for name in ["weight", "bias"] {
+                let (va, vb) = (store_a.get(name).unwrap(), store_b.get(name).unwrap());
+                close(name, &values(ga.get(va.as_tensor()).unwrap()), &values(gb.get(vb.as_tensor()).unwrap()), 1e-10);
+            }
+            close("running_mean", &values(a.running_mean()), &values(b.running_mean()), 1e-15);
+            close("running_var", &values(a.running_var()), &values(b.running_var()), 1e-15);
+            // Evaluation takes the unfused path and still rectifies.
+            let eval = values(&a.forward_relu_t(x.as_tensor(), false).unwrap());
+            assert!(eval.iter().all(|v| *v >= 0.0));
+        }
     }
 
     #[test]

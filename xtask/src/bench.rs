@@ -38,6 +38,10 @@ pub(crate) struct ModelBenchArgs {
     /// Timed iterations of the ResNet-50 step (median reported, after one warm-up).
     #[arg(long, default_value_t = 3)]
     resnet_iters: usize,
+    /// Rounds of both sides in turn (dmlp, then PyTorch, again), so that both meet the same
+    /// machine load; each round's ratio is printed and the JSON carries the best time of each side.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Time only this step (`head` or `resnet`), on both sides: for profiling one of them.
     #[arg(long, value_enum)]
     only: Option<ModelStep>,
@@ -100,56 +104,74 @@ fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
 
     let device = Device::Cpu;
     let wanted = |step: ModelStep| args.only.is_none_or(|only| only == step);
-    let head_s = match wanted(ModelStep::Head) {
-        true => Some(time_steps(args.head_iters, head_step(&device)?)?),
-        false => None,
-    };
-    if let Some(head_s) = head_s {
-        eprintln!("dmlp  head step (loc_net + loc_att C, batch {HEAD_BATCH}): {head_s:.3} s");
-    }
-    let resnet_s = match wanted(ModelStep::Resnet) {
-        true => Some(time_steps(args.resnet_iters, resnet_step(&device)?)?),
-        false => None,
-    };
-    if let Some(resnet_s) = resnet_s {
-        eprintln!("dmlp  ResNet-50 step (batch {RESNET_BATCH} × {IMAGE_SIZE}²): {resnet_s:.3} s");
+    let mut head = if wanted(ModelStep::Head) { Some(head_step(&device)?) } else { None };
+    let mut resnet = if wanted(ModelStep::Resnet) { Some(resnet_step(&device)?) } else { None };
+    let mut rounds: Vec<Round> = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        let head_s = head.as_mut().map(|step| time_steps(args.head_iters, step)).transpose()?;
+        if let Some(head_s) = head_s {
+            eprintln!("[round {round}] dmlp  head step (loc_net + loc_att C, batch {HEAD_BATCH}): {head_s:.3} s");
+        }
+        let resnet_s = resnet.as_mut().map(|step| time_steps(args.resnet_iters, step)).transpose()?;
+        if let Some(resnet_s) = resnet_s {
+            eprintln!("[round {round}] dmlp  ResNet-50 step (batch {RESNET_BATCH} × {IMAGE_SIZE}²): {resnet_s:.3} s");
+        }
+        let torch = args.python.as_ref().map(|python| run_torch(python, threads, args)).transpose()?;
+        rounds.push(Round { head_s, resnet_s, torch });
     }
 
-    let torch = match &args.python {
-        Some(python) => Some(run_torch(python, threads, args)?),
-        None => None,
-    };
     println!("{:<34} {:>10} {:>10} {:>8}", "step (forward + backward)", "dmlp s", "torch s", "ratio");
     let row = |name: &str, ours: Option<f64>, theirs: Option<f64>| match (ours, theirs) {
         (Some(ours), Some(t)) => println!("{name:<34} {ours:>10.3} {t:>10.3} {:>7.2}×", ours / t),
         (Some(ours), None) => println!("{name:<34} {ours:>10.3} {:>10} {:>8}", "-", "-"),
         (None, _) => {}
     };
-    row("Dynamic MLP-C head, batch 512", head_s, torch.as_ref().and_then(|t| t.head_step_s));
-    row("ResNet-50, batch 8 × 224²", resnet_s, torch.as_ref().and_then(|t| t.resnet50_step_s));
-    if torch.is_some() {
+    let many = rounds.len() > 1;
+    for (idx, r) in rounds.iter().enumerate() {
+        let tag = if many { format!(" [round {}]", idx + 1) } else { String::new() };
+        row(&format!("Dynamic MLP-C head, batch 512{tag}"), r.head_s, r.torch.as_ref().and_then(|t| t.head_step_s));
+        row(&format!("ResNet-50, batch 8 × 224²{tag}"), r.resnet_s, r.torch.as_ref().and_then(|t| t.resnet50_step_s));
+    }
+    let best = |f: &dyn Fn(&Round) -> Option<f64>| rounds.iter().filter_map(f).min_by(f64::total_cmp);
+    let (head_s, resnet_s) = (best(&|r| r.head_s), best(&|r| r.resnet_s));
+    let torch_head = best(&|r| r.torch.as_ref().and_then(|t| t.head_step_s));
+    let torch_resnet = best(&|r| r.torch.as_ref().and_then(|t| t.resnet50_step_s));
+    if many {
+        row("Dynamic MLP-C head, best of rounds", head_s, torch_head);
+        row("ResNet-50, best of rounds", resnet_s, torch_resnet);
+    }
+    let torch_version = rounds.iter().find_map(|r| r.torch.as_ref().map(|t| t.torch_version.clone()));
+    if torch_version.is_some() {
         println!("(ratio = dmlp time / PyTorch time; below 1 means dmlp is faster)");
     }
     if args.json {
         let mut json = serde_json::json!({
             "threads": threads,
+            "rounds": rounds.len(),
             "head_step_s": head_s,
             "resnet50_step_s": resnet_s,
         });
-        if let Some(t) = &torch {
-            json["torch_version"] = t.torch_version.clone().into();
-            json["torch_head_step_s"] = t.head_step_s.into();
-            json["torch_resnet50_step_s"] = t.resnet50_step_s.into();
+        if let Some(version) = torch_version {
+            json["torch_version"] = version.into();
+            json["torch_head_step_s"] = torch_head.into();
+            json["torch_resnet50_step_s"] = torch_resnet.into();
         }
         println!("{json}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// One round of `bench model`: each side's median step times.
+struct Round {
+    head_s: Option<f64>,
+    resnet_s: Option<f64>,
+    torch: Option<TorchTimes>,
+}
+
 type Step = Box<dyn FnMut() -> anyhow::Result<()>>;
 
 /// Median of `iters` timed runs after one warm-up.
-fn time_steps(iters: usize, mut step: Step) -> anyhow::Result<f64> {
+fn time_steps(iters: usize, step: &mut Step) -> anyhow::Result<f64> {
     step()?;
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {

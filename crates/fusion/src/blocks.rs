@@ -49,14 +49,3 @@ impl Module for NormRelu {
         dmlp_nn::relu(&self.0.forward(xs)?)
     }
 }
-
-/// `y[b] = u[b] · W[b]` with `W[b]` the row-major `[i, o]` view of `generator(h)[b]`, as the
-/// reference's `torch.bmm(u.unsqueeze(1), generator(h).view(-1, i, o)).squeeze(1)`; one op on
-/// the CPU that never materialises the generated matrices as a tensor
-/// ([`dmlp_nn::generated_projection`]).
-///
-/// # Shapes
-/// `u: [B, i]`, `h: [B, k]`, `generator: k → i·o` → `[B, o]`.
-pub(crate) fn dynamic_projection(u: &Tensor, h: &Tensor, generator: &Linear, (i, o): (usize, usize)) -> Result<Tensor> {
-    dmlp_nn::generated_projection(u, h, generator, (i, o))
-}

@@ -6,9 +6,9 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use dmlp_nn::{LayerNorm, Linear, layer_norm, linear};
+use dmlp_nn::{LayerNorm, Linear, generated_projection, layer_norm, linear};
 
-use crate::blocks::{Basic1d, NormRelu, dynamic_projection};
+use crate::blocks::{Basic1d, NormRelu};
 
 /// Version A: `ReLU(LN(x · reshape(get_weight(g), [i, o])))`. Keys `get_weight.*`, `norm.*`.
 #[derive(Debug, Clone)]
@@ -31,7 +31,7 @@ impl DynamicMlpA {
     /// `x: [B, i]`, `g: [B, ℓ]` → `[B, o]`.
     pub fn forward(&self, x: &Tensor, g: &Tensor) -> Result<Tensor> {
         let (i, o) = self.dims;
-        let ys = dynamic_projection(x, g, &self.get_weight, (i, o))?;
+        let ys = generated_projection(x, g, &self.get_weight, (i, o))?;
         dmlp_nn::relu(&self.norm.forward(&ys)?)
     }
 }
@@ -69,7 +69,7 @@ impl DynamicMlpB {
         let (i, o) = self.dims;
         let u = self.conv12.forward(&self.conv11.forward(x)?)?;
         let h = self.conv21.forward(g)?;
-        let ys = self.br.forward(&dynamic_projection(&u, &h, &self.conv22, (i, o))?)?;
+        let ys = self.br.forward(&generated_projection(&u, &h, &self.conv22, (i, o))?)?;
         self.conv3.forward(&ys)
     }
 }
@@ -107,7 +107,7 @@ impl DynamicMlpC {
         let z = Tensor::cat(&[x, g], 1)?;
         let u = self.conv12.forward(&self.conv11.forward(&z)?)?;
         let h = self.conv21.forward(&z)?;
-        let ys = self.br.forward(&dynamic_projection(&u, &h, &self.conv22, (i, o))?)?;
+        let ys = self.br.forward(&generated_projection(&u, &h, &self.conv22, (i, o))?)?;
         self.conv3.forward(&ys)
     }
 }

@@ -52,6 +52,8 @@ enum Command {
 fn main() -> ExitCode {
     // Training reuses freed activations instead of page-faulting them in every step.
     dmlp_nn::keep_freed_memory();
+    // SAFETY: first thing in main; no other thread exists yet.
+    unsafe { dmlp_nn::park_idle_candle_workers() };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Parity { cases, device } => parity::run_command(&cases, &device),

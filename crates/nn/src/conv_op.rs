@@ -181,8 +181,16 @@ fn col2im<T: WithDType>(geo: &Geometry, cols: &[T], first_image: usize, n: usize
                 let dst_row = &mut plane[iy as usize * geo.in_w..(iy as usize + 1) * geo.in_w];
                 let src = &row[oy * geo.out_w..(oy + 1) * geo.out_w];
                 let ix0 = ox_lo * s + kx * d - p;
-                for (ox, ix) in (ox_lo..ox_hi).zip((ix0..).step_by(s)) {
-                    dst_row[ix] += src[ox];
+                if s == 1 {
+                    // Contiguous on both sides: a slice add the compiler vectorises.
+                    let dst = &mut dst_row[ix0..ix0 + (ox_hi - ox_lo)];
+                    for (acc, v) in dst.iter_mut().zip(&src[ox_lo..ox_hi]) {
+                        *acc += *v;
+                    }
+                } else {
+                    for (ox, ix) in (ox_lo..ox_hi).zip((ix0..).step_by(s)) {
+                        dst_row[ix] += src[ox];
+                    }
                 }
             }
         }
@@ -316,10 +324,19 @@ impl CustomOp2 for Conv2dOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let dx = grad.apply_op2_no_bwd(weight, &InputGradOp { config: self.0, input_dims: input.dims().to_vec() })?;
-        let dw =
-            input.apply_op2_no_bwd(&grad, &WeightGradOp { config: self.0, weight_dims: weight.dims().to_vec() })?;
-        Ok((Some(dx), Some(dw)))
+        // Only what the graph needs: the stem's input is the image batch, which tracks no
+        // gradient, and its input gradient (a large product and a stride-2 col2im) is skipped.
+        let dx = input
+            .track_op()
+            .then(|| grad.apply_op2_no_bwd(weight, &InputGradOp { config: self.0, input_dims: input.dims().to_vec() }))
+            .transpose()?;
+        let dw = weight
+            .track_op()
+            .then(|| {
+                input.apply_op2_no_bwd(&grad, &WeightGradOp { config: self.0, weight_dims: weight.dims().to_vec() })
+            })
+            .transpose()?;
+        Ok((dx, dw))
     }
 }
 

@@ -80,7 +80,7 @@ impl CustomOp3 for LinearBiasOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = backward(x, w, grad)?;
         let db = if grad.device().is_cpu() { grad.contiguous()?.apply_op1_no_bwd(&ColumnSumOp)? } else { grad.sum(0)? };
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((dx, dw, Some(db)))
     }
 }
 
@@ -101,15 +101,16 @@ impl CustomOp2 for LinearOp {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = backward(x, w, grad)?;
-        Ok((Some(dx), Some(dw)))
+        backward(x, w, grad)
     }
 }
 
-fn backward(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+/// `(dx, dW)`, each only where its tensor tracks a gradient (a first layer's input, a frozen
+/// weight), as PyTorch's autograd skips them.
+fn backward(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let grad = grad.contiguous()?;
-    let dx = grad.apply_op2_no_bwd(w, &InputGradOp)?;
-    let dw = grad.apply_op2_no_bwd(x, &WeightGradOp)?;
+    let dx = x.track_op().then(|| grad.apply_op2_no_bwd(w, &InputGradOp)).transpose()?;
+    let dw = w.track_op().then(|| grad.apply_op2_no_bwd(x, &WeightGradOp)).transpose()?;
     Ok((dx, dw))
 }
 

@@ -132,3 +132,28 @@ fn shapes_that_do_not_fit_are_errors() {
     let wt = Tensor::zeros((4, 3, 7, 7), DType::F32, &Device::Cpu).unwrap();
     assert!(conv2d_forward(&x, &wt, Conv2dConfig::new(1, 0)).is_err());
 }
+
+/// Gradients are formed only for tensors that track one (the stem's input is the image batch),
+/// and skipping one leaves the other exactly as it was.
+#[test]
+fn untracked_operands_get_no_gradient_and_change_nothing_else() {
+    let dev = Device::Cpu;
+    let config = Conv2dConfig { stride: 2, padding: 3, dilation: 1, groups: 1 };
+    let x = Tensor::randn(0f64, 1.0, (2, 3, 17, 15), &dev).unwrap();
+    let w = Tensor::randn(0f64, 1.0, (8, 3, 7, 7), &dev).unwrap();
+    let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+    let loss = |x: &Tensor, w: &Tensor| {
+        let y = conv2d_forward(x, w, config).unwrap();
+        let weights = Tensor::arange(0f64, y.elem_count() as f64, &dev).unwrap().reshape(y.dims()).unwrap();
+        (y * weights).unwrap().sum_all().unwrap().backward().unwrap()
+    };
+    let both = loss(xv.as_tensor(), wv.as_tensor());
+
+    let image_input = loss(&x, wv.as_tensor());
+    assert!(image_input.get(&x).is_none(), "an untracked input got a gradient");
+    assert_eq!(values(image_input.get(wv.as_tensor()).unwrap()), values(both.get(wv.as_tensor()).unwrap()));
+
+    let frozen_weight = loss(xv.as_tensor(), &w);
+    assert!(frozen_weight.get(&w).is_none(), "an untracked weight got a gradient");
+    assert_eq!(values(frozen_weight.get(xv.as_tensor()).unwrap()), values(both.get(xv.as_tensor()).unwrap()));
+}

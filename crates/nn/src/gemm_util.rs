@@ -11,13 +11,26 @@ pub(crate) fn matmul<T: WithDType>(
     dst: &mut [T],
     ld_dst: usize,
     accumulate: bool,
+    lhs: (&[T], usize, usize),
+    rhs: (&[T], usize, usize),
+) {
+    matmul_strided((m, n, k), (dst, ld_dst, 1), accumulate, lhs, rhs);
+}
+
+/// [`matmul`] with the destination too given by (slice, row stride, column stride): a product
+/// can be written transposed (column stride > 1), which `gemm` runs faster for some shapes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_strided<T: WithDType>(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs, dst_cs): (&mut [T], usize, usize),
+    accumulate: bool,
     (lhs, lhs_rs, lhs_cs): (&[T], usize, usize),
     (rhs, rhs_rs, rhs_cs): (&[T], usize, usize),
 ) {
     if m == 0 || n == 0 {
         return;
     }
-    assert!(dst.len() >= (m - 1) * ld_dst + n, "matmul destination too small");
+    assert!(dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs, "matmul destination too small");
     assert!(k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs, "matmul lhs too small");
     assert!(k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs, "matmul rhs too small");
     let threads = candle_core::utils::get_num_threads();
@@ -30,8 +43,8 @@ pub(crate) fn matmul<T: WithDType>(
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            ld_dst as isize,
+            dst_cs as isize,
+            dst_rs as isize,
             accumulate,
             lhs.as_ptr(),
             lhs_cs as isize,

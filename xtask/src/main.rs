@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     // Training reuses freed activations instead of page-faulting them in every step.
     dmlp_nn::keep_freed_memory();
     // SAFETY: first thing in main; no other thread exists yet.
-    unsafe { dmlp_nn::park_idle_candle_workers() };
+    unsafe { dmlp_nn::configure_cpu_threads() };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Parity { cases, device } => parity::run_command(&cases, &device),

@@ -3,6 +3,13 @@
 use candle_core::WithDType;
 use gemm::{Parallelism, gemm};
 
+/// candle's CPU thread count, asked once: without `RAYON_NUM_THREADS` candle counts the cores
+/// by parsing `/proc/cpuinfo` on every call (see `cpu_threads.rs`).
+fn threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(candle_core::utils::get_num_threads)
+}
+
 /// `dst[m × n] (row stride ld_dst) = (accumulate ? dst : 0) + lhs · rhs`, where `lhs` and `rhs`
 /// are given by (pointer, row stride, column stride) so that transposes cost nothing.
 #[allow(clippy::too_many_arguments)]
@@ -33,7 +40,7 @@ pub(crate) fn matmul_strided<T: WithDType>(
     assert!(dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs, "matmul destination too small");
     assert!(k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs, "matmul lhs too small");
     assert!(k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs, "matmul rhs too small");
-    let threads = candle_core::utils::get_num_threads();
+    let threads = threads();
     let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     // SAFETY: the asserts above keep every index gemm computes from these strides inside the
     // slices; dst does not alias lhs or rhs (it is a distinct &mut).

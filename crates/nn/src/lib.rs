@@ -19,8 +19,8 @@ mod batch_norm_op;
 mod conv;
 mod conv_op;
 mod cpu;
+mod cpu_threads;
 mod gemm_util;
-mod idle_threads;
 pub mod init;
 mod layer_norm_op;
 mod linear;
@@ -34,7 +34,7 @@ mod vecmat_op;
 
 pub use activation_op::{add_relu, relu};
 pub use conv::{Conv2d, Conv2dConfig, conv2d, conv2d_forward};
-pub use idle_threads::park_idle_candle_workers;
+pub use cpu_threads::configure_cpu_threads;
 pub use linear::{Linear, linear, linear_forward};
 pub use memory::keep_freed_memory;
 pub use norm::{BatchNorm, LayerNorm, batch_norm, layer_norm};

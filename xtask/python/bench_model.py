@@ -153,6 +153,80 @@ def ResNet50Features():
     return ResNetFeatures(Bottleneck, (3, 4, 6, 3), 64)
 
 
+def conv_bn(cin, cout, k, s, p):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, s, p, bias=False), nn.BatchNorm2d(cout))
+
+
+class SKLayer(nn.Module):
+    """The reference's selective-kernel fusion (models/sk2res2net.py): z = s*fx + (1 - s)*out."""
+
+    def __init__(self, channels):
+        super().__init__()
+        hidden = max(channels // 4, 32)
+        self.alpha = nn.Parameter(torch.zeros(1, 1, 1, 1))
+        self.sk_proj = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden),
+                                     nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
+
+    def forward(self, out, fx):
+        a = torch.sigmoid(self.alpha)
+        gv = a * out.mean((2, 3), keepdim=True) + (1 - a) * fx.mean((2, 3), keepdim=True)
+        s = torch.sigmoid(self.sk_proj(gv))
+        return (fx - out) * s + out
+
+
+class Bottle2neck(nn.Module):
+    """SK-Res2Net's block as dmlp builds it (crates/backbones/src/sk2res2net.rs, spec section 5.2)."""
+
+    def __init__(self, cin, planes, stride, first):
+        super().__init__()
+        self.split = planes * 26 // 64
+        width, out = self.split * 4, planes * 4
+        self.first = first
+        self.conv1 = conv_bn(cin, width, 1, 1, 0)
+        self.convs = nn.ModuleList([conv_bn(self.split, self.split, 3, 1, 1) for _ in range(3)])
+        self.sk = SKLayer(width)
+        self.pool = nn.AvgPool2d(3, stride, 1) if first and stride != 1 else None
+        self.conv3 = conv_bn(width, out, 1, 1, 0)
+        self.downsample = None
+        if stride != 1 or cin != out:
+            pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False) if stride != 1 else nn.Identity()
+            self.downsample = nn.Sequential(pool, conv_bn(cin, out, 1, 1, 0))
+
+    def forward(self, x):
+        out = torch.relu(self.conv1(x))
+        splits = torch.split(out, self.split, 1)
+        pieces = []
+        for i, conv in enumerate(self.convs):
+            y = splits[i] if i == 0 or self.first else pieces[-1] + splits[i]
+            pieces.append(torch.relu(conv(y)))
+        z = self.sk(out, torch.cat(pieces + [splits[3]], 1))
+        if self.pool is not None:
+            z = self.pool(z)
+        y = self.conv3(z)
+        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class SK2Res2NetFeatures(nn.Module):
+    """SK-Res2Net without fc: deep stem, max pool, Bottle2neck stages, global average pooling."""
+
+    def __init__(self, layers=(3, 4, 23, 3), width=64):
+        super().__init__()
+        half = width // 2
+        self.stem = nn.Sequential(conv_bn(3, half, 3, 2, 1), nn.ReLU(inplace=True), conv_bn(half, half, 3, 1, 1),
+                                  nn.ReLU(inplace=True), conv_bn(half, width, 3, 1, 1), nn.ReLU(inplace=True))
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        blocks, cin = [], width
+        for stage, n in enumerate(layers):
+            planes = width << stage
+            for b in range(n):
+                blocks.append(Bottle2neck(cin, planes, (1 if stage == 0 else 2) if b == 0 else 1, b == 0))
+                cin = planes * 4
+        self.layers = nn.Sequential(*blocks)
+
+    def forward(self, x):
+        return self.layers(self.maxpool(self.stem(x))).mean((2, 3))
+
+
 def time_steps(step, iters):
     step()  # warm-up
     times = []
@@ -168,10 +242,11 @@ def main():
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--head-iters", type=int, default=5)
     parser.add_argument("--resnet-iters", type=int, default=3)
+    parser.add_argument("--sk-iters", type=int, default=2)
     parser.add_argument("--head-batch", type=int, default=512)
     parser.add_argument("--resnet-batch", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--only", choices=["head", "resnet"], default=None)
+    parser.add_argument("--only", choices=["head", "resnet", "sk"], default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -195,11 +270,18 @@ def main():
         resnet.zero_grad(set_to_none=True)
         resnet(images).sum().backward()
 
+    sk = SK2Res2NetFeatures().train()
+
+    def sk_step():
+        sk.zero_grad(set_to_none=True)
+        sk(images).sum().backward()
+
     result = {
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
         "head_step_s": time_steps(head_step, args.head_iters) if args.only in (None, "head") else None,
         "resnet50_step_s": time_steps(resnet_step, args.resnet_iters) if args.only in (None, "resnet") else None,
+        "sk2res2net101_step_s": time_steps(sk_step, args.sk_iters) if args.only in (None, "sk") else None,
     }
     print(json.dumps(result))
 

@@ -1,5 +1,5 @@
-//! `cargo xtask bench model`: forward + backward timings of the Dynamic MLP-C head and of
-//! ResNet-50, beside PyTorch's for the same work on the same machine and thread count.
+//! `cargo xtask bench model`: forward + backward timings of the Dynamic MLP-C head, ResNet-50 and
+//! SK-Res2Net-101, beside PyTorch's for the same work on the same machine and thread count.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -16,7 +16,8 @@ use dmlp_nn::ParamStore;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
-    /// Dynamic MLP-C head at batch 512 and ResNet-50 at batch 8 × 224², forward + backward.
+    /// Dynamic MLP-C head at batch 512, ResNet-50 and SK-Res2Net-101 at batch 8 × 224², forward +
+    /// backward.
     Model(ModelBenchArgs),
     /// The training ops: conv2d GFLOP/s on ResNet-50's shapes, BatchNorm, whole training steps.
     Ops(crate::bench_ops::OpsBenchArgs),
@@ -38,11 +39,14 @@ pub(crate) struct ModelBenchArgs {
     /// Timed iterations of the ResNet-50 step (median reported, after one warm-up).
     #[arg(long, default_value_t = 3)]
     resnet_iters: usize,
+    /// Timed iterations of the SK-Res2Net-101 step (median reported, after one warm-up).
+    #[arg(long, default_value_t = 2)]
+    sk_iters: usize,
     /// Rounds of both sides in turn (dmlp, then PyTorch, again), so that both meet the same
     /// machine load; each round's ratio is printed and the JSON carries the best time of each side.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
-    /// Time only this step (`head` or `resnet`), on both sides: for profiling one of them.
+    /// Time only this step (`head`, `resnet` or `sk`), on both sides: for profiling one of them.
     #[arg(long, value_enum)]
     only: Option<ModelStep>,
     /// Print one JSON object as the last line of standard output.
@@ -50,11 +54,12 @@ pub(crate) struct ModelBenchArgs {
     json: bool,
 }
 
-/// The two steps `bench model` times.
+/// The steps `bench model` times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum ModelStep {
     Head,
     Resnet,
+    Sk,
 }
 
 impl ModelStep {
@@ -62,6 +67,7 @@ impl ModelStep {
         match self {
             ModelStep::Head => "head",
             ModelStep::Resnet => "resnet",
+            ModelStep::Sk => "sk",
         }
     }
 }
@@ -105,7 +111,10 @@ fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
     let device = Device::Cpu;
     let wanted = |step: ModelStep| args.only.is_none_or(|only| only == step);
     let mut head = if wanted(ModelStep::Head) { Some(head_step(&device)?) } else { None };
-    let mut resnet = if wanted(ModelStep::Resnet) { Some(resnet_step(&device)?) } else { None };
+    let mut resnet =
+        if wanted(ModelStep::Resnet) { Some(backbone_step(BackbonePreset::Resnet50, &device)?) } else { None };
+    let mut sk =
+        if wanted(ModelStep::Sk) { Some(backbone_step(BackbonePreset::Sk2res2net101, &device)?) } else { None };
     let mut rounds: Vec<Round> = Vec::new();
     for round in 1..=args.rounds.max(1) {
         let head_s = head.as_mut().map(|step| time_steps(args.head_iters, step)).transpose()?;
@@ -116,8 +125,12 @@ fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
         if let Some(resnet_s) = resnet_s {
             eprintln!("[round {round}] dmlp  ResNet-50 step (batch {RESNET_BATCH} × {IMAGE_SIZE}²): {resnet_s:.3} s");
         }
+        let sk_s = sk.as_mut().map(|step| time_steps(args.sk_iters, step)).transpose()?;
+        if let Some(sk_s) = sk_s {
+            eprintln!("[round {round}] dmlp  SK-Res2Net-101 step (batch {RESNET_BATCH} × {IMAGE_SIZE}²): {sk_s:.3} s");
+        }
         let torch = args.python.as_ref().map(|python| run_torch(python, threads, args)).transpose()?;
-        rounds.push(Round { head_s, resnet_s, torch });
+        rounds.push(Round { head_s, resnet_s, sk_s, torch });
     }
 
     println!("{:<34} {:>10} {:>10} {:>8}", "step (forward + backward)", "dmlp s", "torch s", "ratio");
@@ -131,14 +144,21 @@ fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
         let tag = if many { format!(" [round {}]", idx + 1) } else { String::new() };
         row(&format!("Dynamic MLP-C head, batch 512{tag}"), r.head_s, r.torch.as_ref().and_then(|t| t.head_step_s));
         row(&format!("ResNet-50, batch 8 × 224²{tag}"), r.resnet_s, r.torch.as_ref().and_then(|t| t.resnet50_step_s));
+        row(
+            &format!("SK-Res2Net-101, batch 8 × 224²{tag}"),
+            r.sk_s,
+            r.torch.as_ref().and_then(|t| t.sk2res2net101_step_s),
+        );
     }
     let best = |f: &dyn Fn(&Round) -> Option<f64>| rounds.iter().filter_map(f).min_by(f64::total_cmp);
-    let (head_s, resnet_s) = (best(&|r| r.head_s), best(&|r| r.resnet_s));
+    let (head_s, resnet_s, sk_s) = (best(&|r| r.head_s), best(&|r| r.resnet_s), best(&|r| r.sk_s));
     let torch_head = best(&|r| r.torch.as_ref().and_then(|t| t.head_step_s));
     let torch_resnet = best(&|r| r.torch.as_ref().and_then(|t| t.resnet50_step_s));
+    let torch_sk = best(&|r| r.torch.as_ref().and_then(|t| t.sk2res2net101_step_s));
     if many {
         row("Dynamic MLP-C head, best of rounds", head_s, torch_head);
         row("ResNet-50, best of rounds", resnet_s, torch_resnet);
+        row("SK-Res2Net-101, best of rounds", sk_s, torch_sk);
     }
     let torch_version = rounds.iter().find_map(|r| r.torch.as_ref().map(|t| t.torch_version.clone()));
     if torch_version.is_some() {
@@ -150,11 +170,13 @@ fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
             "rounds": rounds.len(),
             "head_step_s": head_s,
             "resnet50_step_s": resnet_s,
+            "sk2res2net101_step_s": sk_s,
         });
         if let Some(version) = torch_version {
             json["torch_version"] = version.into();
             json["torch_head_step_s"] = torch_head.into();
             json["torch_resnet50_step_s"] = torch_resnet.into();
+            json["torch_sk2res2net101_step_s"] = torch_sk.into();
         }
         println!("{json}");
     }
@@ -165,6 +187,7 @@ fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
 struct Round {
     head_s: Option<f64>,
     resnet_s: Option<f64>,
+    sk_s: Option<f64>,
     torch: Option<TorchTimes>,
 }
 
@@ -203,9 +226,10 @@ fn head_step(device: &Device) -> anyhow::Result<Step> {
     }))
 }
 
-fn resnet_step(device: &Device) -> anyhow::Result<Step> {
+/// Forward + backward of a backbone's pooled features (no classifier), batch 8 × 224².
+fn backbone_step(preset: BackbonePreset, device: &Device) -> anyhow::Result<Step> {
     let config = ModelConfig {
-        backbone: Some(BackboneSpec::Preset(BackbonePreset::Resnet50)),
+        backbone: Some(BackboneSpec::Preset(preset)),
         feature_dim: None,
         num_classes: 1000,
         metadata: None,
@@ -227,6 +251,7 @@ struct TorchTimes {
     torch_version: String,
     head_step_s: Option<f64>,
     resnet50_step_s: Option<f64>,
+    sk2res2net101_step_s: Option<f64>,
 }
 
 fn run_torch(python: &Path, threads: usize, args: &ModelBenchArgs) -> anyhow::Result<TorchTimes> {
@@ -237,6 +262,8 @@ fn run_torch(python: &Path, threads: usize, args: &ModelBenchArgs) -> anyhow::Re
         args.head_iters.to_string(),
         "--resnet-iters".into(),
         args.resnet_iters.to_string(),
+        "--sk-iters".into(),
+        args.sk_iters.to_string(),
     ];
     if let Some(only) = args.only {
         script_args.extend(["--only".into(), only.name().into()]);
@@ -244,10 +271,11 @@ fn run_torch(python: &Path, threads: usize, args: &ModelBenchArgs) -> anyhow::Re
     let times: TorchTimes = run_python_json(python, "bench_model.py", &script_args)?;
     let shown = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.3} s"));
     eprintln!(
-        "torch {} head step: {}, ResNet-50 step: {}",
+        "torch {} head step: {}, ResNet-50 step: {}, SK-Res2Net-101 step: {}",
         times.torch_version,
         shown(times.head_step_s),
-        shown(times.resnet50_step_s)
+        shown(times.resnet50_step_s),
+        shown(times.sk2res2net101_step_s)
     );
     Ok(times)
 }

@@ -97,16 +97,8 @@ pub(crate) fn set_threads(threads: Option<usize>) -> usize {
 }
 
 fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    // candle and gemm size their thread pools from RAYON_NUM_THREADS when first used.
-    // SAFETY: nothing else runs yet; no other thread reads the environment concurrently.
-    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    let threads = set_threads(args.threads);
     eprintln!("bench model: {threads} threads, release build: {}", !cfg!(debug_assertions));
-    if cfg!(debug_assertions) {
-        eprintln!(
-            "warning: a debug build; run `cargo xtask-release bench model` or `cargo run --release -p xtask -- bench model` for real figures"
-        );
-    }
 
     let device = Device::Cpu;
     let wanted = |step: ModelStep| args.only.is_none_or(|only| only == step);

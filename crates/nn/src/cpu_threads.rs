@@ -2,10 +2,11 @@
 //!
 //! - **The thread count is looked up on every op.** Unless `RAYON_NUM_THREADS` is set, candle's
 //!   `get_num_threads()` counts the physical cores by parsing `/proc/cpuinfo` (`num_cpus`), on
-//!   every call, and candle and this crate's `gemm` calls ask it for every matrix product. On the
-//!   tiny ResNet of smoke runs (batch 32 × 32²) that parsing was most of the step: 16–19 ms with
-//!   the variable unset, 10 ms with it set to the same count. [`configure_cpu_threads`] sets it,
-//!   once, to the count candle would have chosen, so nothing else changes.
+//!   every call, and candle asks it for each of its own matrix products (this crate's `gemm`
+//!   calls ask once, `gemm_util.rs`). On the tiny ResNet of smoke runs (batch 32 × 32²) that
+//!   parsing was a third of the step: 16–19 ms with the variable unset, 10 ms with it set to the
+//!   same count. [`configure_cpu_threads`] sets it, once, to the count candle would have chosen,
+//!   so nothing else changes.
 //! - **Idle workers spin.** candle runs its element-wise CPU ops on a pool of its own, beside
 //!   rayon's (which runs `gemm` and this crate's ops): among them the `zeros + add` with which its
 //!   backward pass accumulates every tensor's gradient. After each job those workers spin 25,000
@@ -29,7 +30,7 @@ fn value_to_set(current: Option<std::ffi::OsString>, default: impl FnOnce() -> S
 
 /// Pins the CPU thread count in `RAYON_NUM_THREADS` (candle's own default, counted once) and
 /// makes candle's idle CPU workers park at once (see the module docs); a variable already set is
-/// left alone. Returns the names of the variables it set.
+/// left alone.
 ///
 /// It only takes effect before candle or rayon start their thread pools, at their first CPU op.
 ///
@@ -37,18 +38,15 @@ fn value_to_set(current: Option<std::ffi::OsString>, default: impl FnOnce() -> S
 ///
 /// It sets environment variables: call it first thing in `main`, while no other thread exists
 /// that could read or write the environment at the same time.
-pub unsafe fn configure_cpu_threads() -> Vec<&'static str> {
-    let mut set = Vec::new();
-    let mut set_unless_chosen = |var: &'static str, default: &dyn Fn() -> String| {
+pub unsafe fn configure_cpu_threads() {
+    let set_unless_chosen = |var: &str, default: &dyn Fn() -> String| {
         if let Some(value) = value_to_set(std::env::var_os(var), default) {
             // SAFETY: the caller guarantees no other thread touches the environment now.
             unsafe { std::env::set_var(var, value) };
-            set.push(var);
         }
     };
     set_unless_chosen(THREADS_VAR, &|| candle_core::utils::get_num_threads().to_string());
     set_unless_chosen(SPIN_LIMIT_VAR, &|| "0".to_string());
-    set
 }
 
 #[cfg(test)]

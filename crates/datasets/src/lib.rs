@@ -18,6 +18,7 @@
 //! the record.
 
 pub mod decode;
+mod jpeg;
 pub mod loader;
 pub mod manifest;
 pub mod readers;

@@ -21,7 +21,7 @@ use rand::Rng;
 
 use crate::DatasetError;
 pub use crate::decode::decode_rgb;
-use crate::decode::{Decoded, dct_scale_for, decode_scaled, dimensions};
+use crate::decode::{Decoded, dct_scale_for, decode_region, dimensions};
 
 /// Per-channel normalisation of images scaled to [0, 1].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -141,6 +141,38 @@ impl Plan {
             Plan::Crops { resized, .. } => (f64::from(resized.0.min(full.0)), f64::from(resized.1.min(full.1))),
         }
     }
+
+    /// The file's pixels `(x0, y0, x1, y1)` this view reads when decoded at `1 / scale`: the
+    /// region, and for an unconfined resize the filter's reach past it (its support is the
+    /// larger of one decoded pixel and the downscaling ratio; two decoded pixels more are kept).
+    fn footprint(&self, full: (u32, u32), scale: u32) -> (u32, u32, u32, u32) {
+        match self {
+            Plan::Region { region, size, confine, .. } => {
+                let margin = if *confine {
+                    0.0
+                } else {
+                    let ratio = (region[2] / f64::from(*size)).max(region[3] / f64::from(*size));
+                    ratio.max(f64::from(scale)).ceil() + 2.0 * f64::from(scale)
+                };
+                let clamp = |v: f64, len: u32| v.clamp(0.0, f64::from(len)) as u32;
+                (
+                    clamp((region[0] - margin).floor(), full.0),
+                    clamp((region[1] - margin).floor(), full.1),
+                    clamp((region[0] + region[2] + margin).ceil(), full.0),
+                    clamp((region[1] + region[3] + margin).ceil(), full.1),
+                )
+            }
+            Plan::Crops { .. } => (0, 0, full.0, full.1),
+        }
+    }
+}
+
+/// The smallest box holding every plan's footprint.
+fn footprint(plans: &[Plan], full: (u32, u32), scale: u32) -> (u32, u32, u32, u32) {
+    plans
+        .iter()
+        .map(|p| p.footprint(full, scale))
+        .fold((full.0, full.1, 0, 0), |a, b| (a.0.min(b.0), a.1.min(b.1), a.2.max(b.2), a.3.max(b.3)))
 }
 
 fn plan(transform: Transform, (width, height): (u32, u32), rng: &mut impl Rng) -> Plan {
@@ -219,7 +251,9 @@ impl Renderer {
             )));
         }
         let plan = Plan::Region { region: [left, top, width, height].map(f64::from), size, flip, confine: true };
-        let decoded = decode_scaled(bytes, path, self.scale_for(std::slice::from_ref(&plan), full))?;
+        let plans = std::slice::from_ref(&plan);
+        let scale = self.scale_for(plans, full);
+        let decoded = decode_region(bytes, path, footprint(plans, full, scale), scale)?;
         self.render_plan(&decoded, &plan, norm, out, path)
     }
 
@@ -260,7 +294,8 @@ impl Renderer {
         }
         let full = dimensions(bytes, path)?;
         let plans: Vec<Plan> = transforms.iter().map(|t| plan(*t, full, rng)).collect();
-        let decoded = decode_scaled(bytes, path, self.scale_for(&plans, full))?;
+        let scale = self.scale_for(&plans, full);
+        let decoded = decode_region(bytes, path, footprint(&plans, full, scale), scale)?;
         for (plan, slot) in plans.iter().zip(out.iter_mut()) {
             self.render_plan(&decoded, plan, norm, slot, path)?;
         }
@@ -276,15 +311,16 @@ impl Renderer {
         path: &std::path::Path,
     ) -> Result<(), DatasetError> {
         let lut = Lut::new(norm);
-        // Full-resolution coordinates to the decoded image's.
+        // Full-resolution coordinates to the decoded pixels' (scaled, and offset by the origin
+        // of a decoded region).
+        let scaled = decoded.scaled_size;
+        let s = f64::from(decoded.scale);
         let (sx, sy) = (
-            f64::from(decoded.image.width()) / (f64::from(decoded.full_size.0) / f64::from(decoded.scale)),
-            f64::from(decoded.image.height()) / (f64::from(decoded.full_size.1) / f64::from(decoded.scale)),
+            f64::from(scaled.0) / (f64::from(decoded.full_size.0) / s),
+            f64::from(scaled.1) / (f64::from(decoded.full_size.1) / s),
         );
-        let to_decoded = |r: [f64; 4]| {
-            let s = f64::from(decoded.scale);
-            [r[0] / s * sx, r[1] / s * sy, r[2] / s * sx, r[3] / s * sy]
-        };
+        let (ox, oy) = (f64::from(decoded.origin.0), f64::from(decoded.origin.1));
+        let to_decoded = |r: [f64; 4]| [r[0] / s * sx - ox, r[1] / s * sy - oy, r[2] / s * sx, r[3] / s * sy];
         match plan {
             Plan::Region { region, size, flip, confine } => {
                 self.resize(decoded, to_decoded(*region), *confine, (*size, *size), path)?;

@@ -1,0 +1,343 @@
+//! Huffman decoding of baseline JPEG blocks: a 64-bit bit reader that handles byte stuffing,
+//! restart markers and the end of the data, and tables that decode most codes (and most AC
+//! coefficients whole, code and value together) with one lookup, after stb_image.
+
+use super::header::ZIGZAG;
+
+/// Bits resolved by one table lookup (tables of 2048 entries, 4 and 8 KiB: 12 bits measured slower).
+const FAST_BITS: u32 = 11;
+
+/// The run of a combined AC entry that ends the block.
+const END_OF_BLOCK: i32 = 0xFF;
+
+/// One Huffman table, ready for decoding.
+#[derive(Debug, Clone)]
+pub(super) struct HuffTable {
+    /// By the next `FAST_BITS` bits: `(code length << 8) | symbol`, or 0 for a longer code.
+    fast: Box<[u16; 1 << FAST_BITS]>,
+    /// AC tables, by the next `FAST_BITS` bits, when the code and its value's bits fit:
+    /// `(value << 16) | (run << 8) | bits used`, the run being [`END_OF_BLOCK`] for the end of
+    /// block (and 15 with value 0 for a run of 16 zeros); else 0.
+    fast_ac: Box<[i32; 1 << FAST_BITS]>,
+    /// Per code length: one past the largest code of that length or shorter, left-aligned to
+    /// 16 bits (`u32::MAX` past 16).
+    max_code: [u32; 18],
+    /// Per code length: index in `values` of a code, minus the code.
+    delta: [i32; 17],
+    values: Vec<u8>,
+}
+
+impl HuffTable {
+    /// Builds a table from a DHT segment's 16 counts and symbol list.
+    pub(super) fn new(counts: &[u8; 16], values: &[u8], is_ac: bool) -> Result<Self, String> {
+        let mut fast = Box::new([0u16; 1 << FAST_BITS]);
+        let mut max_code = [0u32; 18];
+        let mut delta = [0i32; 17];
+        let (mut code, mut k) = (0u32, 0usize);
+        for len in 1..=16u32 {
+            let n = usize::from(counts[len as usize - 1]);
+            delta[len as usize] = k as i32 - code as i32;
+            for _ in 0..n {
+                if len <= FAST_BITS {
+                    let shift = FAST_BITS - len;
+                    let entry = ((len as u16) << 8) | u16::from(values[k]);
+                    fast[(code << shift) as usize..((code + 1) << shift) as usize].fill(entry);
+                }
+                code += 1;
+                k += 1;
+            }
+            if code > 1 << len {
+                return Err("a Huffman table with more codes than its lengths allow".into());
+            }
+            max_code[len as usize] = code << (16 - len);
+            code <<= 1;
+        }
+        max_code[17] = u32::MAX;
+        let mut fast_ac = Box::new([0i32; 1 << FAST_BITS]);
+        if is_ac {
+            for (i, &entry) in fast.iter().enumerate() {
+                let (len, symbol) = (u32::from(entry >> 8), entry & 0xFF);
+                let (run, size) = (i32::from(symbol >> 4), u32::from(symbol & 15));
+                if len == 0 || len + size > FAST_BITS {
+                    continue;
+                }
+                fast_ac[i] = match (run, size) {
+                    (0, 0) => (END_OF_BLOCK << 8) | len as i32,
+                    (15, 0) => (15 << 8) | len as i32,
+                    (_, 0) => continue, // not a baseline symbol: the slow path reports it
+                    _ => {
+                        let raw = ((i as u32) >> (FAST_BITS - len - size)) & ((1 << size) - 1);
+                        (extend(raw, size) << 16) | (run << 8) | (len + size) as i32
+                    }
+                };
+            }
+        }
+        Ok(Self { fast, fast_ac, max_code, delta, values: values.to_vec() })
+    }
+}
+
+/// The signed value of `size` raw bits (JPEG's EXTEND).
+#[inline(always)]
+fn extend(raw: u32, size: u32) -> i32 {
+    if size == 0 {
+        0
+    } else if raw < 1 << (size - 1) {
+        raw as i32 - (1 << size) + 1
+    } else {
+        raw as i32
+    }
+}
+
+/// Entropy-coded bits, most significant first, from the scan data.
+pub(super) struct BitReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+    /// Bits not yet consumed, left-aligned.
+    buf: u64,
+    count: u32,
+    /// Zero bits fed in past a marker (at the bottom of `buf`).
+    padding: u32,
+    at_marker: bool,
+}
+
+impl<'a> BitReader<'a> {
+    pub(super) fn new(data: &'a [u8], pos: usize) -> Self {
+        Self { data, pos, buf: 0, count: 0, padding: 0, at_marker: false }
+    }
+
+    /// Tops the buffer up to at least 57 bits.
+    #[inline(always)]
+    fn refill(&mut self) {
+        // Fast path: eight bytes without a 0xFF among them.
+        if !self.at_marker
+            && let Some(word) = self.data.get(self.pos..self.pos + 8)
+        {
+            let word = u64::from_be_bytes(word.try_into().expect("8 bytes"));
+            let inverted = !word;
+            let has_ff = inverted.wrapping_sub(0x0101_0101_0101_0101) & !inverted & 0x8080_8080_8080_8080;
+            if has_ff == 0 {
+                let n = (64 - self.count) >> 3; // whole bytes that fit
+                if n > 0 {
+                    self.buf |= (word >> (64 - 8 * n)) << (64 - self.count - 8 * n);
+                    self.pos += n as usize;
+                    self.count += 8 * n;
+                }
+                return;
+            }
+        }
+        self.refill_bytewise();
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refill_bytewise(&mut self) {
+        while self.count <= 56 {
+            let byte = if self.at_marker {
+                self.padding += 8;
+                0
+            } else {
+                match self.data.get(self.pos) {
+                    Some(0xFF) => match self.data.get(self.pos + 1) {
+                        Some(0x00) => {
+                            self.pos += 2;
+                            0xFF
+                        }
+                        _ => {
+                            self.at_marker = true;
+                            self.padding += 8;
+                            0
+                        }
+                    },
+                    Some(&b) => {
+                        self.pos += 1;
+                        b
+                    }
+                    None => {
+                        self.at_marker = true;
+                        self.padding += 8;
+                        0
+                    }
+                }
+            };
+            self.buf |= u64::from(byte) << (56 - self.count);
+            self.count += 8;
+        }
+    }
+
+    /// Whether decoding has read past the end of the data (into zeros fed after a marker).
+    pub(super) fn overran(&self) -> bool {
+        self.count < self.padding
+    }
+
+    /// Skips to the restart marker `RST(index % 8)` and resets the reader after it.
+    pub(super) fn restart(&mut self, index: usize) -> Result<(), String> {
+        if self.overran() {
+            return Err("the entropy-coded data ends early".into());
+        }
+        // Whole bytes still buffered were read past the last MCU: corrupt data.
+        let real = self.count - self.padding;
+        if real >= 8 {
+            return Err(format!("{} stray bytes before restart marker {}", real / 8, index % 8));
+        }
+        let expected = 0xD0 + (index % 8) as u8;
+        let mut pos = self.pos;
+        while self.data.get(pos) == Some(&0xFF) && self.data.get(pos + 1) == Some(&0xFF) {
+            pos += 1;
+        }
+        if self.data.get(pos) != Some(&0xFF) || self.data.get(pos + 1) != Some(&expected) {
+            return Err(format!("restart marker {} missing at byte {pos}", index % 8));
+        }
+        *self = Self::new(self.data, pos + 2);
+        Ok(())
+    }
+
+    /// Decodes one block: its DC difference (added to `pred`) and AC coefficients, dequantised
+    /// by `quant` (zigzag order), into `coef` (natural order, which must be zero). Returns the
+    /// zigzag index of the last coefficient read (0: DC only).
+    #[inline(always)]
+    pub(super) fn block(
+        &mut self,
+        dc: &HuffTable,
+        ac: &HuffTable,
+        pred: &mut i32,
+        quant: &[i32; 64],
+        coef: &mut [i32; 64],
+    ) -> Result<usize, String> {
+        let mut last = 0;
+        self.coefficients(dc, ac, pred, |k, value| {
+            coef[ZIGZAG[k]] = dequantise(value, quant[k]);
+            last = k;
+        })?;
+        coef[0] = dequantise(*pred, quant[0]);
+        Ok(last)
+    }
+
+    /// Reads one block that is not needed: only its DC difference is kept (in `pred`).
+    #[inline(always)]
+    pub(super) fn skip_block(&mut self, dc: &HuffTable, ac: &HuffTable, pred: &mut i32) -> Result<(), String> {
+        self.coefficients(dc, ac, pred, |_, _| {})
+    }
+
+    /// Reads one block's codes, adding its DC difference to `pred` and handing each non-zero AC
+    /// coefficient to `put(zigzag index, value)`. The bit buffer is kept in locals (registers)
+    /// between refills.
+    #[inline(always)]
+    fn coefficients(
+        &mut self,
+        dc: &HuffTable,
+        ac: &HuffTable,
+        pred: &mut i32,
+        mut put: impl FnMut(usize, i32),
+    ) -> Result<(), String> {
+        if self.count < 32 {
+            self.refill();
+        }
+        let (mut buf, mut count) = (self.buf, self.count);
+        let (size, len) = symbol(dc, buf)?;
+        buf <<= len;
+        count -= len;
+        let size = u32::from(size);
+        if size > 16 {
+            return Err("a DC difference of more than 16 bits".into());
+        }
+        if count < 32 {
+            (self.buf, self.count) = (buf, count);
+            self.refill();
+            (buf, count) = (self.buf, self.count);
+        }
+        let diff = extend(take(buf, size), size);
+        buf = buf.checked_shl(size).unwrap_or(0);
+        count -= size;
+        *pred = pred.wrapping_add(diff);
+        let mut k = 1;
+        while k < 64 {
+            if count < 32 {
+                (self.buf, self.count) = (buf, count);
+                self.refill();
+                (buf, count) = (self.buf, self.count);
+            }
+            let fast = ac.fast_ac[(buf >> (64 - FAST_BITS)) as usize];
+            if fast != 0 {
+                let used = (fast & 0xFF) as u32;
+                buf <<= used;
+                count -= used;
+                let run = (fast >> 8) & 0xFF;
+                if run == END_OF_BLOCK {
+                    break;
+                }
+                k += run as usize;
+                if k > 63 {
+                    return Err("AC coefficients past the end of a block".into());
+                }
+                // A run of 16 zeros puts a zero at its last place: harmless.
+                put(k, fast >> 16);
+                k += 1;
+                continue;
+            }
+            let (rs, len) = symbol(ac, buf)?;
+            buf <<= len;
+            count -= len;
+            let (run, size) = (usize::from(rs >> 4), u32::from(rs & 15));
+            if size == 0 {
+                if run != 15 {
+                    break; // end of block
+                }
+                k += 16;
+                continue;
+            }
+            k += run;
+            if k > 63 {
+                return Err("AC coefficients past the end of a block".into());
+            }
+            let value = extend(take(buf, size), size);
+            buf <<= size;
+            count -= size;
+            put(k, value);
+            k += 1;
+        }
+        (self.buf, self.count) = (buf, count);
+        if k > 64 {
+            return Err("AC coefficients past the end of a block".into());
+        }
+        Ok(())
+    }
+}
+
+/// The top `n` (≤ 16) bits of `buf`.
+#[inline(always)]
+fn take(buf: u64, n: u32) -> u32 {
+    if n == 0 { 0 } else { (buf >> (64 - n)) as u32 }
+}
+
+/// The Huffman symbol at the top of `buf` (which holds at least 16 bits) and its code length.
+#[inline(always)]
+fn symbol(table: &HuffTable, buf: u64) -> Result<(u8, u32), String> {
+    let entry = table.fast[(buf >> (64 - FAST_BITS)) as usize];
+    if entry != 0 {
+        return Ok((entry as u8, u32::from(entry >> 8)));
+    }
+    long_symbol(table, buf)
+}
+
+/// A code longer than `FAST_BITS`, by the canonical code's bounds per length.
+#[cold]
+fn long_symbol(table: &HuffTable, buf: u64) -> Result<(u8, u32), String> {
+    let top = (buf >> 48) as u32;
+    let mut len = FAST_BITS as usize + 1;
+    while top >= table.max_code[len] {
+        len += 1;
+    }
+    if len > 16 {
+        return Err("an invalid Huffman code".into());
+    }
+    let index = ((top >> (16 - len)) as i32 + table.delta[len]) as usize;
+    let symbol = *table.values.get(index).ok_or("an invalid Huffman code")?;
+    Ok((symbol, len as u32))
+}
+
+/// A coefficient (stored as 16 bits, as libjpeg's `JCOEF`) times its quantiser. The inverse
+/// DCTs wrap, so a corrupt file's huge products garble pixels but cannot panic.
+#[inline(always)]
+fn dequantise(value: i32, quant: i32) -> i32 {
+    i32::from(value as i16).wrapping_mul(quant)
+}

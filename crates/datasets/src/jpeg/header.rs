@@ -1,0 +1,229 @@
+//! The markers before the first scan of a JPEG: what the region decoder needs to know, and
+//! whether the file is of the kind it decodes (baseline or extended Huffman, 8-bit, one
+//! interleaved scan, grayscale or YCbCr with 4:4:4, 4:2:2 or 4:2:0 chroma).
+
+use super::entropy::HuffTable;
+
+/// The zigzag order: `ZIGZAG[k]` is the natural (row-major) index of the `k`-th coefficient.
+pub(super) const ZIGZAG: [usize; 64] = [
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14, 21,
+    28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54,
+    47, 55, 62, 63,
+];
+
+/// One colour component of the frame.
+#[derive(Debug, Clone)]
+pub(super) struct Component {
+    pub(super) id: u8,
+    /// Horizontal and vertical sampling factors.
+    pub(super) h: usize,
+    pub(super) v: usize,
+    /// Quantisation table, in zigzag order (the order coefficients arrive in).
+    pub(super) quant_zigzag: [i32; 64],
+    quant_index: usize,
+    pub(super) dc_table: usize,
+    pub(super) ac_table: usize,
+}
+
+/// What the headers say, up to the first byte of entropy-coded data.
+#[derive(Debug)]
+pub(super) struct Frame {
+    pub(super) width: usize,
+    pub(super) height: usize,
+    pub(super) components: Vec<Component>,
+    pub(super) dc_tables: Vec<Option<HuffTable>>,
+    pub(super) ac_tables: Vec<Option<HuffTable>>,
+    /// MCUs between restart markers; 0 when there are none.
+    pub(super) restart_interval: usize,
+    /// Offset of the scan's entropy-coded data.
+    pub(super) scan_start: usize,
+}
+
+/// The headers' verdict.
+#[derive(Debug)]
+pub(super) enum Parsed {
+    Frame(Frame),
+    /// A valid kind of JPEG this decoder leaves to the general one (the comment at each
+    /// `Unsupported` says which).
+    Unsupported,
+}
+
+fn u16_at(bytes: &[u8], pos: usize) -> Option<usize> {
+    Some(usize::from(u16::from_be_bytes([*bytes.get(pos)?, *bytes.get(pos + 1)?])))
+}
+
+/// Reads the markers of `bytes` (which starts with SOI) up to the first start-of-scan.
+pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
+    let mut quant: [Option<[i32; 64]>; 4] = [None; 4];
+    let mut dc_tables: Vec<Option<HuffTable>> = (0..4).map(|_| None).collect();
+    let mut ac_tables: Vec<Option<HuffTable>> = (0..4).map(|_| None).collect();
+    let mut frame: Option<(usize, usize, Vec<Component>)> = None;
+    let mut restart_interval = 0;
+    let mut adobe_transform: Option<u8> = None;
+    let mut pos = 2;
+    loop {
+        if bytes.get(pos) != Some(&0xFF) {
+            return Err(format!("expected a marker at byte {pos}"));
+        }
+        while bytes.get(pos) == Some(&0xFF) {
+            pos += 1;
+        }
+        let marker = *bytes.get(pos).ok_or("the file ends inside its headers")?;
+        pos += 1;
+        if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
+            continue; // markers without a segment
+        }
+        if marker == 0xD9 {
+            return Err("the file ends (EOI) before any image data".into());
+        }
+        let len = u16_at(bytes, pos).ok_or("the file ends inside its headers")?;
+        if len < 2 || pos + len > bytes.len() {
+            return Err(format!("marker 0x{marker:02X} at byte {} runs past the end of the file", pos - 2));
+        }
+        let seg = &bytes[pos + 2..pos + len];
+        pos += len;
+        match marker {
+            0xC0 | 0xC1 => {
+                if frame.is_some() {
+                    return Err("two frame headers".into());
+                }
+                if seg.len() < 6 {
+                    return Err("short frame header".into());
+                }
+                if seg[0] != 8 {
+                    return Ok(Parsed::Unsupported); // not 8-bit
+                }
+                let (height, width, n) =
+                    (u16_at(seg, 1).unwrap_or(0), u16_at(seg, 3).unwrap_or(0), usize::from(seg[5]));
+                if height == 0 || width == 0 {
+                    return Ok(Parsed::Unsupported); // no size in the frame header
+                }
+                if seg.len() < 6 + 3 * n || n == 0 {
+                    return Err("short frame header".into());
+                }
+                let components = (0..n)
+                    .map(|i| {
+                        let c = &seg[6 + 3 * i..9 + 3 * i];
+                        Component {
+                            id: c[0],
+                            h: usize::from(c[1] >> 4),
+                            v: usize::from(c[1] & 15),
+                            quant_zigzag: [0; 64],
+                            quant_index: usize::from(c[2]),
+                            dc_table: 0,
+                            ac_table: 0,
+                        }
+                    })
+                    .collect();
+                frame = Some((width, height, components));
+            }
+            0xC2 | 0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
+                return Ok(Parsed::Unsupported); // progressive, lossless or arithmetic-coded
+            }
+            0xC4 => {
+                let mut rest = seg;
+                while !rest.is_empty() {
+                    let (class, index) = (rest[0] >> 4, usize::from(rest[0] & 15));
+                    if rest.len() < 17 || index > 3 || class > 1 {
+                        return Err("malformed Huffman table".into());
+                    }
+                    let counts: [u8; 16] = rest[1..17].try_into().expect("16 bytes");
+                    let total: usize = counts.iter().map(|&c| usize::from(c)).sum();
+                    let values = rest.get(17..17 + total).ok_or("malformed Huffman table")?;
+                    let table = HuffTable::new(&counts, values, class == 1)?;
+                    if class == 0 {
+                        dc_tables[index] = Some(table);
+                    } else {
+                        ac_tables[index] = Some(table);
+                    }
+                    rest = &rest[17 + total..];
+                }
+            }
+            0xDB => {
+                let mut rest = seg;
+                while !rest.is_empty() {
+                    let (precision, index) = (rest[0] >> 4, usize::from(rest[0] & 15));
+                    let size = if precision == 0 { 64 } else { 128 };
+                    if index > 3 || precision > 1 || rest.len() < 1 + size {
+                        return Err("malformed quantisation table".into());
+                    }
+                    let table: [i32; 64] = std::array::from_fn(|k| {
+                        if precision == 0 {
+                            i32::from(rest[1 + k])
+                        } else {
+                            i32::from(u16::from_be_bytes([rest[1 + 2 * k], rest[2 + 2 * k]]))
+                        }
+                    });
+                    quant[index] = Some(table);
+                    rest = &rest[1 + size..];
+                }
+            }
+            0xDD => restart_interval = u16_at(seg, 0).ok_or("malformed restart interval")?,
+            0xEE if seg.len() >= 12 && seg.starts_with(b"Adobe") => adobe_transform = Some(seg[11]),
+            0xDA => {
+                let (width, height, mut components) = frame.ok_or("a scan before the frame header")?;
+                let n = usize::from(*seg.first().ok_or("malformed scan header")?);
+                if seg.len() < 4 + 2 * n {
+                    return Err("malformed scan header".into());
+                }
+                if n != components.len() {
+                    return Ok(Parsed::Unsupported); // several scans
+                }
+                let tail = &seg[1 + 2 * n..];
+                if tail[0] != 0 || tail[1] != 63 || tail[2] != 0 {
+                    return Err("a baseline scan with spectral selection".into());
+                }
+                for i in 0..n {
+                    let (id, tables) = (seg[1 + 2 * i], seg[2 + 2 * i]);
+                    let c = components.iter_mut().find(|c| c.id == id).ok_or("a scan names an unknown component")?;
+                    c.dc_table = usize::from(tables >> 4);
+                    c.ac_table = usize::from(tables & 15);
+                }
+                if unsupported_layout(&components, adobe_transform).is_some() {
+                    return Ok(Parsed::Unsupported);
+                }
+                for c in &mut components {
+                    let table = quant.get(c.quant_index).copied().flatten().ok_or("a missing quantisation table")?;
+                    c.quant_zigzag = std::array::from_fn(|k| table[k]);
+                    let has = |tables: &[Option<HuffTable>], i: usize| tables.get(i).is_some_and(Option::is_some);
+                    if !has(&dc_tables, c.dc_table) || !has(&ac_tables, c.ac_table) {
+                        return Err("a missing Huffman table".into());
+                    }
+                }
+                if components.len() == 1 {
+                    // One component is coded block by block, whatever its sampling factors say.
+                    components[0].h = 1;
+                    components[0].v = 1;
+                }
+                return Ok(Parsed::Frame(Frame {
+                    width,
+                    height,
+                    components,
+                    dc_tables,
+                    ac_tables,
+                    restart_interval,
+                    scan_start: pos,
+                }));
+            }
+            _ => {} // APPn, COM and others: nothing to decode
+        }
+    }
+}
+
+/// Why a frame's layout is left to the general decoder, if it is.
+fn unsupported_layout(components: &[Component], adobe_transform: Option<u8>) -> Option<&'static str> {
+    match components {
+        [_] => None,
+        [y, cb, cr] => {
+            let rgb_ids = [y.id, cb.id, cr.id] == [b'R', b'G', b'B'];
+            if adobe_transform == Some(0) || rgb_ids {
+                Some("RGB, not YCbCr")
+            } else if (cb.h, cb.v, cr.h, cr.v) != (1, 1, 1, 1) || !matches!((y.h, y.v), (1, 1) | (2, 1) | (2, 2)) {
+                Some("chroma sampling other than 4:4:4, 4:2:2 or 4:2:0")
+            } else {
+                None
+            }
+        }
+        _ => Some("neither grayscale nor three components (CMYK?)"),
+    }
+}

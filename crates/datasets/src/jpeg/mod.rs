@@ -1,0 +1,338 @@
+//! A JPEG decoder for the input pipeline that decodes only what a view needs: the rows down to
+//! the region's last, the inverse DCT only for the region's blocks, and at 1/2, 1/4 or 1/8
+//! scale straight from the DCT where the caller asks. Its arithmetic is libjpeg-turbo's
+//! (islow inverse DCT, "fancy" triangular chroma upsampling, the fixed-point YCbCr → RGB of
+//! `jdcolor.c`), so a full-scale decode equals PIL's pixel for pixel.
+//!
+//! It reads baseline and extended Huffman-coded 8-bit JPEGs with one interleaved scan:
+//! grayscale, or YCbCr with 4:4:4, 4:2:2 or 4:2:0 chroma, with or without restart markers,
+//! which is what cameras and phones write. Any other kind (progressive, CMYK, RGB, other
+//! sampling, 12-bit, arithmetic-coded) gets `Ok(None)`, for the general decoder.
+//!
+//! Strictness: an invalid Huffman code, a missing restart marker or data that ends before the
+//! region's last row is an error. Rows below the region are not read at all, so damage there
+//! goes unnoticed here; `dmlp data verify --decode` decodes every file whole.
+
+mod entropy;
+mod header;
+mod idct;
+#[cfg(target_arch = "x86_64")]
+mod idct_avx2;
+mod upsample;
+
+use entropy::BitReader;
+use header::{Frame, Parsed};
+use idct::Idct;
+
+/// RGB pixels of a region of a JPEG decoded at `1 / scale`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RegionImage {
+    /// `width × height` RGB pixels.
+    pub(crate) pixels: Vec<u8>,
+    pub(crate) width: u32,
+    pub(crate) height: u32,
+    /// The region's top-left corner in the scaled image.
+    pub(crate) origin: (u32, u32),
+    /// The whole scaled image's size: `ceil(full / scale)` per side.
+    pub(crate) scaled_size: (u32, u32),
+    /// The file's own width and height.
+    pub(crate) full_size: (u32, u32),
+}
+
+thread_local! {
+    /// Plane buffers kept between decodes on a thread (fresh ones of this size cost page faults).
+    static PLANE_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One component's samples over the decoded MCUs.
+struct Plane {
+    h: usize,
+    v: usize,
+    idct: Idct,
+    /// Upsampling to the output grid, per axis: 1 or 2.
+    up_h: usize,
+    up_v: usize,
+    /// Samples the component has over the whole image at this scale.
+    samples_w: usize,
+    samples_h: usize,
+    /// Global sample coordinates of `data[0]`.
+    origin_x: usize,
+    origin_y: usize,
+    width: usize,
+    data: Vec<u8>,
+    /// libjpeg-turbo's "fancy" triangular upsampling; else samples are replicated (it does so
+    /// at 1/8 scale and for planes of two samples or fewer across).
+    fancy: bool,
+}
+
+impl Plane {
+    fn row(&self, y: usize) -> &[u8] {
+        let start = (y - self.origin_y) * self.width;
+        &self.data[start..start + self.width]
+    }
+}
+
+/// Decodes the pixels `[x0, x1) × [y0, y1)` (full-resolution coordinates) of the JPEG `bytes`
+/// at `1 / scale` (1, 2, 4 or 8). The result covers the scaled pixels that region touches.
+/// `Ok(None)`: a kind of JPEG this decoder does not read (see the module docs).
+pub(crate) fn decode_region(
+    bytes: &[u8],
+    (x0, y0, x1, y1): (u32, u32, u32, u32),
+    scale: u32,
+) -> Result<Option<RegionImage>, String> {
+    assert!(matches!(scale, 1 | 2 | 4 | 8), "DCT scale {scale}");
+    let frame = match header::parse(bytes)? {
+        Parsed::Frame(frame) => frame,
+        Parsed::Unsupported => return Ok(None),
+    };
+    let (width, height) = (frame.width, frame.height);
+    if x0 >= x1 || y0 >= y1 || x1 as usize > width || y1 as usize > height {
+        return Err(format!("region ({x0}, {y0})–({x1}, {y1}) is not inside the {width}×{height} image"));
+    }
+    let (scale, bs) = (scale as usize, 8 / scale as usize);
+    let (scaled_w, scaled_h) = (width.div_ceil(scale), height.div_ceil(scale));
+    let out_x = (x0 as usize / scale, (x1 as usize).div_ceil(scale).min(scaled_w));
+    let out_y = (y0 as usize / scale, (y1 as usize).div_ceil(scale).min(scaled_h));
+    let max_h = frame.components.iter().map(|c| c.h).max().unwrap_or(1);
+    let max_v = frame.components.iter().map(|c| c.v).max().unwrap_or(1);
+    let (mcu_w, mcu_h) = (max_h * bs, max_v * bs);
+    let (mcus_x, mcus_y) = (width.div_ceil(8 * max_h), height.div_ceil(8 * max_v));
+    let mut planes = plan_planes(&frame, bs, max_h, max_v);
+    // MCUs the output needs, with one more on each side for chroma upsampling's neighbours.
+    let margin_x = usize::from(planes.iter().any(|p| p.up_h == 2));
+    let margin_y = usize::from(planes.iter().any(|p| p.up_v == 2));
+    let mx = ((out_x.0 / mcu_w).saturating_sub(margin_x), ((out_x.1 - 1) / mcu_w + margin_x).min(mcus_x - 1));
+    let my = ((out_y.0 / mcu_h).saturating_sub(margin_y), ((out_y.1 - 1) / mcu_h + margin_y).min(mcus_y - 1));
+    let mut spare = PLANE_BUFFERS.with_borrow_mut(std::mem::take);
+    for p in &mut planes {
+        let size = p.idct.size();
+        p.origin_x = mx.0 * p.h * size;
+        p.origin_y = my.0 * p.v * size;
+        p.width = (mx.1 - mx.0 + 1) * p.h * size;
+        // Every byte of the planes is written by an IDCT before it is read.
+        p.data = spare.pop().unwrap_or_default();
+        p.data.resize(p.width * (my.1 - my.0 + 1) * p.v * size, 0);
+    }
+    let decoded = decode_mcus(bytes, &frame, &mut planes, mcus_x, mx, my.1, my.0);
+    let (w, h) = (out_x.1 - out_x.0, out_y.1 - out_y.0);
+    let mut pixels = Vec::new();
+    if decoded.is_ok() {
+        pixels.resize(w * h * 3, 0);
+        upsample::to_rgb(&planes, out_x, out_y, &mut pixels);
+    }
+    spare.extend(planes.into_iter().map(|p| p.data));
+    PLANE_BUFFERS.with_borrow_mut(|buffers| *buffers = spare);
+    decoded?;
+    Ok(Some(RegionImage {
+        pixels,
+        width: w as u32,
+        height: h as u32,
+        origin: (out_x.0 as u32, out_y.0 as u32),
+        scaled_size: (scaled_w as u32, scaled_h as u32),
+        full_size: (width as u32, height as u32),
+    }))
+}
+
+/// Each component's IDCT size and upsampling, as libjpeg-turbo chooses them: a subsampled
+/// component is scaled up by the IDCT (up to 8 × 8) before the upsampler is asked to.
+fn plan_planes(frame: &Frame, bs: usize, max_h: usize, max_v: usize) -> Vec<Plane> {
+    frame
+        .components
+        .iter()
+        .map(|c| {
+            let mut size = bs;
+            while size < 8 && (max_h * bs).is_multiple_of(c.h * size * 2) && (max_v * bs).is_multiple_of(c.v * size * 2)
+            {
+                size *= 2;
+            }
+            Plane {
+                h: c.h,
+                v: c.v,
+                idct: Idct::new(size),
+                up_h: max_h * bs / (c.h * size),
+                up_v: max_v * bs / (c.v * size),
+                samples_w: (frame.width * c.h * size).div_ceil(max_h * 8),
+                samples_h: (frame.height * c.v * size).div_ceil(max_v * 8),
+                origin_x: 0,
+                origin_y: 0,
+                width: 0,
+                data: Vec::new(),
+                fancy: bs > 1 && (frame.width * c.h * size).div_ceil(max_h * 8) > 2,
+            }
+        })
+        .collect()
+}
+
+/// Entropy-decodes MCU rows `0..=last_row`, transforming the blocks of MCUs in rows
+/// `first_row..` and columns `mx` into `planes`.
+fn decode_mcus(
+    bytes: &[u8],
+    frame: &Frame,
+    planes: &mut [Plane],
+    mcus_x: usize,
+    mx: (usize, usize),
+    last_row: usize,
+    first_row: usize,
+) -> Result<(), String> {
+    let mut bits = BitReader::new(bytes, frame.scan_start);
+    let mut preds = vec![0i32; frame.components.len()];
+    let mut coef = [0i32; 64];
+    let tables: Vec<_> = frame
+        .components
+        .iter()
+        .map(|c| {
+            let dc = frame.dc_tables[c.dc_table].as_ref().expect("checked by the header parser");
+            let ac = frame.ac_tables[c.ac_table].as_ref().expect("checked by the header parser");
+            (dc, ac, &c.quant_zigzag)
+        })
+        .collect();
+    let (mut done, mut restarts) = (0usize, 0usize);
+    for row in 0..=last_row {
+        for col in 0..mcus_x {
+            if frame.restart_interval > 0 && done > 0 && done % frame.restart_interval == 0 {
+                bits.restart(restarts).map_err(|e| format!("{e} (MCU row {row}, column {col})"))?;
+                restarts += 1;
+                preds.fill(0);
+            }
+            let wanted = row >= first_row && (mx.0..=mx.1).contains(&col);
+            for (ci, plane) in planes.iter_mut().enumerate() {
+                let (dc, ac, quant) = tables[ci];
+                let size = plane.idct.size();
+                for by in 0..plane.v {
+                    for bx in 0..plane.h {
+                        let decoded = if wanted {
+                            coef.fill(0);
+                            bits.block(dc, ac, &mut preds[ci], quant, &mut coef).map(|last| {
+                                let y = ((row - first_row) * plane.v + by) * size;
+                                let x = ((col - mx.0) * plane.h + bx) * size;
+                                let stride = plane.width;
+                                plane.idct.run(&coef, last, &mut plane.data[y * stride + x..], stride);
+                            })
+                        } else {
+                            bits.skip_block(dc, ac, &mut preds[ci])
+                        };
+                        decoded.map_err(|e| format!("{e} (MCU row {row}, column {col})"))?;
+                    }
+                }
+            }
+            done += 1;
+        }
+        if bits.overran() {
+            return Err(format!("the entropy-coded data ends early, in MCU row {row} of {}", last_row + 1));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: u32 = 53;
+    const H: u32 = 37;
+    const LAYOUTS: [&str; 5] = ["ycc420", "ycc422", "ycc444", "gray", "restart"];
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn whole(bytes: &[u8], scale: u32) -> RegionImage {
+        decode_region(bytes, (0, 0, W, H), scale).unwrap().expect("a layout the decoder reads")
+    }
+
+    #[test]
+    fn full_decodes_equal_pil_pixel_for_pixel() {
+        for name in LAYOUTS {
+            let image = whole(&fixture(&format!("jpeg-{name}.jpg")), 1);
+            let pil = fixture(&format!("jpeg-{name}.rgb"));
+            assert_eq!((image.width, image.height, image.origin), (W, H, (0, 0)), "{name}");
+            let differing = image.pixels.iter().zip(&pil).filter(|(a, b)| a != b).count();
+            assert_eq!(differing, 0, "{name}: {differing} of {} bytes differ from PIL's decode", pil.len());
+        }
+    }
+
+    #[test]
+    fn progressive_jpegs_are_left_to_the_general_decoder() {
+        assert_eq!(decode_region(&fixture("jpeg-progressive.jpg"), (0, 0, W, H), 1), Ok(None));
+    }
+
+    #[test]
+    fn regions_are_crops_of_the_whole_image_at_every_scale() {
+        let regions = [(0, 0, W, H), (0, 0, 1, 1), (52, 36, 53, 37), (17, 9, 40, 30), (1, 20, 53, 37), (30, 0, 47, 5)];
+        for name in LAYOUTS {
+            let bytes = fixture(&format!("jpeg-{name}.jpg"));
+            for scale in [1, 2, 4, 8] {
+                let full = whole(&bytes, scale);
+                assert_eq!((full.width, full.height), (W.div_ceil(scale), H.div_ceil(scale)));
+                for region in regions {
+                    let part = decode_region(&bytes, region, scale).unwrap().unwrap();
+                    let (x0, y0) = (region.0 / scale, region.1 / scale);
+                    let (x1, y1) = (region.2.div_ceil(scale), region.3.div_ceil(scale));
+                    assert_eq!(
+                        (part.origin, part.width, part.height),
+                        ((x0, y0), x1 - x0, y1 - y0),
+                        "{name} {region:?}"
+                    );
+                    for y in 0..part.height {
+                        let row = |img: &RegionImage, x: u32, y: u32| {
+                            let start = ((y * img.width + x) * 3) as usize;
+                            img.pixels[start..start + 3 * part.width as usize].to_vec()
+                        };
+                        assert_eq!(row(&part, 0, y), row(&full, x0, y0 + y), "{name} scale {scale} {region:?} row {y}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scaled_decodes_equal_pils_draft_mode() {
+        // PIL's `draft` asks libjpeg-turbo for the same DCT-domain scaling.
+        for name in LAYOUTS {
+            let bytes = fixture(&format!("jpeg-{name}.jpg"));
+            for scale in [2, 4, 8] {
+                let image = whole(&bytes, scale);
+                let pil = fixture(&format!("jpeg-{name}.s{scale}.rgb"));
+                assert_eq!(image.pixels.len(), pil.len(), "{name} at 1/{scale}");
+                let differing = image.pixels.iter().zip(&pil).filter(|(a, b)| a != b).count();
+                assert_eq!(differing, 0, "{name} at 1/{scale}: {differing} of {} bytes differ from PIL's", pil.len());
+            }
+        }
+    }
+
+    #[test]
+    fn damaged_entropy_data_is_an_error() {
+        let bytes = fixture("jpeg-ycc420.jpg");
+        let sos = bytes.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        let data = sos + 2 + usize::from(u16::from_be_bytes([bytes[sos + 2], bytes[sos + 3]]));
+        // Cut the scan's last 40 bytes: the last MCU row cannot be decoded.
+        let end = bytes.len() - 2;
+        assert!(end > data + 1000);
+        let mut cut = bytes[..end - 40].to_vec();
+        cut.extend_from_slice(&[0xFF, 0xD9]);
+        let err = decode_region(&cut, (0, 0, W, H), 1).unwrap_err();
+        assert!(err.contains("ends early"), "{err}");
+        // ... but a region above the cut still decodes, from the rows before it.
+        assert!(decode_region(&cut, (0, 0, W, 8), 1).unwrap().is_some());
+        // Ones where codes are: 16 one-bits are no code of these tables.
+        let mut garbage = bytes.clone();
+        for b in &mut garbage[data + 40..data + 60] {
+            *b = 0xFE;
+        }
+        assert!(decode_region(&garbage, (0, 0, W, H), 1).is_err());
+        // A restart marker that is not where the restart interval puts it.
+        let mut restart = fixture("jpeg-restart.jpg");
+        let rst = restart.windows(2).position(|w| w == [0xFF, 0xD0]).unwrap();
+        restart[rst + 1] = 0xD3;
+        let err = decode_region(&restart, (0, 0, W, H), 1).unwrap_err();
+        assert!(err.contains("restart marker 0"), "{err}");
+    }
+
+    #[test]
+    fn regions_outside_the_image_are_refused() {
+        let bytes = fixture("jpeg-ycc420.jpg");
+        assert!(decode_region(&bytes, (0, 0, W + 1, H), 1).is_err());
+        assert!(decode_region(&bytes, (5, 5, 5, 9), 1).is_err());
+    }
+}

@@ -1,0 +1,170 @@
+//! Planes to interleaved RGB: libjpeg-turbo's "fancy" (triangular) chroma upsampling, 2× per
+//! axis (`h2v1_fancy_upsample`, `h2v2_fancy_upsample`, with the image's edge samples
+//! replicated), and its fixed-point YCbCr → RGB conversion (`jdcolor.c`).
+
+use super::Plane;
+
+/// `FIX(x)` of `jdcolor.c`: `x · 2^16`, rounded.
+const CR_R: i32 = 91_881; // 1.40200
+const CB_B: i32 = 116_130; // 1.77200
+const CR_G: i32 = -46_802; // −0.71414
+const CB_G: i32 = -22_554; // −0.34414
+const HALF: i32 = 1 << 15;
+
+/// Writes the output pixels `out_x × out_y` (scaled-image coordinates) of `planes` (one
+/// grayscale plane, or Y, Cb, Cr) as RGB into `rgb`.
+pub(super) fn to_rgb(planes: &[Plane], out_x: (usize, usize), out_y: (usize, usize), rgb: &mut [u8]) {
+    let n = out_x.1 - out_x.0;
+    let mut scratch = Scratch::default();
+    let (mut cb, mut cr) = (Vec::new(), Vec::new());
+    for (row, y) in (out_y.0..out_y.1).enumerate() {
+        let luma = &planes[0].row(y)[out_x.0 - planes[0].origin_x..][..n];
+        let out = &mut rgb[row * n * 3..(row + 1) * n * 3];
+        if planes.len() == 1 {
+            for (px, &l) in out.chunks_exact_mut(3).zip(luma) {
+                px.fill(l);
+            }
+            continue;
+        }
+        let cb = chroma_row(&planes[1], y, out_x, &mut scratch, &mut cb);
+        let cr = chroma_row(&planes[2], y, out_x, &mut scratch, &mut cr);
+        ycc_to_rgb(luma, cb, cr, out);
+    }
+}
+
+#[derive(Default)]
+struct Scratch {
+    sums: Vec<i32>,
+    pairs: Vec<u8>,
+}
+
+/// The chroma samples of output row `y`, columns `out_x`, upsampled as libjpeg-turbo does.
+fn chroma_row<'a>(
+    plane: &'a Plane,
+    y: usize,
+    out_x: (usize, usize),
+    scratch: &mut Scratch,
+    buf: &'a mut Vec<u8>,
+) -> &'a [u8] {
+    let n = out_x.1 - out_x.0;
+    debug_assert!(plane.up_h == 2 || plane.up_v == 1, "the parser admits no 1 × 2 chroma");
+    let (near, far) = if plane.up_v == 2 {
+        let cy = y / 2;
+        let far = if y.is_multiple_of(2) { cy.saturating_sub(1) } else { (cy + 1).min(plane.samples_h - 1) };
+        (plane.row(cy), if plane.fancy { Some(plane.row(far)) } else { None })
+    } else {
+        (plane.row(y), None)
+    };
+    if plane.up_h == 1 {
+        return &near[out_x.0 - plane.origin_x..][..n];
+    }
+    if !plane.fancy {
+        buf.clear();
+        buf.extend((out_x.0..out_x.1).map(|x| near[x / 2 - plane.origin_x]));
+        return buf;
+    }
+    // Sample columns lo..=hi cover the output; their neighbours are clamped to the image.
+    let (lo, hi) = (out_x.0 / 2, (out_x.1 - 1) / 2);
+    let first = lo.saturating_sub(1);
+    let last = (hi + 1).min(plane.samples_w - 1);
+    let local = |c: usize| c - plane.origin_x;
+    let sums = &mut scratch.sums;
+    sums.clear();
+    sums.push(0); // the left neighbour of `lo`, set below
+    match far {
+        Some(far) => sums.extend(
+            near[local(lo)..=local(hi)]
+                .iter()
+                .zip(&far[local(lo)..=local(hi)])
+                .map(|(&a, &b)| 3 * i32::from(a) + i32::from(b)),
+        ),
+        None => sums.extend(near[local(lo)..=local(hi)].iter().map(|&a| i32::from(a))),
+    }
+    let column = |c: usize| match far {
+        Some(far) => 3 * i32::from(near[local(c)]) + i32::from(far[local(c)]),
+        None => i32::from(near[local(c)]),
+    };
+    sums[0] = column(first);
+    sums.push(column(last));
+    let pairs = &mut scratch.pairs;
+    pairs.clear();
+    pairs.resize(2 * (hi - lo + 1), 0);
+    if far.is_some() {
+        for (pair, w) in pairs.chunks_exact_mut(2).zip(sums.windows(3)) {
+            pair[0] = ((3 * w[1] + w[0] + 8) >> 4) as u8;
+            pair[1] = ((3 * w[1] + w[2] + 7) >> 4) as u8;
+        }
+    } else {
+        for (pair, w) in pairs.chunks_exact_mut(2).zip(sums.windows(3)) {
+            pair[0] = ((3 * w[1] + w[0] + 1) >> 2) as u8;
+            pair[1] = ((3 * w[1] + w[2] + 2) >> 2) as u8;
+        }
+    }
+    buf.clear();
+    buf.extend_from_slice(&pairs[out_x.0 - 2 * lo..][..n]);
+    buf
+}
+
+/// libjpeg's YCbCr → RGB, per pixel: `R = Y + 1.402 Cr′`, `G = Y − 0.34414 Cb′ − 0.71414 Cr′`,
+/// `B = Y + 1.772 Cb′` in 16-bit fixed point (`Cb′ = Cb − 128`), clamped to 0..=255.
+fn ycc_to_rgb(luma: &[u8], cb: &[u8], cr: &[u8], rgb: &mut [u8]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        done = unsafe { ycc_to_rgb_avx2(luma, cb, cr, rgb) };
+    }
+    ycc_to_rgb_portable(&luma[done..], &cb[done..], &cr[done..], &mut rgb[3 * done..]);
+}
+
+/// [`ycc_to_rgb`] eight pixels at a time while 32 bytes of output remain; returns the pixels done.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn ycc_to_rgb_avx2(luma: &[u8], cb: &[u8], cr: &[u8], rgb: &mut [u8]) -> usize {
+    use std::arch::x86_64::*;
+    let n = luma.len().min(cb.len()).min(cr.len()).min(rgb.len() / 3);
+    let mut i = 0;
+    // Each step stores 2 × 16 bytes at 3i and 3i + 12: 28 bytes past 3i must exist.
+    while i + 8 <= n && 3 * i + 28 <= rgb.len() {
+        // SAFETY: loads read 8 bytes at i < n - 7 of each input; stores write 16 bytes at
+        // 3i and 3i + 12, inside `rgb` by the loop condition.
+        unsafe {
+            let load = |s: &[u8]| _mm256_cvtepu8_epi32(_mm_loadl_epi64(s.as_ptr().add(i).cast()));
+            let (l, b, r) = (load(luma), load(cb), load(cr));
+            let (b, r) = (_mm256_sub_epi32(b, _mm256_set1_epi32(128)), _mm256_sub_epi32(r, _mm256_set1_epi32(128)));
+            let half = _mm256_set1_epi32(HALF);
+            let mul = |x, c| _mm256_mullo_epi32(x, _mm256_set1_epi32(c));
+            let red = _mm256_add_epi32(l, _mm256_srai_epi32::<16>(_mm256_add_epi32(mul(r, CR_R), half)));
+            let green = _mm256_add_epi32(
+                l,
+                _mm256_srai_epi32::<16>(_mm256_add_epi32(_mm256_add_epi32(mul(b, CB_G), half), mul(r, CR_G))),
+            );
+            let blue = _mm256_add_epi32(l, _mm256_srai_epi32::<16>(_mm256_add_epi32(mul(b, CB_B), half)));
+            let clamp = |x| _mm256_min_epi32(_mm256_max_epi32(x, _mm256_setzero_si256()), _mm256_set1_epi32(255));
+            let packed = _mm256_or_si256(
+                clamp(red),
+                _mm256_or_si256(_mm256_slli_epi32::<8>(clamp(green)), _mm256_slli_epi32::<16>(clamp(blue))),
+            );
+            // Per 128-bit lane: 4 pixels of 4 bytes to 12 bytes (the last 4 zeroed).
+            let shuffle = _mm256_setr_epi8(
+                0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1, 0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1,
+                -1, -1,
+            );
+            let bytes = _mm256_shuffle_epi8(packed, shuffle);
+            let out = rgb.as_mut_ptr().add(3 * i);
+            _mm_storeu_si128(out.cast(), _mm256_castsi256_si128(bytes));
+            _mm_storeu_si128(out.add(12).cast(), _mm256_extracti128_si256::<1>(bytes));
+        }
+        i += 8;
+    }
+    i
+}
+
+fn ycc_to_rgb_portable(luma: &[u8], cb: &[u8], cr: &[u8], rgb: &mut [u8]) {
+    for (((px, &l), &b), &r) in rgb.chunks_exact_mut(3).zip(luma).zip(cb).zip(cr) {
+        let (l, b, r) = (i32::from(l), i32::from(b) - 128, i32::from(r) - 128);
+        px[0] = (l + ((CR_R * r + HALF) >> 16)).clamp(0, 255) as u8;
+        px[1] = (l + ((CB_G * b + HALF + CR_G * r) >> 16)).clamp(0, 255) as u8;
+        px[2] = (l + ((CB_B * b + HALF) >> 16)).clamp(0, 255) as u8;
+    }
+}

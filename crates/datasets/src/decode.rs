@@ -73,8 +73,13 @@ fn jpeg_header(bytes: &[u8], path: &Path) -> Result<(u32, u32, usize), DatasetEr
 /// The file's width and height, from its headers alone.
 pub fn dimensions(bytes: &[u8], path: &Path) -> Result<(u32, u32), DatasetError> {
     let (width, height) = if is_jpeg(bytes) {
-        let (w, h, _) = jpeg_header(bytes, path)?;
-        (w, h)
+        match crate::jpeg::frame_size(bytes) {
+            Some(size) => size,
+            None => {
+                let (w, h, _) = jpeg_header(bytes, path)?;
+                (w, h)
+            }
+        }
     } else {
         image::ImageReader::new(std::io::Cursor::new(bytes))
             .with_guessed_format()

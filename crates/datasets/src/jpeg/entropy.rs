@@ -19,6 +19,11 @@ pub(super) struct HuffTable {
     /// `(value << 16) | (run << 8) | bits used`, the run being [`END_OF_BLOCK`] for the end of
     /// block (and 15 with value 0 for a run of 16 zeros); else 0.
     fast_ac: Box<[i32; 1 << FAST_BITS]>,
+    /// AC tables, for blocks that are read but not kept: by the next `FAST_BITS` bits, the
+    /// bits taken by as many whole codes (with their value bits) as fit, the coefficient
+    /// positions they advance, and whether the last is the end of block:
+    /// `(end of block << 16) | (positions << 8) | bits`; 0 when not even one fits.
+    skip_ac: Box<[u32; 1 << FAST_BITS]>,
     /// Per code length: one past the largest code of that length or shorter, left-aligned to
     /// 16 bits (`u32::MAX` past 16).
     max_code: [u32; 18],
@@ -72,8 +77,41 @@ impl HuffTable {
                 };
             }
         }
-        Ok(Self { fast, fast_ac, max_code, delta, values: values.to_vec() })
+        let mut skip_ac = Box::new([0u32; 1 << FAST_BITS]);
+        if is_ac {
+            for (i, entry) in skip_ac.iter_mut().enumerate() {
+                *entry = skip_entry(&fast, i as u32);
+            }
+        }
+        Ok(Self { fast, fast_ac, skip_ac, max_code, delta, values: values.to_vec() })
     }
+}
+
+/// The [`HuffTable::skip_ac`] entry for the `FAST_BITS` bits `bits`.
+fn skip_entry(fast: &[u16; 1 << FAST_BITS], bits: u32) -> u32 {
+    let (mut used, mut positions, mut end) = (0u32, 0u32, 0u32);
+    while used < FAST_BITS && positions < 64 {
+        // The next code, left-aligned; bits past the window are zeros, so a code or value
+        // must end inside it to count.
+        let entry = fast[((bits << used) & ((1 << FAST_BITS) - 1)) as usize];
+        let (len, symbol) = (u32::from(entry >> 8), entry & 0xFF);
+        let (run, size) = (u32::from(symbol >> 4), u32::from(symbol & 15));
+        if len == 0 || used + len + size > FAST_BITS {
+            break;
+        }
+        match (run, size) {
+            (0, 0) => {
+                used += len;
+                end = 1;
+                break;
+            }
+            (15, 0) => positions += 16,
+            (_, 0) => break,
+            _ => positions += run + 1,
+        }
+        used += len + size;
+    }
+    if used == 0 { 0 } else { (end << 16) | (positions << 8) | used }
 }
 
 /// The signed value of `size` raw bits (JPEG's EXTEND).
@@ -212,10 +250,66 @@ impl<'a> BitReader<'a> {
         Ok(last)
     }
 
-    /// Reads one block that is not needed: only its DC difference is kept (in `pred`).
+    /// Reads one block that is not needed: only its DC difference is kept (in `pred`). Several
+    /// codes go per lookup (`skip_ac`) while they stay inside the block.
     #[inline(always)]
     pub(super) fn skip_block(&mut self, dc: &HuffTable, ac: &HuffTable, pred: &mut i32) -> Result<(), String> {
-        self.coefficients(dc, ac, pred, |_, _| {})
+        if self.count < 32 {
+            self.refill();
+        }
+        let (size, len) = symbol(dc, self.buf)?;
+        self.buf <<= len;
+        self.count -= len;
+        let size = u32::from(size);
+        if size > 16 {
+            return Err("a DC difference of more than 16 bits".into());
+        }
+        if self.count < 32 {
+            self.refill();
+        }
+        *pred = pred.wrapping_add(extend(take(self.buf, size), size));
+        self.buf = self.buf.checked_shl(size).unwrap_or(0);
+        self.count -= size;
+        let (mut buf, mut count) = (self.buf, self.count);
+        let mut k = 1;
+        while k < 64 {
+            if count < 32 {
+                (self.buf, self.count) = (buf, count);
+                self.refill();
+                (buf, count) = (self.buf, self.count);
+            }
+            let skip = ac.skip_ac[(buf >> (64 - FAST_BITS)) as usize];
+            // Only while the codes stay inside this block (k ≤ 63 after them); else one code.
+            if skip != 0 && k + ((skip >> 8) & 0xFF) as usize <= 63 {
+                let used = skip & 0xFF;
+                buf <<= used;
+                count -= used;
+                k += ((skip >> 8) & 0xFF) as usize;
+                if skip >> 16 != 0 {
+                    break; // end of block
+                }
+                continue;
+            }
+            let (rs, len) = symbol(ac, buf)?;
+            buf <<= len;
+            count -= len;
+            let (run, size) = (usize::from(rs >> 4), u32::from(rs & 15));
+            if size == 0 {
+                if run != 15 {
+                    break;
+                }
+                k += 16;
+                continue;
+            }
+            k += run + 1;
+            buf <<= size;
+            count -= size;
+        }
+        (self.buf, self.count) = (buf, count);
+        if k > 64 {
+            return Err("AC coefficients past the end of a block".into());
+        }
+        Ok(())
     }
 
     /// Reads one block's codes, adding its DC difference to `pred` and handing each non-zero AC

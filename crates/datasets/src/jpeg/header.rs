@@ -2,6 +2,8 @@
 //! whether the file is of the kind it decodes (baseline or extended Huffman, 8-bit, one
 //! interleaved scan, grayscale or YCbCr with 4:4:4, 4:2:2 or 4:2:0 chroma).
 
+use std::rc::Rc;
+
 use super::entropy::HuffTable;
 
 /// The zigzag order: `ZIGZAG[k]` is the natural (row-major) index of the `k`-th coefficient.
@@ -31,8 +33,8 @@ pub(super) struct Frame {
     pub(super) width: usize,
     pub(super) height: usize,
     pub(super) components: Vec<Component>,
-    pub(super) dc_tables: Vec<Option<HuffTable>>,
-    pub(super) ac_tables: Vec<Option<HuffTable>>,
+    pub(super) dc_tables: Vec<Option<Rc<HuffTable>>>,
+    pub(super) ac_tables: Vec<Option<Rc<HuffTable>>>,
     /// MCUs between restart markers; 0 when there are none.
     pub(super) restart_interval: usize,
     /// Offset of the scan's entropy-coded data.
@@ -55,8 +57,8 @@ fn u16_at(bytes: &[u8], pos: usize) -> Option<usize> {
 /// Reads the markers of `bytes` (which starts with SOI) up to the first start-of-scan.
 pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
     let mut quant: [Option<[i32; 64]>; 4] = [None; 4];
-    let mut dc_tables: Vec<Option<HuffTable>> = (0..4).map(|_| None).collect();
-    let mut ac_tables: Vec<Option<HuffTable>> = (0..4).map(|_| None).collect();
+    let mut dc_tables: Vec<Option<Rc<HuffTable>>> = vec![None; 4];
+    let mut ac_tables: Vec<Option<Rc<HuffTable>>> = vec![None; 4];
     let mut frame: Option<(usize, usize, Vec<Component>)> = None;
     let mut restart_interval = 0;
     let mut adobe_transform: Option<u8> = None;
@@ -129,8 +131,10 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
                     }
                     let counts: [u8; 16] = rest[1..17].try_into().expect("16 bytes");
                     let total: usize = counts.iter().map(|&c| usize::from(c)).sum();
-                    let values = rest.get(17..17 + total).ok_or("malformed Huffman table")?;
-                    let table = HuffTable::new(&counts, values, class == 1)?;
+                    if rest.len() < 17 + total {
+                        return Err("malformed Huffman table".into());
+                    }
+                    let table = cached_table(&rest[..17 + total], class == 1)?;
                     if class == 0 {
                         dc_tables[index] = Some(table);
                     } else {
@@ -185,7 +189,7 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
                 for c in &mut components {
                     let table = quant.get(c.quant_index).copied().flatten().ok_or("a missing quantisation table")?;
                     c.quant_zigzag = std::array::from_fn(|k| table[k]);
-                    let has = |tables: &[Option<HuffTable>], i: usize| tables.get(i).is_some_and(Option::is_some);
+                    let has = |tables: &[Option<Rc<HuffTable>>], i: usize| tables.get(i).is_some_and(Option::is_some);
                     if !has(&dc_tables, c.dc_table) || !has(&ac_tables, c.ac_table) {
                         return Err("a missing Huffman table".into());
                     }
@@ -207,6 +211,62 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
             }
             _ => {} // APPn, COM and others: nothing to decode
         }
+    }
+}
+
+thread_local! {
+    /// Huffman tables built on this thread, by their DHT bytes: files from one encoder share
+    /// their tables (most use the standard ones), and building the lookup tables costs about
+    /// as much as decoding a few rows.
+    static TABLES: std::cell::RefCell<Vec<(Vec<u8>, Rc<HuffTable>)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Tables kept per thread.
+const CACHED_TABLES: usize = 16;
+
+/// The table of the DHT entry `spec` (class and index byte, 16 counts, symbols).
+fn cached_table(spec: &[u8], is_ac: bool) -> Result<Rc<HuffTable>, String> {
+    // The key: the class, then counts and symbols (the index does not change the table).
+    let key: Vec<u8> = std::iter::once(u8::from(is_ac)).chain(spec[1..].iter().copied()).collect();
+    if let Some(table) = TABLES.with_borrow(|tables| tables.iter().find(|(k, _)| *k == key).map(|(_, t)| t.clone())) {
+        return Ok(table);
+    }
+    let counts: [u8; 16] = spec[1..17].try_into().expect("16 counts");
+    let table = Rc::new(HuffTable::new(&counts, &spec[17..], is_ac)?);
+    TABLES.with_borrow_mut(|tables| {
+        if tables.len() == CACHED_TABLES {
+            tables.remove(0);
+        }
+        tables.push((key, table.clone()));
+    });
+    Ok(table)
+}
+
+/// Where the frame header gives them, the image's width and height (scanning the markers
+/// only); `None` for anything unexpected, which the full parser then reports.
+pub(crate) fn frame_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let mut pos = 2;
+    loop {
+        if *bytes.get(pos)? != 0xFF {
+            return None;
+        }
+        while *bytes.get(pos)? == 0xFF {
+            pos += 1;
+        }
+        let marker = bytes[pos];
+        pos += 1;
+        if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
+            continue;
+        }
+        if matches!(marker, 0xD8 | 0xD9 | 0xDA) {
+            return None;
+        }
+        let len = u16_at(bytes, pos)?;
+        if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+            let (h, w) = (u16_at(bytes, pos + 3)?, u16_at(bytes, pos + 5)?);
+            return (w > 0 && h > 0).then_some((w as u32, h as u32));
+        }
+        pos += len;
     }
 }
 

@@ -158,6 +158,10 @@ fn idct_2x2(c: &[i32; 64], out: &mut [u8], stride: usize) {
     }
 }
 
+/// The largest zigzag index inside the top-left 4 × 4 coefficients: up to it, every earlier
+/// index is inside too.
+const LAST_OF_LOW_4X4: usize = 9;
+
 /// An inverse DCT producing `size × size` samples (8, 4, 2 or 1) per block.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Idct {
@@ -190,7 +194,7 @@ impl Idct {
         match (self.size, self.avx2) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `avx2` is true only where the CPU reported AVX2.
-            (8, true) => unsafe { super::idct_avx2::idct_8x8(coef, out, stride) },
+            (8, true) => unsafe { super::idct_avx2::idct_8x8(coef, last <= LAST_OF_LOW_4X4, out, stride) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             (4, true) => unsafe { super::idct_avx2::idct_4x4(coef, out, stride) },
@@ -299,6 +303,15 @@ mod tests {
                 Idct { size, avx2: true }.run(&coef, 63, &mut fast, 8);
                 Idct { size, avx2: false }.run(&coef, 63, &mut portable, 8);
                 assert_eq!(fast, portable, "size {size} seed {seed}");
+                // Low-frequency blocks take the shortcut for the top-left 4 × 4.
+                for (i, c) in coef.iter_mut().enumerate() {
+                    if i / 8 >= 4 || i % 8 >= 4 {
+                        *c = 0;
+                    }
+                }
+                Idct { size, avx2: true }.run(&coef, LAST_OF_LOW_4X4, &mut fast, 8);
+                Idct { size, avx2: false }.run(&coef, 63, &mut portable, 8);
+                assert_eq!(fast, portable, "size {size} seed {seed}, low frequencies");
             }
         }
     }

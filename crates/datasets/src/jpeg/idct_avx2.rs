@@ -129,12 +129,22 @@ unsafe fn pack4(r: &[__m256i]) -> [u64; 4] {
 }
 
 /// 8 × 8 samples from dequantised coefficients (natural order) at `out[0]`, rows `stride` apart.
+/// `low`: only the top-left 4 × 4 coefficients are non-zero, so both passes skip inputs 4–7
+/// (the compiler folds the zeros away; the result is the same).
 #[target_feature(enable = "avx2")]
-pub(super) fn idct_8x8(coef: &[i32; 64], out: &mut [u8], stride: usize) {
+pub(super) fn idct_8x8(coef: &[i32; 64], low: bool, out: &mut [u8], stride: usize) {
     // SAFETY: this function runs only where AVX2 is present (its caller checks).
     unsafe {
-        let pass1 = idct8(load_rows(coef), 1 << 10, 11);
-        let pass2 = transpose(idct8(transpose(pass1), (1 << 17) + (128 << 18), 18));
+        let pass2 = if low {
+            let zero = _mm256_setzero_si256();
+            let r = load_rows(coef);
+            let pass1 = transpose(idct8([r[0], r[1], r[2], r[3], zero, zero, zero, zero], 1 << 10, 11));
+            let low_half = [pass1[0], pass1[1], pass1[2], pass1[3], zero, zero, zero, zero];
+            transpose(idct8(low_half, (1 << 17) + (128 << 18), 18))
+        } else {
+            let pass1 = idct8(load_rows(coef), 1 << 10, 11);
+            transpose(idct8(transpose(pass1), (1 << 17) + (128 << 18), 18))
+        };
         for half in 0..2 {
             let chunks = pack4(&pass2[4 * half..4 * half + 4]);
             for (k, row) in [0, 2, 1, 3].into_iter().enumerate() {

@@ -21,6 +21,7 @@ mod idct_avx2;
 mod upsample;
 
 use entropy::BitReader;
+pub(crate) use header::frame_size;
 use header::{Frame, Parsed};
 use idct::Idct;
 
@@ -327,6 +328,17 @@ mod tests {
         restart[rst + 1] = 0xD3;
         let err = decode_region(&restart, (0, 0, W, H), 1).unwrap_err();
         assert!(err.contains("restart marker 0"), "{err}");
+    }
+
+    #[test]
+    fn frame_sizes_come_from_the_markers_alone() {
+        for name in [LAYOUTS.as_slice(), &["progressive"]].concat() {
+            assert_eq!(frame_size(&fixture(&format!("jpeg-{name}.jpg"))), Some((W, H)), "{name}");
+        }
+        let bytes = fixture("jpeg-ycc420.jpg");
+        let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        assert_eq!(frame_size(&bytes[..sof + 5]), None, "cut inside the frame header");
+        assert_eq!(frame_size(&bytes[..100]), None, "cut before it");
     }
 
     #[test]

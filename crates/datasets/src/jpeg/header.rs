@@ -258,7 +258,7 @@ pub(crate) fn frame_size(bytes: &[u8]) -> Option<(u32, u32)> {
         if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
             continue;
         }
-        if matches!(marker, 0xD8 | 0xD9 | 0xDA) {
+        if matches!(marker, 0xD8..=0xDA) {
             return None;
         }
         let len = u16_at(bytes, pos)?;

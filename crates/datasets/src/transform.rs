@@ -376,14 +376,21 @@ impl Renderer {
     }
 }
 
-/// `pixel · 1/(255·std) − mean/std` per channel, as a table over the 256 pixel values.
-struct Lut([[f32; 256]; 3]);
+/// `pixel · 1/(255·std) − mean/std` per channel: the scale and offset, and the same as a table
+/// over the 256 pixel values (the vector path computes, the scalar one looks up; the float
+/// operations are the same, so the values are too).
+struct Lut {
+    table: [[f32; 256]; 3],
+    scale: [f32; 3],
+    offset: [f32; 3],
+}
 
 impl Lut {
     fn new(norm: &Normalization) -> Self {
-        Lut(std::array::from_fn(|c| {
-            std::array::from_fn(|v| v as f32 * (1.0 / (255.0 * norm.std[c])) - norm.mean[c] / norm.std[c])
-        }))
+        let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * norm.std[c]));
+        let offset: [f32; 3] = std::array::from_fn(|c| norm.mean[c] / norm.std[c]);
+        let table = std::array::from_fn(|c| std::array::from_fn(|v| v as f32 * scale[c] - offset[c]));
+        Lut { table, scale, offset }
     }
 
     /// Writes the `size²` window at `(x0, y0)` of the RGB image `pixels` (row width `width`) as
@@ -392,17 +399,80 @@ impl Lut {
         let plane = size * size;
         let (r_out, rest) = out.split_at_mut(plane);
         let (g_out, b_out) = rest.split_at_mut(plane);
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::arch::is_x86_feature_detected!("avx2");
         for y in 0..size {
             let row = &pixels[((y0 + y) * width + x0) * 3..((y0 + y) * width + x0 + size) * 3];
             let dst = y * size..(y + 1) * size;
             let (r, g, b) = (&mut r_out[dst.clone()], &mut g_out[dst.clone()], &mut b_out[dst]);
-            for (x, px) in row.chunks_exact(3).enumerate() {
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU has AVX2.
+                done = unsafe { self.row_avx2(row, flip, [r, g, b]) };
+            }
+            for (x, px) in row.chunks_exact(3).enumerate().skip(done) {
                 let i = if flip { size - 1 - x } else { x };
-                r[i] = self.0[0][px[0] as usize];
-                g[i] = self.0[1][px[1] as usize];
-                b[i] = self.0[2][px[2] as usize];
+                r[i] = self.table[0][px[0] as usize];
+                g[i] = self.table[1][px[1] as usize];
+                b[i] = self.table[2][px[2] as usize];
             }
         }
+    }
+
+    /// [`Lut::write`]'s row, eight pixels at a time; returns the pixels done.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn row_avx2(&self, row: &[u8], flip: bool, mut planes: [&mut [f32]; 3]) -> usize {
+        use std::arch::x86_64::*;
+        let size = row.len() / 3;
+        // Per channel: where its bytes sit in the group's first 16 bytes, and in the 16 from
+        // byte 8 on (−1: none).
+        const PICK: [([i8; 16], [i8; 16]); 3] = [
+            (
+                [0, 3, 6, 9, 12, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1],
+                [-1, -1, -1, -1, -1, -1, 10, 13, -1, -1, -1, -1, -1, -1, -1, -1],
+            ),
+            (
+                [1, 4, 7, 10, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1],
+                [-1, -1, -1, -1, -1, 8, 11, 14, -1, -1, -1, -1, -1, -1, -1, -1],
+            ),
+            (
+                [2, 5, 8, 11, 14, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1],
+                [-1, -1, -1, -1, -1, 9, 12, 15, -1, -1, -1, -1, -1, -1, -1, -1],
+            ),
+        ];
+        let mut x = 0;
+        while x + 8 <= size {
+            // SAFETY: the group's 24 bytes, [3x, 3x + 24), are inside `row` (x + 8 ≤ size); each
+            // store writes 8 floats inside its plane row (`size` long): at x, or mirrored at
+            // size − 8 − x.
+            unsafe {
+                let lo = _mm_loadu_si128(row.as_ptr().add(3 * x).cast());
+                let hi = _mm_loadu_si128(row.as_ptr().add(3 * x + 8).cast());
+                for (c, plane) in planes.iter_mut().enumerate() {
+                    let (pick_lo, pick_hi) = PICK[c];
+                    let bytes = _mm_or_si128(
+                        _mm_shuffle_epi8(lo, std::mem::transmute::<[i8; 16], __m128i>(pick_lo)),
+                        _mm_shuffle_epi8(hi, std::mem::transmute::<[i8; 16], __m128i>(pick_hi)),
+                    );
+                    let values = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+                    let mut v = _mm256_sub_ps(
+                        _mm256_mul_ps(values, _mm256_set1_ps(self.scale[c])),
+                        _mm256_set1_ps(self.offset[c]),
+                    );
+                    let at = if flip {
+                        v = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0));
+                        size - 8 - x
+                    } else {
+                        x
+                    };
+                    _mm256_storeu_ps(plane.as_mut_ptr().add(at), v);
+                }
+            }
+            x += 8;
+        }
+        x
     }
 }
 
@@ -437,6 +507,28 @@ mod tests {
         assert_eq!(Transform::eval_for(32), Transform::Eval { size: 32, resize: 37 });
         assert_eq!(eval_resize_for(384), 439);
         assert_eq!(Transform::ten_crop_for(224).floats_per_image(), 10 * 3 * 224 * 224);
+    }
+
+    #[test]
+    fn vector_and_table_normalisation_agree_bit_for_bit() {
+        // 21 pixels a row: two groups of eight for the vector path, five for the table.
+        let (width, size) = (23, 21);
+        let pixels: Vec<u8> = (0..width * width * 3).map(|i| (i * 37 % 256) as u8).collect();
+        let lut = Lut::new(&Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] });
+        for flip in [false, true] {
+            let mut out = vec![0f32; 3 * size * size];
+            lut.write(&pixels, width, (1, 2), size, flip, &mut out);
+            for c in 0..3 {
+                for y in 0..size {
+                    for x in 0..size {
+                        let v = pixels[((2 + y) * width + 1 + x) * 3 + c];
+                        let i = if flip { size - 1 - x } else { x };
+                        let got = out[c * size * size + y * size + i];
+                        assert_eq!(got.to_bits(), lut.table[c][v as usize].to_bits(), "c {c} ({x}, {y}) flip {flip}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

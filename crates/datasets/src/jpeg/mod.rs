@@ -96,14 +96,25 @@ pub(crate) fn decode_region(
     let out_y = (y0 as usize / scale, (y1 as usize).div_ceil(scale).min(scaled_h));
     let max_h = frame.components.iter().map(|c| c.h).max().unwrap_or(1);
     let max_v = frame.components.iter().map(|c| c.v).max().unwrap_or(1);
-    let (mcu_w, mcu_h) = (max_h * bs, max_v * bs);
     let (mcus_x, mcus_y) = (width.div_ceil(8 * max_h), height.div_ceil(8 * max_v));
     let mut planes = plan_planes(&frame, bs, max_h, max_v);
-    // MCUs the output needs, with one more on each side for chroma upsampling's neighbours.
-    let margin_x = usize::from(planes.iter().any(|p| p.up_h == 2));
-    let margin_y = usize::from(planes.iter().any(|p| p.up_v == 2));
-    let mx = ((out_x.0 / mcu_w).saturating_sub(margin_x), ((out_x.1 - 1) / mcu_w + margin_x).min(mcus_x - 1));
-    let my = ((out_y.0 / mcu_h).saturating_sub(margin_y), ((out_y.1 - 1) / mcu_h + margin_y).min(mcus_y - 1));
+    // MCUs the output needs: each plane's samples under it, and for fancy upsampling the
+    // neighbouring sample on each side (clamped to the image).
+    let span = |out: (usize, usize), up: usize, fancy: bool, samples: usize, per_mcu: usize| {
+        let (mut lo, mut hi) = (out.0 / up, (out.1 - 1) / up);
+        if up == 2 && fancy {
+            (lo, hi) = (lo.saturating_sub(1), (hi + 1).min(samples - 1));
+        }
+        (lo / per_mcu, hi / per_mcu)
+    };
+    let union = |a: (usize, usize), b: (usize, usize)| (a.0.min(b.0), a.1.max(b.1));
+    let (mut mx, mut my) = ((usize::MAX, 0), (usize::MAX, 0));
+    for p in &planes {
+        let size = p.idct.size();
+        mx = union(mx, span(out_x, p.up_h, p.fancy, p.samples_w, p.h * size));
+        my = union(my, span(out_y, p.up_v, p.fancy, p.samples_h, p.v * size));
+    }
+    let (mx, my) = ((mx.0, mx.1.min(mcus_x - 1)), (my.0, my.1.min(mcus_y - 1)));
     let mut spare = PLANE_BUFFERS.with_borrow_mut(std::mem::take);
     for p in &mut planes {
         let size = p.idct.size();
@@ -260,7 +271,15 @@ mod tests {
 
     #[test]
     fn regions_are_crops_of_the_whole_image_at_every_scale() {
-        let regions = [(0, 0, W, H), (0, 0, 1, 1), (52, 36, 53, 37), (17, 9, 40, 30), (1, 20, 53, 37), (30, 0, 47, 5)];
+        let regions = [
+            (0, 0, W, H),
+            (0, 0, 1, 1),
+            (52, 36, 53, 37),
+            (17, 9, 40, 30),
+            (1, 20, 53, 37),
+            (30, 0, 47, 5),
+            (16, 16, 32, 32),
+        ];
         for name in LAYOUTS {
             let bytes = fixture(&format!("jpeg-{name}.jpg"));
             for scale in [1, 2, 4, 8] {

@@ -40,6 +40,9 @@ pub(crate) struct RegionImage {
     pub(crate) full_size: (u32, u32),
 }
 
+/// The largest plane buffer a thread keeps between decodes.
+const KEPT_PLANE_BYTES: usize = 4 << 20;
+
 thread_local! {
     /// Plane buffers kept between decodes on a thread (fresh ones of this size cost page faults).
     static PLANE_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -132,7 +135,9 @@ pub(crate) fn decode_region(
         pixels.resize(w * h * 3, 0);
         upsample::to_rgb(&planes, out_x, out_y, &mut pixels);
     }
-    spare.extend(planes.into_iter().map(|p| p.data));
+    // Kept for the next decode unless large (a 12-megapixel photo's luma plane), to bound what
+    // each worker thread holds on to.
+    spare.extend(planes.into_iter().map(|p| p.data).filter(|b| b.capacity() <= KEPT_PLANE_BYTES));
     PLANE_BUFFERS.with_borrow_mut(|buffers| *buffers = spare);
     decoded?;
     Ok(Some(RegionImage {
@@ -213,12 +218,15 @@ fn decode_mcus(
                 for by in 0..plane.v {
                     for bx in 0..plane.h {
                         let decoded = if wanted {
-                            coef.fill(0);
                             bits.block(dc, ac, &mut preds[ci], quant, &mut coef).map(|last| {
                                 let y = ((row - first_row) * plane.v + by) * size;
                                 let x = ((col - mx.0) * plane.h + bx) * size;
                                 let stride = plane.width;
                                 plane.idct.run(&coef, last, &mut plane.data[y * stride + x..], stride);
+                                // Zero again what the block set: up to its last coefficient.
+                                for &i in &header::ZIGZAG[..=last] {
+                                    coef[i] = 0;
+                                }
                             })
                         } else {
                             bits.skip_block(dc, ac, &mut preds[ci])

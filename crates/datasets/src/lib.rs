@@ -8,8 +8,10 @@
 //!   [`verify`]: a dataset folder against its annotation files and those counts.
 //! - [`synth`]: a deterministic, geo-aware synthetic dataset written in that same layout (JPEG
 //!   files and JSON), so that tests and smoke runs exercise the real reading path.
-//! - [`decode`]: strict decoding to RGB (grayscale, alpha, CMYK handled; truncated files fail);
-//!   [`transform`]: torchvision's `RandomResizedCrop` + flip, `Resize` + `CenterCrop` and
+//! - [`decode`]: strict decoding to RGB (grayscale, alpha, CMYK handled; truncated files fail),
+//!   whole images or the region a view needs (`jpeg`: the crate's own baseline JPEG decoder,
+//!   libjpeg-turbo's arithmetic, decoding only down to the region's last row and only its
+//!   blocks); [`transform`]: torchvision's `RandomResizedCrop` + flip, `Resize` + `CenterCrop` and
 //!   `TenCrop`, several views per image for multi-scale tests, normalised straight into a batch.
 //! - [`loader`]: batches prepared on worker threads ahead of the consumer, deterministic per seed
 //!   whatever the number of workers.

@@ -43,6 +43,9 @@ impl HuffTable {
             let n = usize::from(counts[len as usize - 1]);
             delta[len as usize] = k as i32 - code as i32;
             for _ in 0..n {
+                if code >= 1 << len {
+                    return Err("a Huffman table with more codes than its lengths allow".into());
+                }
                 if len <= FAST_BITS {
                     let shift = FAST_BITS - len;
                     let entry = ((len as u16) << 8) | u16::from(values[k]);
@@ -50,9 +53,6 @@ impl HuffTable {
                 }
                 code += 1;
                 k += 1;
-            }
-            if code > 1 << len {
-                return Err("a Huffman table with more codes than its lengths allow".into());
             }
             max_code[len as usize] = code << (16 - len);
             code <<= 1;

@@ -40,6 +40,10 @@ pub(crate) struct RegionImage {
     pub(crate) full_size: (u32, u32),
 }
 
+/// The largest side this decoder takes (zune-jpeg's default limit): a corrupt header cannot
+/// make it allocate more than a 16384² image's planes.
+const MAX_SIDE: usize = 1 << 14;
+
 /// The largest plane buffer a thread keeps between decodes.
 const KEPT_PLANE_BYTES: usize = 4 << 20;
 
@@ -90,6 +94,9 @@ pub(crate) fn decode_region(
         Parsed::Unsupported => return Ok(None),
     };
     let (width, height) = (frame.width, frame.height);
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Ok(None); // the general decoder's limits apply (and name the file)
+    }
     if x0 >= x1 || y0 >= y1 || x1 as usize > width || y1 as usize > height {
         return Err(format!("region ({x0}, {y0})–({x1}, {y1}) is not inside the {width}×{height} image"));
     }
@@ -366,6 +373,46 @@ mod tests {
         let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
         assert_eq!(frame_size(&bytes[..sof + 5]), None, "cut inside the frame header");
         assert_eq!(frame_size(&bytes[..100]), None, "cut before it");
+    }
+
+    #[test]
+    fn over_full_huffman_tables_are_errors() {
+        let mut counts = [0u8; 16];
+        counts[0] = 3; // three codes of one bit
+        assert!(entropy::HuffTable::new(&counts, &[0, 1, 2], true).is_err());
+        counts[0] = 2; // both one-bit codes: full, but valid
+        assert!(entropy::HuffTable::new(&counts, &[0, 1], true).is_ok());
+    }
+
+    #[test]
+    fn damaged_files_give_errors_or_pixels_never_a_panic() {
+        // Bytes flipped, cut and duplicated at random in every fixture, decoded at random
+        // regions and scales: any outcome but a panic (or a hang) is acceptable.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for name in [LAYOUTS.as_slice(), &["progressive"]].concat() {
+            let bytes = fixture(&format!("jpeg-{name}.jpg"));
+            for _ in 0..400 {
+                let mut damaged = bytes.clone();
+                for _ in 0..1 + next(4) {
+                    let at = next(damaged.len());
+                    match next(3) {
+                        0 => damaged[at] = next(256) as u8,
+                        1 => damaged.truncate(at.max(4)),
+                        _ => damaged.insert(at, 0xFF),
+                    }
+                }
+                let (x0, y0) = (next(W as usize) as u32, next(H as usize) as u32);
+                let (x1, y1) = (x0 + 1 + next((W - x0) as usize) as u32, y0 + 1 + next((H - y0) as usize) as u32);
+                let scale = [1, 2, 4, 8][next(4)];
+                let _ = decode_region(&damaged, (x0, y0, x1, y1), scale);
+            }
+        }
     }
 
     #[test]

@@ -405,12 +405,11 @@ impl Lut {
             let row = &pixels[((y0 + y) * width + x0) * 3..((y0 + y) * width + x0 + size) * 3];
             let dst = y * size..(y + 1) * size;
             let (r, g, b) = (&mut r_out[dst.clone()], &mut g_out[dst.clone()], &mut b_out[dst]);
-            let mut done = 0;
+            // SAFETY: `row_avx2` runs only where the CPU has AVX2.
             #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: the CPU has AVX2.
-                done = unsafe { self.row_avx2(row, flip, [r, g, b]) };
-            }
+            let done = if avx2 { unsafe { self.row_avx2(row, flip, [r, g, b]) } } else { 0 };
+            #[cfg(not(target_arch = "x86_64"))]
+            let done = 0;
             for (x, px) in row.chunks_exact(3).enumerate().skip(done) {
                 let i = if flip { size - 1 - x } else { x };
                 r[i] = self.table[0][px[0] as usize];

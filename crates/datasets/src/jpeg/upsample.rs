@@ -108,12 +108,12 @@ fn chroma_row<'a>(
 /// libjpeg's YCbCr → RGB, per pixel: `R = Y + 1.402 Cr′`, `G = Y − 0.34414 Cb′ − 0.71414 Cr′`,
 /// `B = Y + 1.772 Cb′` in 16-bit fixed point (`Cb′ = Cb − 128`), clamped to 0..=255.
 fn ycc_to_rgb(luma: &[u8], cb: &[u8], cr: &[u8], rgb: &mut [u8]) {
-    let mut done = 0;
+    // SAFETY: `ycc_to_rgb_avx2` runs only where the CPU has AVX2.
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
-        done = unsafe { ycc_to_rgb_avx2(luma, cb, cr, rgb) };
-    }
+    let done =
+        if std::arch::is_x86_feature_detected!("avx2") { unsafe { ycc_to_rgb_avx2(luma, cb, cr, rgb) } } else { 0 };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     ycc_to_rgb_portable(&luma[done..], &cb[done..], &cr[done..], &mut rgb[3 * done..]);
 }
 

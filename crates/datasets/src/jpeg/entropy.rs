@@ -250,10 +250,19 @@ impl<'a> BitReader<'a> {
         Ok(last)
     }
 
-    /// Reads one block that is not needed: only its DC difference is kept (in `pred`). Several
-    /// codes go per lookup (`skip_ac`) while they stay inside the block.
+    /// Refills through the reader a bit buffer held in locals, when it runs low.
     #[inline(always)]
-    pub(super) fn skip_block(&mut self, dc: &HuffTable, ac: &HuffTable, pred: &mut i32) -> Result<(), String> {
+    fn top_up(&mut self, buf: &mut u64, count: &mut u32) {
+        if *count < 32 {
+            (self.buf, self.count) = (*buf, *count);
+            self.refill();
+            (*buf, *count) = (self.buf, self.count);
+        }
+    }
+
+    /// Reads a block's DC difference and adds it to `pred`.
+    #[inline(always)]
+    fn dc_difference(&mut self, dc: &HuffTable, pred: &mut i32) -> Result<(), String> {
         if self.count < 32 {
             self.refill();
         }
@@ -270,14 +279,18 @@ impl<'a> BitReader<'a> {
         *pred = pred.wrapping_add(extend(take(self.buf, size), size));
         self.buf = self.buf.checked_shl(size).unwrap_or(0);
         self.count -= size;
+        Ok(())
+    }
+
+    /// Reads one block that is not needed: only its DC difference is kept (in `pred`). Several
+    /// codes go per lookup (`skip_ac`) while they stay inside the block.
+    #[inline(always)]
+    pub(super) fn skip_block(&mut self, dc: &HuffTable, ac: &HuffTable, pred: &mut i32) -> Result<(), String> {
+        self.dc_difference(dc, pred)?;
         let (mut buf, mut count) = (self.buf, self.count);
         let mut k = 1;
         while k < 64 {
-            if count < 32 {
-                (self.buf, self.count) = (buf, count);
-                self.refill();
-                (buf, count) = (self.buf, self.count);
-            }
+            self.top_up(&mut buf, &mut count);
             let skip = ac.skip_ac[(buf >> (64 - FAST_BITS)) as usize];
             // Only while the codes stay inside this block (k ≤ 63 after them); else one code.
             if skip != 0 && k + ((skip >> 8) & 0xFF) as usize <= 63 {
@@ -290,20 +303,11 @@ impl<'a> BitReader<'a> {
                 }
                 continue;
             }
-            let (rs, len) = symbol(ac, buf)?;
-            buf <<= len;
-            count -= len;
-            let (run, size) = (usize::from(rs >> 4), u32::from(rs & 15));
-            if size == 0 {
-                if run != 15 {
-                    break;
-                }
-                k += 16;
-                continue;
+            match long_code(ac, &mut buf, &mut count)? {
+                Code::EndOfBlock => break,
+                Code::SixteenZeros => k += 16,
+                Code::Coefficient { run, .. } => k += run + 1,
             }
-            k += run + 1;
-            buf <<= size;
-            count -= size;
         }
         (self.buf, self.count) = (buf, count);
         if k > 64 {
@@ -323,33 +327,11 @@ impl<'a> BitReader<'a> {
         pred: &mut i32,
         mut put: impl FnMut(usize, i32),
     ) -> Result<(), String> {
-        if self.count < 32 {
-            self.refill();
-        }
+        self.dc_difference(dc, pred)?;
         let (mut buf, mut count) = (self.buf, self.count);
-        let (size, len) = symbol(dc, buf)?;
-        buf <<= len;
-        count -= len;
-        let size = u32::from(size);
-        if size > 16 {
-            return Err("a DC difference of more than 16 bits".into());
-        }
-        if count < 32 {
-            (self.buf, self.count) = (buf, count);
-            self.refill();
-            (buf, count) = (self.buf, self.count);
-        }
-        let diff = extend(take(buf, size), size);
-        buf = buf.checked_shl(size).unwrap_or(0);
-        count -= size;
-        *pred = pred.wrapping_add(diff);
         let mut k = 1;
         while k < 64 {
-            if count < 32 {
-                (self.buf, self.count) = (buf, count);
-                self.refill();
-                (buf, count) = (self.buf, self.count);
-            }
+            self.top_up(&mut buf, &mut count);
             let fast = ac.fast_ac[(buf >> (64 - FAST_BITS)) as usize];
             if fast != 0 {
                 let used = (fast & 0xFF) as u32;
@@ -368,26 +350,18 @@ impl<'a> BitReader<'a> {
                 k += 1;
                 continue;
             }
-            let (rs, len) = symbol(ac, buf)?;
-            buf <<= len;
-            count -= len;
-            let (run, size) = (usize::from(rs >> 4), u32::from(rs & 15));
-            if size == 0 {
-                if run != 15 {
-                    break; // end of block
+            match long_code(ac, &mut buf, &mut count)? {
+                Code::EndOfBlock => break,
+                Code::SixteenZeros => k += 16,
+                Code::Coefficient { run, value } => {
+                    k += run;
+                    if k > 63 {
+                        return Err("AC coefficients past the end of a block".into());
+                    }
+                    put(k, value);
+                    k += 1;
                 }
-                k += 16;
-                continue;
             }
-            k += run;
-            if k > 63 {
-                return Err("AC coefficients past the end of a block".into());
-            }
-            let value = extend(take(buf, size), size);
-            buf <<= size;
-            count -= size;
-            put(k, value);
-            k += 1;
         }
         (self.buf, self.count) = (buf, count);
         if k > 64 {
@@ -395,6 +369,30 @@ impl<'a> BitReader<'a> {
         }
         Ok(())
     }
+}
+
+/// One AC code read the long way (its code or value does not fit a table entry).
+enum Code {
+    EndOfBlock,
+    SixteenZeros,
+    Coefficient { run: usize, value: i32 },
+}
+
+/// Reads one AC code and its value from the bit buffer held in `buf` and `count` (at least 32
+/// bits). Run-length symbols other than the two baseline ones end the block, as in libjpeg.
+#[inline(always)]
+fn long_code(ac: &HuffTable, buf: &mut u64, count: &mut u32) -> Result<Code, String> {
+    let (rs, len) = symbol(ac, *buf)?;
+    *buf <<= len;
+    *count -= len;
+    let (run, size) = (usize::from(rs >> 4), u32::from(rs & 15));
+    if size == 0 {
+        return Ok(if run == 15 { Code::SixteenZeros } else { Code::EndOfBlock });
+    }
+    let value = extend(take(*buf, size), size);
+    *buf <<= size;
+    *count -= size;
+    Ok(Code::Coefficient { run, value })
 }
 
 /// The top `n` (≤ 16) bits of `buf`.

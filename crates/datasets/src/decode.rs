@@ -9,8 +9,8 @@
 //! (`jpeg`) reads baseline JPEGs (grayscale, or YCbCr 4:4:4, 4:2:2, 4:2:0: what cameras and
 //! phones write) only down to the region's last row, inverse-transforms only the region's
 //! blocks, and scales by 4 or 8 in the DCT domain where the caller needs no more detail (see
-//! [`dct_scale_for`]); its pixels equal libjpeg-turbo's (PIL's), scaled or not. Other JPEGs are decoded whole, scaled
-//! by 4 or 8 with jpeg-decoder where asked.
+//! [`dct_scale_for`]); its pixels equal libjpeg-turbo's (PIL's), scaled or not. Other JPEGs
+//! are decoded whole, scaled by 4 or 8 with jpeg-decoder where asked.
 //! Other formats (PNG, …) go through the `image` crate; alpha is dropped, grayscale replicated.
 //! EXIF orientation is ignored, as PIL and the reference do.
 

@@ -88,7 +88,9 @@ pub(crate) fn decode_region(
     (x0, y0, x1, y1): (u32, u32, u32, u32),
     scale: u32,
 ) -> Result<Option<RegionImage>, String> {
-    assert!(matches!(scale, 1 | 2 | 4 | 8), "DCT scale {scale}");
+    if !matches!(scale, 1 | 2 | 4 | 8) {
+        return Err(format!("DCT scale {scale}: only 1, 2, 4 and 8 exist"));
+    }
     let frame = match header::parse(bytes)? {
         Parsed::Frame(frame) => frame,
         Parsed::Unsupported => return Ok(None),
@@ -420,5 +422,6 @@ mod tests {
         let bytes = fixture("jpeg-ycc420.jpg");
         assert!(decode_region(&bytes, (0, 0, W + 1, H), 1).is_err());
         assert!(decode_region(&bytes, (5, 5, 5, 9), 1).is_err());
+        assert!(decode_region(&bytes, (0, 0, W, H), 3).is_err(), "no 1/3 DCT scale");
     }
 }

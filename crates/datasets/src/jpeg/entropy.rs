@@ -130,7 +130,8 @@ fn extend(raw: u32, size: u32) -> i32 {
 pub(super) struct BitReader<'a> {
     data: &'a [u8],
     pos: usize,
-    /// Bits not yet consumed, left-aligned.
+    /// Bits not yet consumed, left-aligned: the top `count` (at most 63) bits; below them, the
+    /// next byte's first bits or zeros.
     buf: u64,
     count: u32,
     /// Zero bits fed in past a marker (at the bottom of `buf`).
@@ -143,33 +144,39 @@ impl<'a> BitReader<'a> {
         Self { data, pos, buf: 0, count: 0, padding: 0, at_marker: false }
     }
 
-    /// Tops the buffer up to at least 57 bits.
+    /// Tops the bit buffer held in `buf` and `count` (at most 63 bits) up to at least 32 bits,
+    /// often to 56 or more. While eight bytes without a 0xFF lie ahead (almost always), it
+    /// adds as many whole bytes as fit without a branch on `count`, whose pattern no predictor
+    /// learns ("variant 4" of Giesen's bit readers): the bits below `count` then hold the next
+    /// byte's first bits, which a later top-up writes again unchanged.
     #[inline(always)]
-    fn refill(&mut self) {
-        // Fast path: eight bytes without a 0xFF among them.
+    fn top_up(&mut self, buf: &mut u64, count: &mut u32) {
         if !self.at_marker
             && let Some(word) = self.data.get(self.pos..self.pos + 8)
         {
             let word = u64::from_be_bytes(word.try_into().expect("8 bytes"));
             let inverted = !word;
+            // Non-zero if any byte is 0xFF (exactly: the test for a zero byte, on `!word`).
             let has_ff = inverted.wrapping_sub(0x0101_0101_0101_0101) & !inverted & 0x8080_8080_8080_8080;
             if has_ff == 0 {
-                let n = (64 - self.count) >> 3; // whole bytes that fit
-                if n > 0 {
-                    self.buf |= (word >> (64 - 8 * n)) << (64 - self.count - 8 * n);
-                    self.pos += n as usize;
-                    self.count += 8 * n;
-                }
+                *buf |= word >> *count;
+                self.pos += ((63 - *count) >> 3) as usize;
+                *count |= 56;
                 return;
             }
         }
-        self.refill_bytewise();
+        if *count < 32 {
+            (self.buf, self.count) = (*buf, *count);
+            self.refill_bytewise();
+            (*buf, *count) = (self.buf, self.count);
+        }
     }
 
     #[cold]
     #[inline(never)]
     fn refill_bytewise(&mut self) {
-        while self.count <= 56 {
+        // Whole bytes while they fit under 64 bits: `count` stays at most 63 (see `top_up`).
+        while self.count <= 55 {
             let byte = if self.at_marker {
                 self.padding += 8;
                 0
@@ -231,7 +238,8 @@ impl<'a> BitReader<'a> {
 
     /// Decodes one block: its DC difference (added to `pred`) and AC coefficients, dequantised
     /// by `quant` (zigzag order), into `coef` (natural order, which must be zero). Returns the
-    /// zigzag index of the last coefficient read (0: DC only).
+    /// zigzag index of the last coefficient read (0: DC only; a run of 16 zeros counts as read).
+    /// The bit buffer is kept in locals (registers) between refills.
     #[inline(always)]
     pub(super) fn block(
         &mut self,
@@ -241,44 +249,60 @@ impl<'a> BitReader<'a> {
         quant: &[i32; 64],
         coef: &mut [i32; 64],
     ) -> Result<usize, String> {
-        let mut last = 0;
-        self.coefficients(dc, ac, pred, |k, value| {
-            coef[ZIGZAG[k]] = dequantise(value, quant[k]);
-            last = k;
-        })?;
+        self.dc_difference(dc, pred)?;
         coef[0] = dequantise(*pred, quant[0]);
-        Ok(last)
-    }
-
-    /// Refills through the reader a bit buffer held in locals, when it runs low.
-    #[inline(always)]
-    fn top_up(&mut self, buf: &mut u64, count: &mut u32) {
-        if *count < 32 {
-            (self.buf, self.count) = (*buf, *count);
-            self.refill();
-            (*buf, *count) = (self.buf, self.count);
+        let (mut buf, mut count) = (self.buf, self.count);
+        // Past 63, `k` means a corrupt block: its writes are masked into the block (garbling
+        // it, harmlessly) and the error is returned after the loop, which `k < 64` ends.
+        let mut k = 1;
+        while k < 64 {
+            self.top_up(&mut buf, &mut count);
+            let fast = ac.fast_ac[(buf >> (64 - FAST_BITS)) as usize];
+            if fast != 0 {
+                let used = (fast & 0xFF) as u32;
+                buf <<= used;
+                count -= used;
+                let run = (fast >> 8) & 0xFF;
+                if run == END_OF_BLOCK {
+                    break;
+                }
+                k += run as usize;
+                // A run of 16 zeros puts a zero at its last place: harmless.
+                coef[ZIGZAG[k & 63]] = dequantise(fast >> 16, quant[k & 63]);
+                k += 1;
+                continue;
+            }
+            match long_code(ac, &mut buf, &mut count)? {
+                Code::EndOfBlock => break,
+                Code::SixteenZeros => k += 16,
+                Code::Coefficient { run, value } => {
+                    k += run;
+                    coef[ZIGZAG[k & 63]] = dequantise(value, quant[k & 63]);
+                    k += 1;
+                }
+            }
         }
+        (self.buf, self.count) = (buf, count);
+        if k > 64 {
+            return Err("AC coefficients past the end of a block".into());
+        }
+        Ok(k - 1)
     }
 
     /// Reads a block's DC difference and adds it to `pred`.
     #[inline(always)]
     fn dc_difference(&mut self, dc: &HuffTable, pred: &mut i32) -> Result<(), String> {
-        if self.count < 32 {
-            self.refill();
-        }
-        let (size, len) = symbol(dc, self.buf)?;
-        self.buf <<= len;
-        self.count -= len;
+        // 32 bits hold the code and its value (16 bits at most each).
+        let (mut buf, mut count) = (self.buf, self.count);
+        self.top_up(&mut buf, &mut count);
+        let (size, len) = symbol(dc, buf)?;
         let size = u32::from(size);
         if size > 16 {
             return Err("a DC difference of more than 16 bits".into());
         }
-        if self.count < 32 {
-            self.refill();
-        }
-        *pred = pred.wrapping_add(extend(take(self.buf, size), size));
-        self.buf = self.buf.checked_shl(size).unwrap_or(0);
-        self.count -= size;
+        buf <<= len;
+        *pred = pred.wrapping_add(signed_bits(buf, size));
+        (self.buf, self.count) = (buf << size, count - len - size);
         Ok(())
     }
 
@@ -315,60 +339,6 @@ impl<'a> BitReader<'a> {
         }
         Ok(())
     }
-
-    /// Reads one block's codes, adding its DC difference to `pred` and handing each non-zero AC
-    /// coefficient to `put(zigzag index, value)`. The bit buffer is kept in locals (registers)
-    /// between refills.
-    #[inline(always)]
-    fn coefficients(
-        &mut self,
-        dc: &HuffTable,
-        ac: &HuffTable,
-        pred: &mut i32,
-        mut put: impl FnMut(usize, i32),
-    ) -> Result<(), String> {
-        self.dc_difference(dc, pred)?;
-        let (mut buf, mut count) = (self.buf, self.count);
-        let mut k = 1;
-        while k < 64 {
-            self.top_up(&mut buf, &mut count);
-            let fast = ac.fast_ac[(buf >> (64 - FAST_BITS)) as usize];
-            if fast != 0 {
-                let used = (fast & 0xFF) as u32;
-                buf <<= used;
-                count -= used;
-                let run = (fast >> 8) & 0xFF;
-                if run == END_OF_BLOCK {
-                    break;
-                }
-                k += run as usize;
-                if k > 63 {
-                    return Err("AC coefficients past the end of a block".into());
-                }
-                // A run of 16 zeros puts a zero at its last place: harmless.
-                put(k, fast >> 16);
-                k += 1;
-                continue;
-            }
-            match long_code(ac, &mut buf, &mut count)? {
-                Code::EndOfBlock => break,
-                Code::SixteenZeros => k += 16,
-                Code::Coefficient { run, value } => {
-                    k += run;
-                    if k > 63 {
-                        return Err("AC coefficients past the end of a block".into());
-                    }
-                    put(k, value);
-                    k += 1;
-                }
-            }
-        }
-        (self.buf, self.count) = (buf, count);
-        if k > 64 {
-            return Err("AC coefficients past the end of a block".into());
-        }
-        Ok(())
-    }
 }
 
 /// One AC code read the long way (its code or value does not fit a table entry).
@@ -389,16 +359,20 @@ fn long_code(ac: &HuffTable, buf: &mut u64, count: &mut u32) -> Result<Code, Str
     if size == 0 {
         return Ok(if run == 15 { Code::SixteenZeros } else { Code::EndOfBlock });
     }
-    let value = extend(take(*buf, size), size);
+    let value = signed_bits(*buf, size);
     *buf <<= size;
     *count -= size;
     Ok(Code::Coefficient { run, value })
 }
 
-/// The top `n` (≤ 16) bits of `buf`.
+/// The value whose `size` (≤ 16) bits are at the top of `buf`, sign-extended as JPEG's EXTEND
+/// does, without branches (the sign is a coin toss for a branch predictor): a value whose
+/// first bit is 0 is negative, `raw − (2^size − 1)`; `size` 0 is the value 0.
 #[inline(always)]
-fn take(buf: u64, n: u32) -> u32 {
-    if n == 0 { 0 } else { (buf >> (64 - n)) as u32 }
+fn signed_bits(buf: u64, size: u32) -> i32 {
+    let raw = ((buf >> 32) >> (32 - size)) as i32;
+    let negative = !((buf as i64 >> 63) as i32);
+    raw + (negative & (1 - (1 << size)))
 }
 
 /// The Huffman symbol at the top of `buf` (which holds at least 16 bits) and its code length.

@@ -11,15 +11,18 @@ const CR_G: i32 = -46_802; // −0.71414
 const CB_G: i32 = -22_554; // −0.34414
 const HALF: i32 = 1 << 15;
 
-/// Writes the output pixels `out_x × out_y` (scaled-image coordinates) of `planes` (one
-/// grayscale plane, or Y, Cb, Cr) as RGB into `rgb`.
-pub(super) fn to_rgb(planes: &[Plane], out_x: (usize, usize), out_y: (usize, usize), rgb: &mut [u8]) {
+/// Appends the output pixels `out_x × out_y` (scaled-image coordinates) of `planes` (one
+/// grayscale plane, or Y, Cb, Cr) as RGB to `rgb`, a row at a time (each row is zeroed just
+/// before it is written, while in cache, rather than the whole image beforehand).
+pub(super) fn to_rgb(planes: &[Plane], out_x: (usize, usize), out_y: (usize, usize), rgb: &mut Vec<u8>) {
     let n = out_x.1 - out_x.0;
     let mut scratch = Scratch::default();
     let (mut cb, mut cr) = (Vec::new(), Vec::new());
-    for (row, y) in (out_y.0..out_y.1).enumerate() {
+    for y in out_y.0..out_y.1 {
         let luma = &planes[0].row(y)[out_x.0 - planes[0].origin_x..][..n];
-        let out = &mut rgb[row * n * 3..(row + 1) * n * 3];
+        let start = rgb.len();
+        rgb.resize(start + n * 3, 0);
+        let out = &mut rgb[start..];
         if planes.len() == 1 {
             for (px, &l) in out.chunks_exact_mut(3).zip(luma) {
                 px.fill(l);

@@ -407,3 +407,51 @@ fn long_symbol(table: &HuffTable, buf: u64) -> Result<(u8, u32), String> {
 fn dequantise(value: i32, quant: i32) -> i32 {
     i32::from(value as i16).wrapping_mul(quant)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bit_reader_returns_the_unstuffed_bits_in_order_at_any_read_sizes() {
+        // Random entropy-coded data, one byte in four 0xFF (stuffed with 0x00), ending in a
+        // marker; read back in random sizes of 1–16 bits through the branch-free top-up, which
+        // leaves the next byte's first bits below the count and must not garble them.
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for round in 0..50 {
+            let bytes: Vec<u8> =
+                (0..200 + round * 7).map(|_| if next(4) == 0 { 0xFF } else { next(256) as u8 }).collect();
+            let mut data = Vec::new();
+            for &b in &bytes {
+                data.push(b);
+                if b == 0xFF {
+                    data.push(0x00);
+                }
+            }
+            data.extend_from_slice(&[0xFF, 0xD9]);
+            let bit = |i: usize| bytes.get(i / 8).map_or(0, |b| (b >> (7 - i % 8)) & 1);
+            let mut reader = BitReader::new(&data, 0);
+            let (mut buf, mut count) = (0u64, 0u32);
+            let mut at = 0usize;
+            while at < bytes.len() * 8 + 40 {
+                reader.top_up(&mut buf, &mut count);
+                assert!((32..=63).contains(&count), "round {round}: {count} bits after a top-up");
+                let n = 1 + next(16) as u32;
+                let expected = (0..n as usize).fold(0u32, |v, i| (v << 1) | u32::from(bit(at + i)));
+                assert_eq!((buf >> (64 - n)) as u32, expected, "round {round}: {n} bits at bit {at}");
+                buf <<= n;
+                count -= n;
+                at += n as usize;
+            }
+            // Past the marker the reader feeds zeros and says so.
+            (reader.buf, reader.count) = (buf, count);
+            assert!(reader.overran(), "round {round}");
+        }
+    }
+}

@@ -417,13 +417,7 @@ mod tests {
         // Random entropy-coded data, one byte in four 0xFF (stuffed with 0x00), ending in a
         // marker; read back in random sizes of 1–16 bits through the branch-free top-up, which
         // leaves the next byte's first bits below the count and must not garble them.
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = super::super::xorshift(0x2545_F491_4F6C_DD1D);
         for round in 0..50 {
             let bytes: Vec<u8> =
                 (0..200 + round * 7).map(|_| if next(4) == 0 { 0xFF } else { next(256) as u8 }).collect();

@@ -257,6 +257,17 @@ fn decode_mcus(
     Ok(())
 }
 
+/// The tests' random numbers (xorshift64): `next(n)` is in `0..n`.
+#[cfg(test)]
+fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,13 +405,8 @@ mod tests {
     fn damaged_files_give_errors_or_pixels_never_a_panic() {
         // Bytes flipped, cut and duplicated at random in every fixture, decoded at random
         // regions and scales: any outcome but a panic (or a hang) is acceptable.
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut random = xorshift(0x9E37_79B9_7F4A_7C15);
+        let mut next = |n: usize| random(n as u64) as usize;
         for name in [LAYOUTS.as_slice(), &["progressive"]].concat() {
             let bytes = fixture(&format!("jpeg-{name}.jpg"));
             for _ in 0..400 {

@@ -71,8 +71,9 @@ impl HuffTable {
                     (15, 0) => (15 << 8) | len as i32,
                     (_, 0) => continue, // not a baseline symbol: the slow path reports it
                     _ => {
-                        let raw = ((i as u32) >> (FAST_BITS - len - size)) & ((1 << size) - 1);
-                        (extend(raw, size) << 16) | (run << 8) | (len + size) as i32
+                        // The value's bits, after the code's, moved to the top as when decoding.
+                        let bits = (i as u64) << (64 - FAST_BITS + len);
+                        (signed_bits(bits, size) << 16) | (run << 8) | (len + size) as i32
                     }
                 };
             }
@@ -112,18 +113,6 @@ fn skip_entry(fast: &[u16; 1 << FAST_BITS], bits: u32) -> u32 {
         used += len + size;
     }
     if used == 0 { 0 } else { (end << 16) | (positions << 8) | used }
-}
-
-/// The signed value of `size` raw bits (JPEG's EXTEND).
-#[inline(always)]
-fn extend(raw: u32, size: u32) -> i32 {
-    if size == 0 {
-        0
-    } else if raw < 1 << (size - 1) {
-        raw as i32 - (1 << size) + 1
-    } else {
-        raw as i32
-    }
 }
 
 /// Entropy-coded bits, most significant first, from the scan data.

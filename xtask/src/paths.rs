@@ -30,11 +30,21 @@ pub(crate) fn shared_dir() -> anyhow::Result<PathBuf> {
     })
 }
 
-/// The parity fixtures folder.
-pub(crate) fn parity_fixtures_dir() -> anyhow::Result<PathBuf> {
-    let dir = shared_dir()?.join("fixtures").join("parity");
-    if !dir.is_dir() {
-        bail!("{} does not exist: the shared folder has no parity fixtures", dir.display());
+/// The small parity cases committed with the code (`xtask/fixtures/parity`): they run on every
+/// clone, with or without the shared folder.
+pub(crate) fn committed_parity_dir() -> PathBuf {
+    project_root().join("xtask").join("fixtures").join("parity")
+}
+
+/// The shared parity folders that exist: `fixtures/parity` (the reference Dynamic MLP code's
+/// cases) and `fixtures/parity-baselines` (PriorsNet by geo_prior's code); an error when the shared
+/// folder itself cannot be found.
+pub(crate) fn shared_parity_dirs() -> anyhow::Result<Vec<PathBuf>> {
+    let fixtures = shared_dir()?.join("fixtures");
+    let dirs: Vec<PathBuf> =
+        ["parity", "parity-baselines"].iter().map(|name| fixtures.join(name)).filter(|dir| dir.is_dir()).collect();
+    if dirs.is_empty() {
+        bail!("{} holds no parity fixtures", fixtures.display());
     }
-    Ok(dir)
+    Ok(dirs)
 }

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use candle_core::Device;
 use dmlp_datasets::synth::{SynthConfig, generate};
-use dmlp_experiment::{Provenance, RunConfig, train_run};
-use dmlp_train::{EpochMetrics, RunDir, TrainOptions};
+use dmlp_experiment::{Provenance, RunConfig, RunOptions, train_run};
+use dmlp_train::{EpochMetrics, RunDir, Silent};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct SmokeTrainArgs {
@@ -79,19 +79,19 @@ pub(crate) fn run(args: &SmokeTrainArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&config_path, CONFIG)?;
     let config = RunConfig::from_file(&config_path, &[])?;
     let provenance = Provenance { git_commit: None, device: "cpu".into(), command: "cargo xtask smoke-train".into() };
-    let options = TrainOptions { resume: false, progress: false, stop_after: None };
-    let train = |dir: &Path, options| train_run(&config, dir, &Device::Cpu, options, &provenance);
+    let options = RunOptions { resume: false, stop_after: None };
+    let train = |dir: &Path, options| train_run(&config, dir, &Device::Cpu, options, &provenance, &mut Silent);
 
     let whole = train(&out.join("whole"), options)?;
-    let whole_metrics = RunDir::create(&out.join("whole"))?.read_metrics()?;
+    let whole_metrics = RunDir::open(&out.join("whole"))?.read_metrics()?;
     let chance = 100.0 / synth.n_classes() as f64;
-    eprintln!("smoke-train: best top-1 {:.2} (chance {chance:.2})", whole.best_top1);
-    train(&out.join("split"), TrainOptions { stop_after: Some(3), ..options })?;
-    train(&out.join("split"), TrainOptions { resume: true, ..options })?;
-    let resumed = RunDir::create(&out.join("split"))?.read_metrics()?;
+    eprintln!("smoke-train: best top-1 {:.2} (chance {chance:.2})", whole.best_top1());
+    train(&out.join("split"), RunOptions { stop_after: Some(3), ..options })?;
+    train(&out.join("split"), RunOptions { resume: true, ..options })?;
+    let resumed = RunDir::open(&out.join("split"))?.read_metrics()?;
 
-    if whole.best_top1 < 3.0 * chance {
-        bail!("the smoke model did not learn: best top-1 {:.2} < 3 × chance ({:.2})", whole.best_top1, 3.0 * chance);
+    if whole.best_top1() < 3.0 * chance {
+        bail!("the smoke model did not learn: best top-1 {:.2} < 3 × chance ({:.2})", whole.best_top1(), 3.0 * chance);
     }
     // Both files as written, and the uninterrupted run's in-memory figures read back exactly.
     let files_match = deterministic(&whole_metrics) == deterministic(&resumed);
@@ -105,7 +105,7 @@ pub(crate) fn run(args: &SmokeTrainArgs) -> anyhow::Result<ExitCode> {
     }
     println!(
         "smoke-train: ok: top-1 {:.2} ≥ 3 × chance ({:.2}); a run stopped after epoch 3 and resumed matches the uninterrupted run over {} epochs",
-        whole.best_top1,
+        whole.best_top1(),
         3.0 * chance,
         resumed.len()
     );

@@ -18,20 +18,19 @@
 //! of 0.02 (the supplement's value, **UNVERIFIED**). Keys: `geo_net.*` (as `loc_net`), `fc.*`.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::path::Path;
 
 use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use dmlp_eval::{Accuracy, EvalError, ScoreKind, TensorBatch, evaluate_batches, score_rows, to_u32, top_k_hits};
 use dmlp_fusion::{FCNET_HIDDEN, FcNet};
 use dmlp_model::{Classifier, LoadPolicy, WeightsFile};
 use dmlp_nn::{DropoutRng, Linear, ParamStore, linear};
 use dmlp_train::{
-    BatchSource, CheckpointState, EpochMetrics, RunDir, Sgd, SgdConfig, label_smoothing_loss, logit_rows, stream_seed,
-    to_u32, top_k_hits,
+    Batches, BestBy, FitObserver, FitPlan, FitSummary, RunDir, Schedule, SeedStream, Sgd, SgdConfig, StepContext,
+    StepOutcome, TrainError, Trainable, fit, label_smoothing_loss,
 };
 
 use crate::BaselineError;
-use crate::eval::{Accuracy, evaluate_rescored};
-use crate::priorsnet::{RunOptions, progress_bar};
 
 /// How the location joins the image logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -129,7 +128,7 @@ impl GeoNet {
         device: &Device,
     ) -> Result<Self, BaselineError> {
         config.validate()?;
-        let store = ParamStore::new(stream_seed(&[config.seed, 2]));
+        let store = ParamStore::new(SeedStream::GeoNetInit.seed(config.seed, &[]));
         let vb = store.var_builder(DType::F32, device);
         let rng = DropoutRng::new(config.seed);
         let geo_net = FcNet::new(loc_inputs, FCNET_HIDDEN, config.dropout, rng.clone(), vb.pp("geo_net"))?;
@@ -167,99 +166,102 @@ impl GeoNet {
     }
 }
 
-const DROPOUT_STREAM: u64 = 21;
-
 /// A finite number above zero (NaN is not).
 fn positive(x: f64) -> bool {
     x.is_finite() && x > 0.0
 }
 
+/// GeoNet over a frozen image classifier, with its SGD optimiser and recipe, as the training loop
+/// sees it.
+#[derive(Debug)]
+pub struct GeoNetTrainer<'a> {
+    model: &'a GeoNet,
+    image: &'a Classifier,
+    sgd: Sgd,
+    config: GeoNetConfig,
+}
+
+impl<'a> GeoNetTrainer<'a> {
+    pub fn new(model: &'a GeoNet, image: &'a Classifier, config: &GeoNetConfig) -> Result<Self, BaselineError> {
+        config.validate()?;
+        let sgd_config = SgdConfig { momentum: config.momentum, weight_decay: config.weight_decay, nesterov: false };
+        Ok(Self { model, image, sgd: Sgd::new(model.store.trainable_vars(), sgd_config), config: config.clone() })
+    }
+}
+
+/// `[B, C]` scores of GeoNet over the frozen `image` classifier's logits, for evaluation.
+pub fn geonet_scores(model: &GeoNet, image: &Classifier, batch: &TensorBatch) -> Result<Tensor, EvalError> {
+    let loc = batch.loc.as_ref().ok_or_else(|| EvalError::Data("GeoNet needs encoded locations".into()))?;
+    Ok(model.forward_t(&crate::frozen_image_logits(image, batch)?, loc, false)?)
+}
+
+impl Trainable for GeoNetTrainer<'_> {
+    type Batch = TensorBatch;
+
+    /// The image model's logits (frozen), GeoNet over them and the location, label-smoothed
+    /// cross-entropy, SGD's update at `step.lr`.
+    fn train_step(&mut self, batch: TensorBatch, step: &StepContext) -> Result<StepOutcome, TrainError> {
+        let images = batch.single_view()?;
+        let loc = batch.loc.as_ref().ok_or_else(|| TrainError::Data("GeoNet needs encoded locations".into()))?;
+        let z = self.image.forward_t(images, None, false)?.logits.detach();
+        let dropout = SeedStream::GeoNetDropout.seed(self.config.seed, &[step.epoch as u64, step.iteration as u64]);
+        self.model.dropout.reseed(dropout);
+        let out = self.model.forward_t(&z, loc, true)?;
+        let loss = label_smoothing_loss(&out, &batch.targets, self.config.label_smoothing)?;
+        let value = step.check_loss(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?)?;
+        self.sgd.step(&loss.backward()?, step.lr)?;
+        let targets = to_u32(&batch.targets)?;
+        let hits = top_k_hits(&score_rows(&out)?, &targets, 1)?;
+        Ok(StepOutcome { loss: value, images: targets.len(), top1_hits: hits as f64 })
+    }
+
+    /// The combination's accuracy and label-smoothed loss.
+    fn evaluate(&self, val: &dyn Batches<TensorBatch>) -> Result<Accuracy, TrainError> {
+        let smoothing = self.config.label_smoothing;
+        let loss = move |logits: &Tensor, targets: &Tensor| label_smoothing_loss(logits, targets, smoothing);
+        let scorer = |batch: &TensorBatch| geonet_scores(self.model, self.image, batch);
+        Ok(evaluate_batches(val.epoch(0)?, &scorer, ScoreKind::Logits, Some(&loss), 0)?.accuracy)
+    }
+
+    fn model_tensors(&self) -> HashMap<String, Tensor> {
+        self.model.store.vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect()
+    }
+
+    fn optimizer_state(&self) -> Result<HashMap<String, Tensor>, TrainError> {
+        Ok(self.sgd.momentum_buffers().clone())
+    }
+
+    fn restore(&mut self, model: &Path, optimizer: HashMap<String, Tensor>) -> Result<(), TrainError> {
+        WeightsFile::read(model)?.load_into(&self.model.store, LoadPolicy::STRICT)?;
+        let device = self.image.device();
+        let buffers = optimizer
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.to_device(device)?)))
+            .collect::<Result<HashMap<_, _>, TrainError>>()?;
+        self.sgd.set_momentum_buffers(buffers);
+        Ok(())
+    }
+}
+
 /// Trains `model` over `train` (images through the frozen `image` classifier, with their encoded
-/// locations), evaluating the combination on `val` after every epoch; metrics and checkpoints go
-/// to `run` as for any run. Returns the last epoch's validation accuracy.
+/// locations) at GeoNet's constant learning rate, evaluating the combination on `val` after every
+/// epoch, through the one training loop.
 pub fn train_geonet(
     model: &GeoNet,
     image: &Classifier,
     config: &GeoNetConfig,
-    train: &dyn BatchSource,
-    val: &dyn BatchSource,
+    train: &dyn Batches<TensorBatch>,
+    val: &dyn Batches<TensorBatch>,
     run: &RunDir,
-    options: RunOptions,
-) -> Result<Accuracy, BaselineError> {
-    config.validate()?;
-    let sgd_config = SgdConfig { momentum: config.momentum, weight_decay: config.weight_decay, nesterov: false };
-    let mut sgd = Sgd::new(model.store.trainable_vars(), sgd_config);
-    let mut start = 1;
-    if options.resume
-        && let Some(checkpoint) = run.checkpoint("last")?
-    {
-        WeightsFile::read(&checkpoint.model)?.load_into(&model.store, LoadPolicy::STRICT)?;
-        sgd.set_momentum_buffers(checkpoint.optimizer);
-        start = checkpoint.state.epoch + 1;
-    } else if !run.read_metrics()?.is_empty() {
-        return Err(BaselineError::Config(format!(
-            "{} already holds a run; resume it or choose another folder",
-            run.root().display()
-        )));
-    }
-    let rescore = |logits: &Tensor, loc: Option<&Tensor>| -> Result<Tensor, dmlp_train::TrainError> {
-        let loc = loc.ok_or_else(|| dmlp_train::TrainError::Data("GeoNet needs encoded locations".into()))?;
-        Ok(model.forward_t(logits, loc, false)?)
+    resume: bool,
+    observer: &mut dyn FitObserver,
+) -> Result<FitSummary, BaselineError> {
+    let mut trainer = GeoNetTrainer::new(model, image, config)?;
+    let plan = FitPlan {
+        epochs: config.epochs,
+        schedule: Schedule::Constant(config.lr),
+        best_by: BestBy::ValTop1,
+        stop_after: None,
     };
-    let mut last = None;
-    for epoch in start..=config.epochs {
-        let started = Instant::now();
-        let bar = progress_bar(options.progress, epoch, config.epochs, train.len());
-        let (mut loss_sum, mut hits, mut seen) = (0.0, 0usize, 0usize);
-        for (step, batch) in train.epoch(epoch)?.enumerate() {
-            let batch = batch?;
-            let images = batch.single_view()?;
-            let loc = batch.loc.as_ref().ok_or_else(|| BaselineError::Config("GeoNet needs locations".into()))?;
-            let z = image.forward_t(images, None, false)?.logits.detach();
-            model.dropout.reseed(stream_seed(&[config.seed, DROPOUT_STREAM, epoch as u64, step as u64]));
-            let out = model.forward_t(&z, loc, true)?;
-            let loss = label_smoothing_loss(&out, &batch.targets, config.label_smoothing)?;
-            let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if !value.is_finite() {
-                bar.abandon();
-                return Err(dmlp_train::TrainError::NonFinite { epoch, iteration: step, loss: value }.into());
-            }
-            sgd.step(&loss.backward()?, config.lr)?;
-            let targets = to_u32(&batch.targets)?;
-            hits += top_k_hits(&logit_rows(&out)?, &targets, 1);
-            loss_sum += value * targets.len() as f64;
-            seen += targets.len();
-            bar.inc(targets.len() as u64);
-            bar.set_message(format!("loss {:.4}", loss_sum / seen as f64));
-        }
-        bar.finish_and_clear();
-        let accuracy = evaluate_rescored(image, val, &rescore, Some(config.label_smoothing))?;
-        let seconds = started.elapsed().as_secs_f64();
-        let m = EpochMetrics {
-            epoch,
-            lr: config.lr,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_top1: 100.0 * hits as f64 / seen.max(1) as f64,
-            val_loss: accuracy.loss.unwrap_or_default(),
-            val_top1: accuracy.top1,
-            val_top5: accuracy.top5,
-            train_images: seen,
-            val_images: accuracy.images,
-            epoch_seconds: seconds,
-            images_per_s: seen as f64 / seconds.max(1e-9),
-        };
-        if options.progress {
-            eprintln!("geonet epoch {epoch}/{}: loss {:.4} | val top-1 {:.2}", config.epochs, m.train_loss, m.val_top1);
-        }
-        run.append_metrics(&m)?;
-        let tensors: HashMap<String, Tensor> =
-            model.store.vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
-        let state = CheckpointState { epoch, best_top1: m.val_top1, best_epoch: epoch };
-        run.save_checkpoint(&state, &tensors, sgd.momentum_buffers(), false)?;
-        last = Some(accuracy);
-    }
-    match last {
-        Some(accuracy) => Ok(accuracy),
-        None => Ok(evaluate_rescored(image, val, &rescore, Some(config.label_smoothing))?),
-    }
+    Ok(fit(&mut trainer, &plan, train, val, run, resume, observer)?)
 }

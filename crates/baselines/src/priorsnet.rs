@@ -19,13 +19,17 @@
 //! uninterrupted one.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::path::Path;
 
 use candle_core::{D, DType, Device, IndexOp, ModuleT, Tensor};
+use dmlp_eval::{Accuracy, AccuracyCounter, score_rows, top_k_hits};
 use dmlp_fusion::{FCNET_HIDDEN, FcNet};
 use dmlp_model::{LoadPolicy, WeightsFile};
 use dmlp_nn::{DropoutRng, ParamStore};
-use dmlp_train::{Adam, AdamConfig, CheckpointState, EpochMetrics, RunDir, stream_seed, top_k_hits};
+use dmlp_train::{
+    Adam, AdamConfig, Batches, BestBy, FitObserver, FitPlan, FitSummary, RunDir, Schedule, SeedStream, StepContext,
+    StepOutcome, TrainError, Trainable, fit,
+};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -133,9 +137,9 @@ impl PriorsNetConfig {
         Ok(())
     }
 
-    /// The learning rate of 1-based `epoch`.
+    /// The learning rate of 1-based `epoch`: `lr · lr_decay^(epoch − 1)`.
     pub fn lr_at(&self, epoch: usize) -> f64 {
-        self.lr * self.lr_decay.powi(epoch.saturating_sub(1) as i32)
+        Schedule::Exponential { lr: self.lr, decay: self.lr_decay }.lr(epoch, 0, 1)
     }
 }
 
@@ -159,7 +163,7 @@ impl PriorsNet {
         seed: u64,
         device: &Device,
     ) -> Result<Self, BaselineError> {
-        let store = ParamStore::new(stream_seed(&[seed, 1]));
+        let store = ParamStore::new(SeedStream::PriorsNetInit.seed(seed, &[]));
         let rng = DropoutRng::new(seed);
         let net = FcNet::new(num_inputs, num_classes, dropout, rng.clone(), store.var_builder(DType::F32, device))?;
         Ok(Self { store, net, dropout: rng, num_inputs, num_classes })
@@ -283,7 +287,7 @@ pub fn background_inputs(
 
 /// The order of one epoch's training rows (1-based `epoch`).
 pub fn epoch_rows(labels: &[u32], sampler: Sampler, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(&[seed, SAMPLER_STREAM, epoch as u64]));
+    let mut rng = ChaCha8Rng::seed_from_u64(SeedStream::PriorsNetSampler.seed(seed, &[epoch as u64]));
     let mut rows: Vec<usize> = match sampler {
         Sampler::InstanceBalanced => (0..labels.len()).collect(),
         Sampler::ClassBalanced { per_class } => {
@@ -302,10 +306,6 @@ pub fn epoch_rows(labels: &[u32], sampler: Sampler, seed: u64, epoch: usize) -> 
     rows.shuffle(&mut rng);
     rows
 }
-
-const SAMPLER_STREAM: u64 = 11;
-const BACKGROUND_STREAM: u64 = 12;
-const DROPOUT_STREAM: u64 = 13;
 
 /// Presence data: PriorsNet-encoded locations (rows with a location only) and their labels.
 #[derive(Debug, Clone)]
@@ -332,149 +332,192 @@ impl Presences {
     }
 }
 
-/// Options of a training run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RunOptions {
-    pub resume: bool,
-    pub progress: bool,
+/// One batch of presences: PriorsNet-encoded locations and their labels.
+#[derive(Debug, Clone)]
+pub struct PresenceBatch {
+    /// `[B, cin]`.
+    pub inputs: Tensor,
+    pub labels: Vec<u32>,
+    /// `[B', cin]` background locations; `None`: drawn from the background stream of the step
+    /// (the parity fixtures give them, as geo_prior's own draws cannot be repeated).
+    pub background: Option<Tensor>,
 }
 
-fn model_tensors(store: &ParamStore) -> HashMap<String, Tensor> {
-    store.vars().into_iter().map(|(name, var)| (name, var.as_tensor().clone())).collect()
+/// Presences as epochs of batches: each training epoch in the sampler's order, evaluation in
+/// row order.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceSource<'a> {
+    presences: &'a Presences,
+    batch_size: usize,
+    /// `(sampler, seed)` for training; `None`: every row in order.
+    sampling: Option<(Sampler, u64)>,
 }
 
-/// Trains `model` on `train`, recording each epoch in `run` (metrics: the loss, the prior's own
-/// top-1 on the training batches, geo_prior's validation loss `mean −log(P_iy + ε)` on `val` and
-/// the prior's own top-1/top-5 there). Checkpoints (`last`, with Adam's state) are written
-/// atomically after every epoch; with `resume` the run continues from the last one.
+impl<'a> PresenceSource<'a> {
+    /// Training batches: the sampler's rows for each epoch, drawn from `seed`.
+    pub fn train(presences: &'a Presences, sampler: Sampler, seed: u64, batch_size: usize) -> Self {
+        Self { presences, batch_size, sampling: Some((sampler, seed)) }
+    }
+
+    /// Evaluation batches: every row once, in order.
+    pub fn eval(presences: &'a Presences, batch_size: usize) -> Self {
+        Self { presences, batch_size, sampling: None }
+    }
+
+    fn rows(&self, epoch: usize) -> Vec<usize> {
+        match self.sampling {
+            Some((sampler, seed)) => epoch_rows(&self.presences.labels, sampler, seed, epoch),
+            None => (0..self.presences.labels.len()).collect(),
+        }
+    }
+}
+
+impl Batches<PresenceBatch> for PresenceSource<'_> {
+    fn batches_per_epoch(&self) -> usize {
+        self.rows(1).len().div_ceil(self.batch_size.max(1))
+    }
+
+    fn len(&self) -> usize {
+        self.rows(1).len()
+    }
+
+    fn epoch(
+        &self,
+        epoch: usize,
+    ) -> Result<Box<dyn Iterator<Item = Result<PresenceBatch, TrainError>> + '_>, TrainError> {
+        let rows = self.rows(epoch);
+        let chunks: Vec<Vec<usize>> = rows.chunks(self.batch_size.max(1)).map(<[usize]>::to_vec).collect();
+        Ok(Box::new(chunks.into_iter().map(move |chunk| {
+            let device = self.presences.inputs.device();
+            let index = Tensor::from_vec(chunk.iter().map(|&r| r as u32).collect::<Vec<_>>(), chunk.len(), device)?;
+            Ok(PresenceBatch {
+                inputs: self.presences.inputs.index_select(&index, 0)?,
+                labels: chunk.iter().map(|&r| self.presences.labels[r]).collect(),
+                background: None,
+            })
+        })))
+    }
+}
+
+/// PriorsNet with its Adam optimiser and recipe, as the training loop sees it.
+#[derive(Debug)]
+pub struct PriorsNetTrainer<'a> {
+    model: &'a PriorsNet,
+    adam: Adam,
+    config: PriorsNetConfig,
+}
+
+impl<'a> PriorsNetTrainer<'a> {
+    /// Adam with PyTorch's defaults (β 0.9, 0.999, ε 1e-8, no weight decay), as geo_prior.
+    pub fn new(model: &'a PriorsNet, config: &PriorsNetConfig) -> Result<Self, BaselineError> {
+        Self::with_adam(model, config, AdamConfig::adam())
+    }
+
+    /// With Adam's hyper-parameters given (the parity fixtures name theirs).
+    pub fn with_adam(model: &'a PriorsNet, config: &PriorsNetConfig, adam: AdamConfig) -> Result<Self, BaselineError> {
+        config.validate()?;
+        Ok(Self { model, adam: Adam::new(model.store.trainable_vars(), adam), config: config.clone() })
+    }
+
+    /// The positive weight λ: the configured one, else the number of classes (geo_prior).
+    pub fn pos_weight(&self) -> f64 {
+        self.config.pos_weight.unwrap_or(self.model.num_classes as f64)
+    }
+}
+
+impl Trainable for PriorsNetTrainer<'_> {
+    type Batch = PresenceBatch;
+
+    /// geo_prior's step: presences and background through the network in one pass, the full
+    /// assume-negative loss, Adam's update at `step.lr`. Reports the prior's own top-1 on the
+    /// batch after the update.
+    fn train_step(&mut self, batch: PresenceBatch, step: &StepContext) -> Result<StepOutcome, TrainError> {
+        let model = self.model;
+        let device = batch.inputs.device().clone();
+        let n = batch.labels.len();
+        let targets = Tensor::from_vec(batch.labels.clone(), n, &device)?;
+        let background = match batch.background {
+            Some(background) => background,
+            None => {
+                let seed =
+                    SeedStream::PriorsNetBackground.seed(self.config.seed, &[step.epoch as u64, step.iteration as u64]);
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                background_inputs(n, model.num_inputs, self.config.background, &mut rng, &device)?
+            }
+        };
+        let dropout = SeedStream::PriorsNetDropout.seed(self.config.seed, &[step.epoch as u64, step.iteration as u64]);
+        model.dropout.reseed(dropout);
+        let loss = assume_negative_loss(model, &batch.inputs, &targets, &background, self.pos_weight(), true)?;
+        let value = step.check_loss(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?)?;
+        self.adam.step(&loss.backward()?, step.lr)?;
+        let rows = score_rows(&model.logits_t(&batch.inputs, false)?)?;
+        let hits = top_k_hits(&rows, &batch.labels, 1)?;
+        Ok(StepOutcome { loss: value, images: n, top1_hits: hits as f64 })
+    }
+
+    /// geo_prior's validation loss `mean −log(P_iy + ε)` and the prior's own top-1/top-5.
+    fn evaluate(&self, val: &dyn Batches<PresenceBatch>) -> Result<Accuracy, TrainError> {
+        let mut counter = AccuracyCounter::new();
+        for batch in val.epoch(0)? {
+            let batch = batch?;
+            let rows = score_rows(&self.model.logits_t(&batch.inputs, false)?)?;
+            counter.add(&rows, &batch.labels)?;
+            let loss: f64 = rows
+                .iter()
+                .zip(&batch.labels)
+                .map(|(row, label)| -(1.0 / (1.0 + (-f64::from(row[*label as usize])).exp()) + EPS).ln())
+                .sum();
+            counter.add_loss_sum(loss, batch.labels.len())?;
+        }
+        Ok(counter.finish()?)
+    }
+
+    fn model_tensors(&self) -> HashMap<String, Tensor> {
+        self.model.store.vars().into_iter().map(|(name, var)| (name, var.as_tensor().clone())).collect()
+    }
+
+    fn optimizer_state(&self) -> Result<HashMap<String, Tensor>, TrainError> {
+        Ok(self.adam.state_tensors()?)
+    }
+
+    fn restore(&mut self, model: &Path, optimizer: HashMap<String, Tensor>) -> Result<(), TrainError> {
+        WeightsFile::read(model)?.load_into(&self.model.store, LoadPolicy::STRICT)?;
+        let device = self.model.store.vars().first().map_or(Device::Cpu, |(_, v)| v.device().clone());
+        let state = optimizer
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.to_device(&device)?)))
+            .collect::<Result<HashMap<_, _>, TrainError>>()?;
+        Ok(self.adam.load_state_tensors(&state)?)
+    }
+}
+
+/// Trains `model` on `train` through the one training loop, recording each epoch in `run`
+/// (metrics: the loss, the prior's own top-1 on the training batches, geo_prior's validation loss
+/// `mean −log(P_iy + ε)` on `val` and the prior's own top-1/top-5 there; `best` by that top-1).
+/// With `resume` the run continues from its last checkpoint.
 pub fn train_priorsnet(
     model: &PriorsNet,
     config: &PriorsNetConfig,
     train: &Presences,
     val: &Presences,
     run: &RunDir,
-    options: RunOptions,
-) -> Result<Vec<EpochMetrics>, BaselineError> {
-    config.validate()?;
+    resume: bool,
+    observer: &mut dyn FitObserver,
+) -> Result<FitSummary, BaselineError> {
     if train.labels.is_empty() {
         return Err(BaselineError::Config("PriorsNet has no training location to learn from".into()));
     }
-    let device = train.inputs.device().clone();
-    let pos_weight = config.pos_weight.unwrap_or(model.num_classes as f64);
-    let mut adam = Adam::new(model.store.trainable_vars(), AdamConfig::adam());
-    let mut start = 1;
-    if options.resume
-        && let Some(checkpoint) = run.checkpoint("last")?
-    {
-        WeightsFile::read(&checkpoint.model)?.load_into(&model.store, LoadPolicy::STRICT)?;
-        adam.load_state_tensors(&checkpoint.optimizer)?;
-        start = checkpoint.state.epoch + 1;
-    } else if !run.read_metrics()?.is_empty() {
-        return Err(BaselineError::Config(format!(
-            "{} already holds a run; resume it or choose another folder",
-            run.root().display()
-        )));
-    }
-    let mut metrics = run.read_metrics()?;
-    metrics.retain(|m| m.epoch < start);
-    for epoch in start..=config.epochs {
-        let started = Instant::now();
-        let lr = config.lr_at(epoch);
-        let rows = epoch_rows(&train.labels, config.sampler, config.seed, epoch);
-        let steps = rows.len().div_ceil(config.batch_size);
-        let bar = progress_bar(options.progress, epoch, config.epochs, rows.len());
-        let (mut loss_sum, mut hits, mut seen) = (0.0, 0usize, 0usize);
-        for (step, chunk) in rows.chunks(config.batch_size).enumerate() {
-            let index = Tensor::from_vec(chunk.iter().map(|&r| r as u32).collect::<Vec<_>>(), chunk.len(), &device)?;
-            let inputs = train.inputs.index_select(&index, 0)?;
-            let labels: Vec<u32> = chunk.iter().map(|&r| train.labels[r]).collect();
-            let targets = Tensor::from_vec(labels.clone(), labels.len(), &device)?;
-            let mut rng =
-                ChaCha8Rng::seed_from_u64(stream_seed(&[config.seed, BACKGROUND_STREAM, epoch as u64, step as u64]));
-            let background = background_inputs(chunk.len(), model.num_inputs, config.background, &mut rng, &device)?;
-            model.dropout.reseed(stream_seed(&[config.seed, DROPOUT_STREAM, epoch as u64, step as u64]));
-            let loss = assume_negative_loss(model, &inputs, &targets, &background, pos_weight, true)?;
-            let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if !value.is_finite() {
-                bar.abandon();
-                return Err(dmlp_train::TrainError::NonFinite { epoch, iteration: step, loss: value }.into());
-            }
-            adam.step(&loss.backward()?, lr)?;
-            let rows_cpu = dmlp_train::logit_rows(&model.logits_t(&inputs, false)?)?;
-            hits += top_k_hits(&rows_cpu, &labels, 1);
-            loss_sum += value * chunk.len() as f64;
-            seen += chunk.len();
-            bar.inc(chunk.len() as u64);
-            bar.set_message(format!("loss {:.4} ({}/{steps})", loss_sum / seen as f64, step + 1));
-        }
-        bar.finish_and_clear();
-        let (val_loss, val_top1, val_top5, val_n) = evaluate_prior(model, val, config.batch_size)?;
-        let seconds = started.elapsed().as_secs_f64();
-        let m = EpochMetrics {
-            epoch,
-            lr,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_top1: 100.0 * hits as f64 / seen.max(1) as f64,
-            val_loss,
-            val_top1,
-            val_top5,
-            train_images: seen,
-            val_images: val_n,
-            epoch_seconds: seconds,
-            images_per_s: seen as f64 / seconds.max(1e-9),
-        };
-        if options.progress {
-            eprintln!(
-                "prior epoch {epoch}/{}: loss {:.4}, prior top-1 {:.2} | val loss {:.4} top-1 {:.2}",
-                config.epochs, m.train_loss, m.train_top1, m.val_loss, m.val_top1
-            );
-        }
-        run.append_metrics(&m)?;
-        let state = CheckpointState { epoch, best_top1: m.val_top1, best_epoch: epoch };
-        run.save_checkpoint(&state, &model_tensors(&model.store), &adam.state_tensors()?, false)?;
-        metrics.push(m);
-    }
-    Ok(metrics)
-}
-
-/// geo_prior's validation loss `mean −log(P_iy + ε)` and the prior's own top-1/top-5 (%).
-pub fn evaluate_prior(
-    model: &PriorsNet,
-    val: &Presences,
-    batch_size: usize,
-) -> Result<(f64, f64, f64, usize), BaselineError> {
-    let (mut loss, mut top1, mut top5) = (0.0, 0usize, 0usize);
-    let n = val.labels.len();
-    for first in (0..n).step_by(batch_size.max(1)) {
-        let len = batch_size.min(n - first);
-        let inputs = val.inputs.narrow(0, first, len)?;
-        let labels = &val.labels[first..first + len];
-        let logits = model.logits_t(&inputs, false)?;
-        let rows = dmlp_train::logit_rows(&logits)?;
-        for (row, label) in rows.iter().zip(labels) {
-            let p = 1.0 / (1.0 + (-f64::from(row[*label as usize])).exp());
-            loss -= (p + EPS).ln();
-        }
-        top1 += top_k_hits(&rows, labels, 1);
-        top5 += top_k_hits(&rows, labels, 5);
-    }
-    if n == 0 {
+    if val.labels.is_empty() {
         return Err(BaselineError::Config("PriorsNet's validation split has no location".into()));
     }
-    let pct = |h: usize| 100.0 * h as f64 / n as f64;
-    Ok((loss / n as f64, pct(top1), pct(top5), n))
-}
-
-pub(crate) fn progress_bar(show: bool, epoch: usize, epochs: usize, items: usize) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(items as u64);
-    let style =
-        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_prefix(format!("{epoch}/{epochs}"));
-    bar
+    let mut trainer = PriorsNetTrainer::new(model, config)?;
+    let plan = FitPlan {
+        epochs: config.epochs,
+        schedule: Schedule::Exponential { lr: config.lr, decay: config.lr_decay },
+        best_by: BestBy::ValTop1,
+        stop_after: None,
+    };
+    let train = PresenceSource::train(train, config.sampler, config.seed, config.batch_size);
+    let val = PresenceSource::eval(val, config.batch_size);
+    Ok(fit(&mut trainer, &plan, &train, &val, run, resume, observer)?)
 }

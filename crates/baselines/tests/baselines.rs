@@ -5,11 +5,11 @@
 use candle_core::{DType, Device, Tensor};
 use dmlp_baselines::geonet::{GeoNet, GeoNetConfig, GeoNetFusion};
 use dmlp_baselines::priorsnet::{
-    Background, Presences, PriorsNet, PriorsNetConfig, RunOptions, Sampler, assume_negative_loss, background_inputs,
-    epoch_rows, train_priorsnet,
+    Background, Presences, PriorsNet, PriorsNetConfig, Sampler, assume_negative_loss, background_inputs, epoch_rows,
+    train_priorsnet,
 };
 use dmlp_geo::{Metadata, Observation};
-use dmlp_train::{EpochMetrics, RunDir};
+use dmlp_train::{EpochMetrics, RunDir, Silent};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -118,7 +118,7 @@ fn a_trained_prior_ranks_presences_in_the_class_region_above_background_points()
     let train = presences(80, 1);
     let val = presences(20, 2);
     let run = RunDir::create(tmp.path()).unwrap();
-    let metrics = train_priorsnet(&model, &config(12), &train, &val, &run, RunOptions::default()).unwrap();
+    let metrics = train_priorsnet(&model, &config(12), &train, &val, &run, false, &mut Silent).unwrap().metrics;
     assert_eq!(metrics.len(), 12);
     assert!(metrics.last().unwrap().val_top1 > 95.0, "{:?}", metrics.last());
     // Held-out presences of each class against uniform background points: AUC near 1.
@@ -148,6 +148,19 @@ fn a_trained_prior_ranks_presences_in_the_class_region_above_background_points()
     }
 }
 
+/// Every variable's values as bits, by name.
+fn weights(vars: &[(String, candle_core::Var)]) -> Vec<(String, Vec<u32>)> {
+    let mut out: Vec<(String, Vec<u32>)> = vars
+        .iter()
+        .map(|(n, v)| {
+            let values: Vec<f32> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            (n.clone(), values.iter().map(|x| x.to_bits()).collect())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 fn reproducible(metrics: &[EpochMetrics]) -> Vec<(usize, u64, u64, u64)> {
     metrics.iter().map(|m| (m.epoch, m.train_loss.to_bits(), m.val_loss.to_bits(), m.val_top1.to_bits())).collect()
 }
@@ -157,18 +170,23 @@ fn a_resumed_prior_repeats_the_uninterrupted_run() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (train, val) = (presences(30, 1), presences(10, 2));
     let whole = PriorsNet::new(4, 3, 0.5, 7, &Device::Cpu).unwrap();
-    let straight =
-        train_priorsnet(&whole, &config(3), &train, &val, &RunDir::create(a.path()).unwrap(), RunOptions::default())
-            .unwrap();
+    let straight_run = RunDir::create(a.path()).unwrap();
+    let straight = train_priorsnet(&whole, &config(3), &train, &val, &straight_run, false, &mut Silent).unwrap();
     let first = PriorsNet::new(4, 3, 0.5, 7, &Device::Cpu).unwrap();
     let run = RunDir::create(b.path()).unwrap();
-    train_priorsnet(&first, &config(2), &train, &val, &run, RunOptions::default()).unwrap();
+    train_priorsnet(&first, &config(2), &train, &val, &run, false, &mut Silent).unwrap();
     let again = PriorsNet::new(4, 3, 0.5, 99, &Device::Cpu).unwrap(); // weights come from the checkpoint
-    let resumed =
-        train_priorsnet(&again, &config(3), &train, &val, &run, RunOptions { resume: true, progress: false }).unwrap();
-    assert_eq!(reproducible(&resumed), reproducible(&straight));
-    let err = train_priorsnet(&again, &config(3), &train, &val, &run, RunOptions::default()).unwrap_err();
+    let resumed = train_priorsnet(&again, &config(3), &train, &val, &run, true, &mut Silent).unwrap();
+    assert_eq!(reproducible(&resumed.metrics), reproducible(&straight.metrics));
+    assert_eq!(reproducible(&run.read_metrics().unwrap()), reproducible(&straight.metrics));
+    assert_eq!(weights(&again.store().vars()), weights(&whole.store().vars()), "the same weights, bit for bit");
+    let err = train_priorsnet(&again, &config(3), &train, &val, &run, false, &mut Silent).unwrap_err();
     assert!(err.to_string().contains("already holds a run"), "{err}");
+    let empty = tempfile::tempdir().unwrap();
+    let err =
+        train_priorsnet(&again, &config(3), &train, &val, &RunDir::create(empty.path()).unwrap(), true, &mut Silent)
+            .unwrap_err();
+    assert!(err.to_string().contains("holds no checkpoint"), "{err}");
 }
 
 #[test]
@@ -193,7 +211,7 @@ fn geonet_starts_as_the_image_model_and_learns_from_the_location() {
         );
         // Strict: the target's logit above every other (ties count against).
         let accuracy = |m: &GeoNet| {
-            let rows = dmlp_train::logit_rows(&m.forward_t(&z, &loc, false).unwrap()).unwrap();
+            let rows = dmlp_eval::score_rows(&m.forward_t(&z, &loc, false).unwrap()).unwrap();
             let hits = rows
                 .iter()
                 .zip(&data.labels)
@@ -211,4 +229,82 @@ fn geonet_starts_as_the_image_model_and_learns_from_the_location() {
         }
         assert!(accuracy(&model) > 0.95, "{fusion:?}: {}", accuracy(&model));
     }
+}
+
+/// Fixed batches of random images with locations; the same batches every epoch, in an order
+/// that depends on the epoch.
+struct MemorySource {
+    batches: Vec<dmlp_eval::TensorBatch>,
+}
+
+impl dmlp_eval::BatchSource for MemorySource {
+    fn batches_per_epoch(&self) -> usize {
+        self.batches.len()
+    }
+
+    fn len(&self) -> usize {
+        self.batches.iter().map(|b| b.targets.dim(0).unwrap()).sum()
+    }
+
+    fn epoch(
+        &self,
+        epoch: usize,
+    ) -> Result<Box<dyn Iterator<Item = Result<dmlp_eval::TensorBatch, dmlp_eval::EvalError>> + '_>, dmlp_eval::EvalError>
+    {
+        let n = self.batches.len();
+        Ok(Box::new((0..n).map(move |i| Ok(self.batches[(i + epoch) % n].clone()))))
+    }
+}
+
+fn memory_source(batches: usize, seed: u64) -> MemorySource {
+    let device = Device::Cpu;
+    let data = presences(batches * 3, seed);
+    let loc = data.inputs.index_select(&Tensor::new(&[1u32, 0, 3, 2], &device).unwrap(), 1).unwrap();
+    let n = data.labels.len() / batches;
+    let batches = (0..batches)
+        .map(|b| {
+            let images = Tensor::randn(0f32, 1.0, (n, 3, 8, 8), &device).unwrap();
+            let targets = Tensor::from_vec(data.labels[b * n..(b + 1) * n].to_vec(), n, &device).unwrap();
+            dmlp_eval::TensorBatch::single(images, Some(loc.narrow(0, b * n, n).unwrap()), targets)
+        })
+        .collect();
+    MemorySource { batches }
+}
+
+#[test]
+fn a_resumed_geonet_repeats_the_uninterrupted_run() {
+    use dmlp_baselines::geonet::train_geonet;
+    let device = Device::Cpu;
+    let image_config = dmlp_model::ModelConfig {
+        backbone: Some(dmlp_backbones::BackboneSpec::Custom(dmlp_backbones::CustomBackbone::Resnet {
+            block: dmlp_backbones::BlockKind::Basic,
+            layers: vec![1, 1, 1, 1],
+            width: 4,
+        })),
+        feature_dim: None,
+        num_classes: 3,
+        metadata: None,
+        fusion: None,
+        dtype: dmlp_model::ModelDType::F32,
+    };
+    let image = dmlp_model::Classifier::new(&image_config, 1, &device).unwrap();
+    let (train, val) = (memory_source(3, 1), memory_source(1, 2));
+    let config = |epochs| GeoNetConfig { epochs, lr: 0.05, ..GeoNetConfig::default() };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let whole = GeoNet::new(3, 4, &config(3), &device).unwrap();
+    let straight =
+        train_geonet(&whole, &image, &config(3), &train, &val, &RunDir::create(a.path()).unwrap(), false, &mut Silent)
+            .unwrap();
+    let run = RunDir::create(b.path()).unwrap();
+    let first = GeoNet::new(3, 4, &config(2), &device).unwrap();
+    train_geonet(&first, &image, &config(2), &train, &val, &run, false, &mut Silent).unwrap();
+    // A run killed after its checkpoint but before its metrics files: the checkpoint carries them.
+    std::fs::remove_file(run.metrics_jsonl()).unwrap();
+    std::fs::remove_file(run.metrics_csv()).unwrap();
+    let again = GeoNet::new(3, 4, &GeoNetConfig { seed: 99, ..config(3) }, &device).unwrap();
+    let resumed = train_geonet(&again, &image, &config(3), &train, &val, &run, true, &mut Silent).unwrap();
+    assert_eq!(resumed.metrics.len(), 3);
+    assert_eq!(reproducible(&resumed.metrics), reproducible(&straight.metrics));
+    assert_eq!(reproducible(&run.read_metrics().unwrap()), reproducible(&straight.metrics));
+    assert_eq!(weights(&again.store().vars()), weights(&whole.store().vars()));
 }

@@ -4,9 +4,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use dmlp_datasets::synth::{SynthConfig, generate};
-use dmlp_experiment::{Provenance, RunConfig, evaluate_checkpoint, train_run};
+use dmlp_experiment::{
+    ProgressBars, Provenance, RunConfig, RunOptions, evaluate_checkpoint, train_run, write_split_predictions,
+};
 use dmlp_model::parse_device;
-use dmlp_train::TrainOptions;
+use dmlp_train::{FitObserver, RunDir, Silent, Which};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct TrainArgs {
@@ -51,9 +53,15 @@ pub(crate) struct EvalArgs {
     /// shorter side to round(s·256/224). Default: the config's image_size.
     #[arg(long, value_delimiter = ',')]
     test_scales: Vec<u32>,
-    /// Print one JSON object.
+    /// Print one JSON object (with the per-class accuracy).
     #[arg(long)]
     json: bool,
+    /// Write each image's top-k classes and probabilities here (.csv or .parquet).
+    #[arg(long, value_name = "FILE")]
+    predictions: Option<PathBuf>,
+    /// Classes per image in --predictions.
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -108,25 +116,28 @@ pub(crate) fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         device: args.device.clone(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    let options = TrainOptions { resume: args.resume, progress: !args.quiet, stop_after: args.stop_after };
-    let summary = train_run(&config, &args.run_dir, &device, options, &provenance)
+    let options = RunOptions { resume: args.resume, stop_after: args.stop_after };
+    let summary = train_run(&config, &args.run_dir, &device, options, &provenance, observer(args.quiet, "").as_mut())
         .with_context(|| format!("training into {}", args.run_dir.display()))?;
     println!(
         "done: {} epochs in {}; best val top-1 {:.3} at epoch {}",
         summary.metrics.len(),
         args.run_dir.display(),
-        summary.best_top1,
+        summary.best_top1(),
         summary.best_epoch
     );
     Ok(())
 }
 
+/// Progress bars on standard error, or nothing with `--quiet`.
+fn observer(quiet: bool, label: &str) -> Box<dyn FitObserver> {
+    if quiet { Box::new(Silent) } else { Box::new(ProgressBars::new(label)) }
+}
+
 /// A run folder → its best checkpoint's weights; a checkpoint folder → its weights; else the path.
 fn weights_path(path: &Path) -> anyhow::Result<PathBuf> {
-    let pointer = path.join("checkpoints").join("best");
-    if pointer.is_file() {
-        let name = std::fs::read_to_string(&pointer).with_context(|| format!("reading {}", pointer.display()))?;
-        return Ok(path.join("checkpoints").join(name.trim()).join("model.safetensors"));
+    if path.join("checkpoints").is_dir() {
+        return Ok(RunDir::open(path)?.weights(Which::Best)?);
     }
     if path.join("model.safetensors").is_file() {
         return Ok(path.join("model.safetensors"));
@@ -147,18 +158,46 @@ pub(crate) fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let weights = weights_path(&args.checkpoint)?;
     let views: Vec<String> = config.data.eval_transforms().iter().map(|t| format!("{t:?}")).collect();
-    let (loss, top1, top5, images) = evaluate_checkpoint(&config, &weights, &device)?;
+    if let Some(path) = &args.predictions {
+        dmlp_eval::PredictionFormat::from_path(path)?;
+    }
+    let top_k = if args.predictions.is_some() { args.top_k.max(1) } else { 0 };
+    let (evaluation, split) = evaluate_checkpoint(&config, &weights, &device, top_k)?;
+    if let Some(path) = &args.predictions {
+        write_split_predictions(path, &evaluation, &split, &config.data.root)
+            .with_context(|| format!("writing predictions to {}", path.display()))?;
+    }
+    let a = &evaluation.accuracy;
+    let loss = a.loss.unwrap_or(f64::NAN);
     if args.json {
+        let per_class: Vec<serde_json::Value> = a
+            .per_class
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.images > 0)
+            .map(|(class, c)| {
+                let name = split.classes.get(class).map(|c| c.name.clone());
+                serde_json::json!({"class": class, "name": name, "images": c.images, "top1": c.top1()})
+            })
+            .collect();
         println!(
             "{}",
-            serde_json::json!({"weights": weights, "images": images, "loss": loss, "top1": top1, "top5": top5, "views": views})
+            serde_json::json!({"weights": weights, "images": a.images, "loss": loss, "top1": a.top1, "top5": a.top5,
+                "mean_class_top1": a.mean_class_top1, "views": views, "predictions": args.predictions, "per_class": per_class})
         );
     } else {
         println!(
-            "{}: {images} images, top-1 {top1:.3}, top-5 {top5:.3}, loss {loss:.4} ({})",
+            "{}: {} images, top-1 {:.3}, top-5 {:.3}, mean per-class top-1 {:.3}, loss {loss:.4} ({})",
             weights.display(),
+            a.images,
+            a.top1,
+            a.top5,
+            a.mean_class_top1,
             views.join(" + ")
         );
+        if let Some(path) = &args.predictions {
+            println!("wrote {} predictions (top-{top_k}) to {}", evaluation.predictions.len(), path.display());
+        }
     }
     Ok(())
 }
@@ -212,10 +251,20 @@ pub(crate) fn run_baseline(args: &BaselineArgs) -> anyhow::Result<()> {
         device: args.device.clone(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    let options = dmlp_baselines::priorsnet::RunOptions { resume: args.resume, progress: !args.quiet };
-    let summary =
-        dmlp_experiment::baseline_run(&image, &weights, &baseline, &args.run_dir, &device, options, &provenance)
-            .with_context(|| format!("baseline into {}", args.run_dir.display()))?;
+    let options = RunOptions { resume: args.resume, stop_after: None };
+    let label = format!("{:?}", baseline.kind).to_lowercase();
+    let mut observer = observer(args.quiet, &label);
+    let summary = dmlp_experiment::baseline_run(
+        &image,
+        &weights,
+        &baseline,
+        &args.run_dir,
+        &device,
+        options,
+        &provenance,
+        observer.as_mut(),
+    )
+    .with_context(|| format!("baseline into {}", args.run_dir.display()))?;
     println!(
         "{:?} on {}: top-1 {:.3}, top-5 {:.3} (image model alone: top-1 {:.3}, top-5 {:.3}; {} images)",
         summary.kind,

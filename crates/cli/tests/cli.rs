@@ -193,6 +193,57 @@ fn eval_with_ten_crop_and_several_scales_after_a_short_training_run() {
     let views: Vec<&str> = tta["views"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(views, ["TenCrop { size: 16, resize: 18 }", "TenCrop { size: 20, resize: 23 }"]);
     assert_ne!(plain["loss"], tta["loss"], "test-time views must change the averaged logits");
+
+    // Per-class accuracy in the output, and a predictions file with a row per validation image.
+    let per_class = plain["per_class"].as_array().unwrap();
+    assert_eq!(per_class.iter().map(|c| c["images"].as_u64().unwrap()).sum::<u64>(), 6);
+    let mean: f64 = per_class.iter().map(|c| c["top1"].as_f64().unwrap()).sum::<f64>() / per_class.len() as f64;
+    assert!((plain["mean_class_top1"].as_f64().unwrap() - mean).abs() < 1e-9);
+    let csv = tmp.path().join("out.csv");
+    let with_file = eval(&["--predictions", csv.to_str().unwrap(), "--top-k", "2"]);
+    assert_eq!(with_file["top1"], plain["top1"], "writing predictions changes no metric");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 7, "a header and one row per validation image:\n{text}");
+    assert_eq!(
+        lines[0],
+        "image_id,file,label,label_name,correct,class_1,name_1,probability_1,class_2,name_2,probability_2"
+    );
+    let mut correct = 0;
+    for line in &lines[1..] {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells.len(), 11, "{line}");
+        assert!(cells[1].ends_with(".jpg") && !cells[1].starts_with('/'), "relative file: {line}");
+        let (p1, p2): (f64, f64) = (cells[7].parse().unwrap(), cells[10].parse().unwrap());
+        assert!(p1 >= p2 && p1 <= 1.0 && p2 >= 0.0, "{line}");
+        correct += usize::from(cells[4] == "true");
+    }
+    let top1 = plain["top1"].as_f64().unwrap();
+    assert!((100.0 * correct as f64 / 6.0 - top1).abs() < 1e-9, "the file's top-1 column agrees with top-1 {top1}");
+    let parquet = tmp.path().join("out.parquet");
+    eval(&["--predictions", parquet.to_str().unwrap()]);
+    assert!(std::fs::metadata(&parquet).unwrap().len() > 0);
+    let (ok, _, stderr) = dmlp(&[
+        "eval",
+        "--config",
+        config.to_str().unwrap(),
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--predictions",
+        tmp.path().join("out.txt").to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains(".csv or .parquet"), "{stderr}");
+
+    // A checkpoint whose classifier is NaN: an error, never 100 % top-1.
+    let weights = run.join("checkpoints").join("epoch-0001").join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+    let fc = tensors["fc.weight"].clone();
+    tensors.insert("fc.weight".into(), (fc * f64::NAN).unwrap());
+    let broken = tmp.path().join("nan.safetensors");
+    candle_core::safetensors::save(&tensors, &broken).unwrap();
+    let (ok, stdout, stderr) =
+        dmlp(&["eval", "--config", config.to_str().unwrap(), "--checkpoint", broken.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("non-finite"), "{stdout}{stderr}");
 }
 
 #[test]

@@ -52,6 +52,8 @@ pub struct Batch {
     /// `[len, cin]` encoded locations (empty without metadata).
     pub loc: Vec<f32>,
     pub targets: Vec<u32>,
+    /// The split's record index of each image.
+    pub records: Vec<usize>,
     pub len: usize,
 }
 
@@ -107,6 +109,7 @@ fn build_batch(
             .collect(),
         loc: vec![0.0; indices.len() * cin],
         targets: Vec::with_capacity(indices.len()),
+        records: indices.to_vec(),
         len: indices.len(),
     };
     for (row, &idx) in indices.iter().enumerate() {

@@ -17,16 +17,17 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use dmlp_baselines::encoding::priorsnet_inputs;
-use dmlp_baselines::eval::{Accuracy, evaluate_rescored};
-use dmlp_baselines::geonet::{GeoNet, GeoNetConfig, train_geonet};
-use dmlp_baselines::priorsnet::{Presences, PriorsNet, PriorsNetConfig, RunOptions, train_priorsnet};
+use dmlp_baselines::frozen_image_logits;
+use dmlp_baselines::geonet::{GeoNet, GeoNetConfig, geonet_scores, train_geonet};
+use dmlp_baselines::priorsnet::{Presences, PriorsNet, PriorsNetConfig, train_priorsnet};
 use dmlp_datasets::Split;
+use dmlp_eval::{Accuracy, EvalError, ScoreKind, evaluate};
 use dmlp_geo::Metadata;
 use dmlp_model::{Classifier, LoadPolicy, WeightsFile};
-use dmlp_train::{RunDir, write_atomic};
+use dmlp_train::{FitObserver, RunDir, write_atomic};
 use serde::{Deserialize, Serialize};
 
-use crate::{ExperimentError, LoaderSource, Provenance, RunConfig, read_splits};
+use crate::{ExperimentError, LoaderSource, Provenance, RunConfig, RunOptions, read_splits};
 
 /// Which baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,7 +128,9 @@ fn presences(split: &Split, metadata: Metadata, device: &Device) -> Result<(Pres
 }
 
 /// Trains the baseline `baseline` on top of the image-only model `image` (its config and weights)
-/// into `run_dir`, and evaluates it beside the image model alone; writes `summary.json`.
+/// into `run_dir`, and evaluates it beside the image model alone; writes `summary.json`. The
+/// baseline's final weights (its last epoch, as geo_prior and GeoNet use them) rescore the image
+/// model.
 pub fn baseline_run(
     image: &RunConfig,
     image_weights: &Path,
@@ -136,6 +139,7 @@ pub fn baseline_run(
     device: &Device,
     options: RunOptions,
     provenance: &Provenance,
+    observer: &mut dyn FitObserver,
 ) -> Result<BaselineSummary, ExperimentError> {
     if image.model.fusion.is_some() {
         return Err(ExperimentError::Config {
@@ -167,7 +171,7 @@ pub fn baseline_run(
     let batch = image.train.eval_batch_size();
     let val_split = Arc::new(val_split);
     let val = LoaderSource::frozen_image(val_split.clone(), image, baseline.metadata, false, batch, device.clone());
-    let alone = evaluate_rescored(&model, &val, &|logits, _| Ok(logits.clone()), None)?;
+    let alone = evaluate(&val, &|batch| frozen_image_logits(&model, batch), ScoreKind::Logits, None, 0)?.accuracy;
     let (accuracy, without): (Accuracy, usize) = match baseline.kind {
         BaselineType::Priorsnet => {
             let prior_source = match &baseline.prior_data {
@@ -194,14 +198,15 @@ pub fn baseline_run(
                 baseline.priorsnet.seed,
                 device,
             )?;
-            train_priorsnet(&prior, &baseline.priorsnet, &train_presences, &val_presences, &run, options)?;
+            let priorsnet = &baseline.priorsnet;
+            train_priorsnet(&prior, priorsnet, &train_presences, &val_presences, &run, options.resume, observer)?;
             let metadata = baseline.metadata;
-            let rescore = |logits: &Tensor, loc: Option<&Tensor>| -> Result<Tensor, dmlp_train::TrainError> {
-                let loc = loc.ok_or_else(|| dmlp_train::TrainError::Data("PriorsNet needs locations".into()))?;
-                let (inputs, valid) = priorsnet_inputs(loc, metadata)?;
-                Ok(prior.rescore(logits, &inputs, &valid)?)
+            let rescore = |batch: &dmlp_eval::TensorBatch| -> Result<Tensor, EvalError> {
+                let loc = batch.loc.as_ref().ok_or_else(|| EvalError::Data("PriorsNet needs locations".into()))?;
+                let (inputs, valid) = priorsnet_inputs(loc, metadata).map_err(EvalError::model)?;
+                Ok(prior.rescore(&frozen_image_logits(&model, batch)?, &inputs, &valid)?)
             };
-            (evaluate_rescored(&model, &val, &rescore, None)?, without)
+            (evaluate(&val, &rescore, ScoreKind::NonNegative, None, 0)?.accuracy, without)
         }
         BaselineType::Geonet => {
             let train = LoaderSource::frozen_image(
@@ -213,7 +218,10 @@ pub fn baseline_run(
                 device.clone(),
             );
             let geonet = GeoNet::new(image.model.num_classes, baseline.metadata.n_inputs(), &baseline.geonet, device)?;
-            (train_geonet(&geonet, &model, &baseline.geonet, &train, &val, &run, options)?, 0)
+            train_geonet(&geonet, &model, &baseline.geonet, &train, &val, &run, options.resume, observer)?;
+            let scorer = |batch: &dmlp_eval::TensorBatch| geonet_scores(&geonet, &model, batch);
+            let accuracy = evaluate(&val, &scorer, ScoreKind::Logits, None, 0)?.accuracy;
+            (accuracy, 0)
         }
     };
     let summary = BaselineSummary {

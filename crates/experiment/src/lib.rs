@@ -11,10 +11,12 @@
 
 mod baseline;
 mod config;
+mod progress;
 mod source;
 
 pub use baseline::{BaselineConfig, BaselineSummary, BaselineType, PriorData, baseline_run, finished_baseline};
 pub use config::{DataConfig, RunConfig, apply_override};
+pub use progress::ProgressBars;
 pub use source::LoaderSource;
 
 use std::path::{Path, PathBuf};
@@ -22,8 +24,9 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use dmlp_datasets::read_split;
+use dmlp_eval::{Evaluation, PredictionRecord};
 use dmlp_model::Classifier;
-use dmlp_train::{RunDir, TrainOptions, TrainSummary, write_atomic};
+use dmlp_train::{BestBy, ClassifierTrainer, FitObserver, FitPlan, FitSummary, RunDir, write_atomic};
 
 /// What can go wrong in a run.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,17 @@ pub enum ExperimentError {
     Train(#[from] dmlp_train::TrainError),
     #[error(transparent)]
     Baseline(#[from] dmlp_baselines::BaselineError),
+    #[error(transparent)]
+    Eval(#[from] dmlp_eval::EvalError),
+}
+
+/// How to start a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunOptions {
+    /// Continue the run folder from its last checkpoint (an error if it has none).
+    pub resume: bool,
+    /// Stop after this epoch even if the config has more (the schedule still spans them all).
+    pub stop_after: Option<usize>,
 }
 
 /// Facts about a run that are not in its config, written to `provenance.json`.
@@ -105,9 +119,10 @@ pub fn train_run(
     config: &RunConfig,
     run_dir: &Path,
     device: &Device,
-    options: TrainOptions,
+    options: RunOptions,
     provenance: &Provenance,
-) -> Result<TrainSummary, ExperimentError> {
+    observer: &mut dyn FitObserver,
+) -> Result<FitSummary, ExperimentError> {
     let (train_split, val_split) = read_splits(config)?;
     let run = RunDir::create(run_dir)?;
     let config_text = toml::to_string_pretty(config)
@@ -136,19 +151,61 @@ pub fn train_run(
     let model = Classifier::new(&config.model, config.train.seed, device)?;
     let train_source = LoaderSource::train(Arc::new(train_split), config, device.clone())?;
     let val_source = LoaderSource::eval(Arc::new(val_split), config, device.clone())?;
-    Ok(dmlp_train::train(&model, &config.train, &train_source, &val_source, &run, options)?)
+    let mut trainer = ClassifierTrainer::new(&model, &config.train)?;
+    let plan = FitPlan {
+        epochs: config.train.epochs,
+        schedule: config.train.schedule(),
+        best_by: BestBy::ValTop1,
+        stop_after: options.stop_after,
+    };
+    Ok(dmlp_train::fit(&mut trainer, &plan, &train_source, &val_source, &run, options.resume, observer)?)
 }
 
-/// Evaluates the model of a run folder's checkpoint (`best` or `last`) on the config's
-/// validation split: `(loss, top-1, top-5, images)`.
+/// Evaluates the model weights in `weights` on the config's validation split (with its test-time
+/// views): accuracy (top-1, top-5, per class, loss) and, with `top_k > 0`, each image's `top_k`
+/// likeliest classes.
 pub fn evaluate_checkpoint(
     config: &RunConfig,
     weights: &Path,
     device: &Device,
-) -> Result<(f64, f64, f64, usize), ExperimentError> {
+    top_k: usize,
+) -> Result<(Evaluation, dmlp_datasets::Split), ExperimentError> {
     let (_, val_split) = read_splits(config)?;
     let model = Classifier::new_zeroed(&config.model, device)?;
     dmlp_model::WeightsFile::read(weights)?.load_into(model.store(), dmlp_model::LoadPolicy::STRICT)?;
-    let val_source = LoaderSource::eval(Arc::new(val_split), config, device.clone())?;
-    Ok(dmlp_train::evaluate(&model, &val_source, config.train.label_smoothing)?)
+    let val_split = Arc::new(val_split);
+    let val_source = LoaderSource::eval(val_split.clone(), config, device.clone())?;
+    let evaluation = dmlp_train::evaluate_classifier(&model, &val_source, config.train.label_smoothing, top_k)?;
+    Ok((evaluation, Arc::unwrap_or_clone(val_split)))
+}
+
+/// Writes `evaluation`'s predictions for the images of `split` to `path` (`.csv` or `.parquet`):
+/// the image id and file (relative to the dataset root where it lies under it), the label, and the
+/// top-k classes by name with their probabilities.
+pub fn write_split_predictions(
+    path: &Path,
+    evaluation: &Evaluation,
+    split: &dmlp_datasets::Split,
+    root: &Path,
+) -> Result<(), ExperimentError> {
+    let files: Vec<String> = evaluation
+        .predictions
+        .iter()
+        .map(|p| {
+            let record = split.records.get(p.row).ok_or_else(|| ExperimentError::Config {
+                path: path.to_owned(),
+                message: format!("prediction for row {} of a split of {} images", p.row, split.records.len()),
+            })?;
+            Ok(record.path.strip_prefix(root).unwrap_or(&record.path).display().to_string())
+        })
+        .collect::<Result<_, ExperimentError>>()?;
+    let records: Vec<PredictionRecord<'_>> = evaluation
+        .predictions
+        .iter()
+        .zip(&files)
+        .map(|(p, file)| PredictionRecord { image_id: split.records[p.row].image_id, file, prediction: p })
+        .collect();
+    let names: Vec<String> = split.classes.iter().map(|c| c.name.clone()).collect();
+    dmlp_eval::write_predictions(path, &records, &names)?;
+    Ok(())
 }

@@ -7,7 +7,7 @@ use dmlp_backbones::{IMAGENET_MEAN, IMAGENET_STD};
 use dmlp_datasets::Split;
 use dmlp_datasets::loader::{EpochBatches, LoaderConfig, batches_per_epoch};
 use dmlp_datasets::transform::{Normalization, Transform};
-use dmlp_train::{BatchSource, ImageView, TensorBatch, TrainError};
+use dmlp_eval::{BatchSource, EvalError, ImageView, TensorBatch};
 
 use crate::{ExperimentError, RunConfig};
 
@@ -72,16 +72,13 @@ impl BatchSource for LoaderSource {
         self.split.records.len()
     }
 
-    fn epoch(
-        &self,
-        epoch: usize,
-    ) -> Result<Box<dyn Iterator<Item = Result<TensorBatch, TrainError>> + '_>, TrainError> {
+    fn epoch(&self, epoch: usize) -> Result<Box<dyn Iterator<Item = Result<TensorBatch, EvalError>> + '_>, EvalError> {
         let batches = EpochBatches::new(self.split.clone(), self.config.clone(), epoch)
-            .map_err(|e| TrainError::Data(e.to_string()))?;
+            .map_err(|e| EvalError::Data(e.to_string()))?;
         let device = self.device.clone();
         let cin = self.config.metadata.map_or(0, dmlp_geo::Metadata::n_inputs);
         Ok(Box::new(batches.map(move |batch| {
-            let batch = batch.map_err(|e| TrainError::Data(e.to_string()))?;
+            let batch = batch.map_err(|e| EvalError::Data(e.to_string()))?;
             let views = batch
                 .views
                 .into_iter()
@@ -89,10 +86,10 @@ impl BatchSource for LoaderSource {
                     let images = Tensor::from_vec(v.images, (batch.len * v.crops, 3, v.size, v.size), &device)?;
                     Ok(ImageView { images, crops: v.crops })
                 })
-                .collect::<Result<Vec<_>, TrainError>>()?;
+                .collect::<Result<Vec<_>, EvalError>>()?;
             let loc = if cin > 0 { Some(Tensor::from_vec(batch.loc, (batch.len, cin), &device)?) } else { None };
             let targets = Tensor::from_vec(batch.targets, batch.len, &device)?;
-            Ok(TensorBatch { views, loc, targets })
+            Ok(TensorBatch { views, loc, targets, rows: batch.records })
         })))
     }
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use candle_core::Device;
 use dmlp_datasets::synth::{SynthConfig, generate};
-use dmlp_experiment::{Provenance, RunConfig, train_run};
-use dmlp_train::{EpochMetrics, TrainOptions};
+use dmlp_experiment::{Provenance, RunConfig, RunOptions, train_run};
+use dmlp_train::{EpochMetrics, Silent};
 
 fn write_config(dir: &Path, data: &Path) -> std::path::PathBuf {
     let text = format!(
@@ -86,10 +86,10 @@ fn resumes_exactly(overrides: &[String]) {
     };
     generate(&synth, &data).unwrap();
     let config = RunConfig::from_file(&write_config(tmp.path(), &data), overrides).unwrap();
-    let options = TrainOptions { resume: false, progress: false, stop_after: None };
+    let options = RunOptions { resume: false, stop_after: None };
 
     let whole = tmp.path().join("whole");
-    let summary = train_run(&config, &whole, &Device::Cpu, options, &provenance()).unwrap();
+    let summary = train_run(&config, &whole, &Device::Cpu, options, &provenance(), &mut Silent).unwrap();
     assert_eq!(summary.metrics.len(), 3);
     let losses: Vec<f64> = summary.metrics.iter().map(|m| m.train_loss).collect();
     assert!(losses[2] < losses[0], "the optimiser must learn: {losses:?}");
@@ -103,13 +103,13 @@ fn resumes_exactly(overrides: &[String]) {
     assert!(csv.starts_with("epoch,lr,train_loss"));
 
     let split = tmp.path().join("split");
-    let first = TrainOptions { stop_after: Some(1), ..options };
-    train_run(&config, &split, &Device::Cpu, first, &provenance()).unwrap();
+    let first = RunOptions { stop_after: Some(1), ..options };
+    train_run(&config, &split, &Device::Cpu, first, &provenance(), &mut Silent).unwrap();
     // A second start without --resume refuses to overwrite the run.
-    let err = train_run(&config, &split, &Device::Cpu, options, &provenance()).unwrap_err().to_string();
+    let err = train_run(&config, &split, &Device::Cpu, options, &provenance(), &mut Silent).unwrap_err().to_string();
     assert!(err.contains("--resume"), "{err}");
-    let resumed = TrainOptions { resume: true, ..options };
-    train_run(&config, &split, &Device::Cpu, resumed, &provenance()).unwrap();
+    let resumed = RunOptions { resume: true, ..options };
+    train_run(&config, &split, &Device::Cpu, resumed, &provenance(), &mut Silent).unwrap();
 
     assert_eq!(deterministic_lines(&whole.join("metrics.jsonl")), deterministic_lines(&split.join("metrics.jsonl")));
     let weights = |run: &Path| {
@@ -138,13 +138,15 @@ fn resume_without_a_checkpoint_and_bad_overrides_are_errors() {
     let path = write_config(tmp.path(), &data);
     // The config says 8 classes; this data has 3.
     let config = RunConfig::from_file(&path, &[]).unwrap();
-    let options = TrainOptions { resume: true, progress: false, stop_after: None };
-    let err =
-        train_run(&config, &tmp.path().join("run"), &Device::Cpu, options, &provenance()).unwrap_err().to_string();
+    let options = RunOptions { resume: true, stop_after: None };
+    let err = train_run(&config, &tmp.path().join("run"), &Device::Cpu, options, &provenance(), &mut Silent)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("8 classes") && err.contains('3'), "{err}");
     let config = RunConfig::from_file(&path, &["model.num_classes=3".into()]).unwrap();
-    let err =
-        train_run(&config, &tmp.path().join("run"), &Device::Cpu, options, &provenance()).unwrap_err().to_string();
+    let err = train_run(&config, &tmp.path().join("run"), &Device::Cpu, options, &provenance(), &mut Silent)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no checkpoint"), "{err}");
     assert!(RunConfig::from_file(&path, &["train.lr=-1".into()]).is_err());
     assert!(
@@ -176,8 +178,9 @@ fn a_diverging_loss_stops_the_run_naming_the_step() {
         &["train.lr=1e30".into(), "train.warmup_epochs=0".into()],
     )
     .unwrap();
-    let options = TrainOptions { resume: false, progress: false, stop_after: None };
-    let err =
-        train_run(&config, &tmp.path().join("run"), &Device::Cpu, options, &provenance()).unwrap_err().to_string();
+    let options = RunOptions { resume: false, stop_after: None };
+    let err = train_run(&config, &tmp.path().join("run"), &Device::Cpu, options, &provenance(), &mut Silent)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("loss became") && err.contains("epoch") && err.contains("iteration"), "{err}");
 }

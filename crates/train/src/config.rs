@@ -51,6 +51,35 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The reference recipe (momentum 0.9, weight decay 1e-4, 2 warm-up epochs, smoothing 0.1,
+    /// mixup α 0.4, seed 37, SGD) for `epochs` of `batch_size` at peak learning rate `lr`: the one
+    /// place the recipe's defaults live, for configs, `reproduce` and tests alike.
+    pub fn recipe(epochs: usize, batch_size: usize, lr: f64) -> Self {
+        Self {
+            epochs,
+            batch_size,
+            lr,
+            optimizer: OptimizerKind::default(),
+            momentum: Self::default_momentum(),
+            weight_decay: Self::default_weight_decay(),
+            nesterov: false,
+            warmup_epochs: Self::default_warmup_epochs(),
+            label_smoothing: Self::default_label_smoothing(),
+            mixup_alpha: Self::default_mixup_alpha(),
+            seed: Self::default_seed(),
+            eval_batch_size: None,
+        }
+    }
+
+    /// The learning-rate schedule of this recipe.
+    pub fn schedule(&self) -> crate::Schedule {
+        crate::Schedule::WarmupCosine(crate::LrSchedule {
+            base_lr: self.lr,
+            warmup_epochs: self.warmup_epochs,
+            epochs: self.epochs,
+        })
+    }
+
     fn default_momentum() -> f64 {
         0.9
     }

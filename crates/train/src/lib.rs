@@ -10,32 +10,46 @@
 //!   *and* the encoded locations (the reference mixes both), loss
 //!   `λ·LS(out, y) + (1 − λ)·LS(out, y[perm])`.
 //! - [`lr_at`]: linear warm-up per iteration for the first epochs, then cosine per epoch.
-//! - [`train`]: the loop over a [`BatchSource`], evaluation every epoch (top-1, top-5, loss),
-//!   the best checkpoint by top-1, and a [`RunDir`] with metrics and atomic checkpoints that
-//!   `--resume` continues exactly.
+//! - [`fit`]: **the** training loop, for anything that implements [`Trainable`] (the classifier
+//!   here, PriorsNet and GeoNet in `dmlp-baselines`): the schedule, the non-finite stop,
+//!   evaluation every epoch (through `dmlp-eval`), `best` by the metric the plan names, and a
+//!   [`RunDir`] with metrics and atomic checkpoints that a resume continues exactly.
+//! - [`classifier_step`]: the classifier's step (mixup → label-smoothed loss → backward →
+//!   optimiser), which [`ClassifierTrainer`] runs and `cargo xtask parity` checks.
+//! - [`SeedStream`]: the named random streams one seed fans out into.
 //!
-//! Architecture invariant: generic over what it trains (the classifier and any batch source);
-//! never names a dataset format or a fusion method.
+//! Architecture invariant: the loop is generic over what it trains and what it reads; it never
+//! names a dataset format or a fusion method, and it prints nothing (progress goes to a
+//! [`FitObserver`]).
 
 mod adam;
+mod classifier;
 mod config;
-mod data;
+mod fit;
 mod loss;
 mod optim;
+mod optimizer;
 mod run_dir;
 mod schedule;
-mod trainer;
+mod streams;
 
 use std::path::PathBuf;
 
 pub use adam::{Adam, AdamConfig, AdamState};
+pub use classifier::{
+    ClassifierStep, ClassifierTrainer, Mixup, StepInput, classifier_scores, classifier_step, draw_mixup,
+    evaluate_classifier,
+};
 pub use config::{OptimizerKind, TrainConfig};
-pub use data::{BatchSource, ImageView, TensorBatch};
+pub use fit::{
+    Batches, BestBy, FitObserver, FitPlan, FitSummary, Schedule, Silent, StepContext, StepOutcome, Trainable, fit,
+};
 pub use loss::{label_smoothing_loss, mixup, mixup_loss};
 pub use optim::{Sgd, SgdConfig};
-pub use run_dir::{Checkpoint, CheckpointState, EpochMetrics, RunDir, write_atomic};
+pub use optimizer::Optimizer;
+pub use run_dir::{Checkpoint, CheckpointState, EpochMetrics, RunDir, Which, write_atomic};
 pub use schedule::{LrSchedule, lr_at};
-pub use trainer::{TrainOptions, TrainSummary, evaluate, logit_rows, stream_seed, to_u32, top_k_hits, train};
+pub use streams::{SeedStream, stream_seed};
 
 /// What can stop a run.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +64,10 @@ pub enum TrainError {
         "the loss became {loss} at epoch {epoch}, iteration {iteration}: stopping (lower the learning rate, or check the data)"
     )]
     NonFinite { epoch: usize, iteration: usize, loss: f64 },
+    #[error("epoch {epoch}: {field} is {value}, not a number a run can record: stopping")]
+    NonFiniteMetric { epoch: usize, field: &'static str, value: f64 },
+    #[error(transparent)]
+    Eval(#[from] dmlp_eval::EvalError),
     #[error(transparent)]
     Model(#[from] dmlp_model::ModelError),
     #[error(transparent)]

@@ -4,7 +4,8 @@
 //! RUN/metrics.jsonl, RUN/metrics.csv        one line per finished epoch
 //! RUN/checkpoints/epoch-0003/               model.safetensors (parameters and BatchNorm
 //!                                           buffers, a plain state_dict), optimizer.safetensors
-//!                                           (momentum buffers), state.json (epoch, best top-1)
+//!                                           (momentum buffers), state.json (epoch, best epoch,
+//!                                           the metrics of every epoch so far)
 //! RUN/checkpoints/last, RUN/checkpoints/best   the name of a checkpoint folder
 //! ```
 //!
@@ -33,6 +34,9 @@ pub struct EpochMetrics {
     pub val_loss: f64,
     pub val_top1: f64,
     pub val_top5: f64,
+    /// Mean per-class validation top-1 (0 in runs written before it was recorded).
+    #[serde(default)]
+    pub val_mean_class_top1: f64,
     pub train_images: usize,
     pub val_images: usize,
     pub epoch_seconds: f64,
@@ -41,12 +45,11 @@ pub struct EpochMetrics {
 
 impl EpochMetrics {
     pub const WALL_CLOCK_FIELDS: [&'static str; 2] = ["epoch_seconds", "images_per_s"];
-    const CSV_HEADER: &'static str =
-        "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,train_images,val_images,epoch_seconds,images_per_s";
+    const CSV_HEADER: &'static str = "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,val_mean_class_top1,train_images,val_images,epoch_seconds,images_per_s";
 
     fn csv_line(&self) -> String {
         format!(
-            "{},{},{},{},{},{},{},{},{},{:.3},{:.1}",
+            "{},{},{},{},{},{},{},{},{},{},{:.3},{:.1}",
             self.epoch,
             self.lr,
             self.train_loss,
@@ -54,11 +57,29 @@ impl EpochMetrics {
             self.val_loss,
             self.val_top1,
             self.val_top5,
+            self.val_mean_class_top1,
             self.train_images,
             self.val_images,
             self.epoch_seconds,
             self.images_per_s
         )
+    }
+
+    /// An error naming the first non-finite measurement: no such metric is ever recorded.
+    pub fn check_finite(&self) -> Result<(), TrainError> {
+        let fields = [
+            ("lr", self.lr),
+            ("train_loss", self.train_loss),
+            ("train_top1", self.train_top1),
+            ("val_loss", self.val_loss),
+            ("val_top1", self.val_top1),
+            ("val_top5", self.val_top5),
+            ("val_mean_class_top1", self.val_mean_class_top1),
+        ];
+        match fields.iter().find(|(_, v)| !v.is_finite()) {
+            Some((field, value)) => Err(TrainError::NonFiniteMetric { epoch: self.epoch, field, value: *value }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -66,8 +87,28 @@ impl EpochMetrics {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointState {
     pub epoch: usize,
-    pub best_top1: f64,
+    /// The epoch of the `best` checkpoint, by the metric the run names.
     pub best_epoch: usize,
+    /// Every epoch's metrics up to `epoch`: a resume restores the metrics files from here, so a
+    /// run killed between its checkpoint and its metrics files loses nothing.
+    #[serde(default)]
+    pub metrics: Vec<EpochMetrics>,
+}
+
+/// Which checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    Best,
+    Last,
+}
+
+impl Which {
+    fn pointer(self) -> &'static str {
+        match self {
+            Which::Best => "best",
+            Which::Last => "last",
+        }
+    }
 }
 
 /// A checkpoint read back.
@@ -97,7 +138,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 }
 
 impl RunDir {
-    /// Opens (creating if needed) the run folder `root`.
+    /// Opens the existing run folder `root` for reading; creates nothing.
+    pub fn open(root: &Path) -> Result<Self, TrainError> {
+        if !root.join("checkpoints").is_dir() && !root.join("metrics.jsonl").is_file() {
+            return Err(io_err(root, "not a run folder (no checkpoints/ and no metrics.jsonl)"));
+        }
+        Ok(Self { root: root.to_owned() })
+    }
+
+    /// Opens (creating if needed) the run folder `root`, for writing.
     pub fn create(root: &Path) -> Result<Self, TrainError> {
         std::fs::create_dir_all(root.join("checkpoints")).map_err(|e| io_err(root, e))?;
         Ok(Self { root: root.to_owned() })
@@ -146,13 +195,6 @@ impl RunDir {
         }
         write_atomic(&self.metrics_jsonl(), jsonl.as_bytes())?;
         write_atomic(&self.metrics_csv(), csv.as_bytes())
-    }
-
-    /// Appends one epoch's metrics to both files.
-    pub fn append_metrics(&self, metrics: &EpochMetrics) -> Result<(), TrainError> {
-        let mut all = self.read_metrics()?;
-        all.push(metrics.clone());
-        self.write_metrics(&all)
     }
 
     /// Writes the checkpoint of `state.epoch` and points `last` (and `best`, if asked) at it.
@@ -209,16 +251,42 @@ impl RunDir {
         Ok(())
     }
 
+    /// The model weights of the `best` or `last` checkpoint; an error naming the folder when the
+    /// run has none.
+    pub fn weights(&self, which: Which) -> Result<PathBuf, TrainError> {
+        let name = self.pointer(which.pointer())?.ok_or_else(|| {
+            io_err(
+                &self.root,
+                format!("the run has no {} checkpoint (checkpoints/{} is missing)", which.pointer(), which.pointer()),
+            )
+        })?;
+        let path = self.checkpoints().join(name).join("model.safetensors");
+        if !path.is_file() {
+            return Err(io_err(&path, "the checkpoint's weights are missing"));
+        }
+        Ok(path)
+    }
+
+    /// The state of the `last` checkpoint, if the run has one, without reading its tensors.
+    pub fn last_state(&self) -> Result<Option<CheckpointState>, TrainError> {
+        let Some(name) = self.pointer("last")? else { return Ok(None) };
+        read_state(&self.checkpoints().join(name)).map(Some)
+    }
+
     /// The checkpoint `last` (or `best`) names, if any.
     pub fn checkpoint(&self, which: &str) -> Result<Option<Checkpoint>, TrainError> {
         let Some(name) = self.pointer(which)? else { return Ok(None) };
         let dir = self.checkpoints().join(&name);
-        let state_path = dir.join("state.json");
-        let state_text = std::fs::read_to_string(&state_path).map_err(|e| io_err(&state_path, e))?;
-        let state: CheckpointState = serde_json::from_str(&state_text).map_err(|e| io_err(&state_path, e))?;
+        let state = read_state(&dir)?;
         let optimizer_path = dir.join("optimizer.safetensors");
         let optimizer =
             candle_core::safetensors::load(&optimizer_path, &Device::Cpu).map_err(|e| io_err(&optimizer_path, e))?;
         Ok(Some(Checkpoint { model: dir.join("model.safetensors"), dir, state, optimizer }))
     }
+}
+
+fn read_state(dir: &Path) -> Result<CheckpointState, TrainError> {
+    let path = dir.join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| io_err(&path, e))
 }

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use candle_core::{DType, Device, Tensor};
 use dmlp_backbones::BackboneSpec;
+use dmlp_baselines::priorsnet::{PresenceBatch, PriorsNet, PriorsNetConfig, PriorsNetTrainer};
 use dmlp_fusion::{FusionConfig, FusionHead};
 use dmlp_geo::{Metadata, Observation};
 use dmlp_model::{Classifier, LoadPolicy, ModelConfig, ModelDType, UnusedKeys, WeightsFile};
 use dmlp_nn::ParamStore;
-use dmlp_train::{Sgd, SgdConfig, mixup, mixup_loss};
+use dmlp_train::{AdamConfig, Mixup, Optimizer, Sgd, SgdConfig, StepContext, StepInput, Trainable, classifier_step};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -39,9 +40,10 @@ pub(super) fn load_and_run(dir: &Path, device: &Device) -> Result<(String, Outco
         "model" => parse(&path, value).and_then(|case| run_model(dir, &case, device)),
         "checkpoint" => parse(&path, value).and_then(|case| run_checkpoint(dir, &case)),
         "train_step" => parse(&path, value).and_then(|case| run_train_step(dir, &case, device)),
-        other => {
-            Err(anyhow!("unknown case kind {other:?}: expected encoding, fusion, model, checkpoint or train_step"))
-        }
+        "priorsnet_step" => parse(&path, value).and_then(|case| run_priorsnet_step(dir, &case, device)),
+        other => Err(anyhow!(
+            "unknown case kind {other:?}: expected encoding, fusion, model, checkpoint, train_step or priorsnet_step"
+        )),
     };
     match outcome {
         Ok(outcome) => Ok((kind, outcome)),
@@ -338,28 +340,40 @@ fn run_train_step(dir: &Path, case: &TrainStepCase, device: &Device) -> anyhow::
     };
     let model = Classifier::new_zeroed(&config, device)?;
     load_weights(dir, &case.weights, model.store(), case.unused_weight_keys)?;
-    let lambda = case.mixup_lambda;
-    let loc =
-        if case.fusion.is_some() { Some(mixup(&take(&inputs, "loc", &case.inputs)?, &perm, lambda)?) } else { None };
+    let loc = if case.fusion.is_some() { Some(take(&inputs, "loc", &case.inputs)?) } else { None };
+    let images = if features.is_none() { Some(take(&inputs, "image", &case.inputs)?) } else { None };
+    let input = match (&features, &images) {
+        (Some(features), _) => StepInput::Features(features),
+        (None, Some(images)) => StepInput::Images(images),
+        (None, None) => bail!("a training-step case needs image_features or image"),
+    };
     let o = &case.optimizer;
-    let mut sgd = Sgd::new(
+    let mut optimizer = Optimizer::Sgd(Sgd::new(
         model.store().trainable_vars(),
         SgdConfig { momentum: o.momentum, weight_decay: o.weight_decay, nesterov: o.nesterov },
-    );
+    ));
+    let mix = Mixup { lambda: case.mixup_lambda, perm };
+    // The trainer's own step, with the case's λ and permutation instead of drawn ones.
     let mut losses = Vec::with_capacity(case.steps);
-    for _ in 0..case.steps {
-        let out = match &features {
-            Some(features) => model.forward_features_t(&mixup(features, &perm, lambda)?, loc.as_ref(), true)?,
-            None => {
-                model.forward_t(&mixup(&take(&inputs, "image", &case.inputs)?, &perm, lambda)?, loc.as_ref(), true)?
-            }
-        };
-        let loss = mixup_loss(&out.logits, &target, &perm, lambda, case.label_smoothing)?;
-        losses.push(f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?));
-        sgd.step(&loss.backward()?, o.lr)?;
+    for iteration in 0..case.steps {
+        let step = StepContext { epoch: 1, iteration, lr: o.lr };
+        let out =
+            classifier_step(&model, &mut optimizer, input, loc.as_ref(), &target, &mix, case.label_smoothing, &step)?;
+        losses.push(out.loss);
     }
+    let watched = |name: &str| model.store().get(name).map(|var| var.as_tensor().clone());
+    Ok(verdict(compare_steps(dir, &case.expected, &losses, &case.tolerance, &watched)?))
+}
 
-    let expected = load_tensors(dir, &case.expected, &Device::Cpu)?;
+/// Checks `losses` and every `after.NAME` tensor of the expected file against the model's.
+fn compare_steps(
+    dir: &Path,
+    expected_file: &Path,
+    losses: &[f64],
+    tolerance: &TrainTolerance,
+    watched: &dyn Fn(&str) -> Option<Tensor>,
+) -> anyhow::Result<Vec<TensorCheck>> {
+    let expected = load_tensors(dir, expected_file, &Device::Cpu)?;
     let mut checks = Vec::new();
     let mut names: Vec<&String> = expected.keys().collect();
     names.sort();
@@ -369,16 +383,102 @@ fn run_train_step(dir: &Path, case: &TrainStepCase, device: &Device) -> anyhow::
             if reference.len() != losses.len() {
                 bail!("expected {} losses, ran {} steps", reference.len(), losses.len());
             }
-            let tol = Tolerance { rel_l2: None, max_abs: Some(case.tolerance.losses_max_abs) };
-            checks.push(TensorCheck::from_values("losses", &losses, &reference, &tol));
+            let tol = Tolerance { rel_l2: None, max_abs: Some(tolerance.losses_max_abs) };
+            checks.push(TensorCheck::from_values("losses", losses, &reference, &tol));
             continue;
         }
-        let param =
-            name.strip_prefix("after.").with_context(|| format!("unexpected tensor {name:?} in the expected file"))?;
-        let var = model.store().get(param).with_context(|| format!("{name}: the model has no {param}"))?;
-        let rel_l2 = case.tolerance.per_tensor.get(name).copied().or(case.tolerance.rel_l2);
+        let Some(param) = name.strip_prefix("after.") else {
+            // Other expected tensors (a case's outputs before its steps) are checked by the caller.
+            continue;
+        };
+        let actual = watched(param).with_context(|| format!("{name}: the model has no {param}"))?;
+        let rel_l2 = tolerance.per_tensor.get(name).copied().or(tolerance.rel_l2);
         let tol = Tolerance { rel_l2, max_abs: None };
-        checks.push(TensorCheck::new(name, var.as_tensor(), &expected[name], &tol)?);
+        checks.push(TensorCheck::new(name, &actual, &expected[name], &tol)?);
+    }
+    if checks.is_empty() {
+        bail!("the expected file holds neither losses nor after.* tensors");
+    }
+    Ok(checks)
+}
+
+#[derive(Debug, Deserialize)]
+struct AdamSpec {
+    kind: String,
+    lr: f64,
+    betas: [f64; 2],
+    eps: f64,
+    weight_decay: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct PriorsNetStepCase {
+    num_inputs: usize,
+    num_classes: usize,
+    #[serde(default = "default_filts")]
+    num_filts: usize,
+    weights: PathBuf,
+    inputs: PathBuf,
+    expected: PathBuf,
+    loss: String,
+    pos_weight: f64,
+    steps: usize,
+    dropout: Option<String>,
+    optimizer: AdamSpec,
+    tolerance: TrainTolerance,
+}
+
+fn default_filts() -> usize {
+    PriorsNet::HIDDEN
+}
+
+/// PriorsNet's step as its trainer runs it, on the case's presences and background locations.
+fn run_priorsnet_step(dir: &Path, case: &PriorsNetStepCase, device: &Device) -> anyhow::Result<Outcome> {
+    if case.loss != "full_loss" {
+        return Ok(Outcome::Unsupported(format!("loss {:?}: only geo_prior's full_loss is implemented", case.loss)));
+    }
+    if case.optimizer.kind != "adam" {
+        return Ok(Outcome::Unsupported(format!("optimizer {:?}: only adam is implemented", case.optimizer.kind)));
+    }
+    if case.num_filts != PriorsNet::HIDDEN {
+        return Ok(Outcome::Unsupported(format!(
+            "num_filts {}: PriorsNet is {} wide",
+            case.num_filts,
+            PriorsNet::HIDDEN
+        )));
+    }
+    if case.dropout.as_deref() != Some("disabled") {
+        bail!("a PriorsNet step case must disable dropout (\"dropout\": \"disabled\") to be deterministic");
+    }
+    let model = PriorsNet::new(case.num_inputs, case.num_classes, 0.0, 0, device)?;
+    load_weights(dir, &case.weights, model.store(), UnusedKeys::Error)?;
+    let inputs = load_tensors(dir, &case.inputs, device)?;
+    let loc = take(&inputs, "loc", &case.inputs)?;
+    let background = take(&inputs, "background", &case.inputs)?;
+    let labels: Vec<u32> = take(&inputs, "target", &case.inputs)?.to_dtype(DType::U32)?.to_vec1()?;
+    let probabilities = model.prior(&loc)?;
+    let o = &case.optimizer;
+    let config = PriorsNetConfig {
+        lr: o.lr,
+        pos_weight: Some(case.pos_weight),
+        dropout: 0.0,
+        batch_size: labels.len(),
+        ..PriorsNetConfig::default()
+    };
+    let adam =
+        AdamConfig { beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weight_decay: o.weight_decay, decoupled: false };
+    let mut trainer = PriorsNetTrainer::with_adam(&model, &config, adam)?;
+    let mut losses = Vec::with_capacity(case.steps);
+    for iteration in 0..case.steps {
+        let batch = PresenceBatch { inputs: loc.clone(), labels: labels.clone(), background: Some(background.clone()) };
+        losses.push(trainer.train_step(batch, &StepContext { epoch: 1, iteration, lr: o.lr })?.loss);
+    }
+    let watched = |name: &str| model.store().get(name).map(|var| var.as_tensor().clone());
+    let mut checks = compare_steps(dir, &case.expected, &losses, &case.tolerance, &watched)?;
+    let expected = load_tensors(dir, &case.expected, &Device::Cpu)?;
+    if let Some(reference) = expected.get("probabilities") {
+        let tol = Tolerance { rel_l2: case.tolerance.rel_l2, max_abs: None };
+        checks.insert(0, TensorCheck::new("probabilities", &probabilities, reference, &tol)?);
     }
     Ok(verdict(checks))
 }

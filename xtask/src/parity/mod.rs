@@ -1,9 +1,10 @@
 //! The parity fixture runner: reads cases in the format of `shared/fixtures/parity/README.md`,
 //! computes each with dmlp, and compares with the reference's numbers.
 //!
-//! Kinds: `encoding`, `fusion`, `model`, `checkpoint`, `train_step`. A case asking for what is
-//! not implemented (another optimiser, other BatchNorm momentum) is reported as unsupported by
-//! name without failing the run; an unknown kind or an unreadable case fails it.
+//! Kinds: `encoding`, `fusion`, `model`, `checkpoint`, `train_step` (through the trainer's own
+//! `classifier_step`), `priorsnet_step` (through PriorsNet's `Trainable` step). A case asking for
+//! what is not implemented (another optimiser, other BatchNorm momentum) is reported as
+//! unsupported by name without failing the run; an unknown kind or an unreadable case fails it.
 
 mod cases;
 mod compare;
@@ -43,10 +44,20 @@ impl CaseReport {
     }
 }
 
-/// `cargo xtask parity [CASE_DIR ...]`.
+/// `cargo xtask parity [CASE_DIR ...]`: without arguments, the committed cases and every shared
+/// parity folder (the shared ones only when the shared folder is found, which is said).
 pub(crate) fn run_command(args: &[PathBuf], device: &str) -> anyhow::Result<ExitCode> {
     let device = dmlp_model::parse_device(device)?;
-    let dirs = if args.is_empty() { vec![crate::paths::parity_fixtures_dir()?] } else { args.to_vec() };
+    let dirs = if args.is_empty() {
+        let mut dirs = vec![crate::paths::committed_parity_dir()];
+        match crate::paths::shared_parity_dirs() {
+            Ok(shared) => dirs.extend(shared),
+            Err(err) => println!("only the committed cases: {err:#}"),
+        }
+        dirs
+    } else {
+        args.to_vec()
+    };
     let case_dirs = collect_case_dirs(&dirs)?;
     let reports: Vec<CaseReport> = case_dirs.iter().map(|dir| run_case(dir, &device)).collect();
     for report in &reports {

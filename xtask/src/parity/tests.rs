@@ -10,43 +10,68 @@ use dmlp_nn::ParamStore;
 
 use super::{Outcome, collect_case_dirs, format_report, run_case};
 
-/// The fixture cases whose `case.json` has `kind`, or `None` when the run explicitly skips parity
-/// (`DMLP_SKIP_PARITY=1`, for a CI service without the shared folder). A missing shared folder
-/// is a failure with a message saying where it was looked for.
-fn fixture_cases(kind: &str) -> Option<Vec<PathBuf>> {
-    if std::env::var("DMLP_SKIP_PARITY").is_ok_and(|v| v == "1") {
-        eprintln!("DMLP_SKIP_PARITY=1: reference parity cases not run");
-        return None;
-    }
-    let dir = crate::paths::parity_fixtures_dir().unwrap_or_else(|err| panic!("{err:#}"));
-    let cases: Vec<PathBuf> = collect_case_dirs(&[dir])
+/// The cases under `dirs` whose `case.json` has `kind`.
+fn cases_of_kind(dirs: &[PathBuf], kind: &str) -> Vec<PathBuf> {
+    collect_case_dirs(dirs)
         .expect("listing the fixtures")
         .into_iter()
         .filter(|case| {
             let text = std::fs::read_to_string(case.join("case.json")).unwrap_or_default();
             serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v["kind"] == kind)
         })
-        .collect();
-    assert!(!cases.is_empty(), "no {kind} cases among the fixtures");
+        .collect()
+}
+
+/// The shared fixture cases whose `case.json` has `kind`, or `None` when the shared folder is not
+/// beside this checkout (a clone on its own still checks parity through the committed cases).
+fn fixture_cases(kind: &str) -> Option<Vec<PathBuf>> {
+    let dirs = match crate::paths::shared_parity_dirs() {
+        Ok(dirs) => dirs,
+        Err(err) => {
+            eprintln!("the shared reference cases are not run here ({err:#}); the committed cases are");
+            return None;
+        }
+    };
+    let cases = cases_of_kind(&dirs, kind);
+    assert!(!cases.is_empty(), "no {kind} cases among the shared fixtures");
     Some(cases)
+}
+
+fn assert_cases_pass(cases: &[PathBuf]) {
+    let mut failures = Vec::new();
+    for case in cases {
+        let report = run_case(case, &Device::Cpu);
+        eprint!("{}", format_report(&report));
+        if !matches!(report.outcome, Outcome::Passed(_)) {
+            failures.push(format_report(&report));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join(""));
 }
 
 fn assert_all_pass(kind: &str, name_filter: impl Fn(&Path) -> bool) {
     let Some(cases) = fixture_cases(kind) else {
         return;
     };
-    let mut failures = Vec::new();
-    let mut ran = 0;
-    for case in cases.iter().filter(|c| name_filter(c)) {
-        let report = run_case(case, &Device::Cpu);
-        eprint!("{}", format_report(&report));
-        ran += 1;
-        if !matches!(report.outcome, Outcome::Passed(_)) {
-            failures.push(format_report(&report));
-        }
+    let cases: Vec<PathBuf> = cases.into_iter().filter(|c| name_filter(c)).collect();
+    assert!(!cases.is_empty(), "no {kind} case matched");
+    assert_cases_pass(&cases);
+}
+
+/// The committed cases: always present, never skipped.
+#[test]
+fn committed_parity_cases_pass() {
+    let dir = crate::paths::committed_parity_dir();
+    let cases = collect_case_dirs(&[dir]).expect("the committed parity cases");
+    for kind in ["encoding", "fusion", "model", "train_step"] {
+        assert!(!cases_of_kind(&cases, kind).is_empty(), "no committed {kind} case");
     }
-    assert!(ran > 0, "no {kind} case matched");
-    assert!(failures.is_empty(), "{}", failures.join(""));
+    assert_cases_pass(&cases);
+}
+
+#[test]
+fn reference_priorsnet_step_cases_pass() {
+    assert_all_pass("priorsnet_step", |_| true);
 }
 
 #[test]

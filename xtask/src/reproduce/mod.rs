@@ -16,13 +16,15 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use dmlp_backbones::BackboneSpec;
 use dmlp_baselines::geonet::GeoNet;
-use dmlp_baselines::priorsnet::{PriorsNet, RunOptions, Sampler};
+use dmlp_baselines::priorsnet::{PriorsNet, Sampler};
 use dmlp_datasets::synth::{SynthConfig, generate};
 use dmlp_datasets::{DatasetName, SplitScheme};
-use dmlp_experiment::{BaselineConfig, BaselineType, DataConfig, PriorData, Provenance, RunConfig, train_run};
+use dmlp_experiment::{
+    BaselineConfig, BaselineType, DataConfig, PriorData, ProgressBars, Provenance, RunConfig, RunOptions, train_run,
+};
 use dmlp_fusion::FusionConfig;
 use dmlp_model::{Classifier, ModelConfig, ModelDType};
-use dmlp_train::{RunDir, TrainConfig, TrainOptions};
+use dmlp_train::{RunDir, TrainConfig, Which};
 
 use render::{claims, render_csv, render_markdown};
 pub(crate) use table::read_table;
@@ -84,20 +86,13 @@ fn model_config(
     }
 }
 
+/// The paper's recipe (`TrainConfig::recipe`) at the table's epochs, batch, learning rate, warm-up
+/// and seed.
 fn train_config(recipe: &Recipe) -> TrainConfig {
     TrainConfig {
-        epochs: recipe.epochs,
-        batch_size: recipe.batch_size,
-        lr: recipe.lr,
-        optimizer: dmlp_train::OptimizerKind::Sgd,
-        momentum: 0.9,
-        weight_decay: 1e-4,
-        nesterov: false,
         warmup_epochs: recipe.warmup_epochs,
-        label_smoothing: 0.1,
-        mixup_alpha: 0.4,
         seed: recipe.seed,
-        eval_batch_size: None,
+        ..TrainConfig::recipe(recipe.epochs, recipe.batch_size, recipe.lr)
     }
 }
 
@@ -198,14 +193,22 @@ fn dataset_roots(table: &TableSpec, args: &ReproduceArgs, root: &Path) -> anyhow
     Ok(columns)
 }
 
-/// The best top-1 of a finished run folder, if finished.
+/// The best epoch's top-1 of a finished run folder (its last checkpoint at `epochs`), if finished.
 fn finished_top1(run: &Path, epochs: usize) -> anyhow::Result<Option<f64>> {
-    if !run.exists() {
+    if !run.join("checkpoints").is_dir() {
         return Ok(None);
     }
-    let metrics = RunDir::create(run)?.read_metrics()?;
-    let done = metrics.last().is_some_and(|m| m.epoch >= epochs);
-    Ok(done.then(|| metrics.iter().map(|m| m.val_top1).fold(f64::NEG_INFINITY, f64::max)))
+    let Some(state) = RunDir::open(run)?.last_state()? else { return Ok(None) };
+    if state.epoch < epochs {
+        return Ok(None);
+    }
+    let best = state.metrics.iter().find(|m| m.epoch == state.best_epoch);
+    Ok(best.map(|m| m.val_top1))
+}
+
+/// Whether `run` holds a checkpoint to resume from.
+fn has_checkpoint(run: &Path) -> anyhow::Result<bool> {
+    Ok(run.join("checkpoints").is_dir() && RunDir::open(run)?.last_state()?.is_some())
 }
 
 /// A baseline's settings for this run: the table's, scaled down for the smoke data.
@@ -326,13 +329,13 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<ExitCode> {
                         top1
                     }
                     None => {
-                        let resume = RunDir::create(&run_dir)?.checkpoint("last")?.is_some();
+                        let resume = has_checkpoint(&run_dir)?;
                         eprintln!("{tag}: {}", if resume { "resuming" } else { "training" });
                         let config = RunConfig { model: model.clone(), data, train: train_config(&recipe) };
-                        let options = TrainOptions { resume, progress: true, stop_after: None };
-                        train_run(&config, &run_dir, &device, options, &provenance)
+                        let options = RunOptions { resume, stop_after: None };
+                        train_run(&config, &run_dir, &device, options, &provenance, &mut ProgressBars::new(""))
                             .with_context(|| format!("cell {cell}"))?
-                            .best_top1
+                            .best_top1()
                     }
                 };
                 (top1, count_params(&model)?, count_params(&full_model)?)
@@ -357,15 +360,17 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<ExitCode> {
                     }
                     None => {
                         let image_config = RunConfig { model: image_model.clone(), data, train: train_config(&recipe) };
-                        let weights =
-                            best_weights(&image_dir).with_context(|| format!("cell {cell}: its image-only run"))?;
-                        let resume = RunDir::create(&run_dir)?.checkpoint("last")?.is_some();
+                        let weights = RunDir::open(&image_dir)
+                            .and_then(|run| run.weights(Which::Best))
+                            .with_context(|| format!("cell {cell}: its image-only run"))?;
+                        let resume = has_checkpoint(&run_dir)?;
                         eprintln!(
                             "{tag}: {} over {}",
                             if resume { "resuming" } else { "training" },
                             image_dir.display()
                         );
-                        let options = RunOptions { resume, progress: true };
+                        let options = RunOptions { resume, stop_after: None };
+                        let label = format!("{:?}", baseline.kind).to_lowercase();
                         let summary = dmlp_experiment::baseline_run(
                             &image_config,
                             &weights,
@@ -374,6 +379,7 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<ExitCode> {
                             &device,
                             options,
                             &provenance,
+                            &mut ProgressBars::new(&label),
                         )
                         .with_context(|| format!("cell {cell}"))?;
                         eprintln!(
@@ -419,13 +425,6 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The best checkpoint's weights of a finished run folder.
-fn best_weights(run: &Path) -> anyhow::Result<PathBuf> {
-    let pointer = run.join("checkpoints").join("best");
-    let name = std::fs::read_to_string(&pointer).with_context(|| format!("reading {}", pointer.display()))?;
-    Ok(run.join("checkpoints").join(name.trim()).join("model.safetensors"))
 }
 
 fn git_commit(root: &Path) -> Option<String> {

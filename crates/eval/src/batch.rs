@@ -1,8 +1,8 @@
-//! What the trainer consumes: batches of tensors, from any source.
+//! What training and evaluation consume: batches of tensors, from any source.
 
 use candle_core::Tensor;
 
-use crate::TrainError;
+use crate::EvalError;
 
 /// One batch on the model's device.
 #[derive(Debug, Clone)]
@@ -10,10 +10,12 @@ pub struct TensorBatch {
     /// The images, one entry per view: a training batch has one view of one crop; a test-time
     /// augmented evaluation batch has one view per scale, each of one or ten crops per image.
     pub views: Vec<ImageView>,
-    /// `[B, cin]` encoded locations, for models with a fusion head.
+    /// `[B, cin]` encoded locations, for models that read them.
     pub loc: Option<Tensor>,
     /// `[B]` class indices (u32).
     pub targets: Tensor,
+    /// The source's row of each image (for prediction files); empty when the source does not say.
+    pub rows: Vec<usize>,
 }
 
 /// The images of one view of a batch.
@@ -27,20 +29,20 @@ pub struct ImageView {
 impl TensorBatch {
     /// A batch of one view of one crop per image (`images: [B, 3, H, W]`).
     pub fn single(images: Tensor, loc: Option<Tensor>, targets: Tensor) -> Self {
-        Self { views: vec![ImageView { images, crops: 1 }], loc, targets }
+        Self { views: vec![ImageView { images, crops: 1 }], loc, targets, rows: Vec::new() }
     }
 
     /// The images of a one-view, one-crop batch, as training needs.
-    pub fn single_view(&self) -> Result<&Tensor, TrainError> {
+    pub fn single_view(&self) -> Result<&Tensor, EvalError> {
         match self.views.as_slice() {
             [view] if view.crops == 1 => Ok(&view.images),
-            _ => Err(TrainError::Data("training needs batches of one view of one crop per image".into())),
+            _ => Err(EvalError::Data("this needs batches of one view of one crop per image".into())),
         }
     }
 }
 
 /// A split as epochs of batches. Implementations must give the same batches for the same epoch
-/// (the trainer's resume relies on it).
+/// (an exact resume relies on it).
 pub trait BatchSource {
     /// Batches in one epoch.
     fn batches_per_epoch(&self) -> usize;
@@ -53,6 +55,5 @@ pub trait BatchSource {
     }
 
     /// The batches of `epoch` (1-based for training; evaluation passes 0).
-    fn epoch(&self, epoch: usize)
-    -> Result<Box<dyn Iterator<Item = Result<TensorBatch, TrainError>> + '_>, TrainError>;
+    fn epoch(&self, epoch: usize) -> Result<Box<dyn Iterator<Item = Result<TensorBatch, EvalError>> + '_>, EvalError>;
 }

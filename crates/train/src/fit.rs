@@ -1,0 +1,303 @@
+//! The one training loop: whatever is trained implements [`Trainable`]; [`fit`] owns the rest.
+//!
+//! `fit` runs the epochs, asks the [`Schedule`] for each step's learning rate, stops on a
+//! non-finite loss (the step reports it before its update), evaluates after every epoch, keeps
+//! `best` by the metric the plan names, and writes the run folder: each epoch's checkpoint first
+//! (with the metrics so far inside it), then `metrics.jsonl`/`metrics.csv`, so a run killed at any
+//! moment resumes from a checkpoint whose metrics it carries. Resume is one rule for everyone:
+//! `resume` without a checkpoint is an error naming the folder, and a folder that already holds a
+//! run (a checkpoint or metrics) is an error without `resume`.
+//!
+//! Progress goes to a [`FitObserver`] that the binaries attach; this crate prints nothing.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use dmlp_eval::{Accuracy, BatchSource, TensorBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::run_dir::{CheckpointState, EpochMetrics, RunDir};
+use crate::{LrSchedule, TrainError, lr_at};
+
+/// Where a training step happens, and its learning rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepContext {
+    /// 1-based.
+    pub epoch: usize,
+    /// 0-based within the epoch.
+    pub iteration: usize,
+    pub lr: f64,
+}
+
+impl StepContext {
+    /// `loss` if finite; otherwise the error that stops the run (call it before the update).
+    pub fn check_loss(&self, loss: f64) -> Result<f64, TrainError> {
+        if loss.is_finite() {
+            Ok(loss)
+        } else {
+            Err(TrainError::NonFinite { epoch: self.epoch, iteration: self.iteration, loss })
+        }
+    }
+}
+
+/// What one training step measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutcome {
+    /// The batch's mean loss before the update.
+    pub loss: f64,
+    pub images: usize,
+    /// Top-1 hits on the training batch (λ-weighted against both targets under mixup).
+    pub top1_hits: f64,
+}
+
+/// A model with its optimiser, as the loop sees it.
+pub trait Trainable {
+    /// What one step consumes.
+    type Batch;
+
+    /// One optimisation step (forward, loss, backward, update).
+    fn train_step(&mut self, batch: Self::Batch, step: &StepContext) -> Result<StepOutcome, TrainError>;
+
+    /// Measures the model on `val`.
+    fn evaluate(&self, val: &dyn Batches<Self::Batch>) -> Result<Accuracy, TrainError>;
+
+    /// The model's tensors by their `state_dict` names (parameters and buffers).
+    fn model_tensors(&self) -> HashMap<String, Tensor>;
+
+    /// The optimiser's state by name.
+    fn optimizer_state(&self) -> Result<HashMap<String, Tensor>, TrainError>;
+
+    /// Loads a checkpoint's model file and optimiser state (on the CPU; move them to the device).
+    fn restore(&mut self, model: &Path, optimizer: HashMap<String, Tensor>) -> Result<(), TrainError>;
+}
+
+/// A split as epochs of batches of any kind (the same batches for the same epoch).
+pub trait Batches<B> {
+    fn batches_per_epoch(&self) -> usize;
+    /// Items (images, locations) per epoch.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The batches of `epoch` (1-based for training; evaluation passes 0).
+    fn epoch(&self, epoch: usize) -> Result<Box<dyn Iterator<Item = Result<B, TrainError>> + '_>, TrainError>;
+}
+
+impl<S: BatchSource + ?Sized> Batches<TensorBatch> for S {
+    fn batches_per_epoch(&self) -> usize {
+        BatchSource::batches_per_epoch(self)
+    }
+
+    fn len(&self) -> usize {
+        BatchSource::len(self)
+    }
+
+    fn epoch(
+        &self,
+        epoch: usize,
+    ) -> Result<Box<dyn Iterator<Item = Result<TensorBatch, TrainError>> + '_>, TrainError> {
+        Ok(Box::new(BatchSource::epoch(self, epoch)?.map(|b| b.map_err(TrainError::from))))
+    }
+}
+
+/// The learning rate over a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Schedule {
+    /// The reference's linear warm-up per iteration, then cosine per epoch.
+    WarmupCosine(LrSchedule),
+    /// `lr · decay^(epoch − 1)` (PriorsNet).
+    Exponential {
+        lr: f64,
+        decay: f64,
+    },
+    Constant(f64),
+}
+
+impl Schedule {
+    /// The learning rate at 1-based `epoch`, 0-based `iteration` of `iters_per_epoch`.
+    pub fn lr(&self, epoch: usize, iteration: usize, iters_per_epoch: usize) -> f64 {
+        match *self {
+            Schedule::WarmupCosine(s) => lr_at(s, epoch, iteration, iters_per_epoch),
+            Schedule::Exponential { lr, decay } => lr * decay.powi(epoch.saturating_sub(1) as i32),
+            Schedule::Constant(lr) => lr,
+        }
+    }
+}
+
+/// Which validation metric picks the `best` checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BestBy {
+    /// The highest validation top-1 (the earliest epoch on ties).
+    #[default]
+    ValTop1,
+    /// The lowest validation loss.
+    ValLoss,
+}
+
+impl BestBy {
+    fn value(self, m: &EpochMetrics) -> f64 {
+        match self {
+            BestBy::ValTop1 => m.val_top1,
+            BestBy::ValLoss => m.val_loss,
+        }
+    }
+
+    fn improves(self, candidate: f64, best: Option<f64>) -> bool {
+        match (self, best) {
+            (_, None) => true,
+            (BestBy::ValTop1, Some(best)) => candidate > best,
+            (BestBy::ValLoss, Some(best)) => candidate < best,
+        }
+    }
+}
+
+/// How long and how to train.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitPlan {
+    pub epochs: usize,
+    pub schedule: Schedule,
+    pub best_by: BestBy,
+    /// Stop after this epoch even if `epochs` is larger (the schedule still spans `epochs`).
+    pub stop_after: Option<usize>,
+}
+
+/// What the binaries watch: progress, per-epoch summaries.
+pub trait FitObserver {
+    fn resumed(&mut self, _run: &Path, _after_epoch: usize) {}
+    fn epoch_started(&mut self, _epoch: usize, _epochs: usize, _items: usize) {}
+    fn step_finished(&mut self, _items: usize, _mean_loss: f64, _lr: f64) {}
+    fn epoch_finished(&mut self, _metrics: &EpochMetrics, _epochs: usize) {}
+    /// The run stops with an error.
+    fn failed(&mut self) {}
+}
+
+/// Watches nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Silent;
+
+impl FitObserver for Silent {}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct FitSummary {
+    pub metrics: Vec<EpochMetrics>,
+    pub best_epoch: usize,
+    pub best_by: BestBy,
+}
+
+impl FitSummary {
+    /// The metrics of the best epoch.
+    pub fn best(&self) -> Option<&EpochMetrics> {
+        self.metrics.iter().find(|m| m.epoch == self.best_epoch)
+    }
+
+    /// The best epoch's validation top-1 (NaN when no epoch ran).
+    pub fn best_top1(&self) -> f64 {
+        self.best().map_or(f64::NAN, |m| m.val_top1)
+    }
+}
+
+/// Trains `model` on `train`, evaluating on `val` after every epoch, writing `run`.
+pub fn fit<T: Trainable>(
+    model: &mut T,
+    plan: &FitPlan,
+    train: &dyn Batches<T::Batch>,
+    val: &dyn Batches<T::Batch>,
+    run: &RunDir,
+    resume: bool,
+    observer: &mut dyn FitObserver,
+) -> Result<FitSummary, TrainError> {
+    let result = fit_inner(model, plan, train, val, run, resume, observer);
+    if result.is_err() {
+        observer.failed();
+    }
+    result
+}
+
+fn fit_inner<T: Trainable>(
+    model: &mut T,
+    plan: &FitPlan,
+    train: &dyn Batches<T::Batch>,
+    val: &dyn Batches<T::Batch>,
+    run: &RunDir,
+    resume: bool,
+    observer: &mut dyn FitObserver,
+) -> Result<FitSummary, TrainError> {
+    if plan.epochs == 0 {
+        return Err(TrainError::Config("a run needs at least one epoch".into()));
+    }
+    let (mut metrics, mut best_epoch) = (Vec::new(), 0);
+    if resume {
+        let checkpoint = run.checkpoint("last")?.ok_or_else(|| {
+            TrainError::Config(format!("--resume: {} holds no checkpoint to resume from", run.root().display()))
+        })?;
+        model.restore(&checkpoint.model, checkpoint.optimizer)?;
+        let epoch = checkpoint.state.epoch;
+        best_epoch = checkpoint.state.best_epoch;
+        // The checkpoint carries the metrics up to its epoch; older checkpoints did not, and their
+        // metrics file is cut at the checkpoint instead. Epochs recorded after it are redone.
+        metrics = if checkpoint.state.metrics.is_empty() {
+            run.read_metrics()?.into_iter().filter(|m| m.epoch <= epoch).collect()
+        } else {
+            checkpoint.state.metrics
+        };
+        run.write_metrics(&metrics)?;
+        observer.resumed(run.root(), epoch);
+    } else if run.checkpoint("last")?.is_some() || !run.read_metrics()?.is_empty() {
+        return Err(TrainError::Config(format!(
+            "{} already holds a run: pass --resume to continue it, or choose another run folder",
+            run.root().display()
+        )));
+    }
+    let iters = train.batches_per_epoch();
+    if iters == 0 {
+        return Err(TrainError::Data("the training split gives no batch".into()));
+    }
+    let start_epoch = metrics.last().map_or(1, |m| m.epoch + 1);
+    let last_epoch = plan.stop_after.map_or(plan.epochs, |stop| stop.min(plan.epochs));
+    for epoch in start_epoch..=last_epoch {
+        let started = Instant::now();
+        observer.epoch_started(epoch, plan.epochs, train.len());
+        let (mut loss_sum, mut hits, mut seen, mut lr) = (0.0, 0.0, 0usize, 0.0);
+        for (iteration, batch) in train.epoch(epoch)?.enumerate() {
+            lr = plan.schedule.lr(epoch, iteration, iters);
+            let step = StepContext { epoch, iteration, lr };
+            let outcome = model.train_step(batch?, &step)?;
+            loss_sum += outcome.loss * outcome.images as f64;
+            hits += outcome.top1_hits;
+            seen += outcome.images;
+            observer.step_finished(outcome.images, loss_sum / seen.max(1) as f64, lr);
+        }
+        let train_seconds = started.elapsed().as_secs_f64();
+        let accuracy = model.evaluate(val)?;
+        let epoch_metrics = EpochMetrics {
+            epoch,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_top1: 100.0 * hits / seen.max(1) as f64,
+            val_loss: accuracy.loss.ok_or_else(|| TrainError::Data("the evaluation computed no loss".into()))?,
+            val_top1: accuracy.top1,
+            val_top5: accuracy.top5,
+            val_mean_class_top1: accuracy.mean_class_top1,
+            train_images: seen,
+            val_images: accuracy.images,
+            epoch_seconds: started.elapsed().as_secs_f64(),
+            images_per_s: seen as f64 / train_seconds.max(1e-9),
+        };
+        epoch_metrics.check_finite()?;
+        let best_so_far = metrics.iter().find(|m: &&EpochMetrics| m.epoch == best_epoch).map(|m| plan.best_by.value(m));
+        let is_best = plan.best_by.improves(plan.best_by.value(&epoch_metrics), best_so_far);
+        if is_best {
+            best_epoch = epoch;
+        }
+        metrics.push(epoch_metrics.clone());
+        let state = CheckpointState { epoch, best_epoch, metrics: metrics.clone() };
+        run.save_checkpoint(&state, &model.model_tensors(), &model.optimizer_state()?, is_best)?;
+        run.write_metrics(&metrics)?;
+        observer.epoch_finished(&epoch_metrics, plan.epochs);
+    }
+    Ok(FitSummary { metrics, best_epoch, best_by: plan.best_by })
+}

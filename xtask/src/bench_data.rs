@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use dmlp_backbones::{IMAGENET_MEAN, IMAGENET_STD};
 use dmlp_datasets::synth::photo_like_jpeg;
-use dmlp_datasets::transform::{Normalization, Renderer, Transform};
+use dmlp_vision::{Normalization, Renderer, Transform};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DataBenchArgs {
@@ -101,7 +101,7 @@ impl Ours {
         for (name, bytes) in files {
             let path = Path::new(name);
             if work == Work::Decode {
-                std::hint::black_box(dmlp_datasets::decode::decode(bytes, path)?);
+                std::hint::black_box(dmlp_vision::decode::decode(bytes, path)?);
             } else {
                 self.renderer.render(bytes, path, &[transform], &norm, &mut self.rng, &mut [&mut self.out])?;
             }

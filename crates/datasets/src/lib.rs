@@ -1,4 +1,4 @@
-//! Datasets: records, readers, the synthetic generator, image transforms and the loader.
+//! Datasets: records, readers, the synthetic generator, verification and the loader.
 //!
 //! - [`Split`]: one split's records (image path, label, location and date) and its class list.
 //! - [`read_split`]: the readers of iNaturalist 2017, 2018, 2021 (full and mini) and
@@ -8,24 +8,17 @@
 //!   [`verify`]: a dataset folder against its annotation files and those counts.
 //! - [`synth`]: a deterministic, geo-aware synthetic dataset written in that same layout (JPEG
 //!   files and JSON), so that tests and smoke runs exercise the real reading path.
-//! - [`decode`]: strict decoding to RGB (grayscale, alpha, CMYK handled; truncated files fail),
-//!   whole images or the region a view needs (`jpeg`: the crate's own baseline JPEG decoder,
-//!   libjpeg-turbo's arithmetic, decoding only down to the region's last row and only its
-//!   blocks); [`transform`]: torchvision's `RandomResizedCrop` + flip, `Resize` + `CenterCrop` and
-//!   `TenCrop`, several views per image for multi-scale tests, normalised straight into a batch.
-//! - [`loader`]: batches prepared on worker threads ahead of the consumer, deterministic per seed
-//!   whatever the number of workers.
+//! - [`loader`]: batches prepared on worker threads ahead of the consumer (each image through
+//!   `dmlp-vision`'s decoding and transforms), deterministic per seed whatever the number of
+//!   workers.
 //!
-//! Architecture invariant: no models, no trainer, no tensor library; errors name the file and
-//! the record.
+//! Architecture invariant: no models, no trainer, no tensor library; the pixels are
+//! `dmlp-vision`'s business, the records this crate's; errors name the file and the record.
 
-pub mod decode;
-mod jpeg;
 pub mod loader;
 pub mod manifest;
 pub mod readers;
 pub mod synth;
-pub mod transform;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -102,4 +95,16 @@ pub enum DatasetError {
     Image { path: PathBuf, message: String },
     #[error("invalid configuration: {0}")]
     Config(String),
+}
+
+impl From<dmlp_vision::VisionError> for DatasetError {
+    /// An image's error as the dataset reports it: the same file, the same message.
+    fn from(err: dmlp_vision::VisionError) -> Self {
+        use dmlp_vision::VisionError;
+        match err {
+            VisionError::Io { path, message } => DatasetError::Io { path, message },
+            VisionError::Image { path, message } => DatasetError::Image { path, message },
+            VisionError::Config(message) => DatasetError::Config(message),
+        }
+    }
 }

@@ -14,9 +14,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::decode::read_bytes;
-use crate::transform::{Normalization, Renderer, Transform};
 use crate::{DatasetError, Split};
+use dmlp_vision::{Normalization, Renderer, Transform, read_bytes};
 
 /// How to batch a split.
 #[derive(Debug, Clone, PartialEq)]

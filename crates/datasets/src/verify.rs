@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde::Serialize;
 
 use crate::manifest::DataManifest;
-use crate::transform::decode_rgb;
 use crate::{DatasetName, Split, SplitScheme, read_split};
+use dmlp_vision::decode_rgb;
 
 /// What to check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

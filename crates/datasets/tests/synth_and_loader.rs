@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use dmlp_datasets::loader::{EpochBatches, LoaderConfig};
 use dmlp_datasets::synth::{SynthConfig, generate};
-use dmlp_datasets::transform::{Normalization, Transform};
 use dmlp_datasets::{DatasetError, DatasetName, Split, SplitScheme};
 use dmlp_geo::Metadata;
+use dmlp_vision::{Normalization, Transform};
 
 fn read_inat2021(root: &std::path::Path, split: &str) -> Result<Split, DatasetError> {
     dmlp_datasets::read_split(DatasetName::Inat2021, root, split, SplitScheme::Official)
@@ -152,14 +152,14 @@ fn grayscale_and_alpha_images_decode_to_rgb() {
     image::RgbaImage::from_fn(4, 4, |_, _| image::Rgba([10, 20, 30, 0])).save(&rgba).unwrap();
     let gray_jpeg = tmp.path().join("gray.jpg");
     image::GrayImage::from_fn(8, 8, |_, _| image::Luma([128])).save(&gray_jpeg).unwrap();
-    let decoded = dmlp_datasets::transform::decode_rgb(&gray).unwrap();
+    let decoded = dmlp_vision::decode_rgb(&gray).unwrap();
     assert_eq!((decoded.width(), decoded.height()), (5, 3));
     assert_eq!(decoded.get_pixel(2, 1).0, [100, 100, 100]);
-    assert_eq!(dmlp_datasets::transform::decode_rgb(&rgba).unwrap().get_pixel(1, 1).0, [10, 20, 30]);
-    let jpeg = dmlp_datasets::transform::decode_rgb(&gray_jpeg).unwrap();
+    assert_eq!(dmlp_vision::decode_rgb(&rgba).unwrap().get_pixel(1, 1).0, [10, 20, 30]);
+    let jpeg = dmlp_vision::decode_rgb(&gray_jpeg).unwrap();
     assert!(jpeg.pixels().all(|p| p.0.iter().all(|v| v.abs_diff(128) <= 2)));
     let missing = tmp.path().join("absent.jpg");
-    let err = dmlp_datasets::transform::decode_rgb(&missing).unwrap_err().to_string();
+    let err = dmlp_vision::decode_rgb(&missing).unwrap_err().to_string();
     assert!(err.contains("absent.jpg"), "{err}");
 }
 

@@ -11,10 +11,7 @@ pub type Forward<'a> = dyn Fn(&Tensor, Option<&Tensor>) -> Result<Tensor, EvalEr
 /// averages logits, a multi-scale test averages over all crops of all scales. `forward` maps
 /// `images: [N, 3, H, W]` and `loc: [N, cin]` to logits `[N, C]`; each image's location is
 /// repeated for its crops.
-pub fn view_mean_logits(
-    forward: &Forward<'_>,
-    batch: &TensorBatch,
-) -> Result<Tensor, EvalError> {
+pub fn view_mean_logits(forward: &Forward<'_>, batch: &TensorBatch) -> Result<Tensor, EvalError> {
     let mut sum: Option<Tensor> = None;
     let mut crops_total = 0usize;
     for view in &batch.views {

@@ -62,8 +62,8 @@ pub struct DataConfig {
 
 impl DataConfig {
     /// The evaluation transforms: one per test scale, each a centre crop or a ten-crop.
-    pub fn eval_transforms(&self) -> Vec<dmlp_datasets::transform::Transform> {
-        use dmlp_datasets::transform::{Transform, eval_resize_for};
+    pub fn eval_transforms(&self) -> Vec<dmlp_vision::Transform> {
+        use dmlp_vision::transform::{Transform, eval_resize_for};
         let scales = self.test_scales.clone().unwrap_or_else(|| vec![self.image_size]);
         let single = scales.len() == 1;
         scales

@@ -6,8 +6,8 @@ use candle_core::{Device, Tensor};
 use dmlp_backbones::{IMAGENET_MEAN, IMAGENET_STD};
 use dmlp_datasets::Split;
 use dmlp_datasets::loader::{EpochBatches, LoaderConfig, batches_per_epoch};
-use dmlp_datasets::transform::{Normalization, Transform};
 use dmlp_eval::{BatchSource, EvalError, ImageView, TensorBatch};
+use dmlp_vision::{Normalization, Transform};
 
 use crate::{ExperimentError, RunConfig};
 

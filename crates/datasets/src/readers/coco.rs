@@ -12,6 +12,7 @@ use dmlp_geo::Observation;
 use serde::Deserialize;
 
 use super::locations::LocationTable;
+use super::read_json;
 use crate::{ClassInfo, DatasetError, Record, Split};
 
 #[derive(Debug, Deserialize)]
@@ -55,13 +56,6 @@ pub enum MetadataSource {
     Inline,
     /// A separate location file joined by image id (iNat 2017, 2018).
     Joined(LocationTable),
-}
-
-/// Reads a JSON text file, naming it in every error.
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, DatasetError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| DatasetError::Io { path: path.to_owned(), message: e.to_string() })?;
-    serde_json::from_str(&text).map_err(|e| DatasetError::Json { path: path.to_owned(), message: e.to_string() })
 }
 
 /// Reads the annotation file `path`; image paths are `root/<file_name>`.

@@ -48,7 +48,7 @@ pub fn find(root: &Path, year: u16, split: &str) -> Result<PathBuf, Vec<PathBuf>
 
 /// Reads and validates a location file.
 pub fn read(path: &Path) -> Result<LocationTable, DatasetError> {
-    let entries: Vec<LocationEntry> = super::coco::read_json(path)?;
+    let entries: Vec<LocationEntry> = super::read_json(path)?;
     let record_err = |index, message: String| DatasetError::Record {
         path: path.to_owned(),
         what: "location record",

@@ -209,3 +209,10 @@ pub fn read_split(dataset: DatasetName, root: &Path, split: &str, scheme: SplitS
         DatasetName::YfccGeo100 => yfcc::read(root, split, scheme),
     }
 }
+
+/// Reads a JSON text file, naming it in every error.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, DatasetError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| DatasetError::Io { path: path.to_owned(), message: e.to_string() })?;
+    serde_json::from_str(&text).map_err(|e| DatasetError::Json { path: path.to_owned(), message: e.to_string() })
+}

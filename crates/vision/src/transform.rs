@@ -19,8 +19,7 @@ use fast_image_resize::images::{CroppedImage, Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use rand::Rng;
 
-use crate::DatasetError;
-pub use crate::decode::decode_rgb;
+use crate::VisionError;
 use crate::decode::{Decoded, dct_scale_for, decode_region, dimensions};
 
 /// Per-channel normalisation of images scaled to [0, 1].
@@ -239,11 +238,11 @@ impl Renderer {
         flip: bool,
         norm: &Normalization,
         out: &mut [f32],
-    ) -> Result<(), DatasetError> {
+    ) -> Result<(), VisionError> {
         assert_eq!(out.len(), 3 * (size as usize).pow(2), "batch slot size");
         let full = dimensions(bytes, path)?;
         if left + width > full.0 || top + height > full.1 || width == 0 || height == 0 {
-            return Err(DatasetError::Config(format!(
+            return Err(VisionError::Config(format!(
                 "crop ({left}, {top}, {width}, {height}) is not inside the {}×{} image {}",
                 full.0,
                 full.1,
@@ -287,7 +286,7 @@ impl Renderer {
         norm: &Normalization,
         rng: &mut impl Rng,
         out: &mut [&mut [f32]],
-    ) -> Result<(), DatasetError> {
+    ) -> Result<(), VisionError> {
         assert_eq!(out.len(), transforms.len(), "one slot per view");
         for (slot, t) in out.iter().zip(transforms) {
             assert_eq!(slot.len(), t.floats_per_image(), "batch slot size");
@@ -309,7 +308,7 @@ impl Renderer {
         norm: &Normalization,
         out: &mut [f32],
         path: &std::path::Path,
-    ) -> Result<(), DatasetError> {
+    ) -> Result<(), VisionError> {
         let lut = Lut::new(norm);
         // Full-resolution coordinates to the decoded pixels' (scaled, and offset by the origin
         // of a decoded region).
@@ -348,10 +347,10 @@ impl Renderer {
         confine: bool,
         dst: (u32, u32),
         path: &std::path::Path,
-    ) -> Result<(), DatasetError> {
+    ) -> Result<(), VisionError> {
         let image = &decoded.image;
         let err =
-            |e: &dyn std::fmt::Display| DatasetError::Image { path: path.to_owned(), message: format!("resize: {e}") };
+            |e: &dyn std::fmt::Display| VisionError::Image { path: path.to_owned(), message: format!("resize: {e}") };
         let src = ImageRef::new(image.width(), image.height(), image.as_raw(), PixelType::U8x3).map_err(|e| err(&e))?;
         let mut buffer = std::mem::take(&mut self.resized);
         buffer.resize(dst.0 as usize * dst.1 as usize * 3, 0);

@@ -20,7 +20,7 @@ use image::RgbImage;
 use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 
-use crate::DatasetError;
+use crate::VisionError;
 
 /// An image, or a region of it, decoded at `1 / scale` of its resolution.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,13 +44,13 @@ impl Decoded {
     }
 }
 
-fn image_err(path: &Path, message: impl std::fmt::Display) -> DatasetError {
-    DatasetError::Image { path: path.to_owned(), message: message.to_string() }
+fn image_err(path: &Path, message: impl std::fmt::Display) -> VisionError {
+    VisionError::Image { path: path.to_owned(), message: message.to_string() }
 }
 
 /// Reads a file's bytes, naming it in the error.
-pub fn read_bytes(path: &Path) -> Result<Vec<u8>, DatasetError> {
-    std::fs::read(path).map_err(|e| DatasetError::Io { path: path.to_owned(), message: e.to_string() })
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>, VisionError> {
+    std::fs::read(path).map_err(|e| VisionError::Io { path: path.to_owned(), message: e.to_string() })
 }
 
 fn is_jpeg(bytes: &[u8]) -> bool {
@@ -62,7 +62,7 @@ fn zune_options() -> DecoderOptions {
 }
 
 /// Width, height and channel count of a JPEG from its headers.
-fn jpeg_header(bytes: &[u8], path: &Path) -> Result<(u32, u32, usize), DatasetError> {
+fn jpeg_header(bytes: &[u8], path: &Path) -> Result<(u32, u32, usize), VisionError> {
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(bytes), zune_options());
     decoder.decode_headers().map_err(|e| image_err(path, e))?;
     let (width, height) = decoder.dimensions().ok_or_else(|| image_err(path, "no image size in the headers"))?;
@@ -71,7 +71,7 @@ fn jpeg_header(bytes: &[u8], path: &Path) -> Result<(u32, u32, usize), DatasetEr
 }
 
 /// The file's width and height, from its headers alone.
-pub fn dimensions(bytes: &[u8], path: &Path) -> Result<(u32, u32), DatasetError> {
+pub fn dimensions(bytes: &[u8], path: &Path) -> Result<(u32, u32), VisionError> {
     let (width, height) = if is_jpeg(bytes) {
         match crate::jpeg::frame_size(bytes) {
             Some(size) => size,
@@ -103,13 +103,13 @@ pub fn dct_scale_for(width: f64, height: f64, need_w: f64, need_h: f64) -> u32 {
 }
 
 /// Decodes `bytes` (the file `path`) to RGB at full resolution.
-pub fn decode(bytes: &[u8], path: &Path) -> Result<RgbImage, DatasetError> {
+pub fn decode(bytes: &[u8], path: &Path) -> Result<RgbImage, VisionError> {
     Ok(decode_scaled(bytes, path, 1)?.image)
 }
 
 /// Decodes `bytes` at `1 / scale` (`scale` 1, 4 or 8; any other value decodes in full). Scaling
 /// applies to 1- and 3-channel JPEGs; other files are decoded in full (`Decoded::scale` says).
-pub fn decode_scaled(bytes: &[u8], path: &Path, scale: u32) -> Result<Decoded, DatasetError> {
+pub fn decode_scaled(bytes: &[u8], path: &Path, scale: u32) -> Result<Decoded, VisionError> {
     if !is_jpeg(bytes) {
         let image = image::load_from_memory(bytes).map_err(|e| image_err(path, e))?;
         if image.width() == 0 || image.height() == 0 {
@@ -140,7 +140,7 @@ pub fn decode_region(
     path: &Path,
     region: (u32, u32, u32, u32),
     scale: u32,
-) -> Result<Decoded, DatasetError> {
+) -> Result<Decoded, VisionError> {
     if is_jpeg(bytes) {
         // The region decoder stops at the region's last row: a file cut short must still fail.
         if !has_end_of_image(bytes) {
@@ -161,7 +161,7 @@ pub fn decode_region(
     decode_scaled(bytes, path, scale)
 }
 
-fn decode_dct_scaled(bytes: &[u8], path: &Path, full: (u32, u32), scale: u32) -> Result<Decoded, DatasetError> {
+fn decode_dct_scaled(bytes: &[u8], path: &Path, full: (u32, u32), scale: u32) -> Result<Decoded, VisionError> {
     let mut decoder = jpeg_decoder::Decoder::new(std::io::Cursor::new(bytes));
     let want = |len: u32| u16::try_from(len.div_ceil(scale)).unwrap_or(u16::MAX);
     let (w, h) = decoder.scale(want(full.0), want(full.1)).map_err(|e| image_err(path, e))?;
@@ -189,6 +189,6 @@ fn has_end_of_image(bytes: &[u8]) -> bool {
 }
 
 /// Decodes the file at `path` to RGB at full resolution.
-pub fn decode_rgb(path: &Path) -> Result<RgbImage, DatasetError> {
+pub fn decode_rgb(path: &Path) -> Result<RgbImage, VisionError> {
     decode(&read_bytes(path)?, path)
 }

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dmlp_datasets::transform::{Normalization, Renderer, Transform};
+use dmlp_vision::transform::{Normalization, Renderer, Transform};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -137,7 +137,7 @@ fn dct_scaled_decoding_stays_close_to_a_full_decode() {
 fn views_under_four_times_the_target_are_decoded_at_full_scale() {
     // 800 × 600 to 224 would allow halving (600 / 2 ≥ 256), which is not used: the output is
     // the full decode's, bit for bit.
-    let bytes = dmlp_datasets::synth::photo_like_jpeg(800, 600, 3, 90).unwrap();
+    let bytes = large_jpeg(800, 600);
     let path = Path::new("photo.jpg");
     for transform in [Transform::eval_for(224), Transform::Train { size: 224 }] {
         let n = transform.floats_per_image();

@@ -2,7 +2,7 @@
 //! restart markers and the end of the data, and tables that decode most codes (and most AC
 //! coefficients whole, code and value together) with one lookup, after stb_image.
 
-use super::header::ZIGZAG;
+use super::ZIGZAG;
 
 /// Bits resolved by one table lookup (tables of 2048 entries, 4 and 8 KiB: 12 bits measured slower).
 const FAST_BITS: u32 = 11;

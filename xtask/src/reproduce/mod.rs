@@ -6,6 +6,7 @@
 //! A cell is an image-only model, a fused model (any fusion kind, any metadata), or a baseline
 //! (PriorsNet, GeoNet) over the image-only cell of its backbone and dataset, which runs first.
 
+mod data;
 mod render;
 mod table;
 
@@ -17,7 +18,6 @@ use anyhow::{Context, bail};
 use dmlp_backbones::BackboneSpec;
 use dmlp_baselines::geonet::GeoNet;
 use dmlp_baselines::priorsnet::{PriorsNet, Sampler};
-use dmlp_datasets::synth::{SynthConfig, generate};
 use dmlp_datasets::{DatasetName, SplitScheme};
 use dmlp_experiment::{
     BaselineConfig, BaselineType, DataConfig, PriorData, ProgressBars, Provenance, RunConfig, RunOptions, train_run,
@@ -96,103 +96,6 @@ fn train_config(recipe: &Recipe) -> TrainConfig {
     }
 }
 
-/// Generates `synth` into `dir` unless it is there already (a stamp file holds its config).
-fn ensure_synthetic(synth: &SynthConfig, dir: &Path, what: &str) -> anyhow::Result<()> {
-    let stamp = dir.join("synth-config.json");
-    let wanted = serde_json::to_string(synth)?;
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        return Ok(());
-    }
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
-    let written = generate(synth, dir)?;
-    std::fs::write(&stamp, &wanted)?;
-    eprintln!(
-        "synthetic {what} ({}): {written} images of {} classes in {}",
-        if synth.with_dates { "locations and dates" } else { "locations, no dates" },
-        synth.n_classes(),
-        dir.display()
-    );
-    Ok(())
-}
-
-/// Where each dataset's data is: generated for smoke runs, `R/<name>` otherwise (checked).
-fn dataset_roots(table: &TableSpec, args: &ReproduceArgs, root: &Path) -> anyhow::Result<Vec<ColumnData>> {
-    let wants_full_prior = table.methods.iter().any(|m| m.baseline.as_ref().is_some_and(|b| b.full_prior));
-    if args.smoke {
-        let mut columns = Vec::new();
-        for dataset in &table.datasets {
-            let dir = root.join("data").join("smoke").join(&table.name).join(&dataset.key);
-            let synth = SynthConfig {
-                with_dates: dataset.smoke_dates,
-                seed: dataset.smoke_seed.unwrap_or(table.smoke.synth.seed),
-                ..table.smoke.synth
-            };
-            ensure_synthetic(&synth, &dir, &dataset.label)?;
-            let full_prior = match (&table.smoke.baselines, wants_full_prior) {
-                (Some(b), true) => {
-                    // The same classes (habitats depend on the seed only), more training images.
-                    let full = SynthConfig { train_per_class: synth.train_per_class * b.full_prior_scale, ..synth };
-                    let full_dir =
-                        root.join("data").join("smoke").join(&table.name).join(format!("{}-full", dataset.key));
-                    ensure_synthetic(&full, &full_dir, &format!("{} (full training set)", dataset.label))?;
-                    Some(PriorData {
-                        dataset: DatasetName::Inat2021,
-                        root: full_dir,
-                        split: "train".into(),
-                        split_scheme: SplitScheme::Official,
-                    })
-                }
-                _ => None,
-            };
-            columns.push(ColumnData { root: dir, full_prior });
-        }
-        return Ok(columns);
-    }
-    let Some(data_root) = &args.data_root else {
-        bail!("give --smoke (synthetic data) or --data-root R (real data in R/<dataset>/)");
-    };
-    let data_root = std::path::absolute(data_root)?;
-    let mut missing = Vec::new();
-    let mut columns = Vec::new();
-    for dataset in &table.datasets {
-        let dir = data_root.join(dataset.name.as_str());
-        let mut needed: Vec<PathBuf> =
-            ["train", "val"].iter().flat_map(|split| dataset.name.annotation_files(&dir, split)).collect();
-        let full_prior = match (&dataset.full_prior, wants_full_prior) {
-            (Some(full), true) => {
-                let full_dir = data_root.join(full.name.as_str());
-                needed.extend(full.name.annotation_files(&full_dir, &full.split));
-                Some(PriorData {
-                    dataset: full.name,
-                    root: full_dir,
-                    split: full.split.clone(),
-                    split_scheme: SplitScheme::Official,
-                })
-            }
-            _ => None,
-        };
-        let absent: Vec<String> = needed.iter().filter(|f| !f.is_file()).map(|f| f.display().to_string()).collect();
-        if !absent.is_empty() {
-            missing.push(format!(
-                "  {} ({}): no {}; see data-manifests/{}.toml for where to get it, then `dmlp data verify --dataset {} --root {}`",
-                dataset.label,
-                dataset.name,
-                absent.join(", "),
-                dataset.name,
-                dataset.name,
-                dir.display()
-            ));
-        }
-        columns.push(ColumnData { root: dir, full_prior });
-    }
-    if !missing.is_empty() {
-        bail!("missing datasets under {}:\n{}", data_root.display(), missing.join("\n"));
-    }
-    Ok(columns)
-}
-
 /// The best epoch's top-1 of a finished run folder (its last checkpoint at `epochs`), if finished.
 fn finished_top1(run: &Path, epochs: usize) -> anyhow::Result<Option<f64>> {
     if !run.join("checkpoints").is_dir() {
@@ -257,157 +160,212 @@ fn count_params(model: &ModelConfig) -> anyhow::Result<usize> {
     Ok(Classifier::new_zeroed(model, &dmlp_model::parse_device("cpu")?)?.param_counts().total())
 }
 
+/// What every cell of one invocation shares.
+struct Matrix<'a> {
+    args: &'a ReproduceArgs,
+    table: &'a TableSpec,
+    recipe: Recipe,
+    columns: Vec<ColumnData>,
+    runs_root: PathBuf,
+    device: candle_core::Device,
+    provenance: Provenance,
+    smoke_baselines: Option<&'a SmokeBaselines>,
+}
+
+/// One cell: a backbone row, a method row and a dataset column.
+struct Cell<'a> {
+    backbone: &'a table::BackboneRow,
+    method: &'a MethodRow,
+    dataset: usize,
+    name: String,
+    tag: String,
+}
+
+/// A cell's top-1 and its parameter counts (smoke and full scale).
+struct Measured {
+    top1: f64,
+    params: usize,
+    full_params: usize,
+}
+
+impl Matrix<'_> {
+    fn run_dir(&self, name: &str) -> PathBuf {
+        self.runs_root.join(name)
+    }
+
+    fn num_classes(&self, dataset: &DatasetColumn) -> usize {
+        if self.args.smoke { self.table.smoke.synth.n_classes() } else { dataset.num_classes }
+    }
+
+    fn backbone(&self, row: &table::BackboneRow) -> BackboneSpec {
+        if self.args.smoke { row.smoke_backbone.clone() } else { BackboneSpec::Preset(row.backbone) }
+    }
+
+    fn data(&self, dataset: &DatasetColumn, d: usize) -> DataConfig {
+        let smoke = self.args.smoke;
+        DataConfig {
+            dataset: if smoke { DatasetName::Inat2021 } else { dataset.name },
+            split_scheme: if smoke { SplitScheme::Official } else { dataset.split_scheme },
+            root: self.columns[d].root.clone(),
+            train_split: "train".into(),
+            val_split: "val".into(),
+            image_size: self.recipe.image_size,
+            eval_resize: None,
+            test_scales: None,
+            ten_crop: false,
+            workers: self.recipe.workers,
+            cache_dir: if smoke { None } else { dmlp_prepare::default_cache_dir(|k| std::env::var(k).ok()) },
+        }
+    }
+
+    /// The model config of `method` at this run's scale, and at the paper's.
+    fn models(&self, cell: &Cell<'_>, method: &MethodRow) -> (ModelConfig, ModelConfig) {
+        let dataset = &self.table.datasets[cell.dataset];
+        let model =
+            model_config(self.backbone(cell.backbone), method, dataset, self.num_classes(dataset), &self.recipe);
+        let full = model_config(
+            BackboneSpec::Preset(cell.backbone.backbone),
+            method,
+            dataset,
+            dataset.num_classes,
+            &self.table.full,
+        );
+        (model, full)
+    }
+
+    /// An image-only or fused cell: trained (or resumed) unless finished earlier.
+    fn model_cell(&self, cell: &Cell<'_>) -> anyhow::Result<Measured> {
+        let (model, full_model) = self.models(cell, cell.method);
+        let run_dir = self.run_dir(&cell.name);
+        let top1 = match finished_top1(&run_dir, self.recipe.epochs)? {
+            Some(top1) => {
+                eprintln!("{}: finished earlier, top-1 {top1:.2}", cell.tag);
+                top1
+            }
+            None => {
+                let resume = has_checkpoint(&run_dir)?;
+                eprintln!("{}: {}", cell.tag, if resume { "resuming" } else { "training" });
+                let data = self.data(&self.table.datasets[cell.dataset], cell.dataset);
+                let config = RunConfig { model: model.clone(), data, train: train_config(&self.recipe) };
+                let options = RunOptions { resume, stop_after: None };
+                let mut observer = ProgressBars::new("");
+                train_run(&config, &run_dir, &self.device, options, &self.provenance, &mut observer)
+                    .with_context(|| format!("cell {}", cell.name))?
+                    .best_top1()
+            }
+        };
+        Ok(Measured { top1, params: count_params(&model)?, full_params: count_params(&full_model)? })
+    }
+
+    /// A baseline cell over the image-only cell of its backbone and dataset (which ran first).
+    fn baseline_cell(&self, cell: &Cell<'_>, spec: &MethodBaseline) -> anyhow::Result<Measured> {
+        let dataset = &self.table.datasets[cell.dataset];
+        let image_method = self.table.methods.iter().find(|m| m.key == "image-only").context("no image-only row")?;
+        let (image_model, full_image) = self.models(cell, image_method);
+        let column = &self.columns[cell.dataset];
+        let baseline = baseline_config(spec, dataset, column, self.smoke_baselines);
+        let full_baseline = baseline_config(spec, dataset, column, None);
+        let run_dir = self.run_dir(&cell.name);
+        let top1 = match dmlp_experiment::finished_baseline(&run_dir) {
+            Some(summary) => {
+                eprintln!("{}: finished earlier, top-1 {:.2}", cell.tag, summary.top1);
+                summary.top1
+            }
+            None => {
+                let image_dir = self.run_dir(&format!("{}-image-only-{}", cell.backbone.key, dataset.key));
+                let data = self.data(dataset, cell.dataset);
+                let image_config = RunConfig { model: image_model.clone(), data, train: train_config(&self.recipe) };
+                let weights = RunDir::open(&image_dir)
+                    .and_then(|run| run.weights(Which::Best))
+                    .with_context(|| format!("cell {}: its image-only run", cell.name))?;
+                let resume = has_checkpoint(&run_dir)?;
+                let doing = if resume { "resuming" } else { "training" };
+                eprintln!("{}: {doing} over {}", cell.tag, image_dir.display());
+                let options = RunOptions { resume, stop_after: None };
+                let mut observer = ProgressBars::new(&format!("{:?}", baseline.kind).to_lowercase());
+                let summary = dmlp_experiment::baseline_run(
+                    &image_config,
+                    &weights,
+                    &baseline,
+                    &run_dir,
+                    &self.device,
+                    options,
+                    &self.provenance,
+                    &mut observer,
+                )
+                .with_context(|| format!("cell {}", cell.name))?;
+                eprintln!("{}: top-1 {:.2} (image model alone {:.2})", cell.tag, summary.top1, summary.image_only_top1);
+                summary.top1
+            }
+        };
+        let num_classes = self.num_classes(dataset);
+        Ok(Measured {
+            top1,
+            params: count_params(&image_model)? + baseline_params(&baseline, num_classes)?,
+            full_params: count_params(&full_image)? + baseline_params(&full_baseline, dataset.num_classes)?,
+        })
+    }
+}
+
 pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<ExitCode> {
     let root = crate::paths::project_root();
     let table_path = root.join("configs").join("tables").join(format!("{}.toml", args.table));
     let table = read_table(&table_path)?;
-    let device = dmlp_model::parse_device(&args.device)?;
-    let recipe = if args.smoke { table.smoke.recipe.clone() } else { table.full.clone() };
     let mode = if args.smoke { "smoke" } else { "full" };
-    let columns = dataset_roots(&table, args, &root)?;
-    let runs_root = if args.smoke {
-        root.join("runs").join("smoke").join(&table.name)
-    } else {
-        root.join("runs").join(&table.name)
-    };
-    let results_dir = if args.smoke { root.join("results").join("smoke") } else { root.join("results") };
-    let provenance = Provenance {
-        git_commit: git_commit(&root),
-        device: args.device.clone(),
-        command: format!("cargo xtask reproduce {} ({mode})", table.name),
-    };
     let smoke_baselines = if args.smoke { table.smoke.baselines.as_ref() } else { None };
     if args.smoke && table.methods.iter().any(|m| m.baseline.is_some()) && smoke_baselines.is_none() {
         bail!("{}: baselines need a [smoke.baselines] table", table_path.display());
     }
+    let matrix = Matrix {
+        args,
+        table: &table,
+        recipe: if args.smoke { table.smoke.recipe.clone() } else { table.full.clone() },
+        columns: data::dataset_roots(&table, args, &root)?,
+        runs_root: if args.smoke { root.join("runs").join("smoke") } else { root.join("runs") }.join(&table.name),
+        device: dmlp_model::parse_device(&args.device)?,
+        provenance: Provenance {
+            git_commit: git_commit(&root),
+            device: args.device.clone(),
+            command: format!("cargo xtask reproduce {} ({mode})", table.name),
+        },
+        smoke_baselines,
+    };
+    let results_dir = if args.smoke { root.join("results").join("smoke") } else { root.join("results") };
 
     // Image-only rows first: the baselines sit on them.
     let mut order: Vec<&MethodRow> = table.methods.iter().filter(|m| m.baseline.is_none()).collect();
     order.extend(table.methods.iter().filter(|m| m.baseline.is_some()));
-    let mut cells: Vec<(&table::BackboneRow, &MethodRow, usize)> = Vec::new();
-    for b in &table.backbones {
-        for m in &order {
-            cells.extend((0..table.datasets.len()).map(|d| (b, *m, d)));
+    let mut cells = Vec::new();
+    for backbone in &table.backbones {
+        for method in &order {
+            for (d, dataset) in table.datasets.iter().enumerate() {
+                let name = format!("{}-{}-{}", backbone.key, method.key, dataset.key);
+                cells.push(Cell { backbone, method, dataset: d, tag: String::new(), name });
+            }
         }
     }
+    let total = cells.len();
     let started = Instant::now();
     let mut results = Vec::new();
-    for (idx, (backbone, method, d)) in cells.iter().enumerate() {
-        let dataset = &table.datasets[*d];
-        let cell = format!("{}-{}-{}", backbone.key, method.key, dataset.key);
-        let run_dir = runs_root.join(&cell);
-        let num_classes = if args.smoke { table.smoke.synth.n_classes() } else { dataset.num_classes };
-        let spec = if args.smoke { backbone.smoke_backbone.clone() } else { BackboneSpec::Preset(backbone.backbone) };
-        let tag = format!("[{}/{}] {cell}", idx + 1, cells.len());
+    for (idx, mut cell) in cells.into_iter().enumerate() {
+        cell.tag = format!("[{}/{total}] {}", idx + 1, cell.name);
         let cell_started = Instant::now();
-        let data = DataConfig {
-            dataset: if args.smoke { DatasetName::Inat2021 } else { dataset.name },
-            split_scheme: if args.smoke { SplitScheme::Official } else { dataset.split_scheme },
-            root: columns[*d].root.clone(),
-            train_split: "train".into(),
-            val_split: "val".into(),
-            image_size: recipe.image_size,
-            eval_resize: None,
-            test_scales: None,
-            ten_crop: false,
-            workers: recipe.workers,
-            cache_dir: if args.smoke { None } else { dmlp_prepare::default_cache_dir(|k| std::env::var(k).ok()) },
-        };
-        let (top1, params, full_params) = match &method.baseline {
-            None => {
-                let model = model_config(spec, method, dataset, num_classes, &recipe);
-                let full_model = model_config(
-                    BackboneSpec::Preset(backbone.backbone),
-                    method,
-                    dataset,
-                    dataset.num_classes,
-                    &table.full,
-                );
-                let top1 = match finished_top1(&run_dir, recipe.epochs)? {
-                    Some(top1) => {
-                        eprintln!("{tag}: finished earlier, top-1 {top1:.2}");
-                        top1
-                    }
-                    None => {
-                        let resume = has_checkpoint(&run_dir)?;
-                        eprintln!("{tag}: {}", if resume { "resuming" } else { "training" });
-                        let config = RunConfig { model: model.clone(), data, train: train_config(&recipe) };
-                        let options = RunOptions { resume, stop_after: None };
-                        train_run(&config, &run_dir, &device, options, &provenance, &mut ProgressBars::new(""))
-                            .with_context(|| format!("cell {cell}"))?
-                            .best_top1()
-                    }
-                };
-                (top1, count_params(&model)?, count_params(&full_model)?)
-            }
-            Some(spec_baseline) => {
-                let image_dir = runs_root.join(format!("{}-image-only-{}", backbone.key, dataset.key));
-                let image_method = table.methods.iter().find(|m| m.key == "image-only").context("no image-only row")?;
-                let image_model = model_config(spec.clone(), image_method, dataset, num_classes, &recipe);
-                let full_image = model_config(
-                    BackboneSpec::Preset(backbone.backbone),
-                    image_method,
-                    dataset,
-                    dataset.num_classes,
-                    &table.full,
-                );
-                let baseline = baseline_config(spec_baseline, dataset, &columns[*d], smoke_baselines);
-                let full_baseline = baseline_config(spec_baseline, dataset, &columns[*d], None);
-                let top1 = match dmlp_experiment::finished_baseline(&run_dir) {
-                    Some(summary) => {
-                        eprintln!("{tag}: finished earlier, top-1 {:.2}", summary.top1);
-                        summary.top1
-                    }
-                    None => {
-                        let image_config = RunConfig { model: image_model.clone(), data, train: train_config(&recipe) };
-                        let weights = RunDir::open(&image_dir)
-                            .and_then(|run| run.weights(Which::Best))
-                            .with_context(|| format!("cell {cell}: its image-only run"))?;
-                        let resume = has_checkpoint(&run_dir)?;
-                        eprintln!(
-                            "{tag}: {} over {}",
-                            if resume { "resuming" } else { "training" },
-                            image_dir.display()
-                        );
-                        let options = RunOptions { resume, stop_after: None };
-                        let label = format!("{:?}", baseline.kind).to_lowercase();
-                        let summary = dmlp_experiment::baseline_run(
-                            &image_config,
-                            &weights,
-                            &baseline,
-                            &run_dir,
-                            &device,
-                            options,
-                            &provenance,
-                            &mut ProgressBars::new(&label),
-                        )
-                        .with_context(|| format!("cell {cell}"))?;
-                        eprintln!(
-                            "{tag}: top-1 {:.2} (image model alone {:.2})",
-                            summary.top1, summary.image_only_top1
-                        );
-                        summary.top1
-                    }
-                };
-                (
-                    top1,
-                    count_params(&image_model)? + baseline_params(&baseline, num_classes)?,
-                    count_params(&full_image)? + baseline_params(&full_baseline, dataset.num_classes)?,
-                )
-            }
+        let measured = match &cell.method.baseline {
+            None => matrix.model_cell(&cell)?,
+            Some(spec) => matrix.baseline_cell(&cell, spec)?,
         };
         results.push(CellResult {
-            backbone: backbone.key.clone(),
-            method: method.key.clone(),
-            dataset: dataset.key.clone(),
-            top1,
-            params,
-            full_params,
+            backbone: cell.backbone.key.clone(),
+            method: cell.method.key.clone(),
+            dataset: table.datasets[cell.dataset].key.clone(),
+            top1: measured.top1,
+            params: measured.params,
+            full_params: measured.full_params,
             seconds: cell_started.elapsed().as_secs_f64(),
         });
     }
     std::fs::create_dir_all(&results_dir)?;
-    let markdown = render_markdown(&table, &results, args.smoke, &recipe);
+    let markdown = render_markdown(&table, &results, args.smoke, &matrix.recipe);
     std::fs::write(results_dir.join(format!("{}.md", table.name)), &markdown)?;
     std::fs::write(results_dir.join(format!("{}.csv", table.name)), render_csv(&table, &results))?;
     println!("{markdown}");

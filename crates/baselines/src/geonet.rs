@@ -224,7 +224,7 @@ impl Trainable for GeoNetTrainer<'_> {
     }
 
     fn model_tensors(&self) -> HashMap<String, Tensor> {
-        self.model.store.vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect()
+        self.model.store.tensors()
     }
 
     fn optimizer_state(&self) -> Result<HashMap<String, Tensor>, TrainError> {

@@ -107,8 +107,7 @@ fn mismatch_details(err: ModelError) -> String {
 fn missing_unexpected_and_misshapen_tensors_are_named_and_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let model = Classifier::new(&small_config(ModelDType::F32), 1, &Device::Cpu).unwrap();
-    let mut tensors: HashMap<String, Tensor> =
-        model.store().vars().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect();
+    let mut tensors: HashMap<String, Tensor> = model.store().tensors();
     tensors.remove("loc_att.norm3.weight");
     tensors.insert("head.extra".to_owned(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
     tensors.insert("fc.bias".to_owned(), Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap());

@@ -5,7 +5,7 @@
 //! first time a layer asks for it, drawing from its own ChaCha stream: the same seed and the same
 //! construction order give bit-identical parameters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use candle_core::{DType, Device, Result, Shape, Tensor, Var, bail};
@@ -58,6 +58,11 @@ impl ParamStore {
     /// Every variable, sorted by name.
     pub fn vars(&self) -> Vec<(String, Var)> {
         self.lock_vars().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Every variable's current value by name (parameters and buffers): what a checkpoint holds.
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.lock_vars().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
     }
 
     /// The trainable parameters: every variable but the BatchNorm buffers.

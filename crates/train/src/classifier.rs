@@ -158,7 +158,7 @@ impl Trainable for ClassifierTrainer<'_> {
     }
 
     fn model_tensors(&self) -> HashMap<String, Tensor> {
-        self.model.store().vars().into_iter().map(|(name, var)| (name, var.as_tensor().clone())).collect()
+        self.model.store().tensors()
     }
 
     fn optimizer_state(&self) -> Result<HashMap<String, Tensor>, TrainError> {

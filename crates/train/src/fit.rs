@@ -210,94 +210,87 @@ pub fn fit<T: Trainable>(
     resume: bool,
     observer: &mut dyn FitObserver,
 ) -> Result<FitSummary, TrainError> {
-    let result = fit_inner(model, plan, train, val, run, resume, observer);
+    // Every error path tells the observer (a progress bar is abandoned, not left drawn).
+    let mut epochs = || -> Result<FitSummary, TrainError> {
+        if plan.epochs == 0 {
+            return Err(TrainError::Config("a run needs at least one epoch".into()));
+        }
+        let (mut metrics, mut best_epoch) = (Vec::new(), 0);
+        if resume {
+            let checkpoint = run.checkpoint("last")?.ok_or_else(|| {
+                TrainError::Config(format!("--resume: {} holds no checkpoint to resume from", run.root().display()))
+            })?;
+            model.restore(&checkpoint.model, checkpoint.optimizer)?;
+            let epoch = checkpoint.state.epoch;
+            best_epoch = checkpoint.state.best_epoch;
+            // The checkpoint carries the metrics up to its epoch; older checkpoints did not, and their
+            // metrics file is cut at the checkpoint instead. Epochs recorded after it are redone.
+            metrics = if checkpoint.state.metrics.is_empty() {
+                run.read_metrics()?.into_iter().filter(|m| m.epoch <= epoch).collect()
+            } else {
+                checkpoint.state.metrics
+            };
+            run.write_metrics(&metrics)?;
+            observer.resumed(run.root(), epoch);
+        } else if run.checkpoint("last")?.is_some() || !run.read_metrics()?.is_empty() {
+            return Err(TrainError::Config(format!(
+                "{} already holds a run: pass --resume to continue it, or choose another run folder",
+                run.root().display()
+            )));
+        }
+        let iters = train.batches_per_epoch();
+        if iters == 0 {
+            return Err(TrainError::Data("the training split gives no batch".into()));
+        }
+        let start_epoch = metrics.last().map_or(1, |m| m.epoch + 1);
+        let last_epoch = plan.stop_after.map_or(plan.epochs, |stop| stop.min(plan.epochs));
+        for epoch in start_epoch..=last_epoch {
+            let started = Instant::now();
+            observer.epoch_started(epoch, plan.epochs, train.len());
+            let (mut loss_sum, mut hits, mut seen, mut lr) = (0.0, 0.0, 0usize, 0.0);
+            for (iteration, batch) in train.epoch(epoch)?.enumerate() {
+                lr = plan.schedule.lr(epoch, iteration, iters);
+                let step = StepContext { epoch, iteration, lr };
+                let outcome = model.train_step(batch?, &step)?;
+                loss_sum += outcome.loss * outcome.images as f64;
+                hits += outcome.top1_hits;
+                seen += outcome.images;
+                observer.step_finished(outcome.images, loss_sum / seen.max(1) as f64, lr);
+            }
+            let train_seconds = started.elapsed().as_secs_f64();
+            let accuracy = model.evaluate(val)?;
+            let epoch_metrics = EpochMetrics {
+                epoch,
+                lr,
+                train_loss: loss_sum / seen.max(1) as f64,
+                train_top1: 100.0 * hits / seen.max(1) as f64,
+                val_loss: accuracy.loss.ok_or_else(|| TrainError::Data("the evaluation computed no loss".into()))?,
+                val_top1: accuracy.top1,
+                val_top5: accuracy.top5,
+                val_mean_class_top1: accuracy.mean_class_top1,
+                train_images: seen,
+                val_images: accuracy.images,
+                epoch_seconds: started.elapsed().as_secs_f64(),
+                images_per_s: seen as f64 / train_seconds.max(1e-9),
+            };
+            epoch_metrics.check_finite()?;
+            let best_so_far =
+                metrics.iter().find(|m: &&EpochMetrics| m.epoch == best_epoch).map(|m| plan.best_by.value(m));
+            let is_best = plan.best_by.improves(plan.best_by.value(&epoch_metrics), best_so_far);
+            if is_best {
+                best_epoch = epoch;
+            }
+            metrics.push(epoch_metrics.clone());
+            let state = CheckpointState { epoch, best_epoch, metrics: metrics.clone() };
+            run.save_checkpoint(&state, &model.model_tensors(), &model.optimizer_state()?, is_best)?;
+            run.write_metrics(&metrics)?;
+            observer.epoch_finished(&epoch_metrics, plan.epochs);
+        }
+        Ok(FitSummary { metrics, best_epoch, best_by: plan.best_by })
+    };
+    let result = epochs();
     if result.is_err() {
         observer.failed();
     }
     result
-}
-
-fn fit_inner<T: Trainable>(
-    model: &mut T,
-    plan: &FitPlan,
-    train: &dyn Batches<T::Batch>,
-    val: &dyn Batches<T::Batch>,
-    run: &RunDir,
-    resume: bool,
-    observer: &mut dyn FitObserver,
-) -> Result<FitSummary, TrainError> {
-    if plan.epochs == 0 {
-        return Err(TrainError::Config("a run needs at least one epoch".into()));
-    }
-    let (mut metrics, mut best_epoch) = (Vec::new(), 0);
-    if resume {
-        let checkpoint = run.checkpoint("last")?.ok_or_else(|| {
-            TrainError::Config(format!("--resume: {} holds no checkpoint to resume from", run.root().display()))
-        })?;
-        model.restore(&checkpoint.model, checkpoint.optimizer)?;
-        let epoch = checkpoint.state.epoch;
-        best_epoch = checkpoint.state.best_epoch;
-        // The checkpoint carries the metrics up to its epoch; older checkpoints did not, and their
-        // metrics file is cut at the checkpoint instead. Epochs recorded after it are redone.
-        metrics = if checkpoint.state.metrics.is_empty() {
-            run.read_metrics()?.into_iter().filter(|m| m.epoch <= epoch).collect()
-        } else {
-            checkpoint.state.metrics
-        };
-        run.write_metrics(&metrics)?;
-        observer.resumed(run.root(), epoch);
-    } else if run.checkpoint("last")?.is_some() || !run.read_metrics()?.is_empty() {
-        return Err(TrainError::Config(format!(
-            "{} already holds a run: pass --resume to continue it, or choose another run folder",
-            run.root().display()
-        )));
-    }
-    let iters = train.batches_per_epoch();
-    if iters == 0 {
-        return Err(TrainError::Data("the training split gives no batch".into()));
-    }
-    let start_epoch = metrics.last().map_or(1, |m| m.epoch + 1);
-    let last_epoch = plan.stop_after.map_or(plan.epochs, |stop| stop.min(plan.epochs));
-    for epoch in start_epoch..=last_epoch {
-        let started = Instant::now();
-        observer.epoch_started(epoch, plan.epochs, train.len());
-        let (mut loss_sum, mut hits, mut seen, mut lr) = (0.0, 0.0, 0usize, 0.0);
-        for (iteration, batch) in train.epoch(epoch)?.enumerate() {
-            lr = plan.schedule.lr(epoch, iteration, iters);
-            let step = StepContext { epoch, iteration, lr };
-            let outcome = model.train_step(batch?, &step)?;
-            loss_sum += outcome.loss * outcome.images as f64;
-            hits += outcome.top1_hits;
-            seen += outcome.images;
-            observer.step_finished(outcome.images, loss_sum / seen.max(1) as f64, lr);
-        }
-        let train_seconds = started.elapsed().as_secs_f64();
-        let accuracy = model.evaluate(val)?;
-        let epoch_metrics = EpochMetrics {
-            epoch,
-            lr,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_top1: 100.0 * hits / seen.max(1) as f64,
-            val_loss: accuracy.loss.ok_or_else(|| TrainError::Data("the evaluation computed no loss".into()))?,
-            val_top1: accuracy.top1,
-            val_top5: accuracy.top5,
-            val_mean_class_top1: accuracy.mean_class_top1,
-            train_images: seen,
-            val_images: accuracy.images,
-            epoch_seconds: started.elapsed().as_secs_f64(),
-            images_per_s: seen as f64 / train_seconds.max(1e-9),
-        };
-        epoch_metrics.check_finite()?;
-        let best_so_far = metrics.iter().find(|m: &&EpochMetrics| m.epoch == best_epoch).map(|m| plan.best_by.value(m));
-        let is_best = plan.best_by.improves(plan.best_by.value(&epoch_metrics), best_so_far);
-        if is_best {
-            best_epoch = epoch;
-        }
-        metrics.push(epoch_metrics.clone());
-        let state = CheckpointState { epoch, best_epoch, metrics: metrics.clone() };
-        run.save_checkpoint(&state, &model.model_tensors(), &model.optimizer_state()?, is_best)?;
-        run.write_metrics(&metrics)?;
-        observer.epoch_finished(&epoch_metrics, plan.epochs);
-    }
-    Ok(FitSummary { metrics, best_epoch, best_by: plan.best_by })
 }

@@ -112,7 +112,7 @@ fn write_fusion_case(dir: &Path, expected_scale: f64) {
     let head =
         FusionHead::new(32, 4, &config, dmlp_nn::DropoutRng::new(0), store.var_builder(DType::F32, &Device::Cpu))
             .unwrap();
-    let weights: HashMap<String, Tensor> = store.vars().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect();
+    let weights: HashMap<String, Tensor> = store.tensors();
     candle_core::safetensors::save(&weights, dir.join("weights.safetensors")).unwrap();
     let features = Tensor::randn(0f32, 1.0, (3, 32), &Device::Cpu).unwrap();
     let loc = Tensor::rand(-1f32, 1.0, (3, 4), &Device::Cpu).unwrap();

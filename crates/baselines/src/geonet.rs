@@ -101,9 +101,16 @@ impl GeoNetConfig {
     }
 
     pub fn validate(&self) -> Result<(), BaselineError> {
-        if self.epochs == 0 || !positive(self.lr) || !(0.0..1.0).contains(&self.dropout) {
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        if self.epochs == 0
+            || !positive(self.lr)
+            || !(0.0..1.0).contains(&self.dropout)
+            || !non_negative(self.momentum)
+            || !non_negative(self.weight_decay)
+            || !(0.0..1.0).contains(&self.label_smoothing)
+        {
             return Err(BaselineError::Config(format!(
-                "GeoNet needs epochs and lr above 0 and dropout in [0, 1): {self:?}"
+                "GeoNet needs epochs and lr above 0, dropout and label_smoothing in [0, 1), momentum and weight_decay finite and non-negative: {self:?}"
             )));
         }
         Ok(())

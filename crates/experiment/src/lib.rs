@@ -130,11 +130,19 @@ pub fn train_run(
     if !options.resume {
         write_atomic(&run_dir.join("config.toml"), config_text.as_bytes())?;
     }
+    let last_image_dropped = LoaderSource::drops_last_image(train_split.records.len(), config.train.batch_size);
+    if last_image_dropped {
+        observer.warning(&format!(
+            "{} training images in batches of {}: each epoch's last batch would hold one image, which training leaves out (BatchNorm cannot use it)",
+            train_split.records.len(),
+            config.train.batch_size
+        ));
+    }
     let data_summary = serde_json::json!({
         "dataset": config.data.dataset,
         "split_scheme": config.data.split_scheme,
         "root": config.data.root,
-        "train": {"split": config.data.train_split, "images": train_split.records.len(), "classes": train_split.classes.len(), "notes": train_split.notes, "annotations_fnv1a64": annotation_fingerprints(config, &config.data.train_split)},
+        "train": {"split": config.data.train_split, "images": train_split.records.len(), "classes": train_split.classes.len(), "notes": train_split.notes, "annotations_fnv1a64": annotation_fingerprints(config, &config.data.train_split), "last_image_dropped": last_image_dropped},
         "val": {"split": config.data.val_split, "images": val_split.records.len(), "notes": val_split.notes, "annotations_fnv1a64": annotation_fingerprints(config, &config.data.val_split)},
     });
     let provenance_json = serde_json::json!({

@@ -64,6 +64,14 @@ impl FitObserver for ProgressBars {
         );
     }
 
+    fn warning(&mut self, message: &str) {
+        if let Some(bar) = &self.bar {
+            bar.suspend(|| eprintln!("{}warning: {message}", self.prefix()));
+        } else {
+            eprintln!("{}warning: {message}", self.prefix());
+        }
+    }
+
     fn failed(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.abandon();

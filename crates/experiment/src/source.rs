@@ -20,11 +20,19 @@ pub struct LoaderSource {
 
 impl LoaderSource {
     /// The training loader: RandomResizedCrop + flip, shuffled per epoch, last partial batch kept
-    /// (as the reference's `drop_last=False`).
+    /// (as the reference's `drop_last=False`) unless it would hold a single image.
     pub fn train(split: Arc<Split>, run: &RunConfig, device: Device) -> Result<Self, ExperimentError> {
-        let config =
+        let mut config =
             Self::config(run, vec![Transform::Train { size: run.data.image_size }], run.train.batch_size, true);
+        config.drop_last = Self::drops_last_image(split.records.len(), run.train.batch_size);
         Ok(Self { split, config, device })
+    }
+
+    /// Whether a training split of `n` images ends with a batch of one image, which training
+    /// leaves out: BatchNorm cannot normalise one value per channel (SK-Res2Net's attention pools
+    /// to 1×1), and one image is no batch.
+    pub fn drops_last_image(n: usize, batch_size: usize) -> bool {
+        batch_size > 1 && n % batch_size == 1
     }
 
     /// The evaluation loader: resize + centre crop (or ten-crop) at each test scale, in file order.

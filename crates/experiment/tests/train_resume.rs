@@ -149,6 +149,10 @@ fn resume_without_a_checkpoint_and_bad_overrides_are_errors() {
         .to_string();
     assert!(err.contains("no checkpoint"), "{err}");
     assert!(RunConfig::from_file(&path, &["train.lr=-1".into()]).is_err());
+    for bad in ["train.momentum=nan", "train.weight_decay=inf", "train.mixup_alpha=nan", "train.lr=nan"] {
+        let err = RunConfig::from_file(&path, &[bad.into()]).unwrap_err().to_string();
+        assert!(err.contains("finite") || err.contains("positive"), "{bad}: {err}");
+    }
     assert!(
         RunConfig::from_file(&path, &["train.learning_rate=0.1".into()])
             .unwrap_err()
@@ -183,4 +187,37 @@ fn a_diverging_loss_stops_the_run_naming_the_step() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("loss became") && err.contains("epoch") && err.contains("iteration"), "{err}");
+}
+
+#[test]
+fn a_last_training_batch_of_one_image_is_dropped_where_batchnorm_cannot_use_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let synth = SynthConfig {
+        groups: 2,
+        per_group: 3,
+        distinct: 2,
+        train_per_class: 12,
+        val_per_class: 2,
+        image_size: 20,
+        seed: 4,
+        with_dates: true,
+        missing_fraction: 0.0,
+    };
+    generate(&synth, &data).unwrap();
+    // 96 training images in batches of 5: the last batch holds one image. SK-Res2Net's
+    // selective-kernel attention normalises pooled [N, C, 1, 1] features, one value per channel.
+    let overrides = [
+        "model.backbone={ type = \"sk2res2net\", layers = [1, 1, 1, 1], width = 8 }".into(),
+        "train.batch_size=5".into(),
+        "train.epochs=1".into(),
+        "data.image_size=32".into(),
+    ];
+    let config = RunConfig::from_file(&write_config(tmp.path(), &data), &overrides).unwrap();
+    let run = tmp.path().join("run");
+    let summary = train_run(&config, &run, &Device::Cpu, RunOptions::default(), &provenance(), &mut Silent).unwrap();
+    assert_eq!(summary.metrics[0].train_images, 95, "the one-image batch is left out");
+    let provenance: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("provenance.json")).unwrap()).unwrap();
+    assert_eq!(provenance["data"]["train"]["last_image_dropped"], true);
 }

@@ -111,12 +111,19 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(format!("lr must be a positive number, got {}", self.lr));
         }
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
         if !(0.0..1.0).contains(&self.label_smoothing)
-            || self.mixup_alpha < 0.0
-            || self.momentum < 0.0
-            || self.weight_decay < 0.0
+            || !non_negative(self.mixup_alpha)
+            || !non_negative(self.momentum)
+            || !non_negative(self.weight_decay)
         {
-            return Err("label_smoothing must be in [0, 1); mixup_alpha, momentum and weight_decay non-negative".into());
+            return Err(format!(
+                "label_smoothing must be in [0, 1); mixup_alpha, momentum and weight_decay finite and non-negative (got {}, {}, {}, {})",
+                self.label_smoothing, self.mixup_alpha, self.momentum, self.weight_decay
+            ));
+        }
+        if self.optimizer == OptimizerKind::Adamw && self.momentum >= 1.0 {
+            return Err(format!("AdamW's β₁ (momentum) must be below 1, got {}", self.momentum));
         }
         Ok(())
     }

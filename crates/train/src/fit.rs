@@ -170,6 +170,8 @@ pub trait FitObserver {
     fn epoch_started(&mut self, _epoch: usize, _epochs: usize, _items: usize) {}
     fn step_finished(&mut self, _items: usize, _mean_loss: f64, _lr: f64) {}
     fn epoch_finished(&mut self, _metrics: &EpochMetrics, _epochs: usize) {}
+    /// Something the operator should know that does not stop the run.
+    fn warning(&mut self, _message: &str) {}
     /// The run stops with an error.
     fn failed(&mut self) {}
 }
@@ -222,6 +224,13 @@ pub fn fit<T: Trainable>(
             })?;
             model.restore(&checkpoint.model, checkpoint.optimizer)?;
             let epoch = checkpoint.state.epoch;
+            if epoch > plan.epochs {
+                return Err(TrainError::Config(format!(
+                    "{}: the last checkpoint is of epoch {epoch}, beyond this run's {} epochs: resume with the run's own config",
+                    run.root().display(),
+                    plan.epochs
+                )));
+            }
             best_epoch = checkpoint.state.best_epoch;
             // The checkpoint carries the metrics up to its epoch; older checkpoints did not, and their
             // metrics file is cut at the checkpoint instead. Epochs recorded after it are redone.
@@ -232,11 +241,19 @@ pub fn fit<T: Trainable>(
             };
             run.write_metrics(&metrics)?;
             observer.resumed(run.root(), epoch);
-        } else if run.checkpoint("last")?.is_some() || !run.read_metrics()?.is_empty() {
+        } else if run.checkpoint("last")?.is_some() {
             return Err(TrainError::Config(format!(
                 "{} already holds a run: pass --resume to continue it, or choose another run folder",
                 run.root().display()
             )));
+        } else if !run.read_metrics()?.is_empty() {
+            // Metrics without any checkpoint: a run that died before its first checkpoint was
+            // published (older versions wrote metrics first). Nothing can be resumed from it.
+            observer.warning(&format!(
+                "{} holds metrics but no checkpoint (a run that stopped before its first checkpoint): starting afresh",
+                run.root().display()
+            ));
+            run.write_metrics(&[])?;
         }
         let iters = train.batches_per_epoch();
         if iters == 0 {

@@ -9,9 +9,15 @@
 //! RUN/checkpoints/last, RUN/checkpoints/best   the name of a checkpoint folder
 //! ```
 //!
-//! A checkpoint is written into a temporary folder, renamed into place, and only then named by
-//! `last` (itself replaced by a rename), so a run killed at any moment leaves the previous
-//! checkpoint intact. Folders no pointer names are removed afterwards.
+//! A checkpoint is written into a temporary folder, its files and the folder flushed to disk
+//! (`fsync`), renamed into place, and only then named by `last` (itself replaced by a flushed
+//! rename), so a run killed at any moment, or a machine losing power, leaves the previous
+//! checkpoint intact. Folders no pointer names are removed afterwards. A pointer must name a
+//! checkpoint folder of this run (`epoch-NNNN`), never a path elsewhere.
+//!
+//! A run folder opened for writing ([`RunDir::create`]) is locked (`RUN/.lock`, an advisory lock
+//! the system releases when the process ends, even by `kill -9`), so two processes cannot write
+//! one run.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -124,17 +130,68 @@ pub struct Checkpoint {
 #[derive(Debug, Clone)]
 pub struct RunDir {
     root: PathBuf,
+    /// The open lock file, for folders opened for writing (shared by clones).
+    _lock: Option<std::sync::Arc<std::fs::File>>,
 }
 
 fn io_err(path: &Path, err: impl std::fmt::Display) -> TrainError {
     TrainError::Io { path: path.to_owned(), message: err.to_string() }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` through a temporary file flushed to disk and a rename, then flushes
+/// the folder, so that after a crash `path` holds either the old bytes or the new ones.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+    sync_path(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+    sync_parent(path)
+}
+
+/// Flushes a file's (or a folder's) data and metadata to disk.
+fn sync_path(path: &Path) -> Result<(), TrainError> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| io_err(path, format!("flushing to disk: {e}")))
+}
+
+/// Flushes the folder holding `path`, which makes a rename into it durable.
+fn sync_parent(path: &Path) -> Result<(), TrainError> {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_path(parent),
+        _ => Ok(()),
+    }
+}
+
+/// Takes the run's advisory lock, or fails naming the folder when another process holds it.
+#[cfg(unix)]
+fn lock(root: &Path) -> Result<std::fs::File, TrainError> {
+    use std::os::fd::AsRawFd;
+    let path = root.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_err(&path, e))?;
+    // SAFETY: flock on a file descriptor this function owns; it touches no memory.
+    let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !taken {
+        return Err(io_err(
+            root,
+            "the run folder is in use by another process (it holds .lock): wait for it, or stop it",
+        ));
+    }
+    Ok(file)
+}
+
+#[cfg(not(unix))]
+fn lock(root: &Path) -> Result<std::fs::File, TrainError> {
+    let path = root.join(".lock");
+    std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| io_err(&path, e))
+}
+
+/// A checkpoint folder's name: `epoch-` and digits, nothing that leaves the run folder.
+fn is_checkpoint_name(name: &str) -> bool {
+    name.strip_prefix("epoch-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl RunDir {
@@ -143,13 +200,15 @@ impl RunDir {
         if !root.join("checkpoints").is_dir() && !root.join("metrics.jsonl").is_file() {
             return Err(io_err(root, "not a run folder (no checkpoints/ and no metrics.jsonl)"));
         }
-        Ok(Self { root: root.to_owned() })
+        Ok(Self { root: root.to_owned(), _lock: None })
     }
 
-    /// Opens (creating if needed) the run folder `root`, for writing.
+    /// Opens (creating if needed) the run folder `root` for writing, and locks it for as long as
+    /// this value (or a clone) lives.
     pub fn create(root: &Path) -> Result<Self, TrainError> {
         std::fs::create_dir_all(root.join("checkpoints")).map_err(|e| io_err(root, e))?;
-        Ok(Self { root: root.to_owned() })
+        let lock = lock(root)?;
+        Ok(Self { root: root.to_owned(), _lock: Some(std::sync::Arc::new(lock)) })
     }
 
     pub fn root(&self) -> &Path {
@@ -222,7 +281,12 @@ impl RunDir {
             .map_err(|e| io_err(&tmp, e))?;
         let state_json = serde_json::to_vec_pretty(state).map_err(|e| io_err(&tmp, e))?;
         std::fs::write(tmp.join("state.json"), state_json).map_err(|e| io_err(&tmp, e))?;
+        for file in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+            sync_path(&tmp.join(file))?;
+        }
+        sync_path(&tmp)?;
         std::fs::rename(&tmp, &dir).map_err(|e| io_err(&dir, e))?;
+        sync_path(&self.checkpoints())?;
         write_atomic(&self.checkpoints().join("last"), name.as_bytes())?;
         if is_best {
             write_atomic(&self.checkpoints().join("best"), name.as_bytes())?;
@@ -233,7 +297,10 @@ impl RunDir {
     fn pointer(&self, which: &str) -> Result<Option<String>, TrainError> {
         let path = self.checkpoints().join(which);
         match std::fs::read_to_string(&path) {
-            Ok(name) => Ok(Some(name.trim().to_owned())),
+            Ok(name) if is_checkpoint_name(name.trim()) => Ok(Some(name.trim().to_owned())),
+            Ok(name) => {
+                Err(io_err(&path, format!("names {:?}, not a checkpoint folder of this run (epoch-NNNN)", name.trim())))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path, e)),
         }

@@ -195,3 +195,69 @@ fn a_non_finite_loss_stops_the_run_before_its_update_and_records_nothing() {
     assert!(run.read_metrics().unwrap().is_empty());
     assert!(run.last_state().unwrap().is_none());
 }
+
+/// Records warnings.
+#[derive(Default)]
+struct Warnings(Vec<String>);
+
+impl dmlp_train::FitObserver for Warnings {
+    fn warning(&mut self, message: &str) {
+        self.0.push(message.to_owned());
+    }
+}
+
+#[test]
+fn metrics_without_a_checkpoint_start_afresh_with_a_warning() {
+    // What a run killed between its metrics and its first checkpoint left with older versions.
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, val) = (Values(vec![1.0]), Values(vec![1.0]));
+    {
+        let run = RunDir::create(tmp.path()).unwrap();
+        fit(&mut Toy::new(vec![50.0]), &plan(1), &train, &val, &run, false, &mut Silent).unwrap();
+    }
+    std::fs::remove_dir_all(tmp.path().join("checkpoints")).unwrap();
+    let run = RunDir::create(tmp.path()).unwrap();
+    assert_eq!(run.read_metrics().unwrap().len(), 1);
+    let mut warnings = Warnings::default();
+    let summary = fit(&mut Toy::new(vec![50.0]), &plan(2), &train, &val, &run, false, &mut warnings).unwrap();
+    assert_eq!(summary.metrics.len(), 2);
+    assert_eq!(warnings.0.len(), 1, "{:?}", warnings.0);
+    assert!(warnings.0[0].contains("no checkpoint"), "{:?}", warnings.0);
+}
+
+#[test]
+fn a_checkpoint_beyond_the_schedule_is_an_error_not_a_silent_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = RunDir::create(tmp.path()).unwrap();
+    let (train, val) = (Values(vec![1.0]), Values(vec![1.0]));
+    fit(&mut Toy::new(vec![50.0]), &plan(3), &train, &val, &run, false, &mut Silent).unwrap();
+    let err = fit(&mut Toy::new(vec![50.0]), &plan(2), &train, &val, &run, true, &mut Silent).unwrap_err();
+    assert!(err.to_string().contains("beyond this run's 2 epochs"), "{err}");
+    // Resuming a finished run with its own schedule trains nothing and keeps its metrics.
+    let summary = fit(&mut Toy::new(vec![50.0]), &plan(3), &train, &val, &run, true, &mut Silent).unwrap();
+    assert_eq!(summary.metrics.len(), 3);
+}
+
+#[test]
+fn pointers_that_leave_the_run_folder_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = RunDir::create(tmp.path()).unwrap();
+    fit(&mut Toy::new(vec![50.0]), &plan(1), &Values(vec![1.0]), &Values(vec![1.0]), &run, false, &mut Silent).unwrap();
+    for hostile in ["../../elsewhere", "/etc", "epoch-0001/../../x", ""] {
+        std::fs::write(tmp.path().join("checkpoints/best"), hostile).unwrap();
+        let err = run.weights(Which::Best).unwrap_err().to_string();
+        assert!(err.contains("not a checkpoint folder"), "{hostile:?}: {err}");
+    }
+    assert!(run.weights(Which::Last).is_ok());
+}
+
+#[test]
+fn two_writers_cannot_hold_one_run_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = RunDir::create(tmp.path()).unwrap();
+    let err = RunDir::create(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("in use by another process"), "{err}");
+    assert!(RunDir::open(tmp.path()).is_ok(), "reading needs no lock");
+    drop(first);
+    RunDir::create(tmp.path()).expect("the lock goes with its holder");
+}

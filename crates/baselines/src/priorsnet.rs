@@ -136,11 +136,6 @@ impl PriorsNetConfig {
         }
         Ok(())
     }
-
-    /// The learning rate of 1-based `epoch`: `lr · lr_decay^(epoch − 1)`.
-    pub fn lr_at(&self, epoch: usize) -> f64 {
-        Schedule::Exponential { lr: self.lr, decay: self.lr_decay }.lr(epoch, 0, 1)
-    }
 }
 
 /// The location prior.
@@ -351,17 +346,29 @@ pub struct PresenceSource<'a> {
     batch_size: usize,
     /// `(sampler, seed)` for training; `None`: every row in order.
     sampling: Option<(Sampler, u64)>,
+    /// Rows per epoch (the same every epoch: the sampler changes which, not how many).
+    rows_per_epoch: usize,
 }
 
 impl<'a> PresenceSource<'a> {
     /// Training batches: the sampler's rows for each epoch, drawn from `seed`.
     pub fn train(presences: &'a Presences, sampler: Sampler, seed: u64, batch_size: usize) -> Self {
-        Self { presences, batch_size, sampling: Some((sampler, seed)) }
+        let rows_per_epoch = match sampler {
+            Sampler::InstanceBalanced => presences.labels.len(),
+            Sampler::ClassBalanced { per_class } => {
+                let mut counts = std::collections::BTreeMap::<u32, usize>::new();
+                for label in &presences.labels {
+                    *counts.entry(*label).or_default() += 1;
+                }
+                counts.values().map(|n| (*n).min(per_class)).sum()
+            }
+        };
+        Self { presences, batch_size, sampling: Some((sampler, seed)), rows_per_epoch }
     }
 
     /// Evaluation batches: every row once, in order.
     pub fn eval(presences: &'a Presences, batch_size: usize) -> Self {
-        Self { presences, batch_size, sampling: None }
+        Self { presences, batch_size, sampling: None, rows_per_epoch: presences.labels.len() }
     }
 
     fn rows(&self, epoch: usize) -> Vec<usize> {
@@ -374,11 +381,11 @@ impl<'a> PresenceSource<'a> {
 
 impl Batches<PresenceBatch> for PresenceSource<'_> {
     fn batches_per_epoch(&self) -> usize {
-        self.rows(1).len().div_ceil(self.batch_size.max(1))
+        self.rows_per_epoch.div_ceil(self.batch_size.max(1))
     }
 
     fn len(&self) -> usize {
-        self.rows(1).len()
+        self.rows_per_epoch
     }
 
     fn epoch(

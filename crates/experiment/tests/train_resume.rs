@@ -41,6 +41,21 @@ seed = 5
     path
 }
 
+/// Synthetic data of 8 classes (2 groups of 3 look-alikes, 2 distinct), 20-pixel images, dated.
+fn eight_classes(train_per_class: usize, val_per_class: usize, seed: u64) -> SynthConfig {
+    SynthConfig {
+        groups: 2,
+        per_group: 3,
+        distinct: 2,
+        train_per_class,
+        val_per_class,
+        image_size: 20,
+        seed,
+        with_dates: true,
+        missing_fraction: 0.0,
+    }
+}
+
 fn provenance() -> Provenance {
     Provenance { git_commit: None, device: "cpu".into(), command: "test".into() }
 }
@@ -73,17 +88,7 @@ fn a_resumed_adamw_run_ends_where_the_uninterrupted_run_ends() {
 fn resumes_exactly(overrides: &[String]) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let synth = SynthConfig {
-        groups: 2,
-        per_group: 3,
-        distinct: 2,
-        train_per_class: 12,
-        val_per_class: 4,
-        image_size: 20,
-        seed: 9,
-        with_dates: true,
-        missing_fraction: 0.05,
-    };
+    let synth = SynthConfig { missing_fraction: 0.05, ..eight_classes(12, 4, 9) };
     generate(&synth, &data).unwrap();
     let config = RunConfig::from_file(&write_config(tmp.path(), &data), overrides).unwrap();
     let options = RunOptions { resume: false, stop_after: None };
@@ -165,17 +170,7 @@ fn resume_without_a_checkpoint_and_bad_overrides_are_errors() {
 fn a_diverging_loss_stops_the_run_naming_the_step() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let synth = SynthConfig {
-        groups: 2,
-        per_group: 3,
-        distinct: 2,
-        train_per_class: 4,
-        val_per_class: 1,
-        image_size: 16,
-        seed: 2,
-        with_dates: true,
-        missing_fraction: 0.0,
-    };
+    let synth = SynthConfig { image_size: 16, ..eight_classes(4, 1, 2) };
     generate(&synth, &data).unwrap();
     let config = RunConfig::from_file(
         &write_config(tmp.path(), &data),
@@ -193,17 +188,7 @@ fn a_diverging_loss_stops_the_run_naming_the_step() {
 fn a_last_training_batch_of_one_image_is_dropped_where_batchnorm_cannot_use_it() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let synth = SynthConfig {
-        groups: 2,
-        per_group: 3,
-        distinct: 2,
-        train_per_class: 12,
-        val_per_class: 2,
-        image_size: 20,
-        seed: 4,
-        with_dates: true,
-        missing_fraction: 0.0,
-    };
+    let synth = eight_classes(12, 2, 4);
     generate(&synth, &data).unwrap();
     // 96 training images in batches of 5: the last batch holds one image. SK-Res2Net's
     // selective-kernel attention normalises pooled [N, C, 1, 1] features, one value per channel.

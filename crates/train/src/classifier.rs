@@ -5,8 +5,7 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 use dmlp_eval::{
-    Accuracy, EvalError, ScoreKind, TensorBatch, evaluate, evaluate_batches, score_rows, to_u32, top_k_hits,
-    view_mean_logits,
+    Accuracy, EvalError, ScoreKind, TensorBatch, evaluate_batches, score_rows, to_u32, top_k_hits, view_mean_logits,
 };
 use dmlp_model::{Classifier, LoadPolicy, WeightsFile};
 use rand::SeedableRng;
@@ -118,8 +117,19 @@ pub fn evaluate_classifier(
     smoothing: f64,
     top_k: usize,
 ) -> Result<dmlp_eval::Evaluation, TrainError> {
+    let batches = val.epoch(0)?.map(|b| b.map_err(TrainError::from));
+    classifier_evaluation(model, batches, smoothing, top_k)
+}
+
+fn classifier_evaluation(
+    model: &Classifier,
+    batches: impl Iterator<Item = Result<TensorBatch, TrainError>>,
+    smoothing: f64,
+    top_k: usize,
+) -> Result<dmlp_eval::Evaluation, TrainError> {
     let loss = move |logits: &Tensor, targets: &Tensor| label_smoothing_loss(logits, targets, smoothing);
-    Ok(evaluate(val, &|batch| classifier_scores(model, batch), ScoreKind::Logits, Some(&loss), top_k)?)
+    let scorer = |batch: &TensorBatch| classifier_scores(model, batch);
+    evaluate_batches(batches, &scorer, ScoreKind::Logits, Some(&loss), top_k)
 }
 
 impl Trainable for ClassifierTrainer<'_> {
@@ -151,10 +161,7 @@ impl Trainable for ClassifierTrainer<'_> {
     }
 
     fn evaluate(&self, val: &dyn Batches<TensorBatch>) -> Result<Accuracy, TrainError> {
-        let smoothing = self.config.label_smoothing;
-        let loss = move |logits: &Tensor, targets: &Tensor| label_smoothing_loss(logits, targets, smoothing);
-        let scorer = |batch: &TensorBatch| classifier_scores(self.model, batch);
-        Ok(evaluate_batches(val.epoch(0)?, &scorer, ScoreKind::Logits, Some(&loss), 0)?.accuracy)
+        Ok(classifier_evaluation(self.model, val.epoch(0)?, self.config.label_smoothing, 0)?.accuracy)
     }
 
     fn model_tensors(&self) -> HashMap<String, Tensor> {

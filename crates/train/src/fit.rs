@@ -241,7 +241,7 @@ pub fn fit<T: Trainable>(
             };
             run.write_metrics(&metrics)?;
             observer.resumed(run.root(), epoch);
-        } else if run.checkpoint("last")?.is_some() {
+        } else if run.last_state()?.is_some() {
             return Err(TrainError::Config(format!(
                 "{} already holds a run: pass --resume to continue it, or choose another run folder",
                 run.root().display()

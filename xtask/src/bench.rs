@@ -11,7 +11,7 @@ use clap::Subcommand;
 use dmlp_backbones::{BackbonePreset, BackboneSpec};
 use dmlp_fusion::{FusionConfig, FusionHead, FusionKind};
 use dmlp_geo::Metadata;
-use dmlp_model::{Classifier, ModelConfig, ModelDType};
+use dmlp_model::{Classifier, ModelConfig};
 use dmlp_nn::ParamStore;
 
 #[derive(Debug, Subcommand)]
@@ -220,14 +220,7 @@ fn head_step(device: &Device) -> anyhow::Result<Step> {
 
 /// Forward + backward of a backbone's pooled features (no classifier), batch 8 × 224².
 fn backbone_step(preset: BackbonePreset, device: &Device) -> anyhow::Result<Step> {
-    let config = ModelConfig {
-        backbone: Some(BackboneSpec::Preset(preset)),
-        feature_dim: None,
-        num_classes: 1000,
-        metadata: None,
-        fusion: None,
-        dtype: ModelDType::F32,
-    };
+    let config = ModelConfig::image_only(BackboneSpec::Preset(preset), 1000);
     let model = Classifier::new(&config, 0, device)?;
     let images = Tensor::randn(0f32, 1.0, (RESNET_BATCH, 3, IMAGE_SIZE, IMAGE_SIZE), device)?;
     Ok(Box::new(move || {

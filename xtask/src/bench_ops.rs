@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use dmlp_backbones::{BackbonePreset, BackboneSpec, BlockKind, CustomBackbone};
-use dmlp_model::{Classifier, ModelConfig, ModelDType};
+use dmlp_model::{Classifier, ModelConfig};
 use dmlp_nn::{Conv2dConfig, ParamStore, batch_norm, conv2d_forward};
 
 #[derive(Debug, clap::Args)]
@@ -112,14 +112,7 @@ fn batch_norm_step(device: &Device) -> anyhow::Result<f64> {
 }
 
 fn network_step(spec: BackboneSpec, batch: usize, size: usize, iters: usize, device: &Device) -> anyhow::Result<f64> {
-    let config = ModelConfig {
-        backbone: Some(spec),
-        feature_dim: None,
-        num_classes: 10,
-        metadata: None,
-        fusion: None,
-        dtype: ModelDType::F32,
-    };
+    let config = ModelConfig::image_only(spec, 10);
     let model = Classifier::new(&config, 0, device)?;
     let images = Tensor::randn(0f32, 1.0, (batch, 3, size, size), device)?;
     let targets = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect(), batch, device)?;

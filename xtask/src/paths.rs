@@ -41,8 +41,11 @@ pub(crate) fn committed_parity_dir() -> PathBuf {
 /// folder itself cannot be found.
 pub(crate) fn shared_parity_dirs() -> anyhow::Result<Vec<PathBuf>> {
     let fixtures = shared_dir()?.join("fixtures");
-    let dirs: Vec<PathBuf> =
-        ["parity", "parity-baselines"].iter().map(|name| fixtures.join(name)).filter(|dir| dir.is_dir()).collect();
+    let dirs: Vec<PathBuf> = ["parity", "parity-baselines", "parity-pretrained"]
+        .iter()
+        .map(|name| fixtures.join(name))
+        .filter(|dir| dir.is_dir())
+        .collect();
     if dirs.is_empty() {
         bail!("{} holds no parity fixtures", fixtures.display());
     }

@@ -79,14 +79,14 @@ pub(crate) fn run(args: &SmokeTrainArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&config_path, CONFIG)?;
     let config = RunConfig::from_file(&config_path, &[])?;
     let provenance = Provenance { git_commit: None, device: "cpu".into(), command: "cargo xtask smoke-train".into() };
-    let options = RunOptions { resume: false, stop_after: None };
+    let options = RunOptions { resume: false, stop_after: None, hub: None };
     let train = |dir: &Path, options| train_run(&config, dir, &Device::Cpu, options, &provenance, &mut Silent);
 
-    let whole = train(&out.join("whole"), options)?;
+    let whole = train(&out.join("whole"), options.clone())?;
     let whole_metrics = RunDir::open(&out.join("whole"))?.read_metrics()?;
     let chance = 100.0 / synth.n_classes() as f64;
     eprintln!("smoke-train: best top-1 {:.2} (chance {chance:.2})", whole.best_top1());
-    train(&out.join("split"), RunOptions { stop_after: Some(3), ..options })?;
+    train(&out.join("split"), RunOptions { stop_after: Some(3), ..options.clone() })?;
     train(&out.join("split"), RunOptions { resume: true, ..options })?;
     let resumed = RunDir::open(&out.join("split"))?.read_metrics()?;
 

@@ -84,14 +84,27 @@ mod tests {
         // Table specs are checked by the reproduce module.
         configs.retain(|path| !path.starts_with(root.join("configs").join("tables")));
         assert!(!configs.is_empty(), "no configs found");
+        let manifest_text = std::fs::read_to_string(root.join("data-manifests").join("pretrained.toml")).unwrap();
+        let manifest: toml::Table = toml::from_str(&manifest_text).unwrap();
+        let manifest = manifest["weights"].as_array().unwrap().clone();
         for config in configs {
             if let Err(err) = dmlp_model::ModelConfig::from_toml_file(&config) {
                 panic!("{err}");
             }
             // Run configs: the whole file parses and validates (the data folder need not exist).
-            if let Err(err) = dmlp_experiment::RunConfig::from_file(&config, &[]) {
-                panic!("{err}");
-            }
+            let run = match dmlp_experiment::RunConfig::from_file(&config, &[]) {
+                Ok(run) => run,
+                Err(err) => panic!("{err}"),
+            };
+            // Every paper config starts from a pretrained file that data-manifests/pretrained.toml
+            // describes (a Hub id by its id, a file by its name).
+            let source = run.model.pretrained.unwrap_or_else(|| panic!("{}: no [model] pretrained", config.display()));
+            let named = manifest.iter().any(|entry| {
+                let entry_source = entry["source"].as_str().unwrap_or_default();
+                let entry_file = entry["file"].as_str().unwrap_or_default();
+                source == entry_source || (!source.starts_with("hf:") && source.ends_with(&format!("/{entry_file}")))
+            });
+            assert!(named, "{}: pretrained = {source:?} is not in data-manifests/pretrained.toml", config.display());
         }
     }
 }

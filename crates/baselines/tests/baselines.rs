@@ -275,18 +275,14 @@ fn memory_source(batches: usize, seed: u64) -> MemorySource {
 fn a_resumed_geonet_repeats_the_uninterrupted_run() {
     use dmlp_baselines::geonet::train_geonet;
     let device = Device::Cpu;
-    let image_config = dmlp_model::ModelConfig {
-        backbone: Some(dmlp_backbones::BackboneSpec::Custom(dmlp_backbones::CustomBackbone::Resnet {
+    let image_config = dmlp_model::ModelConfig::image_only(
+        dmlp_backbones::BackboneSpec::Custom(dmlp_backbones::CustomBackbone::Resnet {
             block: dmlp_backbones::BlockKind::Basic,
             layers: vec![1, 1, 1, 1],
             width: 4,
-        })),
-        feature_dim: None,
-        num_classes: 3,
-        metadata: None,
-        fusion: None,
-        dtype: dmlp_model::ModelDType::F32,
-    };
+        }),
+        3,
+    );
     let image = dmlp_model::Classifier::new(&image_config, 1, &device).unwrap();
     let (train, val) = (memory_source(3, 1), memory_source(1, 2));
     let config = |epochs| GeoNetConfig { epochs, lr: 0.05, ..GeoNetConfig::default() };

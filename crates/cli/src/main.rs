@@ -3,13 +3,15 @@
 //! Subcommands: `train` (a run from a config, resumable), `eval` (a checkpoint on the validation
 //! split, with ten-crop and multi-scale tests), `baseline` (PriorsNet or GeoNet on an image-only
 //! run), `data synth` (the synthetic geo-aware dataset), `data verify` (a dataset folder against
-//! its annotation files and official counts), `data prepare` (its Parquet manifest), `params`
+//! its annotation files and official counts), `data prepare` (its Parquet manifest), `weights
+//! fetch` / `weights show` (pretrained files from the Hub cache or disk), `params`
 //! (parameter counts of any backbone × fusion × class count) and `encode` (the location/date
 //! encoding of one observation).
 
 mod data;
 mod params;
 mod run;
+mod weights;
 
 use std::process::ExitCode;
 
@@ -35,6 +37,12 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// Pretrained weights: download a Hub file into the cache ahead of time, or show what a file
+    /// holds and which backbone it fits.
+    Weights {
+        #[command(subcommand)]
+        command: WeightsCommand,
+    },
     /// Print the parameter count of a model, in total and per part.
     Params(params::ParamsArgs),
     /// Print the encoded location vector of one observation, as the model sees it.
@@ -51,6 +59,15 @@ enum DataCommand {
     /// Build the Parquet manifest of a dataset's records in the cache folder (never in the
     /// dataset folder); training reads splits from it while it matches the annotation files.
     Prepare(data::PrepareArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum WeightsCommand {
+    /// Download hf:ORG/NAME[@REVISION]'s model.safetensors into the Hugging Face cache (HF_HOME,
+    /// HF_HUB_CACHE), for machines that train offline (HF_HUB_OFFLINE=1).
+    Fetch(weights::FetchArgs),
+    /// List a weights file's tensors and check it against the backbones it could initialise.
+    Show(weights::ShowArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +87,8 @@ fn main() -> ExitCode {
         Command::Eval(args) => run::run_eval(&args),
         Command::Baseline(args) => run::run_baseline(&args),
         Command::Data { command: DataCommand::Synth(args) } => run::run_synth(&args),
+        Command::Weights { command: WeightsCommand::Fetch(args) } => weights::run_fetch(&args),
+        Command::Weights { command: WeightsCommand::Show(args) } => weights::run_show(&args),
         Command::Params(args) => params::run_params(&args),
         Command::Encode(args) => params::run_encode(&args),
     };

@@ -67,6 +67,7 @@ fn model_config(args: &ParamsArgs) -> anyhow::Result<ModelConfig> {
         }
     };
     Ok(ModelConfig {
+        pretrained: None,
         backbone: Some(BackboneSpec::Preset(args.backbone)),
         feature_dim: None,
         num_classes: args.num_classes,

@@ -116,7 +116,11 @@ pub(crate) fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         device: args.device.clone(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    let options = RunOptions { resume: args.resume, stop_after: args.stop_after };
+    let hub = dmlp_pretrained::HubSettings {
+        progress: !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ..dmlp_pretrained::HubSettings::from_env()
+    };
+    let options = RunOptions { resume: args.resume, stop_after: args.stop_after, hub: Some(hub) };
     let summary = train_run(&config, &args.run_dir, &device, options, &provenance, observer(args.quiet, "").as_mut())
         .with_context(|| format!("training into {}", args.run_dir.display()))?;
     println!(
@@ -251,7 +255,7 @@ pub(crate) fn run_baseline(args: &BaselineArgs) -> anyhow::Result<()> {
         device: args.device.clone(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    let options = RunOptions { resume: args.resume, stop_after: None };
+    let options = RunOptions { resume: args.resume, stop_after: None, hub: None };
     let label = format!("{:?}", baseline.kind).to_lowercase();
     let mut observer = observer(args.quiet, &label);
     let summary = dmlp_experiment::baseline_run(

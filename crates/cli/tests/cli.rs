@@ -346,3 +346,76 @@ fn baselines_train_on_top_of_an_image_only_run() {
     ]);
     assert!(!ok && stderr.contains("needs a location"), "{stderr}");
 }
+
+/// `dmlp` with extra environment variables (the Hugging Face ones), HF_* of the caller removed.
+fn dmlp_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dmlp"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("HF_") || k == "HUGGINGFACE_HUB_CACHE") {
+        command.env_remove(key);
+    }
+    command.env("HF_HUB_OFFLINE", "1");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let out = command.args(args).output().expect("running dmlp");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_paper_config_offline_with_an_empty_cache_stops_before_training_naming_the_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/inat21-mini/resnet50-dmlp-c.toml");
+    let run_dir = tmp.path().join("run");
+    let hf_home = tmp.path().join("hf");
+    let (ok, _, stderr) = dmlp_env(
+        &["train", "--config", config.to_str().unwrap(), "--run-dir", run_dir.to_str().unwrap()],
+        &[("HF_HOME", &hf_home)],
+    );
+    assert!(!ok);
+    let cache = hf_home.join("hub");
+    for needle in ["timm/resnet50.tv_in1k", cache.to_str().unwrap(), "dmlp weights fetch hf:timm/resnet50.tv_in1k"] {
+        assert!(stderr.contains(needle), "{needle:?} missing from: {stderr}");
+    }
+    assert!(!run_dir.exists() && !hf_home.exists(), "nothing written");
+}
+
+#[test]
+fn weights_show_lists_a_file_and_the_backbone_it_fits() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A ResNet-18-shaped file (zeros, float16) with a 1000-class fc, under HF_HUB_CACHE.
+    let snapshot = tmp.path().join("hub/models--org--r18/snapshots/abc");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(tmp.path().join("hub/models--org--r18/refs")).unwrap();
+    std::fs::write(tmp.path().join("hub/models--org--r18/refs/main"), "abc").unwrap();
+    let shapes = dmlp_model::Classifier::new_zeroed(
+        &dmlp_model::ModelConfig {
+            dtype: dmlp_model::ModelDType::F16,
+            ..dmlp_model::ModelConfig::image_only(
+                dmlp_backbones::BackboneSpec::Preset(dmlp_backbones::BackbonePreset::Resnet18),
+                1000,
+            )
+        },
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    candle_core::safetensors::save(&shapes.store().tensors(), snapshot.join("model.safetensors")).unwrap();
+    let (ok, stdout, stderr) =
+        dmlp_env(&["weights", "show", "hf:org/r18"], &[("HF_HUB_CACHE", &tmp.path().join("hub"))]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("org/r18@main (commit abc)") && stdout.contains("sha256"), "{stdout}");
+    let fits: Vec<&str> = stdout.lines().filter(|l| l.contains(" fits: ")).collect();
+    assert_eq!(fits.len(), 1, "{stdout}");
+    assert!(fits[0].contains("resnet18") && fits[0].contains("loaded 100 backbone tensors"), "{stdout}");
+    assert!(fits[0].contains("fc.bias, fc.weight"), "{stdout}");
+    // Offline with an empty cache: the repository, the cache and the command that fixes it.
+    let (ok, _, stderr) = dmlp_env(&["weights", "fetch", "hf:org/other@v2"], &[("HF_HUB_CACHE", tmp.path())]);
+    assert!(
+        !ok && stderr.contains("org/other@v2") && stderr.contains("dmlp weights fetch hf:org/other@v2"),
+        "{stderr}"
+    );
+}

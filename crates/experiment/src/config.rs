@@ -117,8 +117,8 @@ pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<(), Str
 }
 
 impl RunConfig {
-    /// Reads a config file, applies `overrides` (`table.key=value`), resolves relative data paths
-    /// against the file's folder, and validates.
+    /// Reads a config file, applies `overrides` (`table.key=value`), resolves relative paths
+    /// (`data.root`, a `model.pretrained` file) against the file's folder, and validates.
     pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self, ExperimentError> {
         let err = |message: String| ExperimentError::Config { path: path.to_owned(), message };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
@@ -128,9 +128,15 @@ impl RunConfig {
         }
         let mut config: RunConfig =
             toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| err(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
         if config.data.root.is_relative() {
-            let base = path.parent().unwrap_or(Path::new("."));
             config.data.root = base.join(&config.data.root);
+        }
+        if let Some(source) = &config.model.pretrained
+            && let Ok(dmlp_pretrained::WeightsSource::File(file)) = dmlp_pretrained::WeightsSource::parse(source)
+            && file.is_relative()
+        {
+            config.model.pretrained = Some(base.join(file).to_string_lossy().into_owned());
         }
         config.validate().map_err(err)?;
         Ok(config)
@@ -138,6 +144,9 @@ impl RunConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         self.model.validate().map_err(|e| e.to_string())?;
+        if let Some(source) = &self.model.pretrained {
+            dmlp_pretrained::WeightsSource::parse(source).map_err(|e| e.to_string())?;
+        }
         self.train.validate()?;
         self.data.dataset.check_scheme(self.data.split_scheme).map_err(|e| e.to_string())?;
         if self.data.image_size < 8 || self.data.workers == 0 {

@@ -11,11 +11,13 @@
 
 mod baseline;
 mod config;
+mod pretrained;
 mod progress;
 mod source;
 
 pub use baseline::{BaselineConfig, BaselineSummary, BaselineType, PriorData, baseline_run, finished_baseline};
 pub use config::{DataConfig, RunConfig, apply_override};
+pub use pretrained::{PretrainedInit, load_pretrained, resolve_pretrained};
 pub use progress::ProgressBars;
 pub use source::LoaderSource;
 
@@ -45,15 +47,20 @@ pub enum ExperimentError {
     Baseline(#[from] dmlp_baselines::BaselineError),
     #[error(transparent)]
     Eval(#[from] dmlp_eval::EvalError),
+    #[error(transparent)]
+    Pretrained(#[from] dmlp_pretrained::PretrainedError),
 }
 
 /// How to start a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RunOptions {
     /// Continue the run folder from its last checkpoint (an error if it has none).
     pub resume: bool,
     /// Stop after this epoch even if the config has more (the schedule still spans them all).
     pub stop_after: Option<usize>,
+    /// Where `hf:` pretrained weights are looked up; `None` reads the Hugging Face variables of
+    /// the environment ([`dmlp_pretrained::HubSettings::from_env`]).
+    pub hub: Option<dmlp_pretrained::HubSettings>,
 }
 
 /// Facts about a run that are not in its config, written to `provenance.json`.
@@ -123,7 +130,31 @@ pub fn train_run(
     provenance: &Provenance,
     observer: &mut dyn FitObserver,
 ) -> Result<FitSummary, ExperimentError> {
+    // Found first (before the data is read and the run folder exists), so a missing file
+    // (offline, not cached) stops the run at once and leaves nothing behind. A resumed run takes
+    // every weight from its checkpoint instead.
+    let pretrained_weights = match (&config.model.pretrained, options.resume) {
+        (Some(source), false) => {
+            let hub = options.hub.clone().unwrap_or_else(dmlp_pretrained::HubSettings::from_env);
+            Some(resolve_pretrained(source, &hub)?)
+        }
+        _ => None,
+    };
     let (train_split, val_split) = read_splits(config)?;
+    let model = Classifier::new(&config.model, config.train.seed, device)?;
+    let pretrained = pretrained_weights.map(|weights| load_pretrained(&model, weights)).transpose()?;
+    if let Some(init) = &pretrained {
+        for warning in &init.weights.warnings {
+            observer.warning(warning);
+        }
+        observer.note(&format!(
+            "pretrained {} ({}, sha256 {}): {}",
+            init.weights.source,
+            init.weights.path.display(),
+            init.weights.sha256,
+            init.load.summary()
+        ));
+    }
     let run = RunDir::create(run_dir)?;
     let config_text = toml::to_string_pretty(config)
         .map_err(|e| ExperimentError::Config { path: run_dir.to_owned(), message: e.to_string() })?;
@@ -151,12 +182,12 @@ pub fn train_run(
         "device": provenance.device,
         "command": provenance.command,
         "data": data_summary,
+        "pretrained": pretrained,
         "resumed": options.resume,
     });
     let name = if options.resume { "provenance-resume.json" } else { "provenance.json" };
     write_atomic(&run_dir.join(name), serde_json::to_string_pretty(&provenance_json).unwrap_or_default().as_bytes())?;
 
-    let model = Classifier::new(&config.model, config.train.seed, device)?;
     let train_source = LoaderSource::train(Arc::new(train_split), config, device.clone())?;
     let val_source = LoaderSource::eval(Arc::new(val_split), config, device.clone())?;
     let mut trainer = ClassifierTrainer::new(&model, &config.train)?;

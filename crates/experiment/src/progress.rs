@@ -72,6 +72,10 @@ impl FitObserver for ProgressBars {
         }
     }
 
+    fn note(&mut self, message: &str) {
+        eprintln!("{}{message}", self.prefix());
+    }
+
     fn failed(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.abandon();

@@ -91,10 +91,10 @@ fn resumes_exactly(overrides: &[String]) {
     let synth = SynthConfig { missing_fraction: 0.05, ..eight_classes(12, 4, 9) };
     generate(&synth, &data).unwrap();
     let config = RunConfig::from_file(&write_config(tmp.path(), &data), overrides).unwrap();
-    let options = RunOptions { resume: false, stop_after: None };
+    let options = RunOptions { resume: false, stop_after: None, hub: None };
 
     let whole = tmp.path().join("whole");
-    let summary = train_run(&config, &whole, &Device::Cpu, options, &provenance(), &mut Silent).unwrap();
+    let summary = train_run(&config, &whole, &Device::Cpu, options.clone(), &provenance(), &mut Silent).unwrap();
     assert_eq!(summary.metrics.len(), 3);
     let losses: Vec<f64> = summary.metrics.iter().map(|m| m.train_loss).collect();
     assert!(losses[2] < losses[0], "the optimiser must learn: {losses:?}");
@@ -108,10 +108,11 @@ fn resumes_exactly(overrides: &[String]) {
     assert!(csv.starts_with("epoch,lr,train_loss"));
 
     let split = tmp.path().join("split");
-    let first = RunOptions { stop_after: Some(1), ..options };
+    let first = RunOptions { stop_after: Some(1), ..options.clone() };
     train_run(&config, &split, &Device::Cpu, first, &provenance(), &mut Silent).unwrap();
     // A second start without --resume refuses to overwrite the run.
-    let err = train_run(&config, &split, &Device::Cpu, options, &provenance(), &mut Silent).unwrap_err().to_string();
+    let err =
+        train_run(&config, &split, &Device::Cpu, options.clone(), &provenance(), &mut Silent).unwrap_err().to_string();
     assert!(err.contains("--resume"), "{err}");
     let resumed = RunOptions { resume: true, ..options };
     train_run(&config, &split, &Device::Cpu, resumed, &provenance(), &mut Silent).unwrap();
@@ -128,23 +129,13 @@ fn resumes_exactly(overrides: &[String]) {
 fn resume_without_a_checkpoint_and_bad_overrides_are_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let synth = SynthConfig {
-        groups: 1,
-        per_group: 2,
-        distinct: 1,
-        train_per_class: 2,
-        val_per_class: 1,
-        image_size: 16,
-        seed: 1,
-        with_dates: true,
-        missing_fraction: 0.0,
-    };
+    let synth = SynthConfig::three_classes(2, 1, 16, 1);
     generate(&synth, &data).unwrap();
     let path = write_config(tmp.path(), &data);
     // The config says 8 classes; this data has 3.
     let config = RunConfig::from_file(&path, &[]).unwrap();
-    let options = RunOptions { resume: true, stop_after: None };
-    let err = train_run(&config, &tmp.path().join("run"), &Device::Cpu, options, &provenance(), &mut Silent)
+    let options = RunOptions { resume: true, stop_after: None, hub: None };
+    let err = train_run(&config, &tmp.path().join("run"), &Device::Cpu, options.clone(), &provenance(), &mut Silent)
         .unwrap_err()
         .to_string();
     assert!(err.contains("8 classes") && err.contains('3'), "{err}");
@@ -177,7 +168,7 @@ fn a_diverging_loss_stops_the_run_naming_the_step() {
         &["train.lr=1e30".into(), "train.warmup_epochs=0".into()],
     )
     .unwrap();
-    let options = RunOptions { resume: false, stop_after: None };
+    let options = RunOptions { resume: false, stop_after: None, hub: None };
     let err = train_run(&config, &tmp.path().join("run"), &Device::Cpu, options, &provenance(), &mut Silent)
         .unwrap_err()
         .to_string();

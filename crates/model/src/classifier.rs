@@ -1,5 +1,7 @@
 //! The composed classifier.
 
+use std::collections::BTreeSet;
+
 use candle_core::{DType, Device, Module, Tensor};
 use dmlp_backbones::Backbone;
 use dmlp_fusion::{FusionHead, FusionOutput};
@@ -14,6 +16,8 @@ pub struct Classifier {
     store: ParamStore,
     device: Device,
     backbone: Option<Backbone>,
+    /// The store's names that belong to the backbone.
+    backbone_names: BTreeSet<String>,
     head: Option<FusionHead>,
     fc: Linear,
     num_features: usize,
@@ -50,6 +54,7 @@ impl Classifier {
         config.validate()?;
         let vb = store.var_builder(config.dtype.dtype(), device);
         let backbone = config.backbone.as_ref().map(|spec| Backbone::new(spec, vb.clone())).transpose()?;
+        let backbone_names: BTreeSet<String> = store.vars().into_iter().map(|(name, _)| name).collect();
         let num_features = match (&backbone, config.feature_dim) {
             (Some(backbone), _) => backbone.num_features(),
             (None, Some(dim)) => dim,
@@ -67,6 +72,7 @@ impl Classifier {
             store,
             device: device.clone(),
             backbone,
+            backbone_names,
             head,
             fc,
             num_features,
@@ -76,6 +82,12 @@ impl Classifier {
 
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// The names of the backbone's variables (parameters and BatchNorm statistics), or `None`
+    /// for a model without a backbone.
+    pub fn backbone_names(&self) -> Option<&BTreeSet<String>> {
+        self.backbone.as_ref().map(|_| &self.backbone_names)
     }
 
     /// The model's variables by their `state_dict` names.

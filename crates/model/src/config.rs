@@ -15,6 +15,7 @@ use crate::ModelError;
 /// ```toml
 /// [model]
 /// backbone = "resnet50"            # or { type = "resnet", block = "basic", layers = [1, 1, 1, 1] }
+/// pretrained = "hf:timm/resnet50.tv_in1k"   # the reference's --pretrained; absent: random init
 /// num_classes = 10000
 /// metadata = "geo_temporal"        # the reference's --metadata; absent for image-only
 ///
@@ -30,6 +31,12 @@ pub struct ModelConfig {
     /// The image backbone; absent for a head trained on precomputed pooled features.
     #[serde(default)]
     pub backbone: Option<BackboneSpec>,
+    /// ImageNet weights the backbone starts from: `hf:ORG/NAME[@REVISION]` (the Hub file
+    /// `model.safetensors`) or a path to a safetensors, `.pth` or reference checkpoint file.
+    /// Only the backbone is taken; `fc` and the fusion head keep their initialisation. Resolved
+    /// and loaded by the run (`dmlp_experiment`), never by this crate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<String>,
     /// Width of precomputed pooled features, for a model without a backbone.
     #[serde(default)]
     pub feature_dim: Option<usize>,
@@ -69,6 +76,20 @@ impl ModelDType {
 }
 
 impl ModelConfig {
+    /// The image-only classifier on `backbone`: `fc` on the pooled features, `f32`, random
+    /// initialisation.
+    pub fn image_only(backbone: BackboneSpec, num_classes: usize) -> Self {
+        Self {
+            backbone: Some(backbone),
+            pretrained: None,
+            feature_dim: None,
+            num_classes,
+            metadata: None,
+            fusion: None,
+            dtype: ModelDType::F32,
+        }
+    }
+
     /// Checks that the parts fit together.
     pub fn validate(&self) -> Result<(), ModelError> {
         let err = |msg: String| Err(ModelError::Config(msg));
@@ -83,6 +104,9 @@ impl ModelConfig {
                 return err("feature_dim is only for a model without a backbone".into());
             }
             (None, Some(0)) => return err("feature_dim must be at least 1".into()),
+            (None, Some(_)) if self.pretrained.is_some() => {
+                return err("pretrained weights are for a backbone; this model has none".into());
+            }
             _ => {}
         }
         match (&self.fusion, self.metadata) {

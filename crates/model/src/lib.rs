@@ -22,11 +22,13 @@
 mod classifier;
 mod config;
 mod params;
+mod pretrained;
 pub mod weights;
 
 pub use classifier::{Classifier, ClassifierOutput};
 pub use config::{ModelConfig, ModelDType};
 pub use params::ParamCounts;
+pub use pretrained::{PretrainedLoad, SkipReason};
 pub use weights::{LoadPolicy, LoadReport, UnusedKeys, WeightsFile};
 
 use std::path::PathBuf;

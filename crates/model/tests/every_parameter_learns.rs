@@ -33,6 +33,7 @@ fn fusions() -> Vec<Option<FusionConfig>> {
 fn check_step(backbone: &BackboneSpec, fusion: Option<FusionConfig>) {
     let name = format!("{} + {}", backbone.name(), fusion.as_ref().map_or("image-only", |f| f.kind.as_str()));
     let config = ModelConfig {
+        pretrained: None,
         backbone: Some(backbone.clone()),
         feature_dim: None,
         num_classes: 5,

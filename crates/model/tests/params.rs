@@ -9,6 +9,7 @@ use dmlp_model::{Classifier, ModelConfig, ModelDType, ParamCounts};
 
 fn counts(backbone: BackbonePreset, fusion: Option<FusionConfig>, num_classes: usize) -> ParamCounts {
     let config = ModelConfig {
+        pretrained: None,
         backbone: Some(BackboneSpec::Preset(backbone)),
         feature_dim: None,
         num_classes,
@@ -22,6 +23,7 @@ fn counts(backbone: BackbonePreset, fusion: Option<FusionConfig>, num_classes: u
 fn head_counts(kind: FusionKind, d: usize, h: usize, n: usize) -> ParamCounts {
     let fusion = FusionConfig { mlp_d: d, mlp_h: h, mlp_n: n, ..FusionConfig::with_defaults(kind) };
     let config = ModelConfig {
+        pretrained: None,
         backbone: None,
         feature_dim: Some(2048),
         num_classes: 100,

@@ -16,6 +16,7 @@ fn fixture(name: &str) -> PathBuf {
 /// A small fused model: ten-layer ResNet of width 8, Dynamic MLP-C of d 16, h 8.
 fn small_config(dtype: ModelDType) -> ModelConfig {
     ModelConfig {
+        pretrained: None,
         backbone: Some(BackboneSpec::Custom(CustomBackbone::Resnet {
             block: BlockKind::Basic,
             layers: vec![1, 1, 1, 1],
@@ -31,6 +32,7 @@ fn small_config(dtype: ModelDType) -> ModelConfig {
 
 fn head_config() -> ModelConfig {
     ModelConfig {
+        pretrained: None,
         backbone: None,
         feature_dim: Some(4),
         num_classes: 3,

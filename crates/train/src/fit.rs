@@ -172,6 +172,8 @@ pub trait FitObserver {
     fn epoch_finished(&mut self, _metrics: &EpochMetrics, _epochs: usize) {}
     /// Something the operator should know that does not stop the run.
     fn warning(&mut self, _message: &str) {}
+    /// A fact about the run worth one line (what was loaded, from where).
+    fn note(&mut self, _message: &str) {}
     /// The run stops with an error.
     fn failed(&mut self) {}
 }

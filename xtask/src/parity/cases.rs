@@ -41,8 +41,10 @@ pub(super) fn load_and_run(dir: &Path, device: &Device) -> Result<(String, Outco
         "checkpoint" => parse(&path, value).and_then(|case| run_checkpoint(dir, &case)),
         "train_step" => parse(&path, value).and_then(|case| run_train_step(dir, &case, device)),
         "priorsnet_step" => parse(&path, value).and_then(|case| run_priorsnet_step(dir, &case, device)),
+        "pretrained" => parse(&path, value).and_then(|case| run_pretrained(dir, &case, device)),
         other => Err(anyhow!(
-            "unknown case kind {other:?}: expected encoding, fusion, model, checkpoint, train_step or priorsnet_step"
+            "unknown case kind {other:?}: expected encoding, fusion, model, checkpoint, train_step, priorsnet_step or \
+             pretrained"
         )),
     };
     match outcome {
@@ -205,6 +207,7 @@ struct ModelCase {
 
 fn run_model(dir: &Path, case: &ModelCase, device: &Device) -> anyhow::Result<Outcome> {
     let config = ModelConfig {
+        pretrained: None,
         backbone: Some(case.backbone.clone()),
         feature_dim: None,
         num_classes: case.num_classes,
@@ -226,6 +229,70 @@ fn run_model(dir: &Path, case: &ModelCase, device: &Device) -> anyhow::Result<Ou
         ("fused", out.fused),
     ];
     Ok(verdict(compare_all(&computed, &expected, &case.tolerance)?))
+}
+
+#[derive(Debug, Deserialize)]
+struct PretrainedCase {
+    backbone: BackboneSpec,
+    /// A path (relative to the case folder) or an `hf:ORG/NAME[@REV]` id.
+    weights: String,
+    /// The Hugging Face cache an `hf:` id resolves in, offline (relative to the case folder).
+    hf_cache: Option<PathBuf>,
+    inputs: PathBuf,
+    expected: PathBuf,
+    loaded: usize,
+    skipped: Vec<String>,
+    tolerance: Tolerance,
+}
+
+/// A backbone initialised through `[model] pretrained`'s own path (resolve → read → load the
+/// backbone by name), then run in eval mode. `num_batches_tracked` entries are neither loaded
+/// nor skipped on either side.
+fn run_pretrained(dir: &Path, case: &PretrainedCase, device: &Device) -> anyhow::Result<Outcome> {
+    let (source, hub) = match dmlp_pretrained::WeightsSource::parse(&case.weights)? {
+        dmlp_pretrained::WeightsSource::Hub(_) => {
+            let cache = case.hf_cache.as_ref().context("an hf: id needs the case's hf_cache folder")?;
+            (case.weights.clone(), dmlp_pretrained::HubSettings::offline(dir.join(cache)))
+        }
+        dmlp_pretrained::WeightsSource::File(path) => (
+            dir.join(path).to_string_lossy().into_owned(),
+            // A file needs no cache; an empty folder keeps the Hub out of it.
+            dmlp_pretrained::HubSettings::offline(dir.join("no-hub-cache")),
+        ),
+    };
+    let config =
+        ModelConfig { pretrained: Some(source.clone()), ..ModelConfig::image_only(case.backbone.clone(), 1000) };
+    let model = Classifier::new(&config, 0, device)?;
+    let resolved = dmlp_experiment::resolve_pretrained(&source, &hub)?;
+    let init = dmlp_experiment::load_pretrained(&model, resolved)?;
+    let inputs = load_tensors(dir, &case.inputs, device)?;
+    let image = take(&inputs, "image", &case.inputs)?;
+    let out = model.forward_t(&image, None, false)?;
+    let expected = load_tensors(dir, &case.expected, &Device::Cpu)?;
+    let mut checks = compare_all(&[("features", Some(out.features))], &expected, &case.tolerance)?;
+    let exact = Tolerance { rel_l2: None, max_abs: Some(0.0) };
+    checks.push(TensorCheck::from_values(
+        &format!("loaded: {} backbone tensors (expected {})", init.load.loaded, case.loaded),
+        &[init.load.loaded as f64],
+        &[case.loaded as f64],
+        &exact,
+    ));
+    let not_counter = |name: &&String| !name.ends_with("num_batches_tracked");
+    let skipped: Vec<&String> = init.load.skipped.keys().filter(not_counter).collect();
+    let mut expected_skipped: Vec<&String> = case.skipped.iter().filter(not_counter).collect();
+    expected_skipped.sort();
+    let same = skipped == expected_skipped;
+    checks.push(TensorCheck::from_values(
+        &if same {
+            format!("skipped: {skipped:?}")
+        } else {
+            format!("skipped: {skipped:?}, expected {expected_skipped:?}")
+        },
+        &[f64::from(u8::from(!same))],
+        &[0.0],
+        &exact,
+    ));
+    Ok(verdict(checks))
 }
 
 #[derive(Debug, Deserialize)]
@@ -331,6 +398,7 @@ fn run_train_step(dir: &Path, case: &TrainStepCase, device: &Device) -> anyhow::
     let perm = take(&inputs, "perm", &case.inputs)?;
     let features = if case.backbone.is_none() { Some(take(&inputs, "image_features", &case.inputs)?) } else { None };
     let config = ModelConfig {
+        pretrained: None,
         backbone: case.backbone.clone(),
         feature_dim: features.as_ref().map(|f| f.dim(1)).transpose()?,
         num_classes: case.num_classes,

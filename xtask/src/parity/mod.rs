@@ -2,7 +2,8 @@
 //! computes each with dmlp, and compares with the reference's numbers.
 //!
 //! Kinds: `encoding`, `fusion`, `model`, `checkpoint`, `train_step` (through the trainer's own
-//! `classifier_step`), `priorsnet_step` (through PriorsNet's `Trainable` step). A case asking for
+//! `classifier_step`), `priorsnet_step` (through PriorsNet's `Trainable` step), `pretrained`
+//! (through `[model] pretrained`'s own resolve-and-load path). A case asking for
 //! what is not implemented (another optimiser, other BatchNorm momentum) is reported as
 //! unsupported by name without failing the run; an unknown kind or an unreadable case fails it.
 

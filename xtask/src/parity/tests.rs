@@ -63,7 +63,7 @@ fn assert_all_pass(kind: &str, name_filter: impl Fn(&Path) -> bool) {
 fn committed_parity_cases_pass() {
     let dir = crate::paths::committed_parity_dir();
     let cases = collect_case_dirs(&[dir]).expect("the committed parity cases");
-    for kind in ["encoding", "fusion", "model", "train_step"] {
+    for kind in ["encoding", "fusion", "model", "train_step", "pretrained"] {
         assert!(!cases_of_kind(&cases, kind).is_empty(), "no committed {kind} case");
     }
     assert_cases_pass(&cases);
@@ -97,6 +97,11 @@ fn reference_resnet_model_cases_pass() {
 #[test]
 fn reference_sk2res2net_model_cases_pass() {
     assert_all_pass("model", |case| !case.to_string_lossy().contains("resnet"));
+}
+
+#[test]
+fn reference_pretrained_cases_pass() {
+    assert_all_pass("pretrained", |_| true);
 }
 
 #[test]

@@ -77,6 +77,7 @@ fn model_config(
         ..FusionConfig::with_defaults(kind)
     });
     ModelConfig {
+        pretrained: None,
         backbone: Some(backbone),
         feature_dim: None,
         num_classes,
@@ -201,6 +202,16 @@ impl Matrix<'_> {
         if self.args.smoke { row.smoke_backbone.clone() } else { BackboneSpec::Preset(row.backbone) }
     }
 
+    /// The row's pretrained source, a relative file path resolved against the repository's root.
+    fn pretrained(&self, row: &table::BackboneRow) -> String {
+        match dmlp_pretrained::WeightsSource::parse(&row.pretrained) {
+            Ok(dmlp_pretrained::WeightsSource::File(path)) if path.is_relative() => {
+                crate::paths::project_root().join(path).to_string_lossy().into_owned()
+            }
+            _ => row.pretrained.clone(),
+        }
+    }
+
     fn data(&self, dataset: &DatasetColumn, d: usize) -> DataConfig {
         let smoke = self.args.smoke;
         DataConfig {
@@ -221,8 +232,11 @@ impl Matrix<'_> {
     /// The model config of `method` at this run's scale, and at the paper's.
     fn models(&self, cell: &Cell<'_>, method: &MethodRow) -> (ModelConfig, ModelConfig) {
         let dataset = &self.table.datasets[cell.dataset];
-        let model =
+        let mut model =
             model_config(self.backbone(cell.backbone), method, dataset, self.num_classes(dataset), &self.recipe);
+        if !self.args.smoke {
+            model.pretrained = Some(self.pretrained(cell.backbone));
+        }
         let full = model_config(
             BackboneSpec::Preset(cell.backbone.backbone),
             method,
@@ -247,7 +261,7 @@ impl Matrix<'_> {
                 eprintln!("{}: {}", cell.tag, if resume { "resuming" } else { "training" });
                 let data = self.data(&self.table.datasets[cell.dataset], cell.dataset);
                 let config = RunConfig { model: model.clone(), data, train: train_config(&self.recipe) };
-                let options = RunOptions { resume, stop_after: None };
+                let options = RunOptions { resume, stop_after: None, hub: None };
                 let mut observer = ProgressBars::new("");
                 train_run(&config, &run_dir, &self.device, options, &self.provenance, &mut observer)
                     .with_context(|| format!("cell {}", cell.name))?
@@ -281,7 +295,7 @@ impl Matrix<'_> {
                 let resume = has_checkpoint(&run_dir)?;
                 let doing = if resume { "resuming" } else { "training" };
                 eprintln!("{}: {doing} over {}", cell.tag, image_dir.display());
-                let options = RunOptions { resume, stop_after: None };
+                let options = RunOptions { resume, stop_after: None, hub: None };
                 let mut observer = ProgressBars::new(&format!("{:?}", baseline.kind).to_lowercase());
                 let summary = dmlp_experiment::baseline_run(
                     &image_config,
@@ -331,6 +345,16 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<ExitCode> {
         smoke_baselines,
     };
     let results_dir = if args.smoke { root.join("results").join("smoke") } else { root.join("results") };
+    if !args.smoke {
+        // Every backbone's ImageNet file is found (or fetched) before hours of training start.
+        let hub = dmlp_pretrained::HubSettings::from_env();
+        for backbone in &table.backbones {
+            let source = matrix.pretrained(backbone);
+            let found = dmlp_experiment::resolve_pretrained(&source, &hub)
+                .with_context(|| format!("{}: the {} backbone's pretrained weights", table.name, backbone.key))?;
+            eprintln!("{}: pretrained {} (sha256 {})", backbone.key, found.path.display(), found.sha256);
+        }
+    }
 
     // Image-only rows first: the baselines sit on them.
     let mut order: Vec<&MethodRow> = table.methods.iter().filter(|m| m.baseline.is_none()).collect();

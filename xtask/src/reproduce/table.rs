@@ -48,6 +48,9 @@ pub(crate) struct BackboneRow {
     pub key: String,
     pub label: String,
     pub backbone: BackbonePreset,
+    /// The ImageNet weights a full run starts from (`[model] pretrained`; a relative path
+    /// resolves against the repository's root); `--smoke` runs start from random weights.
+    pub pretrained: String,
     pub smoke_backbone: BackboneSpec,
 }
 

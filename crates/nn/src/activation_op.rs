@@ -113,13 +113,18 @@ impl CustomOp2 for ReluMaskOp {
 }
 
 fn is_cpu_float(xs: &Tensor) -> bool {
-    matches!(xs.device(), candle_core::Device::Cpu)
-        && matches!(xs.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+    crate::cpu::custom_cpu_ops(xs.device()) && matches!(xs.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
 }
 
 /// `max(x, 0)`; its gradient is `dy · [y > 0]`, as PyTorch's.
 pub fn relu(xs: &Tensor) -> Result<Tensor> {
-    if is_cpu_float(xs) { xs.contiguous()?.apply_op1(ReluOp) } else { xs.relu() }
+    if is_cpu_float(xs) { xs.contiguous()?.apply_op1(ReluOp) } else { relu_generic(xs) }
+}
+
+/// Any device: `x · [x > 0]`. candle's own `relu` passes the gradient at exactly 0 (its backward
+/// tests `x ≥ 0`), where PyTorch's gives 0.
+fn relu_generic(xs: &Tensor) -> Result<Tensor> {
+    xs.mul(&xs.gt(0.0)?.to_dtype(xs.dtype())?)
 }
 
 /// `max(a + b, 0)`, the end of a residual block, as one op.
@@ -127,7 +132,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if is_cpu_float(a) && a.dtype() == b.dtype() && a.dims() == b.dims() {
         a.contiguous()?.apply_op2(&b.contiguous()?, AddReluOp)
     } else {
-        (a + b)?.relu()
+        relu_generic(&(a + b)?)
     }
 }
 

@@ -70,14 +70,13 @@ impl Module for Conv2d {
 }
 
 /// The convolution itself: on the CPU the project's op (im2col + gemm, forward and backward as
-/// matrix products; half precision goes through f32), elsewhere candle's kernels.
+/// matrix products; half precision goes through f32), elsewhere [`conv2d_generic`].
 ///
 /// # Shapes
 /// `xs: [B, C, H, W]`, `weight: [O, C/groups, kh, kw]` → `[B, O, H', W']`.
 pub fn conv2d_forward(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> Result<Tensor> {
-    if !matches!(xs.device(), candle_core::Device::Cpu) {
-        let c = config;
-        return xs.conv2d(weight, c.padding, c.stride, c.dilation, c.groups);
+    if !crate::cpu::custom_cpu_ops(xs.device()) {
+        return conv2d_generic(xs, weight, config);
     }
     match xs.dtype() {
         DType::F32 | DType::F64 => xs.contiguous()?.apply_op2(&weight.contiguous()?, Conv2dOp(config)),
@@ -87,4 +86,36 @@ pub fn conv2d_forward(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> Res
             xs.apply_op2(&weight, Conv2dOp(config))?.to_dtype(dtype)
         }
     }
+}
+
+/// candle's convolution, on any device, with a correct backward. candle's backward gets the
+/// input gradient from a transposed convolution whose output padding (the input rows after the
+/// last window: the remainder of `(len + 2p − reach) / stride`) it derives from the height alone,
+/// and it fails whenever a remainder is not zero (`crates/nn/tests/conv.rs`). So then the input is
+/// padded explicitly and cut to the rows and columns the windows read, which makes both remainders
+/// zero; the cut ones, which no window reads, get the zero gradient they should.
+///
+/// # Shapes
+/// As [`conv2d_forward`].
+pub(crate) fn conv2d_generic(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> Result<Tensor> {
+    let c = config;
+    let (_, _, h, w) = xs.dims4()?;
+    let (_, _, kh, kw) = weight.dims4()?;
+    // (extent the windows read in the padded input, remainder after the last window).
+    let windows = |len: usize, k: usize| -> Result<(usize, usize)> {
+        let reach = c.dilation * (k.max(1) - 1) + 1;
+        let padded = len + 2 * c.padding;
+        if padded < reach || c.stride == 0 {
+            candle_core::bail!("conv2d: a kernel of {k} (dilation {}) does not fit {len} + 2·{}", c.dilation, c.padding)
+        }
+        let remainder = (padded - reach) % c.stride;
+        Ok((padded - remainder, remainder))
+    };
+    let ((extent_h, rem_h), (extent_w, rem_w)) = (windows(h, kh)?, windows(w, kw)?);
+    if rem_h == 0 && rem_w == 0 {
+        return xs.conv2d(weight, c.padding, c.stride, c.dilation, c.groups);
+    }
+    let p = c.padding;
+    let padded = xs.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+    padded.narrow(2, 0, extent_h)?.narrow(3, 0, extent_w)?.conv2d(weight, 0, c.stride, c.dilation, c.groups)
 }

@@ -1,6 +1,38 @@
-//! Shared plumbing of the CPU custom ops: float-type dispatch and contiguous views.
+//! Shared plumbing of the CPU custom ops: which path an op takes, float-type dispatch and
+//! contiguous views.
+//!
+//! Every op of this crate has two paths: a CPU custom op (hand-written forward and backward) and
+//! a device-generic one composed from candle primitives that have CUDA kernels and a correct
+//! backward. The generic path is what runs on CUDA; [`with_generic_ops`] forces it on the CPU, so
+//! the tests check it there against the custom ops, values and gradients.
 
-use candle_core::{CpuStorage, Layout, Result, WithDType, bail};
+use std::cell::Cell;
+
+use candle_core::{CpuStorage, Device, Layout, Result, WithDType, bail};
+
+thread_local! {
+    static GENERIC_OPS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this crate's CPU custom ops run for tensors on `device`: on the CPU, unless the
+/// calling thread is inside [`with_generic_ops`].
+pub(crate) fn custom_cpu_ops(device: &Device) -> bool {
+    device.is_cpu() && !GENERIC_OPS.with(Cell::get)
+}
+
+/// Runs `f` with every op of this crate built on its device-generic path (the path CUDA takes),
+/// even for CPU tensors. An op's path is chosen when its forward runs, so a backward may run
+/// outside. The setting is per thread and restored when `f` returns or panics.
+pub fn with_generic_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GENERIC_OPS.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GENERIC_OPS.with(|g| g.replace(true)));
+    f()
+}
 
 /// The slice of `storage` that the contiguous `layout` covers; `op` names the op in the error.
 pub(crate) fn contiguous<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [T]> {

@@ -34,6 +34,7 @@ mod vecmat_op;
 
 pub use activation_op::{add_relu, relu};
 pub use conv::{Conv2d, Conv2dConfig, conv2d, conv2d_forward};
+pub use cpu::with_generic_ops;
 pub use cpu_threads::configure_cpu_threads;
 pub use linear::{Linear, linear, linear_forward};
 pub use memory::keep_freed_memory;

@@ -1,6 +1,6 @@
 //! Fully connected layers with PyTorch's initialisation.
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::init::pytorch_default;
@@ -51,7 +51,7 @@ impl Module for Linear {
 /// `x·Wᵀ + b` for `x: [B, in]`: on the CPU the project's op (direct gemm calls, bias folded
 /// into the product; half precision through f32), elsewhere candle's matmul.
 pub fn linear_forward(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    if !matches!(xs.device(), Device::Cpu) {
+    if !crate::cpu::custom_cpu_ops(xs.device()) {
         let ys = xs.matmul(&weight.t()?)?;
         return match bias {
             Some(bias) => ys.broadcast_add(bias),

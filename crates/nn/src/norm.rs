@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use candle_core::{D, DType, Device, Module, ModuleT, Result, Tensor, Var};
+use candle_core::{D, DType, Module, ModuleT, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use crate::batch_norm_op::{BatchNormTrainOp, Stats};
@@ -75,9 +75,10 @@ impl BatchNorm {
     /// # Shapes
     /// `xs: [B, C, H, W]` or `[B, C]` → same shape.
     pub fn forward_relu_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        match (train, xs.device()) {
-            (true, Device::Cpu) => self.forward_train(xs, true),
-            _ => crate::relu(&self.forward_t(xs, train)?),
+        if train && crate::cpu::custom_cpu_ops(xs.device()) {
+            self.forward_train(xs, true)
+        } else {
+            crate::relu(&self.forward_t(xs, train)?)
         }
     }
 
@@ -90,10 +91,12 @@ impl BatchNorm {
                 xs.shape()
             );
         }
-        let (ys, mean, var) = match xs.device() {
-            Device::Cpu => self.batch_statistics_fused(xs, relu)?,
-            _ if relu => candle_core::bail!("batch norm with a fused ReLU runs on the CPU only"),
-            _ => self.batch_statistics_composed(xs)?,
+        let (ys, mean, var) = if crate::cpu::custom_cpu_ops(xs.device()) {
+            self.batch_statistics_fused(xs, relu)?
+        } else if relu {
+            candle_core::bail!("batch norm with a fused ReLU runs on the CPU only")
+        } else {
+            self.batch_statistics_composed(xs)?
         };
         // PyTorch: running = (1 − m)·running + m·batch, with the unbiased batch variance.
         let m = self.momentum;
@@ -181,11 +184,10 @@ impl Module for LayerNorm {
         let compute = if matches!(dtype, DType::F16 | DType::BF16) { DType::F32 } else { dtype };
         let xs = xs.to_dtype(compute)?;
         let (weight, bias) = (self.weight.to_dtype(compute)?, self.bias.to_dtype(compute)?);
-        let ys = match xs.device() {
-            Device::Cpu => {
-                xs.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps: self.eps })?
-            }
-            _ => layer_norm_composed(&xs, &weight, &bias, self.eps)?,
+        let ys = if crate::cpu::custom_cpu_ops(xs.device()) {
+            xs.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps: self.eps })?
+        } else {
+            layer_norm_composed(&xs, &weight, &bias, self.eps)?
         };
         ys.to_dtype(dtype)
     }

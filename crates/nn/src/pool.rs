@@ -3,10 +3,13 @@
 //! scales max-pool gradients wrongly; see `shared/reference/candle-notes.md`).
 //!
 //! On the CPU these run as custom ops with hand-written forward and backward. On other devices
-//! they compute the same forward from candle's kernels on a padded input (`forward_with_candle`),
-//! whose backward candle supports only when the kernel equals the stride.
+//! (and on the CPU inside [`crate::with_generic_ops`]) they run `forward_generic`: the input padded,
+//! each window offset taken with `index_select`, the max picked by `argmax` + `gather` (so the
+//! gradient goes to the first maximum of each window, as PyTorch routes it) and the mean divided
+//! by each window's count; every primitive has a CUDA kernel and a backward, so no pooling
+//! backward of candle's is used.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Device, Layout, Result, Shape, Tensor, WithDType, bail};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Result, Shape, Tensor, WithDType, bail};
 
 use crate::cpu::{contiguous, dispatch_float};
 
@@ -302,18 +305,22 @@ impl MaxPool2d {
     /// `xs: [B, C, H, W]` → `[B, C, H', W']`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let geometry = self.geometry();
-        if let Device::Cpu = xs.device() {
+        if crate::cpu::custom_cpu_ops(xs.device()) {
             return apply_cpu(xs, |xs| xs.apply_op1(MaxPoolOp(geometry)));
         }
-        self.forward_with_candle(xs)
+        self.forward_generic(xs)
     }
 
-    /// The same forward from candle's kernel on a −∞-padded input (any device; candle's backward
-    /// only when kernel == stride).
-    pub fn forward_with_candle(&self, xs: &Tensor) -> Result<Tensor> {
+    /// Any device: the windows of the −∞-padded input side by side, the first maximum of each
+    /// gathered (a NaN does not win here, unlike PyTorch; training stops on a NaN loss anyway).
+    fn forward_generic(&self, xs: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = xs.dims4()?;
-        let padded = pad_for(self.geometry(), xs, h, w, f64::NEG_INFINITY)?;
-        padded.max_pool2d_with_stride(self.kernel, self.stride)
+        let geometry = self.geometry();
+        geometry.check(h, w)?;
+        let padded = pad_for(geometry, xs, h, w, f64::NEG_INFINITY)?;
+        let windows = Tensor::stack(&window_offsets(geometry, &padded, h, w)?, 4)?; // [B, C, H', W', k²]
+        let first_max = windows.argmax_keepdim(4)?;
+        windows.gather(&first_max, 4)?.squeeze(4)
     }
 }
 
@@ -326,30 +333,56 @@ impl AvgPool2d {
     /// `xs: [B, C, H, W]` → `[B, C, H', W']`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let geometry = self.geometry();
-        if let Device::Cpu = xs.device() {
+        if crate::cpu::custom_cpu_ops(xs.device()) {
             return apply_cpu(xs, |xs| xs.apply_op1(AvgPoolOp(geometry, self.count_include_pad)));
         }
-        self.forward_with_candle(xs)
+        self.forward_generic(xs)
     }
 
-    /// The same forward from candle's kernel (any device; candle's backward only when
-    /// kernel == stride): window means of the zero-padded input divided by the window means of a
-    /// mask of the positions that count.
-    pub fn forward_with_candle(&self, xs: &Tensor) -> Result<Tensor> {
+    /// Any device: the sum of the window offsets of the zero-padded input, divided by each
+    /// window's count (PyTorch's divisor: the padded window, or only the input's positions).
+    fn forward_generic(&self, xs: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = xs.dims4()?;
         let geometry = self.geometry();
-        let means = pad_for(geometry, xs, h, w, 0.0)?.avg_pool2d_with_stride(self.kernel, self.stride)?;
-        // Positions that count: the input, and the padding too when count_include_pad.
-        let p = self.padding;
-        let mask = if self.count_include_pad {
-            let ones = Tensor::ones((1, 1, h + 2 * p, w + 2 * p), xs.dtype(), xs.device())?;
-            pad_sides(&ones, (0, ceil_extra(geometry, h)?), (0, ceil_extra(geometry, w)?), 0.0)?
-        } else {
-            pad_for(geometry, &Tensor::ones((1, 1, h, w), xs.dtype(), xs.device())?, h, w, 0.0)?
-        };
-        let fractions = mask.avg_pool2d_with_stride(self.kernel, self.stride)?;
-        means.broadcast_div(&fractions)
+        let (oh, ow) = geometry.check(h, w)?;
+        let padded = pad_for(geometry, xs, h, w, 0.0)?;
+        let mut sum: Option<Tensor> = None;
+        for offset in window_offsets(geometry, &padded, h, w)? {
+            sum = Some(match sum {
+                Some(sum) => (sum + offset)?,
+                None => offset,
+            });
+        }
+        let Some(sum) = sum else { candle_core::bail!("avg pool with an empty kernel") };
+        let mut divisors = Vec::with_capacity(oh * ow);
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (rows, cols) = (geometry.window(oy, h), geometry.window(ox, w));
+                divisors.push(geometry.divisor(self.count_include_pad, rows, cols));
+            }
+        }
+        let divisors = Tensor::from_vec(divisors, (1, 1, oh, ow), xs.device())?.to_dtype(xs.dtype())?;
+        sum.broadcast_div(&divisors)
     }
+}
+
+/// For each offset `(ky, kx)` of the window, row-major, the `[B, C, H', W']` tensor of the padded
+/// input's values at that offset of every window (`padded` from [`pad_for`]).
+fn window_offsets(geometry: Geometry, padded: &Tensor, h: usize, w: usize) -> Result<Vec<Tensor>> {
+    let (oh, ow) = geometry.check(h, w)?;
+    let device = padded.device();
+    let starts = |out: usize, offset: usize| -> Result<Tensor> {
+        let idx: Vec<u32> = (0..out).map(|o| (o * geometry.stride + offset) as u32).collect();
+        Tensor::from_vec(idx, out, device)
+    };
+    let mut offsets = Vec::with_capacity(geometry.kernel * geometry.kernel);
+    for ky in 0..geometry.kernel {
+        let rows = padded.index_select(&starts(oh, ky)?, 2)?;
+        for kx in 0..geometry.kernel {
+            offsets.push(rows.index_select(&starts(ow, kx)?, 3)?);
+        }
+    }
+    Ok(offsets)
 }
 
 /// Rows (or columns) beyond the padded input that `ceil_mode`'s last window reaches.
@@ -400,6 +433,8 @@ pub fn global_avg_pool(xs: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
+    use candle_core::Device;
+
     use super::*;
 
     fn t(data: &[f64], shape: (usize, usize, usize, usize)) -> Tensor {
@@ -447,7 +482,7 @@ mod tests {
     }
 
     #[test]
-    fn candle_fallback_computes_the_same_forward() {
+    fn generic_path_computes_the_same_forward() {
         let data: Vec<f64> = (0..2 * 3 * 7 * 9).map(|i| ((i * 53 % 17) as f64) - 8.0).collect();
         let xs = t(&data, (2, 3, 7, 9));
         let values = |ys: Tensor| ys.flatten_all().unwrap().to_vec1::<f64>().unwrap();
@@ -455,11 +490,11 @@ mod tests {
             for ceil_mode in [false, true] {
                 let max = MaxPool2d { kernel, stride, padding, ceil_mode };
                 let case = format!("max k{kernel} s{stride} p{padding} ceil {ceil_mode}");
-                assert_eq!(values(max.forward(&xs).unwrap()), values(max.forward_with_candle(&xs).unwrap()), "{case}");
+                assert_eq!(values(max.forward(&xs).unwrap()), values(max.forward_generic(&xs).unwrap()), "{case}");
                 for count_include_pad in [false, true] {
                     let avg = AvgPool2d { kernel, stride, padding, ceil_mode, count_include_pad };
                     let a = values(avg.forward(&xs).unwrap());
-                    let b = values(avg.forward_with_candle(&xs).unwrap());
+                    let b = values(avg.forward_generic(&xs).unwrap());
                     assert_eq!(a.len(), b.len());
                     for (x, y) in a.iter().zip(&b) {
                         assert!((x - y).abs() < 1e-12, "avg {case} include_pad {count_include_pad}: {a:?} vs {b:?}");

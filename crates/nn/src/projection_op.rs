@@ -24,7 +24,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, WithDType, bail};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, bail};
 use rayon::prelude::*;
 
 use crate::cpu::{contiguous, dispatch_float};
@@ -208,7 +208,7 @@ pub fn generated_projection(u: &Tensor, h: &Tensor, generator: &Linear, (i, o): 
             h.dims()
         )
     }
-    let fused = matches!(u.device(), Device::Cpu)
+    let fused = crate::cpu::custom_cpu_ops(u.device())
         && matches!(u.dtype(), DType::F32 | DType::F64)
         && h.dtype() == u.dtype()
         && generator.weight().dtype() == u.dtype();

@@ -129,7 +129,7 @@ pub fn batched_vecmat(u: &Tensor, w: &Tensor) -> Result<Tensor> {
     if b != b_w || i == 0 || io % i != 0 {
         bail!("batched vecmat: u {:?} does not fit W {:?}", u.dims(), w.dims())
     }
-    let cpu_float = matches!(u.device(), candle_core::Device::Cpu)
+    let cpu_float = crate::cpu::custom_cpu_ops(u.device())
         && matches!(u.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
     if cpu_float {
         return u.contiguous()?.apply_op2(&w.contiguous()?, VecmatOp);

@@ -1,6 +1,10 @@
 //! The convolution op against candle's own convolution (forward and both gradients, which candle
 //! computes correctly, only slowly) and against central finite differences in float64.
 
+mod common;
+
+use common::{assert_close, values};
+
 use candle_core::{DType, Device, Tensor, Var};
 use dmlp_nn::{Conv2dConfig, conv2d_forward};
 
@@ -21,18 +25,6 @@ const CASES: [Case; 12] = [
     (1, 2, 2, 5, 8, 3, 3, 1, 1, 1),   // stride 3, uneven
     (2, 3, 5, 6, 5, 2, 2, 1, 1, 1),   // even kernel with padding
 ];
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
-}
-
-fn assert_close(what: &str, a: &[f64], b: &[f64], tol: f64) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    let scale = b.iter().map(|v| v.abs()).fold(1.0, f64::max);
-    for (idx, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= tol * scale, "{what}[{idx}]: {x} vs {y}");
-    }
-}
 
 #[test]
 fn forward_and_gradients_match_candles_convolution() {

@@ -14,7 +14,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution};
 
 use crate::fit::{Batches, StepContext, StepOutcome, Trainable};
-use crate::{Optimizer, SeedStream, TrainConfig, TrainError, label_smoothing_loss, mixup, mixup_loss};
+use crate::{
+    Optimizer, SeedStream, TrainConfig, TrainError, label_smoothing_loss, mixup, mixup_loss, mixup_loss_share,
+};
 
 /// One step's mixup: `λ` and the permutation `[B]` (u32) that pairs each sample with another.
 #[derive(Debug, Clone)]
@@ -46,6 +48,11 @@ pub struct ClassifierStep {
 /// one `λ` and permutation, `λ·LS(out, y) + (1 − λ)·LS(out, y[perm])` with label smoothing,
 /// backward, and the optimiser's update at `step.lr`. A non-finite loss stops before the update.
 ///
+/// With `micro_batches > 1` (gradient accumulation) the mixed batch goes through the model in
+/// that many near-equal parts, each with its own BatchNorm statistics (as on that many GPUs), and
+/// their gradients add up to the whole batch's mean loss before one update. A part never holds
+/// fewer than two images (BatchNorm needs two), so a small last batch takes fewer parts.
+///
 /// # Shapes
 /// `input`: `[B, 3, H, W]` or `[B, F]`; `loc: [B, cin]`; `targets: [B]` → logits `[B, C]`.
 pub fn classifier_step(
@@ -56,19 +63,72 @@ pub fn classifier_step(
     targets: &Tensor,
     mix: &Mixup,
     smoothing: f64,
+    micro_batches: usize,
     step: &StepContext,
 ) -> Result<ClassifierStep, TrainError> {
     let loc = loc.map(|loc| mixup(loc, &mix.perm, mix.lambda)).transpose()?;
-    let out = match input {
-        StepInput::Images(images) => model.forward_t(&mixup(images, &mix.perm, mix.lambda)?, loc.as_ref(), true)?,
-        StepInput::Features(features) => {
-            model.forward_features_t(&mixup(features, &mix.perm, mix.lambda)?, loc.as_ref(), true)?
-        }
+    let (mixed, images) = match input {
+        StepInput::Images(images) => (mixup(images, &mix.perm, mix.lambda)?, true),
+        StepInput::Features(features) => (mixup(features, &mix.perm, mix.lambda)?, false),
     };
-    let loss = mixup_loss(&out.logits, targets, &mix.perm, mix.lambda, smoothing)?;
-    let value = step.check_loss(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?)?;
-    optimizer.step(&loss.backward()?, step.lr)?;
-    Ok(ClassifierStep { loss: value, logits: out.logits })
+    let forward = |xs: &Tensor, loc: Option<&Tensor>| -> Result<Tensor, TrainError> {
+        Ok(if images {
+            model.forward_t(xs, loc, true)?.logits
+        } else {
+            model.forward_features_t(xs, loc, true)?.logits
+        })
+    };
+    let n = mixed.dim(0)?;
+    let parts = micro_batches.clamp(1, (n / 2).max(1));
+    if parts == 1 {
+        let logits = forward(&mixed, loc.as_ref())?;
+        let loss = mixup_loss(&logits, targets, &mix.perm, mix.lambda, smoothing)?;
+        let value = step.check_loss(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?)?;
+        optimizer.step(&loss.backward()?, step.lr)?;
+        return Ok(ClassifierStep { loss: value, logits });
+    }
+    let permuted = targets.index_select(&mix.perm.to_dtype(DType::U32)?, 0)?;
+    let trainable = model.store().trainable_vars();
+    let mut total: Option<candle_core::backprop::GradStore> = None;
+    let (mut value, mut all_logits) = (0.0, Vec::with_capacity(parts));
+    let mut start = 0;
+    for part in 0..parts {
+        let len = n / parts + usize::from(part < n % parts);
+        let part_input = mixed.narrow(0, start, len)?;
+        let part_loc = loc.as_ref().map(|loc| loc.narrow(0, start, len)).transpose()?;
+        let logits = forward(&part_input, part_loc.as_ref())?;
+        let share = mixup_loss_share(
+            &logits,
+            &targets.narrow(0, start, len)?,
+            &permuted.narrow(0, start, len)?,
+            mix.lambda,
+            smoothing,
+            n,
+        )?;
+        value += share.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let grads = share.backward()?;
+        match &mut total {
+            None => total = Some(grads),
+            Some(total) => {
+                for (_, var) in &trainable {
+                    if let Some(grad) = grads.get(var.as_tensor()) {
+                        let sum = match total.get(var.as_tensor()) {
+                            Some(acc) => (acc + grad)?,
+                            None => grad.clone(),
+                        };
+                        total.insert(var.as_tensor(), sum);
+                    }
+                }
+            }
+        }
+        all_logits.push(logits.detach());
+        start += len;
+    }
+    let value = step.check_loss(value)?;
+    if let Some(total) = total {
+        optimizer.step(&total, step.lr)?;
+    }
+    Ok(ClassifierStep { loss: value, logits: Tensor::cat(&all_logits, 0)? })
 }
 
 /// λ and the permutation of one step, drawn from the mixup stream (λ = 1 and the identity when
@@ -150,6 +210,7 @@ impl Trainable for ClassifierTrainer<'_> {
             &batch.targets,
             &mix,
             self.config.label_smoothing,
+            self.config.accumulate,
             step,
         )?;
         let targets = to_u32(&batch.targets)?;

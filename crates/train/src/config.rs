@@ -48,6 +48,11 @@ pub struct TrainConfig {
     /// Images per evaluation step (defaults to `batch_size`).
     #[serde(default)]
     pub eval_batch_size: Option<usize>,
+    /// Gradient accumulation: each batch goes through the model in this many parts (BatchNorm
+    /// statistics per part, as on that many GPUs), one update per batch. The paper's 8 GPUs × 64
+    /// on one GPU: `batch_size = 512`, `accumulate = 8`. Default 1.
+    #[serde(default = "TrainConfig::default_accumulate")]
+    pub accumulate: usize,
 }
 
 impl TrainConfig {
@@ -68,6 +73,7 @@ impl TrainConfig {
             mixup_alpha: Self::default_mixup_alpha(),
             seed: Self::default_seed(),
             eval_batch_size: None,
+            accumulate: Self::default_accumulate(),
         }
     }
 
@@ -104,9 +110,19 @@ impl TrainConfig {
         37
     }
 
+    fn default_accumulate() -> usize {
+        1
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.epochs == 0 || self.batch_size == 0 {
             return Err("epochs and batch_size must be at least 1".into());
+        }
+        if self.accumulate == 0 || self.batch_size < 2 * self.accumulate {
+            return Err(format!(
+                "accumulate must be at least 1, with at least two images per part: batch_size {} in {} parts",
+                self.batch_size, self.accumulate
+            ));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(format!("lr must be a positive number, got {}", self.lr));

@@ -44,7 +44,7 @@ pub use config::{OptimizerKind, TrainConfig};
 pub use fit::{
     Batches, BestBy, FitObserver, FitPlan, FitSummary, Schedule, Silent, StepContext, StepOutcome, Trainable, fit,
 };
-pub use loss::{label_smoothing_loss, mixup, mixup_loss};
+pub use loss::{label_smoothing_loss, mixup, mixup_loss, mixup_loss_share};
 pub use optim::{Sgd, SgdConfig};
 pub use optimizer::Optimizer;
 pub use run_dir::{Checkpoint, CheckpointState, EpochMetrics, RunDir, Which, write_atomic};

@@ -22,16 +22,20 @@ fn log_probs(logits: &Tensor, smoothing: f64) -> Result<Tensor> {
     candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)
 }
 
-/// The smoothed negative log-likelihood from log-probabilities `[B, C]`.
+/// The smoothed negative log-likelihood from log-probabilities `[B, C]`, averaged over the batch.
 fn smoothed_nll(log_probs: &Tensor, targets: &Tensor, smoothing: f64) -> Result<Tensor> {
+    smoothed_nll_per_sample(log_probs, targets, smoothing)?.mean_all()
+}
+
+/// The smoothed negative log-likelihood of each sample `[B]`.
+fn smoothed_nll_per_sample(log_probs: &Tensor, targets: &Tensor, smoothing: f64) -> Result<Tensor> {
     let classes = log_probs.dim(1)?;
     let off = smoothing / (classes - 1) as f64;
     let on = 1.0 - smoothing;
     let target_log_probs = log_probs.gather(&targets.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?.squeeze(1)?;
     let all = log_probs.sum(1)?;
     // −(off·Σ_c log p + (on − off)·log p_target)
-    let per_sample = ((all * off)? + (target_log_probs * (on - off))?)?.neg()?;
-    per_sample.mean_all()
+    ((all * off)? + (target_log_probs * (on - off))?)?.neg()
 }
 
 /// Mixes a batch with its permutation: `λ·x + (1 − λ)·x[perm]` along the first dimension.
@@ -47,6 +51,25 @@ pub fn mixup_loss(logits: &Tensor, targets: &Tensor, perm: &Tensor, lambda: f64,
     let a = smoothed_nll(&log_probs, targets, smoothing)?;
     let b = smoothed_nll(&log_probs, &permuted, smoothing)?;
     (a * lambda)? + (b * (1.0 - lambda))?
+}
+
+/// `Σ_b [λ·LS(out_b, y_b) + (1 − λ)·LS(out_b, y'_b)] / batch`: one micro-batch's share of a
+/// whole batch's mixup loss, `permuted` being `y[perm]` already (gradient accumulation).
+///
+/// # Shapes
+/// `logits: [b, C]`, `targets`, `permuted: [b]` → scalar.
+pub fn mixup_loss_share(
+    logits: &Tensor,
+    targets: &Tensor,
+    permuted: &Tensor,
+    lambda: f64,
+    smoothing: f64,
+    batch: usize,
+) -> Result<Tensor> {
+    let log_probs = log_probs(logits, smoothing)?;
+    let a = smoothed_nll_per_sample(&log_probs, targets, smoothing)?.sum_all()?;
+    let b = smoothed_nll_per_sample(&log_probs, permuted, smoothing)?.sum_all()?;
+    ((a * lambda)? + (b * (1.0 - lambda))?)? / batch as f64
 }
 
 #[cfg(test)]

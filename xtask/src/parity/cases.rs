@@ -425,8 +425,17 @@ fn run_train_step(dir: &Path, case: &TrainStepCase, device: &Device) -> anyhow::
     let mut losses = Vec::with_capacity(case.steps);
     for iteration in 0..case.steps {
         let step = StepContext { epoch: 1, iteration, lr: o.lr };
-        let out =
-            classifier_step(&model, &mut optimizer, input, loc.as_ref(), &target, &mix, case.label_smoothing, &step)?;
+        let out = classifier_step(
+            &model,
+            &mut optimizer,
+            input,
+            loc.as_ref(),
+            &target,
+            &mix,
+            case.label_smoothing,
+            1,
+            &step,
+        )?;
         losses.push(out.loss);
     }
     let watched = |name: &str| model.store().get(name).map(|var| var.as_tensor().clone());

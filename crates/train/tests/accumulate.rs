@@ -1,0 +1,117 @@
+//! Gradient accumulation: a batch in parts, one update, equals the batch in one pass for a model
+//! without BatchNorm (the Dynamic MLP head on pooled features, dropout off), and a batch too
+//! small for its parts takes fewer.
+
+use candle_core::{DType, Device, Tensor};
+use dmlp_fusion::{FusionConfig, FusionKind};
+use dmlp_geo::Metadata;
+use dmlp_model::{Classifier, ModelConfig, ModelDType};
+use dmlp_train::{Mixup, Optimizer, StepContext, StepInput, TrainConfig, classifier_step};
+
+fn head() -> ModelConfig {
+    ModelConfig {
+        pretrained: None,
+        backbone: None,
+        feature_dim: Some(16),
+        num_classes: 5,
+        metadata: Some(Metadata::GeoTemporal),
+        fusion: Some(FusionConfig {
+            mlp_d: 16,
+            mlp_h: 8,
+            mlp_n: 2,
+            loc_dropout: 0.0,
+            ..FusionConfig::with_defaults(FusionKind::DynamicMlpC)
+        }),
+        dtype: ModelDType::F32,
+    }
+}
+
+/// Two steps (so momentum is exercised) of a batch of `n` in `parts`; every parameter after them,
+/// and the two losses.
+fn train(parts: usize, n: usize) -> (Vec<f64>, Vec<Vec<f32>>) {
+    let model = Classifier::new(&head(), 3, &Device::Cpu).unwrap();
+    let config = TrainConfig { accumulate: parts, ..TrainConfig::recipe(1, n, 0.1) };
+    let mut optimizer = Optimizer::from_config(model.store().trainable_vars(), &config);
+    let features = Tensor::from_vec(
+        (0..n * 16).map(|i| ((i * 7919 % 211) as f32 / 105.5) - 1.0).collect::<Vec<_>>(),
+        (n, 16),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let loc = Tensor::from_vec(
+        (0..n * 6).map(|i| ((i * 31 % 17) as f32 / 8.5) - 1.0).collect::<Vec<_>>(),
+        (n, 6),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let targets = Tensor::from_vec((0..n as u32).map(|i| i * 3 % 5).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
+    let perm: Vec<u32> = (0..n as u32).map(|i| (i * 5 + 3) % n as u32).collect();
+    let mix = Mixup { lambda: 0.7, perm: Tensor::from_vec(perm, n, &Device::Cpu).unwrap() };
+    let mut losses = Vec::new();
+    for iteration in 0..2 {
+        let step = StepContext { epoch: 1, iteration, lr: 0.1 };
+        let out = classifier_step(
+            &model,
+            &mut optimizer,
+            StepInput::Features(&features),
+            Some(&loc),
+            &targets,
+            &mix,
+            0.1,
+            parts,
+            &step,
+        )
+        .unwrap();
+        assert_eq!(out.logits.dims(), [n, 5]);
+        losses.push(out.loss);
+    }
+    let params = model
+        .store()
+        .vars()
+        .into_iter()
+        .map(|(_, v)| v.as_tensor().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    (losses, params)
+}
+
+#[test]
+fn a_batch_in_parts_updates_as_the_whole_batch() {
+    let (whole_losses, whole) = train(1, 12);
+    for parts in [2, 3, 4] {
+        let (losses, params) = train(parts, 12);
+        for (a, b) in losses.iter().zip(&whole_losses) {
+            assert!((a - b).abs() < 1e-6 * b.abs().max(1.0), "{parts} parts: loss {a} vs {b}");
+        }
+        // Sums in a different order: equal within float rounding, not always bit for bit.
+        for (p, w) in params.iter().zip(&whole) {
+            for (x, y) in p.iter().zip(w) {
+                assert!((x - y).abs() <= 2e-6 * y.abs().max(1.0), "{parts} parts: {x} vs {y}");
+            }
+        }
+    }
+    let untouched: Vec<Vec<f32>> = Classifier::new(&head(), 3, &Device::Cpu)
+        .unwrap()
+        .store()
+        .vars()
+        .into_iter()
+        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    assert_ne!(untouched, whole, "the steps must change the parameters");
+}
+
+#[test]
+fn a_batch_too_small_for_its_parts_takes_fewer_and_a_config_without_two_images_a_part_is_refused() {
+    // 5 images in 4 parts: parts of at least two images, so 2 parts (3 + 2), and the same update.
+    let (losses, params) = train(4, 5);
+    let (whole_losses, whole) = train(1, 5);
+    assert!((losses[1] - whole_losses[1]).abs() < 1e-6);
+    for (p, w) in params.iter().zip(&whole) {
+        for (x, y) in p.iter().zip(w) {
+            assert!((x - y).abs() <= 2e-6 * y.abs().max(1.0));
+        }
+    }
+    let config = TrainConfig { accumulate: 5, ..TrainConfig::recipe(1, 8, 0.1) };
+    assert!(config.validate().unwrap_err().contains("two images per part"));
+    let config = TrainConfig { accumulate: 0, ..TrainConfig::recipe(1, 8, 0.1) };
+    assert!(config.validate().is_err());
+}

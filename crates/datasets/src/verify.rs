@@ -130,7 +130,7 @@ fn check_split(
     report.without_location = Some(
         records.iter().filter(|r| r.observation.latitude().is_none() || r.observation.longitude().is_none()).count(),
     );
-    report.without_date = Some(records.iter().filter(|r| r.observation.date().is_none()).count());
+    report.without_date = Some(records.iter().filter(|r| !r.observation.has_time_of_year()).count());
 
     // Each file is checked once, by whichever thread takes its index next.
     let next = AtomicUsize::new(0);

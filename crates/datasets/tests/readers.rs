@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use dmlp_datasets::{DatasetError, DatasetName, Split, SplitScheme, read_split};
+use dmlp_geo::Metadata;
 
 fn write(root: &Path, name: &str, text: &str) -> PathBuf {
     let path = root.join(name);
@@ -241,6 +242,37 @@ fn yfcc_supplement_split_takes_the_first_twenty_per_class_by_path_from_val_and_t
     assert_eq!(val.notes.get("classes with fewer than 20 val images to give"), Some(&1));
     let test = read_split(DatasetName::YfccGeo100, root, "test", SplitScheme::Supplement).unwrap_err().to_string();
     assert!(test.contains("no split \"test\""), "{test}");
+}
+
+#[test]
+fn records_with_only_date_c_keep_their_time_of_year() {
+    // PriorsNet's location files give `date_c` (a fraction of the year); a record without `date`
+    // must not lose its time of year, or a geo_temporal model would see all-zero vectors.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let images = r#"{"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}, {"id": 3, "file_name": "c.jpg"}],
+        "annotations": [{"image_id": 1, "category_id": 0}, {"image_id": 2, "category_id": 0}, {"image_id": 3, "category_id": 0}],
+        "categories": [{"id": 0, "name": "a"}]}"#;
+    inat17_with(
+        root,
+        images,
+        r#"[{"id": 1, "lat": 10, "lon": 20, "date_c": 0.25},
+            {"id": 2, "lat": 10, "lon": 20, "date": "2017-07-01 00:00:00+00:00", "date_c": 0.9},
+            {"id": 3, "lat": 10, "lon": 20, "date": null, "date_c": null}]"#,
+    );
+    let split = read(DatasetName::Inat2017, root, "train").unwrap();
+    let by_id = |id: u64| split.records.iter().find(|r| r.image_id == id).unwrap().observation;
+    assert_eq!(by_id(1).year_fraction(), Some(0.25));
+    assert!(by_id(1).is_complete_for(Metadata::GeoTemporal));
+    assert_eq!(by_id(2).date().map(|d| d.to_string()).as_deref(), Some("2017-07-01"), "a date wins over date_c");
+    assert!(!by_id(3).has_time_of_year());
+    let options = dmlp_datasets::verify::VerifyOptions { decode: false, max_listed: 10, threads: 1 };
+    let report =
+        dmlp_datasets::verify::verify(DatasetName::Inat2017, root, SplitScheme::Official, options, &|_, _, _| {});
+    assert_eq!(report.unwrap().splits["train"].without_date, Some(1), "verify counts date_c as a date");
+    inat17_with(root, images, r#"[{"id": 1, "lat": 10, "lon": 20, "date_c": 1.5}]"#);
+    let message = err(DatasetName::Inat2017, root, "train");
+    assert!(message.contains("location record #0") && message.contains("date_c 1.5"), "{message}");
 }
 
 /// Writes a minimal valid iNat 2017 train split; `edit` changes the two JSON texts first.

@@ -58,6 +58,10 @@ pub struct DataConfig {
     /// (`$DMLP_CACHE_DIR`, else `$XDG_CACHE_HOME/dmlp`, else `~/.cache/dmlp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
+    /// Train even when most training records lack a field the model's metadata uses (their
+    /// location vectors are all zeros). Off: such a run stops before training, naming the count.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_missing_metadata: bool,
 }
 
 impl DataConfig {

@@ -141,6 +141,7 @@ pub fn train_run(
         _ => None,
     };
     let (train_split, val_split) = read_splits(config)?;
+    let missing_metadata = check_metadata_coverage(config, &train_split)?;
     let model = Classifier::new(&config.model, config.train.seed, device)?;
     let pretrained = pretrained_weights.map(|weights| load_pretrained(&model, weights)).transpose()?;
     if let Some(init) = &pretrained {
@@ -173,7 +174,7 @@ pub fn train_run(
         "dataset": config.data.dataset,
         "split_scheme": config.data.split_scheme,
         "root": config.data.root,
-        "train": {"split": config.data.train_split, "images": train_split.records.len(), "classes": train_split.classes.len(), "notes": train_split.notes, "annotations_fnv1a64": annotation_fingerprints(config, &config.data.train_split), "last_image_dropped": last_image_dropped},
+        "train": {"split": config.data.train_split, "images": train_split.records.len(), "records_missing_metadata": missing_metadata, "classes": train_split.classes.len(), "notes": train_split.notes, "annotations_fnv1a64": annotation_fingerprints(config, &config.data.train_split), "last_image_dropped": last_image_dropped},
         "val": {"split": config.data.val_split, "images": val_split.records.len(), "notes": val_split.notes, "annotations_fnv1a64": annotation_fingerprints(config, &config.data.val_split)},
     });
     let provenance_json = serde_json::json!({
@@ -198,6 +199,33 @@ pub fn train_run(
         stop_after: options.stop_after,
     };
     Ok(dmlp_train::fit(&mut trainer, &plan, &train_source, &val_source, &run, options.resume, observer)?)
+}
+
+/// Counts the training records that lack a field the model's metadata uses (their encoded
+/// location is all zeros). More than half is an error unless `data.allow_missing_metadata`: a
+/// "Dynamic MLP" trained on zeros is an image-only model under another name (a location file
+/// read without its dates would do it silently).
+fn check_metadata_coverage(config: &RunConfig, split: &dmlp_datasets::Split) -> Result<usize, ExperimentError> {
+    let Some(metadata) = config.model.metadata else { return Ok(0) };
+    let missing = split.records.iter().filter(|r| !r.observation.is_complete_for(metadata)).count();
+    let total = split.records.len();
+    if total > 0 && missing * 2 > total && !config.data.allow_missing_metadata {
+        let fields = match metadata {
+            dmlp_geo::Metadata::GeoTemporal => "a location or a date",
+            dmlp_geo::Metadata::Geo => "a location",
+            dmlp_geo::Metadata::Temporal => "a date",
+        };
+        return Err(ExperimentError::Config {
+            path: config.data.root.clone(),
+            message: format!(
+                "{missing} of {total} records of split {:?} lack {fields}, so metadata = {metadata} would see all-zero \
+                 vectors for them and train as an image-only model; check the annotation files with `dmlp data verify`, \
+                 or set data.allow_missing_metadata = true to train anyway",
+                config.data.train_split
+            ),
+        });
+    }
+    Ok(missing)
 }
 
 /// Evaluates the model weights in `weights` on the config's validation split (with its test-time

@@ -197,3 +197,26 @@ fn a_last_training_batch_of_one_image_is_dropped_where_batchnorm_cannot_use_it()
         serde_json::from_str(&std::fs::read_to_string(run.join("provenance.json")).unwrap()).unwrap();
     assert_eq!(provenance["data"]["train"]["last_image_dropped"], true);
 }
+
+#[test]
+fn a_split_mostly_without_the_models_metadata_stops_before_training_unless_accepted() {
+    // Dates missing everywhere and a geo_temporal model: every location vector would be zeros.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    generate(&SynthConfig { with_dates: false, ..SynthConfig::three_classes(4, 2, 16, 2) }, &data).unwrap();
+    let path = write_config(tmp.path(), &data);
+    let config = RunConfig::from_file(&path, &["model.num_classes=3".into(), "train.epochs=1".into()]).unwrap();
+    let run = tmp.path().join("run");
+    let err = train_run(&config, &run, &Device::Cpu, RunOptions::default(), &provenance(), &mut Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("12 of 12 records") && err.contains("a location or a date"), "{err}");
+    assert!(err.contains("data.allow_missing_metadata"), "{err}");
+    assert!(!run.exists(), "nothing written");
+    let overrides = ["model.num_classes=3".into(), "train.epochs=1".into(), "data.allow_missing_metadata=true".into()];
+    let config = RunConfig::from_file(&path, &overrides).unwrap();
+    train_run(&config, &run, &Device::Cpu, RunOptions::default(), &provenance(), &mut Silent).unwrap();
+    let provenance: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("provenance.json")).unwrap()).unwrap();
+    assert_eq!(provenance["data"]["train"]["records_missing_metadata"], 12);
+}

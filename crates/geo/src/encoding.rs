@@ -62,11 +62,17 @@ impl FromStr for Metadata {
 }
 
 /// Where and when one photo was taken; any field may be missing. Present fields are valid.
+///
+/// The time of year comes from a calendar date or, where a dataset gives only that, from a
+/// fraction of the year in [0, 1] (the `date_c` of PriorsNet's iNat 2017/2018 location files),
+/// encoded as `2·date_c − 1`, PriorsNet's own mapping, which the day-of-year ratio of a date
+/// matches to within a day.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Observation {
     latitude: Option<f64>,
     longitude: Option<f64>,
     date: Option<Date>,
+    year_fraction: Option<f64>,
 }
 
 impl Observation {
@@ -83,7 +89,16 @@ impl Observation {
         {
             return Err(GeoError::Longitude(lon));
         }
-        Ok(Self { latitude, longitude, date })
+        Ok(Self { latitude, longitude, date, year_fraction: None })
+    }
+
+    /// This observation with the time of year given as a fraction of the year (`date_c`), used
+    /// when it has no calendar date.
+    pub fn with_year_fraction(self, fraction: f64) -> Result<Self, GeoError> {
+        if !(fraction.is_finite() && (0.0..=1.0).contains(&fraction)) {
+            return Err(GeoError::YearFraction(fraction));
+        }
+        Ok(Self { year_fraction: Some(fraction), ..self })
     }
 
     /// [`Observation::new`] with the date as the datasets write it (see [`Date::parse`]).
@@ -104,10 +119,20 @@ impl Observation {
         self.date
     }
 
+    /// The fraction of the year given instead of a date (`date_c`), if any.
+    pub fn year_fraction(&self) -> Option<f64> {
+        self.year_fraction
+    }
+
+    /// Whether the time of year is known (a date or a fraction of the year).
+    pub fn has_time_of_year(&self) -> bool {
+        self.date.is_some() || self.year_fraction.is_some()
+    }
+
     /// Whether every field that `metadata` uses is present (else the encoding is all zeros).
     pub fn is_complete_for(&self, metadata: Metadata) -> bool {
         let location_ok = !metadata.uses_location() || (self.latitude.is_some() && self.longitude.is_some());
-        let date_ok = !metadata.uses_date() || self.date.is_some();
+        let date_ok = !metadata.uses_date() || self.has_time_of_year();
         location_ok && date_ok
     }
 
@@ -148,7 +173,11 @@ impl Observation {
             len = 2;
         }
         if metadata.uses_date() {
-            scalars[len] = self.date?.scaled_day_of_year();
+            scalars[len] = match (self.date, self.year_fraction) {
+                (Some(date), _) => date.scaled_day_of_year(),
+                (None, Some(fraction)) => 2.0 * fraction - 1.0,
+                (None, None) => return None,
+            };
         }
         Some(scalars)
     }
@@ -160,6 +189,25 @@ mod tests {
 
     fn obs(lat: f64, lon: f64, date: &str) -> Observation {
         Observation::parse(Some(lat), Some(lon), Some(date)).unwrap()
+    }
+
+    #[test]
+    fn a_fraction_of_the_year_stands_in_for_a_missing_date() {
+        let with_fraction = Observation::new(Some(10.0), Some(20.0), None).unwrap().with_year_fraction(0.25).unwrap();
+        assert!(with_fraction.is_complete_for(Metadata::GeoTemporal));
+        let encoded = with_fraction.encode(Metadata::Temporal);
+        assert!((encoded[0] - (PI * -0.5).sin()).abs() < 1e-12 && (encoded[1] - (PI * -0.5).cos()).abs() < 1e-12);
+        // 2·date_c − 1 and the day-of-year ratio agree to within a day: 1 July 2011.
+        let dated = obs(10.0, 20.0, "2011-07-01").encode(Metadata::Temporal);
+        let fraction = Observation::new(None, None, None).unwrap().with_year_fraction(181.0 / 364.0).unwrap();
+        let from_fraction = fraction.encode(Metadata::Temporal);
+        assert!((dated[0] - from_fraction[0]).abs() < 2.0 * PI / 365.0, "{dated:?} vs {from_fraction:?}");
+        // A date wins over a fraction; an impossible fraction is an error.
+        let both = obs(10.0, 20.0, "2011-07-01").with_year_fraction(0.9).unwrap();
+        assert_eq!(both.encode(Metadata::Temporal), dated);
+        for bad in [-0.1, 1.5, f64::NAN] {
+            assert!(Observation::default().with_year_fraction(bad).is_err());
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub enum GeoError {
     Latitude(f64),
     #[error("longitude {0} is not a finite number in [-180, 180]")]
     Longitude(f64),
+    #[error("date_c {0} is not a finite fraction of the year in [0, 1]")]
+    YearFraction(f64),
     #[error("unknown metadata mode {0:?}: expected geo_temporal, geo or temporal")]
     UnknownMetadata(String),
 }

@@ -45,9 +45,17 @@ pub struct FileStamp {
     pub modified_ns: u128,
 }
 
+/// The layout of the manifest's files: 2 added the `date_c` column (a fraction of the year where
+/// a record has no date).
+pub const MANIFEST_FORMAT: u32 = 2;
+
 /// `prepared.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PreparedInfo {
+    /// The manifest layout's version ([`MANIFEST_FORMAT`]); a manifest of another is stale and
+    /// rebuilt, never misread.
+    #[serde(default)]
+    pub format: u32,
     pub dataset: DatasetName,
     pub split_scheme: SplitScheme,
     pub root: PathBuf,
@@ -129,7 +137,7 @@ fn stamps(dataset: DatasetName, root: &Path, split: &str) -> Result<Vec<FileStam
 
 fn read_info(dir: &Path) -> Option<PreparedInfo> {
     let text = std::fs::read_to_string(dir.join("prepared.json")).ok()?;
-    serde_json::from_str(&text).ok()
+    serde_json::from_str::<PreparedInfo>(&text).ok().filter(|info| info.format == MANIFEST_FORMAT)
 }
 
 /// Whether the manifest's record of `split` still matches the annotation files.
@@ -158,6 +166,7 @@ pub fn prepare(
         }
     }
     let mut info = PreparedInfo {
+        format: MANIFEST_FORMAT,
         dataset,
         split_scheme: scheme,
         root: absolute(root)?,
@@ -238,6 +247,7 @@ fn write_records(path: &Path, split: &Split, root: &Path) -> Result<(), PrepareE
         Column::new("latitude".into(), r.iter().map(|x| x.observation.latitude()).collect::<Vec<_>>()),
         Column::new("longitude".into(), r.iter().map(|x| x.observation.longitude()).collect::<Vec<_>>()),
         Column::new("date".into(), r.iter().map(|x| x.observation.date().map(|d| d.to_string())).collect::<Vec<_>>()),
+        Column::new("date_c".into(), r.iter().map(|x| x.observation.year_fraction()).collect::<Vec<_>>()),
     ])
     .map_err(|e| parquet_err(path, e))?;
     write_parquet(path, frame)
@@ -281,16 +291,31 @@ pub fn load_split(
     let lats = frame.column("latitude").and_then(|c| c.f64().cloned()).map_err(bad)?;
     let lons = frame.column("longitude").and_then(|c| c.f64().cloned()).map_err(bad)?;
     let dates = frame.column("date").and_then(|c| c.str().cloned()).map_err(bad)?;
+    let fractions = frame.column("date_c").and_then(|c| c.f64().cloned()).map_err(bad)?;
     let mut records = Vec::with_capacity(frame.height());
-    for (i, ((((id, path), label), (lat, lon)), date)) in
-        ids.iter().zip(paths.iter()).zip(labels.iter()).zip(lats.iter().zip(lons.iter())).zip(dates.iter()).enumerate()
+    for (i, (((((id, path), label), (lat, lon)), date), fraction)) in ids
+        .iter()
+        .zip(paths.iter())
+        .zip(labels.iter())
+        .zip(lats.iter().zip(lons.iter()))
+        .zip(dates.iter())
+        .zip(fractions.iter())
+        .enumerate()
     {
         let invalid = |what: &str| parquet_err(&records_path, format!("row {i}: {what}"));
         let date = date.map(Date::parse).transpose().map_err(|e| invalid(&e.to_string()))?;
-        let observation = Observation::new(lat, lon, date).map_err(|e| invalid(&e.to_string()))?;
+        let mut observation = Observation::new(lat, lon, date).map_err(|e| invalid(&e.to_string()))?;
+        if let Some(fraction) = fraction {
+            observation = observation.with_year_fraction(fraction).map_err(|e| invalid(&e.to_string()))?;
+        }
+        let path = path.ok_or_else(|| invalid("no path"))?;
+        let relative = Path::new(path);
+        if relative.is_absolute() || relative.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(invalid(&format!("path {path:?} leaves the dataset folder")));
+        }
         records.push(Record {
             image_id: id.ok_or_else(|| invalid("no image_id"))?,
-            path: root.join(path.ok_or_else(|| invalid("no path"))?),
+            path: root.join(relative),
             label: label.ok_or_else(|| invalid("no label"))?,
             observation,
         });
@@ -311,6 +336,13 @@ pub fn load_split(
             supercategory: sup.map(str::to_owned),
         })
         .collect();
+    let classes: Vec<ClassInfo> = classes;
+    if let Some((row, record)) = records.iter().enumerate().find(|(_, r)| r.label as usize >= classes.len()) {
+        return Err(parquet_err(
+            &records_path,
+            format!("row {row}: label {} but the split has {} classes", record.label, classes.len()),
+        ));
+    }
     let notes = info.splits.get(split).map(|s| s.notes.clone()).unwrap_or_default();
     Ok(Some(Split { name: split.to_owned(), records, classes, notes }))
 }

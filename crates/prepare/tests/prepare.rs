@@ -5,6 +5,7 @@ use std::path::Path;
 
 use dmlp_datasets::{DatasetName, SplitScheme, read_split};
 use dmlp_prepare::{load_split, manifest_dir, prepare};
+use polars::prelude::{Column, ParquetReader, ParquetWriter, SerReader};
 
 fn write(root: &Path, name: &str, text: &str) {
     let path = root.join(name);
@@ -23,7 +24,7 @@ fn inat2018(root: &Path) {
     write(
         root,
         "inat2018_locations/train2018_locations.json",
-        r#"[{"id": 2, "lat": 42.5, "lon": -71.1, "date": "2018-05-20 07:00:00+00:00"}, {"id": 5, "lat": null, "lon": null, "date": "2017-12-01 00:00:00+00:00"}, {"id": 77, "lat": 1, "lon": 2, "date": null}]"#,
+        r#"[{"id": 2, "lat": 42.5, "lon": -71.1, "date": "2018-05-20 07:00:00+00:00"}, {"id": 5, "lat": null, "lon": null, "date": "2017-12-01 00:00:00+00:00"}, {"id": 9, "lat": 3, "lon": 4, "date_c": 0.5}, {"id": 77, "lat": 1, "lon": 2, "date": null}]"#,
     );
 }
 
@@ -47,6 +48,7 @@ fn a_prepared_split_reads_back_exactly_and_goes_stale_when_its_files_change() {
     let direct = read_split(DatasetName::Inat2018, root, "train", SplitScheme::Official).unwrap();
     let cached = load_split(DatasetName::Inat2018, root, "train", SplitScheme::Official, cache.path()).unwrap();
     assert_eq!(cached.as_ref(), Some(&direct));
+    assert!(direct.records.iter().any(|r| r.observation.year_fraction() == Some(0.5)), "date_c kept through Parquet");
     assert!(!direct.notes.is_empty());
     assert_eq!(load_split(DatasetName::Inat2018, root, "val", SplitScheme::Official, cache.path()).unwrap(), None);
 
@@ -73,6 +75,44 @@ fn a_prepared_split_reads_back_exactly_and_goes_stale_when_its_files_change() {
         manifest_dir(cache.path(), DatasetName::Inat2018, root, SplitScheme::Official).unwrap(),
         manifest_dir(cache.path(), DatasetName::Inat2018, other.path(), SplitScheme::Official).unwrap()
     );
+}
+
+#[test]
+fn an_older_manifest_is_rebuilt_and_a_tampered_one_is_an_error() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let root = data.path();
+    inat2018(root);
+    let report = prepare(DatasetName::Inat2018, root, SplitScheme::Official, cache.path(), false).unwrap();
+    let info_path = report.dir.join("prepared.json");
+    let load = || load_split(DatasetName::Inat2018, root, "train", SplitScheme::Official, cache.path());
+
+    // A manifest of an earlier layout (no `format`, no date_c column) is never read as this one.
+    let mut info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&info_path).unwrap()).unwrap();
+    info.as_object_mut().unwrap().remove("format");
+    std::fs::write(&info_path, info.to_string()).unwrap();
+    assert_eq!(load().unwrap(), None);
+    assert!(prepare(DatasetName::Inat2018, root, SplitScheme::Official, cache.path(), false).unwrap().rebuilt);
+    assert!(load().unwrap().is_some());
+
+    // Labels beyond the class table, and paths that leave the dataset folder, are errors.
+    let records = report.dir.join("records-train.parquet");
+    let tamper = |column: &str, value: Column| {
+        let mut frame = ParquetReader::new(std::fs::File::open(&records).unwrap()).finish().unwrap();
+        frame.replace(column, value).unwrap();
+        let file = std::fs::File::create(&records).unwrap();
+        ParquetWriter::new(file).finish(&mut frame).unwrap();
+    };
+    let original = std::fs::read(&records).unwrap();
+    tamper("label", Column::new("label".into(), vec![0u32, 7, 1]));
+    let err = load().unwrap_err().to_string();
+    assert!(err.contains("records-train.parquet") && err.contains("row 1") && err.contains("label 7"), "{err}");
+    std::fs::write(&records, &original).unwrap();
+    for escape in ["../outside.jpg", "/etc/passwd"] {
+        tamper("path", Column::new("path".into(), vec!["a.jpg", escape, "c.jpg"]));
+        let err = load().unwrap_err().to_string();
+        assert!(err.contains("row 1") && err.contains("leaves the dataset folder"), "{escape}: {err}");
+    }
 }
 
 #[test]

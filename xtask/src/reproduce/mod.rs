@@ -226,6 +226,7 @@ impl Matrix<'_> {
             ten_crop: false,
             workers: self.recipe.workers,
             cache_dir: if smoke { None } else { dmlp_prepare::default_cache_dir(|k| std::env::var(k).ok()) },
+            allow_missing_metadata: false,
         }
     }
 

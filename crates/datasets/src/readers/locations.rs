@@ -5,9 +5,11 @@
 //! Fields (spec §4.4): `id`, `lat`, `lon` (degrees, or null), `date` (a string like
 //! `2017-05-06 12:34:00+00:00`, or null), and, where present, `valid` (false: no usable
 //! location), `date_c`, `user_id`, `loc_uncert`. Only the date part of `date` counts, as for iNat
-//! 2021; `date_c` (PriorsNet's fraction of the year) is not read. The exact field set and date
-//! format are **UNVERIFIED** against the released files (spec §6.3): a record whose date does not
-//! parse is an error naming it, so a different format shows at once.
+//! 2021; where a record has no `date`, its `date_c` (PriorsNet's fraction of the year, which
+//! PriorsNet's own loader reads) gives the time of year, so records carrying only `date_c` keep
+//! it. The exact field set and date format are **UNVERIFIED** against the released files (spec
+//! §6.3): a record whose date or `date_c` does not parse is an error naming it, so a different
+//! format shows at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -26,6 +28,8 @@ struct LocationEntry {
     lon: Option<f64>,
     #[serde(default)]
     date: Option<String>,
+    #[serde(default)]
+    date_c: Option<f64>,
     #[serde(default)]
     valid: Option<bool>,
 }
@@ -67,6 +71,10 @@ pub fn read(path: &Path) -> Result<LocationTable, DatasetError> {
         let valid = entry.valid != Some(false);
         let (lat, lon) = if valid { (entry.lat, entry.lon) } else { (None, None) };
         let observation = Observation::parse(lat, lon, entry.date.as_deref())
+            .and_then(|o| match (entry.date.as_deref(), entry.date_c) {
+                (None, Some(fraction)) => o.with_year_fraction(fraction),
+                _ => Ok(o),
+            })
             .map_err(|e| record_err(index, format!("image id {}: {e}", entry.id)))?;
         if !valid {
             table.invalid.push(entry.id);

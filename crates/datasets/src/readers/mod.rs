@@ -2,7 +2,7 @@
 //!
 //! | dataset | files read (relative to the root) | metadata |
 //! | --- | --- | --- |
-//! | `inat2017`, `inat2018` | `{train,val}20XX.json` (COCO-style) + `{train,val}20XX_locations.json`, at the root or in `inat20XX_locations/` | `lat`, `lon`, `date` from the location file, joined by image id |
+//! | `inat2017`, `inat2018` | `{train,val}20XX.json` (COCO-style) + `{train,val}20XX_locations.json`, at the root or in `inat20XX_locations/` | `lat`, `lon`, `date` (else `date_c`, the fraction of the year) from the location file, joined by image id |
 //! | `inat2021` | `train.json`, `train_mini.json`, `val.json` (any `<split>.json`) | `latitude`, `longitude`, `date` in the image records |
 //! | `inat2021-mini` | `train_mini.json` (split `train`), `val.json` | as `inat2021` |
 //! | `yfcc-geo100` | `train_test_split.csv`, `class_names.csv` | `lat`, `lon`; no dates |
@@ -20,7 +20,8 @@
 //! | an annotation of an unknown image or category; a YFCC class not in `class_names.csv` | error naming the record |
 //! | an image without annotation, or with two | error naming the image |
 //! | latitude or longitude outside [−90, 90] / [−180, 180], or NaN; an impossible date | error naming the record and the value |
-//! | a null latitude, longitude or date; an image without a location record | kept, metadata missing (counted by `dmlp data verify`) |
+//! | a null latitude, longitude or date; an image without a location record | kept, metadata missing (counted by `dmlp data verify`; a training split where most records lack a field the model's metadata uses stops the run, unless `data.allow_missing_metadata`) |
+//! | a location record with `date_c` and no `date`; a `date_c` outside [0, 1] | the time of year from `date_c` (`2·date_c − 1`); error naming the record |
 //! | a location record marked `"valid": false` | kept, location treated as missing; counted in [`Split::notes`] |
 //! | a location record whose image id is not in the split | ignored; counted in [`Split::notes`] |
 //! | two location records for one image | error naming both |

@@ -152,9 +152,31 @@ fn strip_data_parallel_prefix(tensors: BTreeMap<String, Tensor>) -> BTreeMap<Str
 
 type PthContents = (BTreeMap<String, Tensor>, Option<i64>);
 
+/// The largest `data.pkl` read: a state dict's pickle holds names and shapes, a few MB at most.
+const MAX_PICKLE_BYTES: u64 = 256 << 20;
+
 /// Reads a PyTorch zip checkpoint: finds the state dict (top level, or under `model` /
 /// `state_dict`) and the `epoch` beside it.
+///
+/// A `.pth` file is a pickle, untrusted input: candle's pickle reader executes nothing, but it
+/// can panic on malformed opcodes; a panic becomes an error naming the file. Each tensor's data
+/// is read only after checking that its storage in the archive holds the bytes its shape claims,
+/// so a small file cannot make the reader allocate more than the file holds.
 fn read_pth(path: &Path) -> Result<PthContents, String> {
+    match std::panic::catch_unwind(|| read_pth_unguarded(path)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown");
+            Err(format!("malformed pickle (the reader failed: {reason}); prefer safetensors files"))
+        }
+    }
+}
+
+fn read_pth_unguarded(path: &Path) -> Result<PthContents, String> {
     let top = read_top_level_pickle(path)?;
     let mut epoch = None;
     let mut key = None;
@@ -169,19 +191,56 @@ fn read_pth(path: &Path) -> Result<PthContents, String> {
         }
     }
     let pth = PthTensors::new(path, key.as_deref()).map_err(|e| e.to_string())?;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| format!("not a zip archive: {e}"))?;
     let mut tensors = BTreeMap::new();
-    let names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
-    for name in names {
-        let tensor = pth
-            .get(&name)
-            .map_err(|e| format!("tensor {name}: {e}"))?
-            .ok_or_else(|| format!("tensor {name} vanished"))?;
-        tensors.insert(name, tensor);
+    for (name, info) in pth.tensor_infos() {
+        let tensor = read_pth_tensor(&mut zip, info).map_err(|e| format!("tensor {name}: {e}"))?;
+        tensors.insert(name.clone(), tensor);
     }
     if tensors.is_empty() {
         return Err(format!("no tensors found (looked at the top level and under {STATE_DICT_KEYS:?})"));
     }
     Ok((tensors, epoch))
+}
+
+/// One tensor's data from its storage entry, after checking that the entry holds what the
+/// tensor's offset and shape claim. Offsets count elements (candle's own reader skips bytes).
+fn read_pth_tensor<R: Read + std::io::Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    info: &candle_core::pickle::TensorInfo,
+) -> Result<Tensor, String> {
+    let layout = &info.layout;
+    let fortran = layout.is_fortran_contiguous() && !layout.is_contiguous();
+    if !layout.is_contiguous() && !fortran {
+        return Err(format!("a strided view ({layout:?}) is not supported"));
+    }
+    let elem = info.dtype.size_in_bytes() as u64;
+    let claimed = (layout.start_offset() as u64)
+        .checked_add(layout.shape().elem_count() as u64)
+        .and_then(|n| n.checked_mul(elem))
+        .ok_or("its shape overflows")?;
+    let mut entry = zip.by_name(&info.path).map_err(|e| format!("storage {}: {e}", info.path))?;
+    if entry.size() < claimed {
+        return Err(format!(
+            "shape {:?} at offset {} claims {claimed} bytes, but its storage {} holds {}",
+            layout.dims(),
+            layout.start_offset(),
+            info.path,
+            entry.size()
+        ));
+    }
+    std::io::copy(&mut entry.by_ref().take(layout.start_offset() as u64 * elem), &mut std::io::sink())
+        .map_err(|e| e.to_string())?;
+    let dims: Vec<usize> = if fortran { layout.dims().iter().rev().copied().collect() } else { layout.dims().to_vec() };
+    let mut bytes = vec![0u8; layout.shape().elem_count() * info.dtype.size_in_bytes()];
+    entry.read_exact(&mut bytes).map_err(|e| format!("storage {}: {e}", info.path))?;
+    let tensor = Tensor::from_raw_buffer(&bytes, info.dtype, &dims, &Device::Cpu).map_err(|e| e.to_string())?;
+    if fortran {
+        let reversed: Vec<usize> = (0..dims.len()).rev().collect();
+        return tensor.permute(reversed).map_err(|e| e.to_string());
+    }
+    Ok(tensor)
 }
 
 fn read_top_level_pickle(path: &Path) -> Result<Object, String> {
@@ -193,7 +252,13 @@ fn read_top_level_pickle(path: &Path) -> Result<Object, String> {
         .find(|name| name.ends_with("data.pkl"))
         .ok_or("no data.pkl inside the archive")?;
     let entry = zip.by_name(&pickle_name).map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(entry);
+    if entry.size() > MAX_PICKLE_BYTES {
+        return Err(format!(
+            "{pickle_name} is {} bytes, more than a state dict's pickle ({MAX_PICKLE_BYTES})",
+            entry.size()
+        ));
+    }
+    let mut reader = BufReader::new(entry.take(MAX_PICKLE_BYTES));
     let mut stack = Stack::empty();
     stack.read_loop(&mut reader).map_err(|e| format!("{pickle_name}: {e}"))?;
     stack.finalize().map_err(|e| format!("{pickle_name}: {e}"))

@@ -220,3 +220,17 @@ fn model_tables_of_toml_files_parse_strictly() {
     let err = ModelConfig::from_toml_file(&path).unwrap_err().to_string();
     assert!(err.contains("run.toml") && err.contains("mlp_d"), "{err}");
 }
+
+#[test]
+fn hostile_pytorch_files_are_errors_naming_the_file() {
+    // Made by fixtures/make_pth.py from valid archives: a 2x2 tensor whose pickle claims
+    // 65536 x 65536 floats, and a tensor rebuilt from an empty argument tuple (candle's pickle
+    // reader panics on it).
+    let err = WeightsFile::read(&fixture("hostile_huge_shape.pth")).unwrap_err().to_string();
+    assert!(
+        err.contains("hostile_huge_shape.pth") && err.contains("fc.weight") && err.contains("claims 17179869184 bytes"),
+        "{err}"
+    );
+    let err = WeightsFile::read(&fixture("hostile_short_args.pth")).unwrap_err().to_string();
+    assert!(err.contains("hostile_short_args.pth") && err.contains("malformed pickle"), "{err}");
+}

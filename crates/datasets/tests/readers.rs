@@ -298,6 +298,10 @@ fn bad_coco_files_are_errors_naming_file_and_record() {
         }
     };
     check(case(one, r#"{"image_id": 1, "category_id": 5}"#), &["annotation #0", "category id 5"]);
+    for escape in ["../../etc/passwd", "/etc/passwd", "train/../../x.jpg", ""] {
+        let image = format!(r#"{{"id": 1, "file_name": "{escape}"}}"#);
+        check(case(&image, r#"{"image_id": 1, "category_id": 4}"#), &["image #0", "leaves the dataset folder"]);
+    }
     check(case(one, r#"{"image_id": 2, "category_id": 4}"#), &["annotation #0", "image id 2"]);
     check(
         case(&format!("{one}, {one}"), r#"{"image_id": 1, "category_id": 4}"#),
@@ -391,6 +395,8 @@ fn bad_yfcc_files_are_errors_naming_file_and_line() {
     check(case("x/2.jpg,1,2,train,beach\n"), &["line 3", "class \"beach\" is not an integer"]);
     check(case("ok/1.jpg,1,2,val,0\n"), &["line 3", "duplicate path", "line 2"]);
     check(case("x/2.jpg,1,2\n"), &["line 3"]);
+    check(case("../x/2.jpg,1,2,train,0\n"), &["line 3", "leaves the dataset folder"]);
+    check(case("/abs/2.jpg,1,2,train,0\n"), &["line 3", "leaves the dataset folder"]);
     write(root, "train_test_split.csv", "path,latitude,lon,split,class\n");
     check(err(DatasetName::YfccGeo100, root, "train"), &["line 1", "no column \"lat\""]);
     write(root, "train_test_split.csv", "path,lat,lon,split,class\n");

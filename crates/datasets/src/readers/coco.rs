@@ -117,6 +117,8 @@ pub fn read(path: &Path, root: &Path, split: &str, metadata: MetadataSource) -> 
         let label = label_for_image[index].ok_or_else(|| {
             record_err("image", index, format!("image id {} ({}) has no annotation", image.id, image.file_name))
         })?;
+        super::check_inside_root(&image.file_name)
+            .map_err(|e| record_err("image", index, format!("image id {}: {e}", image.id)))?;
         let observation = match &metadata {
             MetadataSource::Inline => Observation::parse(image.latitude, image.longitude, image.date.as_deref())
                 .map_err(|e| record_err("image", index, format!("image id {} ({}): {e}", image.id, image.file_name)))?,

@@ -26,6 +26,7 @@
 //! | a location record whose image id is not in the split | ignored; counted in [`Split::notes`] |
 //! | two location records for one image | error naming both |
 //! | a missing annotation or location file | error naming every place looked at |
+//! | an image path (`file_name`, YFCC `path`) that is absolute or holds `..` | error naming the record: it would leave the dataset folder |
 //!
 //! Missing and corrupt image files are found by [`crate::verify`] (and by the loader, as an error
 //! naming the file, when it reaches one).
@@ -212,6 +213,15 @@ pub fn read_split(dataset: DatasetName, root: &Path, split: &str, scheme: SplitS
 }
 
 /// Reads a JSON text file, naming it in every error.
+/// An image path of an annotation file must name a file under the dataset folder: relative, no
+/// `..`, not empty.
+fn check_inside_root(relative: &str) -> Result<(), String> {
+    let path = Path::new(relative);
+    let inside = !relative.is_empty()
+        && path.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+    if inside { Ok(()) } else { Err(format!("image path {relative:?} leaves the dataset folder")) }
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, DatasetError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| DatasetError::Io { path: path.to_owned(), message: e.to_string() })?;

@@ -104,6 +104,7 @@ fn read_rows(path: &Path) -> Result<Vec<Row>, DatasetError> {
         if image.is_empty() {
             return Err(csv_err(path, line, "empty path".into()));
         }
+        super::check_inside_root(&image).map_err(|e| csv_err(path, line, e))?;
         if let Some(first) = first_line.insert(image.clone(), line) {
             return Err(csv_err(path, line, format!("duplicate path {image:?} (also line {first})")));
         }

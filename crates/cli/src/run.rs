@@ -21,6 +21,10 @@ pub(crate) struct TrainArgs {
     /// Continue the run in --run-dir from its last checkpoint.
     #[arg(long)]
     resume: bool,
+    /// With --resume: accept a config that differs from the run's own config.toml (the
+    /// differences are recorded in provenance-resume.json).
+    #[arg(long, requires = "resume")]
+    allow_config_change: bool,
     /// Override one config key, e.g. --set train.lr=0.1 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
@@ -120,7 +124,12 @@ pub(crate) fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         progress: !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         ..dmlp_pretrained::HubSettings::from_env()
     };
-    let options = RunOptions { resume: args.resume, stop_after: args.stop_after, hub: Some(hub) };
+    let options = RunOptions {
+        resume: args.resume,
+        stop_after: args.stop_after,
+        hub: Some(hub),
+        allow_config_change: args.allow_config_change,
+    };
     let summary = train_run(&config, &args.run_dir, &device, options, &provenance, observer(args.quiet, "").as_mut())
         .with_context(|| format!("training into {}", args.run_dir.display()))?;
     println!(
@@ -255,7 +264,7 @@ pub(crate) fn run_baseline(args: &BaselineArgs) -> anyhow::Result<()> {
         device: args.device.clone(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    let options = RunOptions { resume: args.resume, stop_after: None, hub: None };
+    let options = RunOptions { resume: args.resume, stop_after: None, hub: None, allow_config_change: false };
     let label = format!("{:?}", baseline.kind).to_lowercase();
     let mut observer = observer(args.quiet, &label);
     let summary = dmlp_experiment::baseline_run(

@@ -21,6 +21,7 @@ pub use pretrained::{PretrainedInit, load_pretrained, resolve_pretrained};
 pub use progress::ProgressBars;
 pub use source::LoaderSource;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -61,6 +62,9 @@ pub struct RunOptions {
     /// Where `hf:` pretrained weights are looked up; `None` reads the Hugging Face variables of
     /// the environment ([`dmlp_pretrained::HubSettings::from_env`]).
     pub hub: Option<dmlp_pretrained::HubSettings>,
+    /// Resume even though the config differs from the run's own `config.toml` (the differences
+    /// are recorded in `provenance-resume.json`); without it they are an error naming each.
+    pub allow_config_change: bool,
 }
 
 /// Facts about a run that are not in its config, written to `provenance.json`.
@@ -156,6 +160,17 @@ pub fn train_run(
             init.load.summary()
         ));
     }
+    let config_changes = if options.resume { config_changes(config, run_dir)? } else { Vec::new() };
+    if !config_changes.is_empty() && !options.allow_config_change {
+        return Err(ExperimentError::Config {
+            path: run_dir.join("config.toml"),
+            message: format!(
+                "the config differs from the run's own: {}; resume with the run's config, or pass \
+                 --allow-config-change to resume with these changes (they are recorded in provenance-resume.json)",
+                config_changes.join("; ")
+            ),
+        });
+    }
     let run = RunDir::create(run_dir)?;
     let config_text = toml::to_string_pretty(config)
         .map_err(|e| ExperimentError::Config { path: run_dir.to_owned(), message: e.to_string() })?;
@@ -185,6 +200,7 @@ pub fn train_run(
         "data": data_summary,
         "pretrained": pretrained,
         "resumed": options.resume,
+        "config_changes": config_changes,
     });
     let name = if options.resume { "provenance-resume.json" } else { "provenance.json" };
     write_atomic(&run_dir.join(name), serde_json::to_string_pretty(&provenance_json).unwrap_or_default().as_bytes())?;
@@ -199,6 +215,43 @@ pub fn train_run(
         stop_after: options.stop_after,
     };
     Ok(dmlp_train::fit(&mut trainer, &plan, &train_source, &val_source, &run, options.resume, observer)?)
+}
+
+/// Keys whose value may change between a run and its resumption without changing what it computes.
+const NEUTRAL_KEYS: [&str; 4] = ["data.workers", "data.cache_dir", "train.eval_batch_size", "model.pretrained"];
+
+/// The differences between `config` and the run folder's `config.toml`, key by key
+/// (`train.lr: 0.04 → 0.1`), neutral keys aside. A folder without one compares as unchanged.
+fn config_changes(config: &RunConfig, run_dir: &Path) -> Result<Vec<String>, ExperimentError> {
+    let path = run_dir.join("config.toml");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
+    let err = |message: String| ExperimentError::Config { path: path.clone(), message };
+    // Through RunConfig, so keys a later version added compare at their defaults.
+    let saved: RunConfig = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let saved = toml::Table::try_from(&saved).map_err(|e| err(e.to_string()))?;
+    let current = toml::Table::try_from(config).map_err(|e| err(e.to_string()))?;
+    let (mut saved_keys, mut current_keys) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", &saved, &mut saved_keys);
+    flatten("", &current, &mut current_keys);
+    let keys: std::collections::BTreeSet<&String> = saved_keys.keys().chain(current_keys.keys()).collect();
+    let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(absent)".into());
+    Ok(keys
+        .into_iter()
+        .filter(|key| !NEUTRAL_KEYS.contains(&key.as_str()) && saved_keys.get(*key) != current_keys.get(*key))
+        .map(|key| format!("{key}: {} → {}", show(saved_keys.get(key)), show(current_keys.get(key))))
+        .collect())
+}
+
+fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
+    for (key, value) in table {
+        let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match value {
+            toml::Value::Table(inner) => flatten(&name, inner, out),
+            other => {
+                out.insert(name, other.to_string());
+            }
+        }
+    }
 }
 
 /// Counts the training records that lack a field the model's metadata uses (their encoded

@@ -91,7 +91,7 @@ fn resumes_exactly(overrides: &[String]) {
     let synth = SynthConfig { missing_fraction: 0.05, ..eight_classes(12, 4, 9) };
     generate(&synth, &data).unwrap();
     let config = RunConfig::from_file(&write_config(tmp.path(), &data), overrides).unwrap();
-    let options = RunOptions { resume: false, stop_after: None, hub: None };
+    let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false };
 
     let whole = tmp.path().join("whole");
     let summary = train_run(&config, &whole, &Device::Cpu, options.clone(), &provenance(), &mut Silent).unwrap();
@@ -134,7 +134,7 @@ fn resume_without_a_checkpoint_and_bad_overrides_are_errors() {
     let path = write_config(tmp.path(), &data);
     // The config says 8 classes; this data has 3.
     let config = RunConfig::from_file(&path, &[]).unwrap();
-    let options = RunOptions { resume: true, stop_after: None, hub: None };
+    let options = RunOptions { resume: true, stop_after: None, hub: None, allow_config_change: false };
     let err = train_run(&config, &tmp.path().join("run"), &Device::Cpu, options.clone(), &provenance(), &mut Silent)
         .unwrap_err()
         .to_string();
@@ -168,7 +168,7 @@ fn a_diverging_loss_stops_the_run_naming_the_step() {
         &["train.lr=1e30".into(), "train.warmup_epochs=0".into()],
     )
     .unwrap();
-    let options = RunOptions { resume: false, stop_after: None, hub: None };
+    let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false };
     let err = train_run(&config, &tmp.path().join("run"), &Device::Cpu, options, &provenance(), &mut Silent)
         .unwrap_err()
         .to_string();
@@ -219,4 +219,54 @@ fn a_split_mostly_without_the_models_metadata_stops_before_training_unless_accep
     let provenance: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("provenance.json")).unwrap()).unwrap();
     assert_eq!(provenance["data"]["train"]["records_missing_metadata"], 12);
+}
+
+#[test]
+fn resuming_with_a_changed_config_is_an_error_unless_allowed_and_then_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    generate(&SynthConfig::three_classes(4, 2, 16, 4), &data).unwrap();
+    let path = write_config(tmp.path(), &data);
+    let base = ["model.num_classes=3".to_owned(), "train.epochs=2".to_owned()];
+    let run = tmp.path().join("run");
+    let config = RunConfig::from_file(&path, &base).unwrap();
+    let first = RunOptions { stop_after: Some(1), ..RunOptions::default() };
+    train_run(&config, &run, &Device::Cpu, first, &provenance(), &mut Silent).unwrap();
+
+    let changed = RunConfig::from_file(
+        &path,
+        &[base[0].clone(), base[1].clone(), "train.lr=0.1".into(), "data.workers=1".into()],
+    )
+    .unwrap();
+    let resume = RunOptions { resume: true, ..RunOptions::default() };
+    let err =
+        train_run(&changed, &run, &Device::Cpu, resume.clone(), &provenance(), &mut Silent).unwrap_err().to_string();
+    assert!(err.contains("train.lr: 0.05 → 0.1") && err.contains("--allow-config-change"), "{err}");
+    assert!(!err.contains("data.workers"), "a neutral key is not a change: {err}");
+    // The same config resumes; an allowed change resumes and is recorded.
+    let allowed = RunOptions { allow_config_change: true, ..resume };
+    train_run(&changed, &run, &Device::Cpu, allowed, &provenance(), &mut Silent).unwrap();
+    let provenance: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("provenance-resume.json")).unwrap()).unwrap();
+    assert_eq!(provenance["config_changes"][0], "train.lr: 0.05 → 0.1");
+}
+
+#[test]
+fn a_checkpoint_whose_optimiser_state_lacks_a_momentum_buffer_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    generate(&SynthConfig::three_classes(4, 2, 16, 5), &data).unwrap();
+    let path = write_config(tmp.path(), &data);
+    let config = RunConfig::from_file(&path, &["model.num_classes=3".into(), "train.epochs=2".into()]).unwrap();
+    let run = tmp.path().join("run");
+    let first = RunOptions { stop_after: Some(1), ..RunOptions::default() };
+    train_run(&config, &run, &Device::Cpu, first, &provenance(), &mut Silent).unwrap();
+    let last = std::fs::read_to_string(run.join("checkpoints/last")).unwrap();
+    let state_path = run.join("checkpoints").join(last.trim()).join("optimizer.safetensors");
+    let mut state = candle_core::safetensors::load(&state_path, &Device::Cpu).unwrap();
+    assert!(state.remove("fc.weight").is_some());
+    candle_core::safetensors::save(&state, &state_path).unwrap();
+    let resume = RunOptions { resume: true, ..RunOptions::default() };
+    let err = train_run(&config, &run, &Device::Cpu, resume, &provenance(), &mut Silent).unwrap_err().to_string();
+    assert!(err.contains("optimiser state") && err.contains("missing (1): fc.weight"), "{err}");
 }

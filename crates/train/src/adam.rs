@@ -55,6 +55,11 @@ impl Adam {
         Self { vars, config, state: HashMap::new() }
     }
 
+    /// The names of the parameters it updates, with their variables.
+    pub fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
     pub fn state(&self) -> &HashMap<String, AdamState> {
         &self.state
     }

@@ -60,6 +60,8 @@ pub enum TrainError {
     Io { path: PathBuf, message: String },
     #[error("data: {0}")]
     Data(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     #[error(
         "the loss became {loss} at epoch {epoch}, iteration {iteration}: stopping (lower the learning rate, or check the data)"
     )]

@@ -26,6 +26,15 @@ impl Sgd {
         Self { vars, config, momentum_buffers: HashMap::new() }
     }
 
+    /// The names of the parameters it updates, with their variables.
+    pub fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    pub fn config(&self) -> SgdConfig {
+        self.config
+    }
+
     /// The momentum buffers by parameter name (absent before a parameter's first step).
     pub fn momentum_buffers(&self) -> &HashMap<String, Tensor> {
         &self.momentum_buffers

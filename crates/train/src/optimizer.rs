@@ -45,11 +45,62 @@ impl Optimizer {
         })
     }
 
+    /// Restores a checkpoint's optimiser state, which must be complete: after a step every
+    /// parameter has its momentum buffer (SGD with momentum) or its two moments and step count
+    /// (Adam), of its parameter's shape. A missing entry would restart that parameter's momentum
+    /// silently, so it is an error naming it, as is an entry for no parameter.
     pub fn load_state(&mut self, tensors: HashMap<String, Tensor>) -> Result<(), TrainError> {
+        let expected: Vec<(String, Option<Vec<usize>>)> = match self {
+            Optimizer::Sgd(sgd) if sgd.config().momentum == 0.0 => Vec::new(),
+            Optimizer::Sgd(sgd) => {
+                sgd.vars().iter().map(|(name, var)| (name.clone(), Some(var.dims().to_vec()))).collect()
+            }
+            Optimizer::Adam(adam) => adam
+                .vars()
+                .iter()
+                .flat_map(|(name, var)| {
+                    [
+                        (format!("{name}.exp_avg"), Some(var.dims().to_vec())),
+                        (format!("{name}.exp_avg_sq"), Some(var.dims().to_vec())),
+                        (format!("{name}.step"), None),
+                    ]
+                })
+                .collect(),
+        };
+        let mut problems = Vec::new();
+        let missing: Vec<&str> =
+            expected.iter().filter(|(name, _)| !tensors.contains_key(name)).map(|(name, _)| name.as_str()).collect();
+        if !missing.is_empty() {
+            problems.push(format!("missing ({}): {}", missing.len(), shown(&missing)));
+        }
+        let names: std::collections::HashSet<&str> = expected.iter().map(|(name, _)| name.as_str()).collect();
+        let mut unexpected: Vec<&str> = tensors.keys().map(String::as_str).filter(|k| !names.contains(k)).collect();
+        unexpected.sort_unstable();
+        if !unexpected.is_empty() {
+            problems.push(format!("for no parameter ({}): {}", unexpected.len(), shown(&unexpected)));
+        }
+        for (name, dims) in &expected {
+            if let (Some(dims), Some(tensor)) = (dims, tensors.get(name))
+                && tensor.dims() != dims.as_slice()
+            {
+                problems.push(format!("{name}: shape {:?}, its parameter {dims:?}", tensor.dims()));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(TrainError::Checkpoint(format!("the optimiser state does not fit: {}", problems.join("; "))));
+        }
         match self {
             Optimizer::Sgd(sgd) => sgd.set_momentum_buffers(tensors),
             Optimizer::Adam(adam) => adam.load_state_tensors(&tensors)?,
         }
         Ok(())
     }
+}
+
+fn shown(names: &[&str]) -> String {
+    let mut text = names.iter().take(8).copied().collect::<Vec<_>>().join(", ");
+    if names.len() > 8 {
+        text.push_str(", …");
+    }
+    text
 }

@@ -262,7 +262,7 @@ impl Matrix<'_> {
                 eprintln!("{}: {}", cell.tag, if resume { "resuming" } else { "training" });
                 let data = self.data(&self.table.datasets[cell.dataset], cell.dataset);
                 let config = RunConfig { model: model.clone(), data, train: train_config(&self.recipe) };
-                let options = RunOptions { resume, stop_after: None, hub: None };
+                let options = RunOptions { resume, stop_after: None, hub: None, allow_config_change: false };
                 let mut observer = ProgressBars::new("");
                 train_run(&config, &run_dir, &self.device, options, &self.provenance, &mut observer)
                     .with_context(|| format!("cell {}", cell.name))?
@@ -296,7 +296,7 @@ impl Matrix<'_> {
                 let resume = has_checkpoint(&run_dir)?;
                 let doing = if resume { "resuming" } else { "training" };
                 eprintln!("{}: {doing} over {}", cell.tag, image_dir.display());
-                let options = RunOptions { resume, stop_after: None, hub: None };
+                let options = RunOptions { resume, stop_after: None, hub: None, allow_config_change: false };
                 let mut observer = ProgressBars::new(&format!("{:?}", baseline.kind).to_lowercase());
                 let summary = dmlp_experiment::baseline_run(
                     &image_config,

@@ -28,7 +28,9 @@ impl Date {
     }
 
     /// Parses `YYYY-MM-DD`, optionally followed by a time and a zone after a space or a `T`
-    /// (`2011-07-15`, `2011-07-15 00:00:00+00:00`, `2007-10-31T10:22:01`). Only the date counts.
+    /// (`2011-07-15`, `2011-07-15 00:00:00+00:00`, `2007-10-31T10:22:01`). Only the date counts,
+    /// but what follows must be a time (`HH:MM[:SS[.fraction]]`) and an optional zone (`Z`, `UTC`,
+    /// `GMT`, `±HH[:MM]`, `±HHMM`): anything else is junk that says the field is not what it seems.
     pub fn parse(text: &str) -> Result<Self, GeoError> {
         let invalid = |reason| GeoError::InvalidDate { value: text.to_owned(), reason };
         let trimmed = text.trim();
@@ -38,6 +40,9 @@ impl Date {
         };
         if !rest.is_empty() && rest[1..].trim().is_empty() {
             return Err(invalid("nothing follows the date separator"));
+        }
+        if !rest.is_empty() && !is_time_and_zone(rest[1..].trim()) {
+            return Err(invalid("what follows the date is not a time and zone"));
         }
         let mut fields = date_part.split('-');
         let (Some(year), Some(month), Some(day), None) = (fields.next(), fields.next(), fields.next(), fields.next())
@@ -103,6 +108,40 @@ fn days_in_month(year: i32, month: u8) -> u8 {
     if month == 2 && is_leap_year(year) { 29 } else { DAYS_IN_MONTH[usize::from(month - 1)] }
 }
 
+/// `HH:MM[:SS[.fraction]]`, then optionally a zone: `Z`, `UTC`, `GMT`, `±HH`, `±HHMM`, `±HH:MM`
+/// (a space before the zone allowed).
+fn is_time_and_zone(text: &str) -> bool {
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let zone_start = text.find(['Z', '+', '-', ' ', 'U', 'G']).unwrap_or(text.len());
+    let (time, zone) = text.split_at(zone_start);
+    let mut parts = time.split(':');
+    let (Some(hours), Some(minutes)) = (parts.next(), parts.next()) else { return false };
+    let hours_ok = (digits(hours, 1) || digits(hours, 2)) && hours.parse::<u8>().is_ok_and(|h| h < 24);
+    let minutes_ok = digits(minutes, 2) && minutes.parse::<u8>().is_ok_and(|m| m < 60);
+    let seconds_ok = match (parts.next(), parts.next()) {
+        (None, _) => true,
+        (Some(seconds), None) => {
+            let (whole, fraction) = seconds.split_once('.').unwrap_or((seconds, "0"));
+            digits(whole, 2)
+                && whole.parse::<u8>().is_ok_and(|s| s <= 60)
+                && fraction.bytes().all(|b| b.is_ascii_digit())
+                && !fraction.is_empty()
+        }
+        _ => false,
+    };
+    let zone = zone.trim_start();
+    let zone_ok = match zone {
+        "" | "Z" | "UTC" | "GMT" => true,
+        _ => {
+            let offset = zone.strip_prefix(['+', '-']).unwrap_or("x");
+            digits(offset, 2)
+                || digits(offset, 4)
+                || offset.split_once(':').is_some_and(|(h, m)| digits(h, 2) && digits(m, 2))
+        }
+    };
+    hours_ok && minutes_ok && seconds_ok && zone_ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +152,15 @@ mod tests {
         assert_eq!(Date::parse("2011-07-15").unwrap(), expected);
         assert_eq!(Date::parse("2011-07-15 00:00:00+00:00").unwrap(), expected);
         assert_eq!(Date::parse("2011-07-15T10:22:01").unwrap(), expected);
+        for time in [
+            "2011-07-15 10:52",
+            "2011-07-15T10:22:01Z",
+            "2011-07-15 10:22:01.250-05:00",
+            "2011-07-15 9:05:00 UTC",
+            "2011-07-15T10:22:01+0530",
+        ] {
+            assert_eq!(Date::parse(time).unwrap(), expected, "{time}");
+        }
         assert_eq!(expected.to_string(), "2011-07-15");
     }
 
@@ -130,6 +178,11 @@ mod tests {
             "",
             "2011-07-15T",
             "2011-07-15X00",
+            "2011-07-15 banana",
+            "2011-07-15 25:00:00",
+            "2011-07-15 10:61",
+            "2011-07-15 10:52:00+5",
+            "2011-07-15T10:22:01 Mars",
         ] {
             let err = Date::parse(bad).unwrap_err();
             let GeoError::InvalidDate { value, .. } = &err else { panic!("{bad}: {err}") };

@@ -120,10 +120,7 @@ pub(crate) fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         device: args.device.clone(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    let hub = dmlp_pretrained::HubSettings {
-        progress: !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        ..dmlp_pretrained::HubSettings::from_env()
-    };
+    let hub = crate::weights::hub_settings(args.quiet);
     let options = RunOptions {
         resume: args.resume,
         stop_after: args.stop_after,

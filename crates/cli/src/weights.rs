@@ -27,15 +27,16 @@ pub(crate) struct ShowArgs {
     tensors: bool,
 }
 
-fn hub_settings() -> HubSettings {
-    HubSettings { progress: std::io::stderr().is_terminal(), ..HubSettings::from_env() }
+/// The Hub settings of the environment, with a download bar on a terminal unless `quiet`.
+pub(crate) fn hub_settings(quiet: bool) -> HubSettings {
+    HubSettings { progress: !quiet && std::io::stderr().is_terminal(), ..HubSettings::from_env() }
 }
 
 pub(crate) fn run_fetch(args: &FetchArgs) -> anyhow::Result<()> {
     let WeightsSource::Hub(repo) = WeightsSource::parse(&args.id)? else {
         anyhow::bail!("{:?} is not a Hub id: expected hf:ORG/NAME[@REVISION]", args.id);
     };
-    let hub = hub_settings();
+    let hub = hub_settings(false);
     let file = dmlp_pretrained::hub::fetch(&hub, &repo)?;
     let (sha256, bytes) =
         dmlp_pretrained::sha256_file(&file.path).with_context(|| format!("hashing {}", file.path.display()))?;
@@ -52,7 +53,7 @@ pub(crate) fn run_fetch(args: &FetchArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) fn run_show(args: &ShowArgs) -> anyhow::Result<()> {
-    let resolved = dmlp_pretrained::resolve(&args.source, std::path::Path::new(""), &hub_settings())?;
+    let resolved = dmlp_pretrained::resolve(&args.source, std::path::Path::new(""), &hub_settings(false))?;
     for warning in &resolved.warnings {
         eprintln!("warning: {warning}");
     }

@@ -134,6 +134,18 @@ pub fn train_run(
     provenance: &Provenance,
     observer: &mut dyn FitObserver,
 ) -> Result<FitSummary, ExperimentError> {
+    // A resumed run checks its config first: a mismatch stops it before any work.
+    let config_changes = if options.resume { config_changes(config, run_dir)? } else { Vec::new() };
+    if !config_changes.is_empty() && !options.allow_config_change {
+        return Err(ExperimentError::Config {
+            path: run_dir.join("config.toml"),
+            message: format!(
+                "the config differs from the run's own: {}; resume with the run's config, or pass \
+                 --allow-config-change to resume with these changes (they are recorded in provenance-resume.json)",
+                config_changes.join("; ")
+            ),
+        });
+    }
     // Found first (before the data is read and the run folder exists), so a missing file
     // (offline, not cached) stops the run at once and leaves nothing behind. A resumed run takes
     // every weight from its checkpoint instead.
@@ -159,17 +171,6 @@ pub fn train_run(
             init.weights.sha256,
             init.load.summary()
         ));
-    }
-    let config_changes = if options.resume { config_changes(config, run_dir)? } else { Vec::new() };
-    if !config_changes.is_empty() && !options.allow_config_change {
-        return Err(ExperimentError::Config {
-            path: run_dir.join("config.toml"),
-            message: format!(
-                "the config differs from the run's own: {}; resume with the run's config, or pass \
-                 --allow-config-change to resume with these changes (they are recorded in provenance-resume.json)",
-                config_changes.join("; ")
-            ),
-        });
     }
     let run = RunDir::create(run_dir)?;
     let config_text = toml::to_string_pretty(config)

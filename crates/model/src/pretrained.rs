@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{Tensor, Var};
 
+use crate::weights::{Matched, match_by_name};
 use crate::{Classifier, ModelError, WeightsFile};
 
 /// Key prefixes a wrapped backbone checkpoint may carry (`module.` is removed when the file is
@@ -125,27 +126,12 @@ impl Classifier {
         };
         let backbone = self.config().backbone.as_ref().map(|b| b.name()).unwrap_or_default();
         let (keyed, stripped_prefix) = backbone_keyed(file);
-        let mut missing = Vec::new();
-        let mut misshapen = Vec::new();
-        let mut pairs = Vec::new();
-        for (name, var) in self.store().vars().iter().filter(|(name, _)| backbone_names.contains(name)) {
-            match keyed.get(name) {
-                None => missing.push(name.clone()),
-                Some(tensor) if tensor.dims() != var.dims() => misshapen.push(format!(
-                    "  {name}: the file has shape {:?}, {backbone} {:?}",
-                    tensor.dims(),
-                    var.dims()
-                )),
-                Some(tensor) => pairs.push((var.clone(), *tensor)),
-            }
-        }
+        let vars = self.store().vars();
+        let backbone_vars = vars.iter().filter(|(name, _)| backbone_names.contains(name));
+        let Matched { pairs, missing, misshapen } =
+            match_by_name(backbone_vars, |name| keyed.get(name).copied(), &backbone);
         if !missing.is_empty() || !misshapen.is_empty() {
-            const SHOWN: usize = 12;
-            let hidden = misshapen.len().saturating_sub(SHOWN);
-            let mut details: Vec<String> = misshapen.into_iter().take(SHOWN).collect();
-            if hidden > 0 {
-                details.push(format!("  … and {hidden} more tensors of another shape"));
-            }
+            let mut details = misshapen;
             if !missing.is_empty() {
                 details.push(format!(
                     "  missing from the file ({} of {} backbone tensors): {}",

@@ -15,7 +15,7 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use candle_core::pickle::{Object, PthTensors, Stack};
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use dmlp_nn::ParamStore;
 
 use crate::ModelError;
@@ -89,22 +89,8 @@ impl WeightsFile {
     /// device. Checks every name and shape first; changes nothing on error.
     pub fn load_into(&self, store: &ParamStore, policy: LoadPolicy) -> Result<LoadReport, ModelError> {
         let vars = store.vars();
-        let mut missing = Vec::new();
-        let mut mismatched = Vec::new();
-        let mut pairs = Vec::new();
-        for (name, var) in &vars {
-            match self.tensors.get(name) {
-                None => missing.push(name.clone()),
-                Some(tensor) if tensor.dims() != var.dims() => {
-                    mismatched.push(format!(
-                        "  {name}: file has shape {:?}, the model {:?}",
-                        tensor.dims(),
-                        var.dims()
-                    ));
-                }
-                Some(tensor) => pairs.push((var, tensor)),
-            }
-        }
+        let Matched { pairs, missing, misshapen } =
+            match_by_name(vars.iter(), |name| self.tensors.get(name), "the model");
         let model_names: std::collections::HashSet<&str> = vars.iter().map(|(name, _)| name.as_str()).collect();
         let unused: Vec<String> = self
             .tensors
@@ -113,7 +99,7 @@ impl WeightsFile {
             .cloned()
             .collect();
 
-        let mut problems = mismatched;
+        let mut problems = misshapen;
         if !missing.is_empty() && !policy.allow_missing {
             problems.push(format!("  missing from the file ({}): {}", missing.len(), list(&missing)));
         }
@@ -128,6 +114,48 @@ impl WeightsFile {
         }
         Ok(LoadReport { loaded: pairs.len(), missing, unused })
     }
+}
+
+/// The variables matched by name with a file's tensors.
+pub(crate) struct Matched<'f> {
+    /// Each variable with the file's tensor of its shape.
+    pub(crate) pairs: Vec<(Var, &'f Tensor)>,
+    /// Names the file lacks.
+    pub(crate) missing: Vec<String>,
+    /// One line per tensor of another shape (the first dozen, then a count).
+    pub(crate) misshapen: Vec<String>,
+}
+
+/// Matches `vars` with the file's tensors that `get` finds by name; `owner` names the variables'
+/// side in messages (`the model`, `resnet50`).
+pub(crate) fn match_by_name<'f, 'v>(
+    vars: impl Iterator<Item = &'v (String, Var)>,
+    get: impl Fn(&str) -> Option<&'f Tensor>,
+    owner: &str,
+) -> Matched<'f> {
+    const SHOWN: usize = 12;
+    let (mut pairs, mut missing, mut misshapen, mut hidden) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for (name, var) in vars {
+        match get(name) {
+            None => missing.push(name.clone()),
+            Some(tensor) if tensor.dims() != var.dims() => {
+                if misshapen.len() < SHOWN {
+                    misshapen.push(format!(
+                        "  {name}: file has shape {:?}, {owner} {:?}",
+                        tensor.dims(),
+                        var.dims()
+                    ));
+                } else {
+                    hidden += 1;
+                }
+            }
+            Some(tensor) => pairs.push((var.clone(), tensor)),
+        }
+    }
+    if hidden > 0 {
+        misshapen.push(format!("  … and {hidden} more tensors of another shape"));
+    }
+    Matched { pairs, missing, misshapen }
 }
 
 pub(crate) fn list(names: &[String]) -> String {

@@ -326,7 +326,7 @@ pub fn load_split(
     let source_ids = frame.column("source_id").and_then(|c| c.u64().cloned()).map_err(bad)?;
     let names = frame.column("name").and_then(|c| c.str().cloned()).map_err(bad)?;
     let supers = frame.column("supercategory").and_then(|c| c.str().cloned()).map_err(bad)?;
-    let classes = source_ids
+    let classes: Vec<ClassInfo> = source_ids
         .iter()
         .zip(names.iter())
         .zip(supers.iter())
@@ -336,7 +336,6 @@ pub fn load_split(
             supercategory: sup.map(str::to_owned),
         })
         .collect();
-    let classes: Vec<ClassInfo> = classes;
     if let Some((row, record)) = records.iter().enumerate().find(|(_, r)| r.label as usize >= classes.len()) {
         return Err(parquet_err(
             &records_path,

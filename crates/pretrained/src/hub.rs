@@ -130,11 +130,16 @@ pub fn cached(settings: &HubSettings, repo: &HubRepo) -> Result<Option<HubFile>,
             message: format!("holds {commit:?}, not a commit hash: the cache is damaged"),
         });
     }
-    let path = repo_dir.join("snapshots").join(&commit).join(HUB_WEIGHTS_FILE);
+    let path = snapshot_file(settings, repo, &commit);
     if !path.is_file() {
         return Ok(None);
     }
     Ok(Some(HubFile { path, origin: origin(repo, commit), warnings: Vec::new() }))
+}
+
+/// `<cache>/models--ORG--NAME/snapshots/<commit>/model.safetensors`.
+fn snapshot_file(settings: &HubSettings, repo: &HubRepo, commit: &str) -> PathBuf {
+    settings.cache_dir.join(repo.folder_name()).join("snapshots").join(commit).join(HUB_WEIGHTS_FILE)
 }
 
 fn origin(repo: &HubRepo, commit: String) -> HubOrigin {
@@ -171,7 +176,7 @@ pub fn fetch(settings: &HubSettings, repo: &HubRepo) -> Result<HubFile, Pretrain
     let api_repo = api.repo(hub_repo.clone());
     let metadata = api.metadata(&api_repo.url(HUB_WEIGHTS_FILE)).map_err(|e| download_err(e.to_string()))?;
     let commit = metadata.commit_hash().to_owned();
-    let snapshot = settings.cache_dir.join(repo.folder_name()).join("snapshots").join(&commit).join(HUB_WEIGHTS_FILE);
+    let snapshot = snapshot_file(settings, repo, &commit);
     if !snapshot.is_file() {
         api_repo.download(HUB_WEIGHTS_FILE).map_err(|e| download_err(e.to_string()))?;
     }

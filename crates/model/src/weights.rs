@@ -140,11 +140,7 @@ pub(crate) fn match_by_name<'f, 'v>(
             None => missing.push(name.clone()),
             Some(tensor) if tensor.dims() != var.dims() => {
                 if misshapen.len() < SHOWN {
-                    misshapen.push(format!(
-                        "  {name}: file has shape {:?}, {owner} {:?}",
-                        tensor.dims(),
-                        var.dims()
-                    ));
+                    misshapen.push(format!("  {name}: file has shape {:?}, {owner} {:?}", tensor.dims(), var.dims()));
                 } else {
                     hidden += 1;
                 }

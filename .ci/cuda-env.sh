@@ -23,7 +23,17 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 root="$dir/nvidia/cu13"
+# candle-kernels links `-lcudart` (its static MoE kernels call the runtime), and the wheel ships
+# only `libcudart.so.13`: a link folder with the unversioned name lets a binary link here. At run
+# time the binary loads `libcudart.so.13` (and, through cudarc, cuBLAS, cuRAND and the driver)
+# from LD_LIBRARY_PATH.
+link="$dir/link"
+if [ ! -e "$link/libcudart.so" ]; then
+  mkdir -p "$link"
+  ln -sf "$root/lib/libcudart.so.13" "$link/libcudart.so"
+fi
 "$root/bin/nvcc" --version | tail -n 2 >&2
 echo "export CUDA_ROOT='$root' CUDA_PATH='$root' CUDA_COMPUTE_CAP='${CUDA_COMPUTE_CAP:-90}'"
 echo "export PATH='$root/bin':\"\$PATH\""
+echo "export LIBRARY_PATH='$link':\"\${LIBRARY_PATH:-}\""
 echo "export LD_LIBRARY_PATH='$root/lib':\"\${LD_LIBRARY_PATH:-}\""

@@ -1,6 +1,7 @@
 //! `cargo xtask smoke-train`: CI's proof that training works end to end. A tiny fused model on
 //! tiny synthetic data must reach three times chance top-1, and a run stopped after epoch 3 and
-//! resumed must end with the uninterrupted run's metrics (wall-clock fields aside).
+//! resumed must end with the uninterrupted run's metrics (wall-clock fields aside), and the same
+//! run in bf16 mixed precision must learn within a few points of f32 and checkpoint f32 weights.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -41,6 +42,26 @@ lr = 0.1
 warmup_epochs = 1
 seed = 3
 "#;
+
+/// How many top-1 points a bf16 run may trail the f32 one by.
+const BF16_POINTS: f64 = 10.0;
+
+/// The distinct dtypes of the floating-point tensors (weights and optimiser state) in a run's
+/// last checkpoint.
+fn checkpoint_dtypes(run: &Path) -> anyhow::Result<Vec<String>> {
+    let checkpoint = RunDir::open(run)?.checkpoint("last")?.context("the bf16 run left no checkpoint")?;
+    let model = candle_core::safetensors::load(&checkpoint.model, &Device::Cpu)?;
+    let mut dtypes: Vec<String> = model
+        .values()
+        .chain(checkpoint.optimizer.values())
+        .map(|tensor| tensor.dtype())
+        .filter(|dtype| dtype.is_float())
+        .map(|dtype| format!("{dtype:?}"))
+        .collect();
+    dtypes.sort();
+    dtypes.dedup();
+    Ok(dtypes)
+}
 
 fn deterministic(metrics: &[EpochMetrics]) -> Vec<serde_json::Value> {
     metrics
@@ -87,8 +108,12 @@ pub(crate) fn run(args: &SmokeTrainArgs) -> anyhow::Result<ExitCode> {
     let chance = 100.0 / synth.n_classes() as f64;
     eprintln!("smoke-train: best top-1 {:.2} (chance {chance:.2})", whole.best_top1());
     train(&out.join("split"), RunOptions { stop_after: Some(3), ..options.clone() })?;
-    train(&out.join("split"), RunOptions { resume: true, ..options })?;
+    train(&out.join("split"), RunOptions { resume: true, ..options.clone() })?;
     let resumed = RunDir::open(&out.join("split"))?.read_metrics()?;
+    let bf16_config = RunConfig::from_file(&config_path, &["train.precision=bf16".to_string()])?;
+    let bf16 = train_run(&bf16_config, &out.join("bf16"), &Device::Cpu, options.clone(), &provenance, &mut Silent)?;
+    eprintln!("smoke-train: bf16 best top-1 {:.2}", bf16.best_top1());
+    let bf16_dtypes = checkpoint_dtypes(&out.join("bf16"))?;
 
     if whole.best_top1() < 3.0 * chance {
         bail!("the smoke model did not learn: best top-1 {:.2} < 3 × chance ({:.2})", whole.best_top1(), 3.0 * chance);
@@ -103,11 +128,24 @@ pub(crate) fn run(args: &SmokeTrainArgs) -> anyhow::Result<ExitCode> {
             resumed
         );
     }
+    // One validation image is 1.1 points here: "a few points" is ten.
+    if whole.best_top1() - bf16.best_top1() > BF16_POINTS {
+        bail!(
+            "the bf16 run learned {:.2} points less than f32 ({:.2} vs {:.2}; at most {BF16_POINTS})",
+            whole.best_top1() - bf16.best_top1(),
+            bf16.best_top1(),
+            whole.best_top1()
+        );
+    }
+    if bf16_dtypes != ["F32"] {
+        bail!("the bf16 run's checkpoint holds {bf16_dtypes:?}, not f32 master weights only");
+    }
     println!(
-        "smoke-train: ok: top-1 {:.2} ≥ 3 × chance ({:.2}); a run stopped after epoch 3 and resumed matches the uninterrupted run over {} epochs",
+        "smoke-train: ok: top-1 {:.2} ≥ 3 × chance ({:.2}); a run stopped after epoch 3 and resumed matches the uninterrupted run over {} epochs; bf16 top-1 {:.2} with f32 checkpoints",
         whole.best_top1(),
         3.0 * chance,
-        resumed.len()
+        resumed.len(),
+        bf16.best_top1()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -72,7 +72,7 @@ impl SkLayer {
     /// # Shapes
     /// `out, fx: [B, W4, H, W]` → `[B, W4, H, W]`.
     fn forward_t(&self, out: &Tensor, fx: &Tensor, train: bool) -> Result<Tensor> {
-        let a = candle_nn::ops::sigmoid(&self.alpha)?; // [1, 1, 1, 1]
+        let a = candle_nn::ops::sigmoid(&self.alpha.to_dtype(out.dtype())?)?; // [1, 1, 1, 1]
         let one_minus_a = a.affine(-1.0, 1.0)?;
         let gv = (gap_keepdim(out)?.broadcast_mul(&a)? + gap_keepdim(fx)?.broadcast_mul(&one_minus_a)?)?; // [B, W4, 1, 1]
         let hidden = self.bn.forward_relu_t(&self.reduce.forward(&gv)?, train)?; // [B, h, 1, 1]

@@ -92,7 +92,7 @@ impl AttentionBlock {
             AttentionInputs::ImageQuery => (x, g),
             AttentionInputs::LocationQuery => (g, x),
             AttentionInputs::Concatenation => {
-                z = Tensor::cat(&[x, g], 1)?;
+                z = dmlp_nn::cat_promoted(&[x, g], 1)?;
                 (&z, &z)
             }
         };
@@ -106,7 +106,8 @@ impl AttentionBlock {
         let keys = self.knorm.forward(&keys.reshape((b, i, KEY_WIDTH))?)?;
         let scores = keys.matmul(&q.unsqueeze(2)?)?.squeeze(2)?;
         let scores = (scores / (KEY_WIDTH as f64).sqrt())?;
-        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        // Softmax in f32 under half precision, as autocast runs it.
+        let weights = candle_nn::ops::softmax(&scores.to_dtype(dmlp_nn::accumulation_dtype(&scores))?, D::Minus1)?;
         if weights.dim(1)? != i {
             candle_core::bail!("attention block: {} weights for {i} values", weights.dim(1)?);
         }

@@ -50,7 +50,7 @@ impl DaggerBlock {
     /// # Shapes
     /// `x: [B, i]`, `g: [B, ℓ]` → `[B, o]`.
     pub fn forward(&self, x: &Tensor, g: &Tensor) -> Result<Tensor> {
-        let z = Tensor::cat(&[x, g], 1)?;
+        let z = dmlp_nn::cat_promoted(&[x, g], 1)?;
         let u = self.conv12.forward(&self.conv11.forward(&z)?)?;
         let w = self.conv22.forward(&self.conv21.forward(&z)?)?;
         let fused = match (&self.op, &self.proj) {

@@ -104,7 +104,7 @@ impl DynamicMlpC {
     /// `x: [B, i]`, `g: [B, ℓ]` → `[B, o]`.
     pub fn forward(&self, x: &Tensor, g: &Tensor) -> Result<Tensor> {
         let (i, o) = self.dims;
-        let z = Tensor::cat(&[x, g], 1)?;
+        let z = dmlp_nn::cat_promoted(&[x, g], 1)?;
         let u = self.conv12.forward(&self.conv11.forward(&z)?)?;
         let h = self.conv21.forward(&z)?;
         let ys = self.br.forward(&generated_projection(&u, &h, &self.conv22, (i, o))?)?;

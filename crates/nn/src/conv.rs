@@ -63,18 +63,20 @@ impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let ys = conv2d_forward(xs, &self.weight, self.config)?;
         match &self.bias {
-            Some(bias) => ys.broadcast_add(&bias.reshape((1, (), 1, 1))?),
+            Some(bias) => ys.broadcast_add(&bias.to_dtype(ys.dtype())?.reshape((1, (), 1, 1))?),
             None => Ok(ys),
         }
     }
 }
 
 /// The convolution itself: on the CPU the project's op (im2col + gemm, forward and backward as
-/// matrix products; half precision goes through f32), elsewhere [`conv2d_generic`].
+/// matrix products; half precision goes through f32), elsewhere [`conv2d_generic`]. Inside
+/// [`crate::with_autocast`] it computes in, and returns, the autocast dtype.
 ///
 /// # Shapes
 /// `xs: [B, C, H, W]`, `weight: [O, C/groups, kh, kw]` → `[B, O, H', W']`.
 pub fn conv2d_forward(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> Result<Tensor> {
+    let (xs, weight) = (&crate::autocast::for_matmul(xs)?, &crate::autocast::for_matmul(weight)?);
     if !crate::cpu::custom_cpu_ops(xs.device()) {
         return conv2d_generic(xs, weight, config);
     }
@@ -98,6 +100,12 @@ pub fn conv2d_forward(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> Res
 /// # Shapes
 /// As [`conv2d_forward`].
 pub(crate) fn conv2d_generic(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> Result<Tensor> {
+    // candle's CPU convolution has no bf16 kernel (its tiled gemm refuses it); CUDA's has. On the
+    // CPU (only the tests force this path there) bf16 computes in f32 and rounds back.
+    if xs.device().is_cpu() && xs.dtype() == DType::BF16 {
+        let widened = conv2d_generic(&xs.to_dtype(DType::F32)?, &weight.to_dtype(DType::F32)?, config)?;
+        return widened.to_dtype(DType::BF16);
+    }
     let c = config;
     let (_, _, h, w) = xs.dims4()?;
     let (_, _, kh, kw) = weight.dims4()?;

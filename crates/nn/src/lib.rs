@@ -15,6 +15,7 @@
 //! candle and the libraries candle itself uses (gemm, rayon, rand).
 
 mod activation_op;
+mod autocast;
 mod batch_norm_op;
 mod conv;
 mod conv_op;
@@ -33,6 +34,7 @@ mod store;
 mod vecmat_op;
 
 pub use activation_op::{add_relu, relu};
+pub use autocast::{accumulation_dtype, autocast_dtype, cat_promoted, with_autocast};
 pub use conv::{Conv2d, Conv2dConfig, conv2d, conv2d_forward};
 pub use cpu::with_generic_ops;
 pub use cpu_threads::configure_cpu_threads;

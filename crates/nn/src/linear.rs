@@ -49,12 +49,14 @@ impl Module for Linear {
 }
 
 /// `x·Wᵀ + b` for `x: [B, in]`: on the CPU the project's op (direct gemm calls, bias folded
-/// into the product; half precision through f32), elsewhere candle's matmul.
+/// into the product; half precision through f32), elsewhere candle's matmul. Inside
+/// [`crate::with_autocast`] it computes in, and returns, the autocast dtype.
 pub fn linear_forward(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (xs, weight) = (&crate::autocast::for_matmul(xs)?, &crate::autocast::for_matmul(weight)?);
     if !crate::cpu::custom_cpu_ops(xs.device()) {
         let ys = xs.matmul(&weight.t()?)?;
         return match bias {
-            Some(bias) => ys.broadcast_add(bias),
+            Some(bias) => ys.broadcast_add(&bias.to_dtype(ys.dtype())?),
             None => Ok(ys),
         };
     }

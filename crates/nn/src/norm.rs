@@ -128,25 +128,37 @@ impl BatchNorm {
         Ok((ys.to_dtype(dtype)?, mean, var))
     }
 
-    /// Any device: composed from differentiable primitives.
-    fn batch_statistics_composed(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let shape = Self::channel_shape(xs);
-        let dims = Self::reduce_dims(xs);
+    /// Any device: composed from differentiable primitives, in f32 for half-precision input
+    /// (as PyTorch's autocast and cuDNN do), the output in the input's dtype.
+    fn batch_statistics_composed(&self, input: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let shape = Self::channel_shape(input);
+        let dims = Self::reduce_dims(input);
+        let compute = crate::accumulation_dtype(input);
+        let xs = &input.to_dtype(compute)?;
         let mean = xs.mean_keepdim(dims.as_slice())?;
         let centered = xs.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(dims.as_slice())?;
         let normed = centered.broadcast_div(&(var.clone() + self.eps)?.sqrt()?)?;
         let ys = normed
-            .broadcast_mul(&self.weight.reshape(shape.as_slice())?)?
-            .broadcast_add(&self.bias.reshape(shape.as_slice())?)?;
+            .broadcast_mul(&self.weight.to_dtype(compute)?.reshape(shape.as_slice())?)?
+            .broadcast_add(&self.bias.to_dtype(compute)?.reshape(shape.as_slice())?)?
+            .to_dtype(input.dtype())?;
         Ok((ys, mean.detach().flatten_all()?, var.detach().flatten_all()?))
     }
 
-    fn forward_eval(&self, xs: &Tensor) -> Result<Tensor> {
-        let shape = Self::channel_shape(xs);
+    /// The running statistics' affine map, in f32 for half-precision input, the output in the
+    /// input's dtype.
+    fn forward_eval(&self, input: &Tensor) -> Result<Tensor> {
+        let shape = Self::channel_shape(input);
+        let compute = crate::accumulation_dtype(input);
         let scale = self.weight.div(&(self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
         let shift = (&self.bias - self.running_mean.as_tensor().mul(&scale)?)?;
-        xs.broadcast_mul(&scale.reshape(shape.as_slice())?)?.broadcast_add(&shift.reshape(shape.as_slice())?)
+        let (scale, shift) = (scale.to_dtype(compute)?, shift.to_dtype(compute)?);
+        input
+            .to_dtype(compute)?
+            .broadcast_mul(&scale.reshape(shape.as_slice())?)?
+            .broadcast_add(&shift.reshape(shape.as_slice())?)?
+            .to_dtype(input.dtype())
     }
 }
 
@@ -179,9 +191,10 @@ impl Module for LayerNorm {
     /// # Shapes
     /// `xs: [..., n]` → same shape, normalised over the last dimension.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        // Half precision accumulates badly over 2048 values: normalise in f32, as PyTorch's autocast does.
-        let dtype = xs.dtype();
-        let compute = if matches!(dtype, DType::F16 | DType::BF16) { DType::F32 } else { dtype };
+        // Half precision accumulates badly over 2048 values: normalise in f32. Inside autocast the
+        // output stays f32, as PyTorch's autocast returns it (layer_norm is on its f32 list).
+        let compute = crate::accumulation_dtype(xs);
+        let dtype = if crate::autocast_dtype().is_some() { compute } else { xs.dtype() };
         let xs = xs.to_dtype(compute)?;
         let (weight, bias) = (self.weight.to_dtype(compute)?, self.bias.to_dtype(compute)?);
         let ys = if crate::cpu::custom_cpu_ops(xs.device()) {

@@ -428,7 +428,8 @@ fn pad_sides(xs: &Tensor, (top, bottom): (usize, usize), (left, right): (usize, 
 /// # Shapes
 /// `xs: [B, C, H, W]` → `[B, C]`.
 pub fn global_avg_pool(xs: &Tensor) -> Result<Tensor> {
-    xs.mean(D::Minus1)?.mean(D::Minus1)
+    // Half precision sums 49 (or 144) values badly: average in f32 and round back.
+    xs.to_dtype(crate::accumulation_dtype(xs))?.mean(D::Minus1)?.mean(D::Minus1)?.to_dtype(xs.dtype())
 }
 
 #[cfg(test)]

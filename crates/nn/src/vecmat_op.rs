@@ -124,6 +124,7 @@ impl CustomOp2 for VecmatBackwardOp {
 /// # Shapes
 /// `u: [B, i]`, `w: [B, i·o]` → `[B, o]`.
 pub fn batched_vecmat(u: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (u, w) = (&crate::autocast::for_matmul(u)?, &crate::autocast::for_matmul(w)?);
     let (b, i) = u.dims2()?;
     let (b_w, io) = w.dims2()?;
     if b != b_w || i == 0 || io % i != 0 {

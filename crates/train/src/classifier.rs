@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use dmlp_eval::{
     Accuracy, EvalError, ScoreKind, TensorBatch, evaluate_batches, score_rows, to_u32, top_k_hits, view_mean_logits,
@@ -14,8 +15,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution};
 
 use crate::fit::{Batches, StepContext, StepOutcome, Trainable};
+use crate::precision::{Amp, Precision};
 use crate::{
-    Optimizer, SeedStream, TrainConfig, TrainError, label_smoothing_loss, mixup, mixup_loss, mixup_loss_share,
+    Optimizer, SeedStream, TrainConfig, TrainError, label_smoothing_loss, mixup, mixup_loss_permuted, mixup_loss_share,
 };
 
 /// One step's mixup: `λ` and the permutation `[B]` (u32) that pairs each sample with another.
@@ -42,6 +44,133 @@ pub struct ClassifierStep {
     pub loss: f64,
     /// `[B, C]` logits of the mixed batch.
     pub logits: Tensor,
+    /// The update was skipped: f16's scaled gradients overflowed (the scale is halved).
+    pub skipped: bool,
+}
+
+/// One batch's gradients before the update, summed over its parts: what data-parallel ranks
+/// all-reduce.
+#[derive(Debug, Clone)]
+pub struct BatchGradients {
+    /// By the model's trainable variables in `store().trainable_vars()` order (`None`: no
+    /// gradient reached it), multiplied by the loss scale.
+    pub grads: Vec<Option<Tensor>>,
+    /// Scalar, f32, on the device: these parts' share of the batch's mean loss (unscaled).
+    pub loss: Tensor,
+    /// `[b, C]` logits of these parts, detached.
+    pub logits: Tensor,
+}
+
+/// The gradients of `Σ_parts [λ·LS(out, y) + (1 − λ)·LS(out, y')] / batch_len` over an already
+/// mixed `input` (all of a batch, or a data-parallel rank's share of one: `batch_len` is the
+/// whole batch's size), in `micro_batches` near-equal parts each with its own BatchNorm
+/// statistics, each part's loss multiplied by `amp`'s loss scale before backward and its
+/// forward run in `amp`'s precision. A part never holds fewer than two images (BatchNorm needs
+/// two), so a small batch takes fewer parts.
+///
+/// # Shapes
+/// `input`: `[b, 3, H, W]` or `[b, F]`; `loc: [b, cin]`; `targets`, `permuted: [b]` → logits `[b, C]`.
+pub fn classifier_gradients(
+    model: &Classifier,
+    input: StepInput<'_>,
+    loc: Option<&Tensor>,
+    targets: &Tensor,
+    permuted: &Tensor,
+    lambda: f64,
+    smoothing: f64,
+    batch_len: usize,
+    micro_batches: usize,
+    amp: &Amp,
+) -> Result<BatchGradients, TrainError> {
+    let (xs, images) = match input {
+        StepInput::Images(images) => (images, true),
+        StepInput::Features(features) => (features, false),
+    };
+    let n = xs.dim(0)?;
+    let parts = micro_batches.clamp(1, (n / 2).max(1));
+    let trainable = model.store().trainable_vars();
+    let mut grads: Vec<Option<Tensor>> = vec![None; trainable.len()];
+    let (mut loss, mut all_logits) = (None::<Tensor>, Vec::with_capacity(parts));
+    let mut start = 0;
+    for part in 0..parts {
+        let len = n / parts + usize::from(part < n % parts);
+        let part_input = xs.narrow(0, start, len)?;
+        let part_loc = loc.map(|loc| loc.narrow(0, start, len)).transpose()?;
+        let logits = amp.run(|| -> Result<Tensor, TrainError> {
+            Ok(if images {
+                model.forward_t(&part_input, part_loc.as_ref(), true)?.logits
+            } else {
+                model.forward_features_t(&part_input, part_loc.as_ref(), true)?.logits
+            })
+        })?;
+        let (part_targets, part_permuted) = (targets.narrow(0, start, len)?, permuted.narrow(0, start, len)?);
+        let share = if len == batch_len {
+            // The whole batch in one pass: the reference's mean, to the last bit.
+            mixup_loss_permuted(&logits, &part_targets, &part_permuted, lambda, smoothing)?
+        } else {
+            mixup_loss_share(&logits, &part_targets, &part_permuted, lambda, smoothing, batch_len)?
+        };
+        let scale = amp.loss_scale();
+        let backward = if scale == 1.0 { share.backward()? } else { (&share * scale)?.backward()? };
+        for ((_, var), sum) in trainable.iter().zip(grads.iter_mut()) {
+            if let Some(grad) = backward.get(var.as_tensor()) {
+                *sum = Some(match sum.take() {
+                    Some(acc) => (acc + grad)?,
+                    None => grad.clone(),
+                });
+            }
+        }
+        let share = share.detach().to_dtype(DType::F32)?;
+        loss = Some(match loss {
+            Some(acc) => (acc + share)?,
+            None => share,
+        });
+        all_logits.push(logits.detach());
+        start += len;
+    }
+    let loss = loss.ok_or_else(|| TrainError::Config("a training step over an empty batch".into()))?;
+    Ok(BatchGradients { grads, loss, logits: Tensor::cat(&all_logits, 0)? })
+}
+
+/// Applies a batch's (all-reduced) gradients: reads the loss back and stops on a non-finite
+/// one, unscales f16's gradients and skips the update (halving the scale) when one overflowed,
+/// then steps the optimiser at `step.lr`. Returns the loss and whether the update was skipped.
+pub fn apply_gradients(
+    model: &Classifier,
+    optimizer: &mut Optimizer,
+    gradients: &BatchGradients,
+    amp: &mut Amp,
+    step: &StepContext,
+) -> Result<(f64, bool), TrainError> {
+    let loss = step.check_loss(gradients.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?)?;
+    let trainable = model.store().trainable_vars();
+    let scale = amp.loss_scale();
+    let mut store = GradStore::default();
+    let mut squares: Option<Tensor> = None;
+    for ((_, var), grad) in trainable.iter().zip(&gradients.grads) {
+        let Some(grad) = grad else { continue };
+        let grad = if scale == 1.0 { grad.clone() } else { (grad / scale)? };
+        if amp.scaler().is_some() {
+            let sum = grad.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+            squares = Some(match squares {
+                Some(acc) => (acc + sum)?,
+                None => sum,
+            });
+        }
+        store.insert(var.as_tensor(), grad);
+    }
+    if amp.scaler().is_some() {
+        let finite = match squares {
+            Some(squares) => squares.to_scalar::<f32>()?.is_finite(),
+            None => true,
+        };
+        amp.update(finite);
+        if !finite {
+            return Ok((loss, true));
+        }
+    }
+    optimizer.step(&store, step.lr)?;
+    Ok((loss, false))
 }
 
 /// The reference's training step (`train.py`): mixup of the inputs and the encoded locations with
@@ -50,8 +179,8 @@ pub struct ClassifierStep {
 ///
 /// With `micro_batches > 1` (gradient accumulation) the mixed batch goes through the model in
 /// that many near-equal parts, each with its own BatchNorm statistics (as on that many GPUs), and
-/// their gradients add up to the whole batch's mean loss before one update. A part never holds
-/// fewer than two images (BatchNorm needs two), so a small last batch takes fewer parts.
+/// their gradients add up to the whole batch's mean loss before one update (see
+/// [`classifier_gradients`]). `amp` sets the precision and, for f16, scales the loss.
 ///
 /// # Shapes
 /// `input`: `[B, 3, H, W]` or `[B, F]`; `loc: [B, cin]`; `targets: [B]` → logits `[B, C]`.
@@ -64,71 +193,33 @@ pub fn classifier_step(
     mix: &Mixup,
     smoothing: f64,
     micro_batches: usize,
+    amp: &mut Amp,
     step: &StepContext,
 ) -> Result<ClassifierStep, TrainError> {
     let loc = loc.map(|loc| mixup(loc, &mix.perm, mix.lambda)).transpose()?;
-    let (mixed, images) = match input {
-        StepInput::Images(images) => (mixup(images, &mix.perm, mix.lambda)?, true),
-        StepInput::Features(features) => (mixup(features, &mix.perm, mix.lambda)?, false),
+    let mixed = match input {
+        StepInput::Images(images) | StepInput::Features(images) => mixup(images, &mix.perm, mix.lambda)?,
     };
-    let forward = |xs: &Tensor, loc: Option<&Tensor>| -> Result<Tensor, TrainError> {
-        Ok(if images {
-            model.forward_t(xs, loc, true)?.logits
-        } else {
-            model.forward_features_t(xs, loc, true)?.logits
-        })
+    let input = match input {
+        StepInput::Images(_) => StepInput::Images(&mixed),
+        StepInput::Features(_) => StepInput::Features(&mixed),
     };
-    let n = mixed.dim(0)?;
-    let parts = micro_batches.clamp(1, (n / 2).max(1));
-    if parts == 1 {
-        let logits = forward(&mixed, loc.as_ref())?;
-        let loss = mixup_loss(&logits, targets, &mix.perm, mix.lambda, smoothing)?;
-        let value = step.check_loss(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?)?;
-        optimizer.step(&loss.backward()?, step.lr)?;
-        return Ok(ClassifierStep { loss: value, logits });
-    }
     let permuted = targets.index_select(&mix.perm.to_dtype(DType::U32)?, 0)?;
-    let trainable = model.store().trainable_vars();
-    let mut total: Option<candle_core::backprop::GradStore> = None;
-    let (mut value, mut all_logits) = (0.0, Vec::with_capacity(parts));
-    let mut start = 0;
-    for part in 0..parts {
-        let len = n / parts + usize::from(part < n % parts);
-        let part_input = mixed.narrow(0, start, len)?;
-        let part_loc = loc.as_ref().map(|loc| loc.narrow(0, start, len)).transpose()?;
-        let logits = forward(&part_input, part_loc.as_ref())?;
-        let share = mixup_loss_share(
-            &logits,
-            &targets.narrow(0, start, len)?,
-            &permuted.narrow(0, start, len)?,
-            mix.lambda,
-            smoothing,
-            n,
-        )?;
-        value += share.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let grads = share.backward()?;
-        match &mut total {
-            None => total = Some(grads),
-            Some(total) => {
-                for (_, var) in &trainable {
-                    if let Some(grad) = grads.get(var.as_tensor()) {
-                        let sum = match total.get(var.as_tensor()) {
-                            Some(acc) => (acc + grad)?,
-                            None => grad.clone(),
-                        };
-                        total.insert(var.as_tensor(), sum);
-                    }
-                }
-            }
-        }
-        all_logits.push(logits.detach());
-        start += len;
-    }
-    let value = step.check_loss(value)?;
-    if let Some(total) = total {
-        optimizer.step(&total, step.lr)?;
-    }
-    Ok(ClassifierStep { loss: value, logits: Tensor::cat(&all_logits, 0)? })
+    let n = mixed.dim(0)?;
+    let gradients = classifier_gradients(
+        model,
+        input,
+        loc.as_ref(),
+        targets,
+        &permuted,
+        mix.lambda,
+        smoothing,
+        n,
+        micro_batches,
+        amp,
+    )?;
+    let (loss, skipped) = apply_gradients(model, optimizer, &gradients, amp, step)?;
+    Ok(ClassifierStep { loss, logits: gradients.logits, skipped })
 }
 
 /// λ and the permutation of one step, drawn from the mixup stream (λ = 1 and the identity when
@@ -152,15 +243,24 @@ pub fn draw_mixup(config: &TrainConfig, n: usize, step: &StepContext) -> Result<
 pub struct ClassifierTrainer<'a> {
     model: &'a Classifier,
     optimizer: Optimizer,
+    amp: Amp,
     config: TrainConfig,
 }
 
 impl<'a> ClassifierTrainer<'a> {
-    /// The optimiser `config` names over the model's trainable parameters.
+    /// The optimiser `config` names over the model's trainable parameters, in `config.precision`.
+    /// Mixed precision keeps f32 master weights: it needs a model held in f32.
     pub fn new(model: &'a Classifier, config: &TrainConfig) -> Result<Self, TrainError> {
         config.validate().map_err(TrainError::Config)?;
+        if config.precision != Precision::F32 && model.dtype() != DType::F32 {
+            return Err(TrainError::Config(format!(
+                "precision = \"{}\" keeps f32 master weights and computes in half precision: set model.dtype = \"f32\" (it is {:?})",
+                config.precision.as_str(),
+                model.dtype()
+            )));
+        }
         let optimizer = Optimizer::from_config(model.store().trainable_vars(), config);
-        Ok(Self { model, optimizer, config: config.clone() })
+        Ok(Self { model, optimizer, amp: Amp::new(config.precision), config: config.clone() })
     }
 }
 
@@ -211,6 +311,7 @@ impl Trainable for ClassifierTrainer<'_> {
             &mix,
             self.config.label_smoothing,
             self.config.accumulate,
+            &mut self.amp,
             step,
         )?;
         let targets = to_u32(&batch.targets)?;
@@ -222,7 +323,9 @@ impl Trainable for ClassifierTrainer<'_> {
     }
 
     fn evaluate(&self, val: &dyn Batches<TensorBatch>) -> Result<Accuracy, TrainError> {
-        Ok(classifier_evaluation(self.model, val.epoch(0)?, self.config.label_smoothing, 0)?.accuracy)
+        let evaluation =
+            self.amp.run(|| classifier_evaluation(self.model, val.epoch(0)?, self.config.label_smoothing, 0))?;
+        Ok(evaluation.accuracy)
     }
 
     fn model_tensors(&self) -> HashMap<String, Tensor> {
@@ -230,11 +333,14 @@ impl Trainable for ClassifierTrainer<'_> {
     }
 
     fn optimizer_state(&self) -> Result<HashMap<String, Tensor>, TrainError> {
-        self.optimizer.state()
+        let mut state = self.optimizer.state()?;
+        state.extend(self.amp.state()?);
+        Ok(state)
     }
 
-    fn restore(&mut self, model: &Path, optimizer: HashMap<String, Tensor>) -> Result<(), TrainError> {
+    fn restore(&mut self, model: &Path, mut optimizer: HashMap<String, Tensor>) -> Result<(), TrainError> {
         WeightsFile::read(model)?.load_into(self.model.store(), LoadPolicy::STRICT)?;
+        self.amp.take_state(&mut optimizer)?;
         let state = optimizer
             .into_iter()
             .map(|(k, v)| Ok((k, v.to_dtype(self.model.dtype())?.to_device(self.model.device())?)))

@@ -1,5 +1,6 @@
 //! The training recipe: the `[train]` table of a config.
 
+use crate::Precision;
 use serde::{Deserialize, Serialize};
 
 /// Which optimiser updates the parameters.
@@ -53,6 +54,11 @@ pub struct TrainConfig {
     /// on one GPU: `batch_size = 512`, `accumulate = 8`. Default 1.
     #[serde(default = "TrainConfig::default_accumulate")]
     pub accumulate: usize,
+    /// `f32` (the default), `bf16` or `f16` (with dynamic loss scaling): the dtype products and
+    /// convolutions compute in; weights, optimiser state and checkpoints stay f32, BatchNorm,
+    /// LayerNorm, softmax and the loss compute in f32 (PyTorch's autocast).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl TrainConfig {
@@ -74,6 +80,7 @@ impl TrainConfig {
             seed: Self::default_seed(),
             eval_batch_size: None,
             accumulate: Self::default_accumulate(),
+            precision: Precision::F32,
         }
     }
 

@@ -29,6 +29,7 @@ mod fit;
 mod loss;
 mod optim;
 mod optimizer;
+mod precision;
 mod run_dir;
 mod schedule;
 mod streams;
@@ -37,16 +38,17 @@ use std::path::PathBuf;
 
 pub use adam::{Adam, AdamConfig, AdamState};
 pub use classifier::{
-    ClassifierStep, ClassifierTrainer, Mixup, StepInput, classifier_scores, classifier_step, draw_mixup,
-    evaluate_classifier,
+    BatchGradients, ClassifierStep, ClassifierTrainer, Mixup, StepInput, apply_gradients, classifier_gradients,
+    classifier_scores, classifier_step, draw_mixup, evaluate_classifier,
 };
 pub use config::{OptimizerKind, TrainConfig};
 pub use fit::{
     Batches, BestBy, FitObserver, FitPlan, FitSummary, Schedule, Silent, StepContext, StepOutcome, Trainable, fit,
 };
-pub use loss::{label_smoothing_loss, mixup, mixup_loss, mixup_loss_share};
+pub use loss::{label_smoothing_loss, mixup, mixup_loss, mixup_loss_permuted, mixup_loss_share};
 pub use optim::{Sgd, SgdConfig};
 pub use optimizer::Optimizer;
+pub use precision::{Amp, LossScaler, Precision};
 pub use run_dir::{Checkpoint, CheckpointState, EpochMetrics, RunDir, Which, write_atomic};
 pub use schedule::{LrSchedule, lr_at};
 pub use streams::{SeedStream, stream_seed};

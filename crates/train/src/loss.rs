@@ -47,9 +47,20 @@ pub fn mixup(xs: &Tensor, perm: &Tensor, lambda: f64) -> Result<Tensor> {
 /// `λ·LS(out, y) + (1 − λ)·LS(out, y[perm])`.
 pub fn mixup_loss(logits: &Tensor, targets: &Tensor, perm: &Tensor, lambda: f64, smoothing: f64) -> Result<Tensor> {
     let permuted = targets.index_select(&perm.to_dtype(DType::U32)?, 0)?;
+    mixup_loss_permuted(logits, targets, &permuted, lambda, smoothing)
+}
+
+/// [`mixup_loss`] with `permuted = y[perm]` already gathered.
+pub fn mixup_loss_permuted(
+    logits: &Tensor,
+    targets: &Tensor,
+    permuted: &Tensor,
+    lambda: f64,
+    smoothing: f64,
+) -> Result<Tensor> {
     let log_probs = log_probs(logits, smoothing)?;
     let a = smoothed_nll(&log_probs, targets, smoothing)?;
-    let b = smoothed_nll(&log_probs, &permuted, smoothing)?;
+    let b = smoothed_nll(&log_probs, permuted, smoothing)?;
     (a * lambda)? + (b * (1.0 - lambda))?
 }
 

@@ -2,29 +2,12 @@
 //! without BatchNorm (the Dynamic MLP head on pooled features, dropout off), and a batch too
 //! small for its parts takes fewer.
 
-use candle_core::{DType, Device, Tensor};
-use dmlp_fusion::{FusionConfig, FusionKind};
-use dmlp_geo::Metadata;
-use dmlp_model::{Classifier, ModelConfig, ModelDType};
-use dmlp_train::{Mixup, Optimizer, StepContext, StepInput, TrainConfig, classifier_step};
+mod common;
 
-fn head() -> ModelConfig {
-    ModelConfig {
-        pretrained: None,
-        backbone: None,
-        feature_dim: Some(16),
-        num_classes: 5,
-        metadata: Some(Metadata::GeoTemporal),
-        fusion: Some(FusionConfig {
-            mlp_d: 16,
-            mlp_h: 8,
-            mlp_n: 2,
-            loc_dropout: 0.0,
-            ..FusionConfig::with_defaults(FusionKind::DynamicMlpC)
-        }),
-        dtype: ModelDType::F32,
-    }
-}
+use candle_core::{Device, Tensor};
+use common::{batch, head, params, permutation};
+use dmlp_model::Classifier;
+use dmlp_train::{Amp, Mixup, Optimizer, StepContext, StepInput, TrainConfig, classifier_step};
 
 /// Two steps (so momentum is exercised) of a batch of `n` in `parts`; every parameter after them,
 /// and the two losses.
@@ -32,20 +15,8 @@ fn train(parts: usize, n: usize) -> (Vec<f64>, Vec<Vec<f32>>) {
     let model = Classifier::new(&head(), 3, &Device::Cpu).unwrap();
     let config = TrainConfig { accumulate: parts, ..TrainConfig::recipe(1, n, 0.1) };
     let mut optimizer = Optimizer::from_config(model.store().trainable_vars(), &config);
-    let features = Tensor::from_vec(
-        (0..n * 16).map(|i| ((i * 7919 % 211) as f32 / 105.5) - 1.0).collect::<Vec<_>>(),
-        (n, 16),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let loc = Tensor::from_vec(
-        (0..n * 6).map(|i| ((i * 31 % 17) as f32 / 8.5) - 1.0).collect::<Vec<_>>(),
-        (n, 6),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let targets = Tensor::from_vec((0..n as u32).map(|i| i * 3 % 5).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
-    let perm: Vec<u32> = (0..n as u32).map(|i| (i * 5 + 3) % n as u32).collect();
+    let (features, loc, targets) = batch(n);
+    let perm = permutation(n);
     let mix = Mixup { lambda: 0.7, perm: Tensor::from_vec(perm, n, &Device::Cpu).unwrap() };
     let mut losses = Vec::new();
     for iteration in 0..2 {
@@ -59,18 +30,14 @@ fn train(parts: usize, n: usize) -> (Vec<f64>, Vec<Vec<f32>>) {
             &mix,
             0.1,
             parts,
+            &mut Amp::f32(),
             &step,
         )
         .unwrap();
         assert_eq!(out.logits.dims(), [n, 5]);
         losses.push(out.loss);
     }
-    let params = model
-        .store()
-        .vars()
-        .into_iter()
-        .map(|(_, v)| v.as_tensor().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap())
-        .collect();
+    let params = params(&model);
     (losses, params)
 }
 
@@ -89,13 +56,7 @@ fn a_batch_in_parts_updates_as_the_whole_batch() {
             }
         }
     }
-    let untouched: Vec<Vec<f32>> = Classifier::new(&head(), 3, &Device::Cpu)
-        .unwrap()
-        .store()
-        .vars()
-        .into_iter()
-        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
-        .collect();
+    let untouched = params(&Classifier::new(&head(), 3, &Device::Cpu).unwrap());
     assert_ne!(untouched, whole, "the steps must change the parameters");
 }
 

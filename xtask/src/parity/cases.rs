@@ -434,6 +434,7 @@ fn run_train_step(dir: &Path, case: &TrainStepCase, device: &Device) -> anyhow::
             &mix,
             case.label_smoothing,
             1,
+            &mut dmlp_train::Amp::f32(),
             &step,
         )?;
         losses.push(out.loss);

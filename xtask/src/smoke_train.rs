@@ -101,7 +101,7 @@ pub(crate) fn run(args: &SmokeTrainArgs) -> anyhow::Result<ExitCode> {
     let config = RunConfig::from_file(&config_path, &[])?;
     let provenance = Provenance { git_commit: None, device: "cpu".into(), command: "cargo xtask smoke-train".into() };
     let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false };
-    let train = |dir: &Path, options| train_run(&config, dir, &Device::Cpu, options, &provenance, &mut Silent);
+    let train = |dir: &Path, options| train_run(&config, dir, &[Device::Cpu], options, &provenance, &mut Silent);
 
     let whole = train(&out.join("whole"), options.clone())?;
     let whole_metrics = RunDir::open(&out.join("whole"))?.read_metrics()?;
@@ -111,7 +111,7 @@ pub(crate) fn run(args: &SmokeTrainArgs) -> anyhow::Result<ExitCode> {
     train(&out.join("split"), RunOptions { resume: true, ..options.clone() })?;
     let resumed = RunDir::open(&out.join("split"))?.read_metrics()?;
     let bf16_config = RunConfig::from_file(&config_path, &["train.precision=bf16".to_string()])?;
-    let bf16 = train_run(&bf16_config, &out.join("bf16"), &Device::Cpu, options.clone(), &provenance, &mut Silent)?;
+    let bf16 = train_run(&bf16_config, &out.join("bf16"), &[Device::Cpu], options.clone(), &provenance, &mut Silent)?;
     eprintln!("smoke-train: bf16 best top-1 {:.2}", bf16.best_top1());
     let bf16_dtypes = checkpoint_dtypes(&out.join("bf16"))?;
 

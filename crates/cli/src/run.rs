@@ -28,9 +28,10 @@ pub(crate) struct TrainArgs {
     /// Override one config key, e.g. --set train.lr=0.1 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
-    /// cpu or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// cpu or cuda:N; several, comma-separated (`--devices cuda:0,cuda:1`), train data parallel:
+    /// one replica per device, each batch split across them.
+    #[arg(long, visible_alias = "devices", value_delimiter = ',', default_value = "cpu")]
+    device: Vec<String>,
     /// Stop after this epoch (the schedule still spans the configured epochs).
     #[arg(long)]
     stop_after: Option<usize>,
@@ -114,10 +115,10 @@ fn read_config(path: &Path, overrides: &[String]) -> anyhow::Result<RunConfig> {
 
 pub(crate) fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     let config = read_config(&args.config, &args.overrides)?;
-    let device = parse_device(&args.device)?;
+    let devices = args.device.iter().map(|name| parse_device(name)).collect::<Result<Vec<_>, _>>()?;
     let provenance = Provenance {
         git_commit: git_commit(),
-        device: args.device.clone(),
+        device: args.device.join(","),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let hub = crate::weights::hub_settings(args.quiet);
@@ -127,7 +128,7 @@ pub(crate) fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         hub: Some(hub),
         allow_config_change: args.allow_config_change,
     };
-    let summary = train_run(&config, &args.run_dir, &device, options, &provenance, observer(args.quiet, "").as_mut())
+    let summary = train_run(&config, &args.run_dir, &devices, options, &provenance, observer(args.quiet, "").as_mut())
         .with_context(|| format!("training into {}", args.run_dir.display()))?;
     println!(
         "done: {} epochs in {}; best val top-1 {:.3} at epoch {}",

@@ -11,6 +11,7 @@
 
 mod baseline;
 mod config;
+mod parallel;
 mod pretrained;
 mod progress;
 mod source;
@@ -29,7 +30,9 @@ use candle_core::Device;
 use dmlp_datasets::read_split;
 use dmlp_eval::{Evaluation, PredictionRecord};
 use dmlp_model::Classifier;
-use dmlp_train::{BestBy, ClassifierTrainer, FitObserver, FitPlan, FitSummary, RunDir, write_atomic};
+use dmlp_train::{
+    BestBy, ClassifierTrainer, DataParallelTrainer, FitObserver, FitPlan, FitSummary, RunDir, write_atomic,
+};
 
 /// What can go wrong in a run.
 #[derive(Debug, thiserror::Error)]
@@ -125,11 +128,13 @@ pub fn read_splits(config: &RunConfig) -> Result<(dmlp_datasets::Split, dmlp_dat
     Ok((train, val))
 }
 
-/// Trains the model `config` describes into `run_dir` (or continues it with `resume`).
+/// Trains the model `config` describes into `run_dir` (or continues it with `resume`), on one
+/// device or, data parallel, on several: one replica per device, each batch split across them
+/// (`dmlp_train::DataParallelTrainer`; the first device evaluates and checkpoints).
 pub fn train_run(
     config: &RunConfig,
     run_dir: &Path,
-    device: &Device,
+    devices: &[Device],
     options: RunOptions,
     provenance: &Provenance,
     observer: &mut dyn FitObserver,
@@ -155,6 +160,9 @@ pub fn train_run(
             Some(resolve_pretrained(source, &hub)?)
         }
         _ => None,
+    };
+    let Some(device) = devices.first() else {
+        return Err(ExperimentError::Config { path: run_dir.to_owned(), message: "no device to train on".into() });
     };
     let (train_split, val_split) = read_splits(config)?;
     let missing_metadata = check_metadata_coverage(config, &train_split)?;
@@ -206,15 +214,28 @@ pub fn train_run(
     let name = if options.resume { "provenance-resume.json" } else { "provenance.json" };
     write_atomic(&run_dir.join(name), serde_json::to_string_pretty(&provenance_json).unwrap_or_default().as_bytes())?;
 
-    let train_source = LoaderSource::train(Arc::new(train_split), config, device.clone())?;
     let val_source = LoaderSource::eval(Arc::new(val_split), config, device.clone())?;
-    let mut trainer = ClassifierTrainer::new(&model, &config.train)?;
     let plan = FitPlan {
         epochs: config.train.epochs,
         schedule: config.train.schedule(),
         best_by: BestBy::ValTop1,
         stop_after: options.stop_after,
     };
+    if devices.len() == 1 {
+        let train_source = LoaderSource::train(Arc::new(train_split), config, device.clone())?;
+        let mut trainer = ClassifierTrainer::new(&model, &config.train)?;
+        return Ok(dmlp_train::fit(&mut trainer, &plan, &train_source, &val_source, &run, options.resume, observer)?);
+    }
+    // Data parallel: batches stay on the host and each replica takes its rows.
+    let train_source = LoaderSource::train(Arc::new(train_split), config, Device::Cpu)?;
+    let others = devices[1..]
+        .iter()
+        .map(|device| Classifier::new(&config.model, config.train.seed, device))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (collectives, note) = parallel::collectives(devices)?;
+    observer.note(&format!("data parallel over {} devices: {note}", devices.len()));
+    let models: Vec<&Classifier> = std::iter::once(&model).chain(&others).collect();
+    let mut trainer = DataParallelTrainer::new(models, collectives, &config.train)?;
     Ok(dmlp_train::fit(&mut trainer, &plan, &train_source, &val_source, &run, options.resume, observer)?)
 }
 

@@ -236,13 +236,13 @@ seed = 5
     let provenance = Provenance { git_commit: None, device: "cpu".into(), command: "test".into() };
     let run_dir = tmp.path().join("run");
     let empty = RunOptions { hub: Some(HubSettings::offline(tmp.path().join("empty"))), ..RunOptions::default() };
-    let err = train_run(&config, &run_dir, &Device::Cpu, empty, &provenance, &mut Silent).unwrap_err().to_string();
+    let err = train_run(&config, &run_dir, &[Device::Cpu], empty, &provenance, &mut Silent).unwrap_err().to_string();
     assert!(err.contains("org/tiny") && err.contains("dmlp weights fetch"), "{err}");
     assert!(!run_dir.exists(), "nothing of the run may be written before its weights are found");
 
     let cache = hub_cache(&tmp.path().join("hub"), "org/tiny", &imagenet_file(1));
     let options = RunOptions { hub: Some(HubSettings::offline(&cache)), ..RunOptions::default() };
-    train_run(&config, &run_dir, &Device::Cpu, options, &provenance, &mut Silent).unwrap();
+    train_run(&config, &run_dir, &[Device::Cpu], options, &provenance, &mut Silent).unwrap();
     let provenance: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("provenance.json")).unwrap()).unwrap();
     let pretrained = &provenance["pretrained"];

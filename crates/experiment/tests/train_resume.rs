@@ -76,16 +76,25 @@ fn deterministic_lines(path: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_resumed_run_ends_where_the_uninterrupted_run_ends() {
-    resumes_exactly(&[]);
+    resumes_exactly(&[], &[Device::Cpu]);
+}
+
+#[test]
+fn a_resumed_data_parallel_run_ends_where_the_uninterrupted_run_ends() {
+    // Two replicas (threads summing on the host, as `dmlp train --devices cpu,cpu`).
+    resumes_exactly(&[], &[Device::Cpu, Device::Cpu]);
 }
 
 #[test]
 fn a_resumed_adamw_run_ends_where_the_uninterrupted_run_ends() {
     // The supplement's transformer recipe uses AdamW; its state must survive a checkpoint too.
-    resumes_exactly(&["train.optimizer=adamw".into(), "train.lr=0.002".into(), "train.weight_decay=0.05".into()]);
+    resumes_exactly(
+        &["train.optimizer=adamw".into(), "train.lr=0.002".into(), "train.weight_decay=0.05".into()],
+        &[Device::Cpu],
+    );
 }
 
-fn resumes_exactly(overrides: &[String]) {
+fn resumes_exactly(overrides: &[String], devices: &[Device]) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let synth = SynthConfig { missing_fraction: 0.05, ..eight_classes(12, 4, 9) };
@@ -94,7 +103,7 @@ fn resumes_exactly(overrides: &[String]) {
     let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false };
 
     let whole = tmp.path().join("whole");
-    let summary = train_run(&config, &whole, &Device::Cpu, options.clone(), &provenance(), &mut Silent).unwrap();
+    let summary = train_run(&config, &whole, devices, options.clone(), &provenance(), &mut Silent).unwrap();
     assert_eq!(summary.metrics.len(), 3);
     let losses: Vec<f64> = summary.metrics.iter().map(|m| m.train_loss).collect();
     assert!(losses[2] < losses[0], "the optimiser must learn: {losses:?}");
@@ -109,13 +118,12 @@ fn resumes_exactly(overrides: &[String]) {
 
     let split = tmp.path().join("split");
     let first = RunOptions { stop_after: Some(1), ..options.clone() };
-    train_run(&config, &split, &Device::Cpu, first, &provenance(), &mut Silent).unwrap();
+    train_run(&config, &split, devices, first, &provenance(), &mut Silent).unwrap();
     // A second start without --resume refuses to overwrite the run.
-    let err =
-        train_run(&config, &split, &Device::Cpu, options.clone(), &provenance(), &mut Silent).unwrap_err().to_string();
+    let err = train_run(&config, &split, devices, options.clone(), &provenance(), &mut Silent).unwrap_err().to_string();
     assert!(err.contains("--resume"), "{err}");
     let resumed = RunOptions { resume: true, ..options };
-    train_run(&config, &split, &Device::Cpu, resumed, &provenance(), &mut Silent).unwrap();
+    train_run(&config, &split, devices, resumed, &provenance(), &mut Silent).unwrap();
 
     assert_eq!(deterministic_lines(&whole.join("metrics.jsonl")), deterministic_lines(&split.join("metrics.jsonl")));
     let weights = |run: &Path| {
@@ -135,12 +143,12 @@ fn resume_without_a_checkpoint_and_bad_overrides_are_errors() {
     // The config says 8 classes; this data has 3.
     let config = RunConfig::from_file(&path, &[]).unwrap();
     let options = RunOptions { resume: true, stop_after: None, hub: None, allow_config_change: false };
-    let err = train_run(&config, &tmp.path().join("run"), &Device::Cpu, options.clone(), &provenance(), &mut Silent)
+    let err = train_run(&config, &tmp.path().join("run"), &[Device::Cpu], options.clone(), &provenance(), &mut Silent)
         .unwrap_err()
         .to_string();
     assert!(err.contains("8 classes") && err.contains('3'), "{err}");
     let config = RunConfig::from_file(&path, &["model.num_classes=3".into()]).unwrap();
-    let err = train_run(&config, &tmp.path().join("run"), &Device::Cpu, options, &provenance(), &mut Silent)
+    let err = train_run(&config, &tmp.path().join("run"), &[Device::Cpu], options, &provenance(), &mut Silent)
         .unwrap_err()
         .to_string();
     assert!(err.contains("no checkpoint"), "{err}");
@@ -169,7 +177,7 @@ fn a_diverging_loss_stops_the_run_naming_the_step() {
     )
     .unwrap();
     let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false };
-    let err = train_run(&config, &tmp.path().join("run"), &Device::Cpu, options, &provenance(), &mut Silent)
+    let err = train_run(&config, &tmp.path().join("run"), &[Device::Cpu], options, &provenance(), &mut Silent)
         .unwrap_err()
         .to_string();
     assert!(err.contains("loss became") && err.contains("epoch") && err.contains("iteration"), "{err}");
@@ -191,7 +199,7 @@ fn a_last_training_batch_of_one_image_is_dropped_where_batchnorm_cannot_use_it()
     ];
     let config = RunConfig::from_file(&write_config(tmp.path(), &data), &overrides).unwrap();
     let run = tmp.path().join("run");
-    let summary = train_run(&config, &run, &Device::Cpu, RunOptions::default(), &provenance(), &mut Silent).unwrap();
+    let summary = train_run(&config, &run, &[Device::Cpu], RunOptions::default(), &provenance(), &mut Silent).unwrap();
     assert_eq!(summary.metrics[0].train_images, 95, "the one-image batch is left out");
     let provenance: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("provenance.json")).unwrap()).unwrap();
@@ -207,7 +215,7 @@ fn a_split_mostly_without_the_models_metadata_stops_before_training_unless_accep
     let path = write_config(tmp.path(), &data);
     let config = RunConfig::from_file(&path, &["model.num_classes=3".into(), "train.epochs=1".into()]).unwrap();
     let run = tmp.path().join("run");
-    let err = train_run(&config, &run, &Device::Cpu, RunOptions::default(), &provenance(), &mut Silent)
+    let err = train_run(&config, &run, &[Device::Cpu], RunOptions::default(), &provenance(), &mut Silent)
         .unwrap_err()
         .to_string();
     assert!(err.contains("12 of 12 records") && err.contains("a location or a date"), "{err}");
@@ -215,7 +223,7 @@ fn a_split_mostly_without_the_models_metadata_stops_before_training_unless_accep
     assert!(!run.exists(), "nothing written");
     let overrides = ["model.num_classes=3".into(), "train.epochs=1".into(), "data.allow_missing_metadata=true".into()];
     let config = RunConfig::from_file(&path, &overrides).unwrap();
-    train_run(&config, &run, &Device::Cpu, RunOptions::default(), &provenance(), &mut Silent).unwrap();
+    train_run(&config, &run, &[Device::Cpu], RunOptions::default(), &provenance(), &mut Silent).unwrap();
     let provenance: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("provenance.json")).unwrap()).unwrap();
     assert_eq!(provenance["data"]["train"]["records_missing_metadata"], 12);
@@ -231,7 +239,7 @@ fn resuming_with_a_changed_config_is_an_error_unless_allowed_and_then_recorded()
     let run = tmp.path().join("run");
     let config = RunConfig::from_file(&path, &base).unwrap();
     let first = RunOptions { stop_after: Some(1), ..RunOptions::default() };
-    train_run(&config, &run, &Device::Cpu, first, &provenance(), &mut Silent).unwrap();
+    train_run(&config, &run, &[Device::Cpu], first, &provenance(), &mut Silent).unwrap();
 
     let changed = RunConfig::from_file(
         &path,
@@ -240,12 +248,12 @@ fn resuming_with_a_changed_config_is_an_error_unless_allowed_and_then_recorded()
     .unwrap();
     let resume = RunOptions { resume: true, ..RunOptions::default() };
     let err =
-        train_run(&changed, &run, &Device::Cpu, resume.clone(), &provenance(), &mut Silent).unwrap_err().to_string();
+        train_run(&changed, &run, &[Device::Cpu], resume.clone(), &provenance(), &mut Silent).unwrap_err().to_string();
     assert!(err.contains("train.lr: 0.05 → 0.1") && err.contains("--allow-config-change"), "{err}");
     assert!(!err.contains("data.workers"), "a neutral key is not a change: {err}");
     // The same config resumes; an allowed change resumes and is recorded.
     let allowed = RunOptions { allow_config_change: true, ..resume };
-    train_run(&changed, &run, &Device::Cpu, allowed, &provenance(), &mut Silent).unwrap();
+    train_run(&changed, &run, &[Device::Cpu], allowed, &provenance(), &mut Silent).unwrap();
     let provenance: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("provenance-resume.json")).unwrap()).unwrap();
     assert_eq!(provenance["config_changes"][0], "train.lr: 0.05 → 0.1");
@@ -260,13 +268,13 @@ fn a_checkpoint_whose_optimiser_state_lacks_a_momentum_buffer_is_refused() {
     let config = RunConfig::from_file(&path, &["model.num_classes=3".into(), "train.epochs=2".into()]).unwrap();
     let run = tmp.path().join("run");
     let first = RunOptions { stop_after: Some(1), ..RunOptions::default() };
-    train_run(&config, &run, &Device::Cpu, first, &provenance(), &mut Silent).unwrap();
+    train_run(&config, &run, &[Device::Cpu], first, &provenance(), &mut Silent).unwrap();
     let last = std::fs::read_to_string(run.join("checkpoints/last")).unwrap();
     let state_path = run.join("checkpoints").join(last.trim()).join("optimizer.safetensors");
     let mut state = candle_core::safetensors::load(&state_path, &Device::Cpu).unwrap();
     assert!(state.remove("fc.weight").is_some());
     candle_core::safetensors::save(&state, &state_path).unwrap();
     let resume = RunOptions { resume: true, ..RunOptions::default() };
-    let err = train_run(&config, &run, &Device::Cpu, resume, &provenance(), &mut Silent).unwrap_err().to_string();
+    let err = train_run(&config, &run, &[Device::Cpu], resume, &provenance(), &mut Silent).unwrap_err().to_string();
     assert!(err.contains("optimiser state") && err.contains("missing (1): fc.weight"), "{err}");
 }

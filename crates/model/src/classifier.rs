@@ -99,6 +99,11 @@ impl Classifier {
         &self.device
     }
 
+    /// Classes `fc` scores.
+    pub fn num_classes(&self) -> usize {
+        self.config.num_classes
+    }
+
     pub fn dtype(&self) -> DType {
         self.config.dtype.dtype()
     }

@@ -5,9 +5,7 @@ use std::path::Path;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
-use dmlp_eval::{
-    Accuracy, EvalError, ScoreKind, TensorBatch, evaluate_batches, score_rows, to_u32, top_k_hits, view_mean_logits,
-};
+use dmlp_eval::{Accuracy, EvalError, ScoreKind, TensorBatch, evaluate_batches, view_mean_logits};
 use dmlp_model::{Classifier, LoadPolicy, WeightsFile};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -264,6 +262,45 @@ impl<'a> ClassifierTrainer<'a> {
     }
 }
 
+/// Loads a checkpoint into a model, its optimiser and its precision's state (moved to the
+/// model's device and dtype).
+pub(crate) fn restore_replica(
+    model: &Classifier,
+    optimizer: &mut Optimizer,
+    amp: &mut Amp,
+    weights: &Path,
+    mut state: HashMap<String, Tensor>,
+) -> Result<(), TrainError> {
+    WeightsFile::read(weights)?.load_into(model.store(), LoadPolicy::STRICT)?;
+    amp.take_state(&mut state)?;
+    let state = state
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(model.dtype())?.to_device(model.device())?)))
+        .collect::<Result<HashMap<_, _>, TrainError>>()?;
+    optimizer.load_state(state)
+}
+
+/// Top-1 hits of a mixed batch on its device, `λ·hits(y) + (1 − λ)·hits(y')` as a scalar f32:
+/// a hit when the target's logit is the row's largest (ties in the target's favour, a NaN never
+/// a hit), as `dmlp_eval::top_k_hits` counts, without copying the logits to the host.
+///
+/// # Shapes
+/// `logits: [b, C]`, `targets`, `permuted: [b]` → scalar.
+pub(crate) fn train_top1_hits(
+    logits: &Tensor,
+    targets: &Tensor,
+    permuted: &Tensor,
+    lambda: f64,
+) -> Result<Tensor, TrainError> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let best = logits.max_keepdim(1)?;
+    let hits = |t: &Tensor| -> Result<Tensor, TrainError> {
+        let own = logits.gather(&t.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
+        Ok(own.ge(&best)?.to_dtype(DType::F32)?.sum_all()?)
+    };
+    Ok(((hits(targets)? * lambda)? + (hits(permuted)? * (1.0 - lambda))?)?)
+}
+
 /// `[B, C]` logits of `model` averaged over every view and crop of `batch`, in eval mode.
 pub fn classifier_scores(model: &Classifier, batch: &TensorBatch) -> Result<Tensor, EvalError> {
     view_mean_logits(&|images, loc| Ok(model.forward_t(images, loc, false).map_err(EvalError::model)?.logits), batch)
@@ -281,7 +318,7 @@ pub fn evaluate_classifier(
     classifier_evaluation(model, batches, smoothing, top_k)
 }
 
-fn classifier_evaluation(
+pub(crate) fn classifier_evaluation(
     model: &Classifier,
     batches: impl Iterator<Item = Result<TensorBatch, TrainError>>,
     smoothing: f64,
@@ -302,10 +339,12 @@ impl Trainable for ClassifierTrainer<'_> {
         let mix = Mixup { lambda, perm: Tensor::from_slice(&perm_ids, n, images.device())? };
         let dropout = SeedStream::Dropout.seed(self.config.seed, &[step.epoch as u64, step.iteration as u64]);
         self.model.reseed_dropout(dropout);
+        // Pixels `[B, 3, H, W]`, or pooled features `[B, F]` for a model without a backbone.
+        let input = if images.rank() == 4 { StepInput::Images(images) } else { StepInput::Features(images) };
         let out = classifier_step(
             self.model,
             &mut self.optimizer,
-            StepInput::Images(images),
+            input,
             batch.loc.as_ref(),
             &batch.targets,
             &mix,
@@ -314,12 +353,9 @@ impl Trainable for ClassifierTrainer<'_> {
             &mut self.amp,
             step,
         )?;
-        let targets = to_u32(&batch.targets)?;
-        let permuted: Vec<u32> = perm_ids.iter().map(|p| targets[*p as usize]).collect();
-        let rows = score_rows(&out.logits)?;
-        let top1_hits =
-            lambda * top_k_hits(&rows, &targets, 1)? as f64 + (1.0 - lambda) * top_k_hits(&rows, &permuted, 1)? as f64;
-        Ok(StepOutcome { loss: out.loss, images: n, top1_hits })
+        let permuted = batch.targets.index_select(&mix.perm, 0)?;
+        let top1_hits = train_top1_hits(&out.logits, &batch.targets, &permuted, lambda)?;
+        Ok(StepOutcome { loss: out.loss, images: n, top1_hits: top1_hits.to_dtype(DType::F64)?.to_scalar::<f64>()? })
     }
 
     fn evaluate(&self, val: &dyn Batches<TensorBatch>) -> Result<Accuracy, TrainError> {
@@ -338,13 +374,7 @@ impl Trainable for ClassifierTrainer<'_> {
         Ok(state)
     }
 
-    fn restore(&mut self, model: &Path, mut optimizer: HashMap<String, Tensor>) -> Result<(), TrainError> {
-        WeightsFile::read(model)?.load_into(self.model.store(), LoadPolicy::STRICT)?;
-        self.amp.take_state(&mut optimizer)?;
-        let state = optimizer
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.to_dtype(self.model.dtype())?.to_device(self.model.device())?)))
-            .collect::<Result<HashMap<_, _>, TrainError>>()?;
-        self.optimizer.load_state(state)
+    fn restore(&mut self, model: &Path, optimizer: HashMap<String, Tensor>) -> Result<(), TrainError> {
+        restore_replica(self.model, &mut self.optimizer, &mut self.amp, model, optimizer)
     }
 }

@@ -27,8 +27,11 @@ mod classifier;
 mod config;
 mod fit;
 mod loss;
+#[cfg(feature = "nccl")]
+mod nccl;
 mod optim;
 mod optimizer;
+mod parallel;
 mod precision;
 mod run_dir;
 mod schedule;
@@ -46,8 +49,11 @@ pub use fit::{
     Batches, BestBy, FitObserver, FitPlan, FitSummary, Schedule, Silent, StepContext, StepOutcome, Trainable, fit,
 };
 pub use loss::{label_smoothing_loss, mixup, mixup_loss, mixup_loss_permuted, mixup_loss_share};
+#[cfg(feature = "nccl")]
+pub use nccl::NcclCollective;
 pub use optim::{Sgd, SgdConfig};
 pub use optimizer::Optimizer;
+pub use parallel::{Collective, DataParallelTrainer, LocalCollective, shards};
 pub use precision::{Amp, LossScaler, Precision};
 pub use run_dir::{Checkpoint, CheckpointState, EpochMetrics, RunDir, Which, write_atomic};
 pub use schedule::{LrSchedule, lr_at};
@@ -64,6 +70,8 @@ pub enum TrainError {
     Data(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    #[error("data parallel: {0}")]
+    Parallel(String),
     #[error(
         "the loss became {loss} at epoch {epoch}, iteration {iteration}: stopping (lower the learning rate, or check the data)"
     )]

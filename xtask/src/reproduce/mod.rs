@@ -264,9 +264,16 @@ impl Matrix<'_> {
                 let config = RunConfig { model: model.clone(), data, train: train_config(&self.recipe) };
                 let options = RunOptions { resume, stop_after: None, hub: None, allow_config_change: false };
                 let mut observer = ProgressBars::new("");
-                train_run(&config, &run_dir, &self.device, options, &self.provenance, &mut observer)
-                    .with_context(|| format!("cell {}", cell.name))?
-                    .best_top1()
+                train_run(
+                    &config,
+                    &run_dir,
+                    std::slice::from_ref(&self.device),
+                    options,
+                    &self.provenance,
+                    &mut observer,
+                )
+                .with_context(|| format!("cell {}", cell.name))?
+                .best_top1()
             }
         };
         Ok(Measured { top1, params: count_params(&model)?, full_params: count_params(&full_model)? })

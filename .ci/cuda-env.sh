@@ -23,14 +23,33 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 root="$dir/nvidia/cu13"
-# candle-kernels links `-lcudart` (its static MoE kernels call the runtime), and the wheel ships
-# only `libcudart.so.13`: a link folder with the unversioned name lets a binary link here. At run
-# time the binary loads `libcudart.so.13` (and, through cudarc, cuBLAS, cuRAND and the driver)
-# from LD_LIBRARY_PATH.
+# A binary links against the driver and the runtime libraries (candle builds cudarc with
+# `dynamic-linking`: -lcuda -lnvrtc -lcublas -lcublasLt -lcurand, -lnccl with the `nccl`
+# feature, and candle-kernels -lcudart). The wheels ship only versioned names (libcublas.so.13),
+# no driver, and NCCL only in a 200 MB wheel: the link folder holds the unversioned names, and
+# stubs for libcuda.so (SONAME libcuda.so.1) and libnccl.so (SONAME libnccl.so.2) whose every
+# function, as cudarc declares them, is an empty one, as the CUDA toolkit's stubs/ folder does.
+# At run time the binary loads the GPU machine's real libcuda.so.1 (its driver), and the .so.13
+# libraries and libnccl.so.2 from LD_LIBRARY_PATH (PyTorch's NVIDIA wheels hold them).
 link="$dir/link"
-if [ ! -e "$link/libcudart.so" ]; then
+if [ ! -e "$link/libnccl.so" ]; then
   mkdir -p "$link"
-  ln -sf "$root/lib/libcudart.so.13" "$link/libcudart.so"
+  for lib in cudart.so.13 nvrtc.so.13 cublas.so.13 cublasLt.so.13 curand.so.10; do
+    ln -sf "$root/lib/lib$lib" "$link/lib${lib%.so.*}.so"
+  done
+  # cudarc's driver bindings, as Cargo.lock pins them.
+  cudarc_src="$(cargo metadata --format-version 1 --locked --all-features 2>/dev/null | python3 -c '
+import json, sys, os
+for p in json.load(sys.stdin)["packages"]:
+    if p["name"] == "cudarc":
+        print(os.path.dirname(p["manifest_path"]))')"
+  stub() { # stub NAME SONAME BINDINGS PATTERN
+    grep -oE "pub (unsafe )?fn $4[A-Za-z0-9_]*" "$cudarc_src/src/$3/sys/mod.rs" | awk '{print $NF}' | sort -u \
+      | sed 's/.*/void &(void) {}/' > "$link/$1_stub.c"
+    cc -shared -fPIC -Wl,-soname,"$2" -o "$link/lib$1.so" "$link/$1_stub.c"
+  }
+  stub cuda libcuda.so.1 driver "cu[A-Z]"
+  stub nccl libnccl.so.2 nccl "nccl"
 fi
 "$root/bin/nvcc" --version | tail -n 2 >&2
 echo "export CUDA_ROOT='$root' CUDA_PATH='$root' CUDA_COMPUTE_CAP='${CUDA_COMPUTE_CAP:-90}'"

@@ -52,6 +52,10 @@ pub(crate) struct ModelBenchArgs {
     /// Print one JSON object as the last line of standard output.
     #[arg(long)]
     json: bool,
+    /// cpu or cuda:N (the device is synchronised inside every timer; `--python` compares on
+    /// the CPU only: on a GPU, `cargo xtask gpu-check` runs PyTorch beside dmlp).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// The steps `bench model` times.
@@ -100,7 +104,10 @@ fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
     let threads = set_threads(args.threads);
     eprintln!("bench model: {threads} threads, release build: {}", !cfg!(debug_assertions));
 
-    let device = Device::Cpu;
+    let device = dmlp_model::parse_device(&args.device)?;
+    if !device.is_cpu() && args.python.is_some() {
+        bail!("--python compares on the CPU; on a GPU, `cargo xtask gpu-check --python PY` runs PyTorch beside dmlp");
+    }
     let wanted = |step: ModelStep| args.only.is_none_or(|only| only == step);
     let mut head = if wanted(ModelStep::Head) { Some(head_step(&device)?) } else { None };
     let mut resnet =
@@ -210,10 +217,13 @@ fn head_step(device: &Device) -> anyhow::Result<Step> {
     )?;
     let features = Tensor::randn(0f32, 1.0, (HEAD_BATCH, 2048), device)?;
     let loc = Tensor::rand(-1f32, 1.0, (HEAD_BATCH, 6), device)?;
+    let device = device.clone();
     Ok(Box::new(move || {
         let out = head.forward_t(&features, &loc, true)?;
         let grads = out.fused.sum_all()?.backward()?;
         drop(grads);
+        // The timer stops when the device is done, not when the work is queued.
+        device.synchronize()?;
         Ok(())
     }))
 }
@@ -223,10 +233,12 @@ fn backbone_step(preset: BackbonePreset, device: &Device) -> anyhow::Result<Step
     let config = ModelConfig::image_only(BackboneSpec::Preset(preset), 1000);
     let model = Classifier::new(&config, 0, device)?;
     let images = Tensor::randn(0f32, 1.0, (RESNET_BATCH, 3, IMAGE_SIZE, IMAGE_SIZE), device)?;
+    let device = device.clone();
     Ok(Box::new(move || {
         let out = model.forward_t(&images, None, true)?;
         let grads = out.features.sum_all()?.backward()?;
         drop(grads);
+        device.synchronize()?;
         Ok(())
     }))
 }

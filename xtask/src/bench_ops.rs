@@ -25,6 +25,10 @@ pub(crate) struct OpsBenchArgs {
     /// Print one JSON object as the last line of standard output (logs go to standard error).
     #[arg(long)]
     json: bool,
+    /// cpu or cuda:N (the device is synchronised inside every timer; `--python` compares on
+    /// the CPU only: on a GPU, `cargo xtask gpu-check` runs PyTorch beside dmlp).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// One convolution of ResNet-50: `(in, out, kernel, stride, padding, input size, how many)`.
@@ -59,12 +63,15 @@ fn median(mut times: Vec<f64>) -> f64 {
     times[times.len() / 2]
 }
 
-fn time_it(iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+/// Median of `iters` timed runs after one warm-up, `device` synchronised inside the timer.
+fn time_it(iters: usize, device: &Device, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
     f()?;
+    device.synchronize()?;
     let mut times = Vec::new();
     for _ in 0..iters.max(1) {
         let start = Instant::now();
         f()?;
+        device.synchronize()?;
         times.push(start.elapsed().as_secs_f64());
     }
     Ok(median(times))
@@ -83,7 +90,7 @@ fn conv_fwd_bwd(device: &Device) -> anyhow::Result<(f64, f64)> {
         let config = Conv2dConfig::new(s, p);
         let out_size = (size + 2 * p - k) / s + 1;
         let step_flops = 3.0 * 2.0 * (batch * cout * out_size * out_size * cin * k * k) as f64;
-        let t = time_it(1, || {
+        let t = time_it(1, device, || {
             let ys = conv2d_forward(x.as_tensor(), w.as_tensor(), config)?;
             drop(ys.sum_all()?.backward()?);
             Ok(())
@@ -104,7 +111,7 @@ fn batch_norm_step(device: &Device) -> anyhow::Result<f64> {
     let store = ParamStore::new(0);
     let bn = batch_norm(256, store.var_builder(DType::F32, device))?;
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (8, 256, 56, 56), device)?)?;
-    time_it(3, || {
+    time_it(3, device, || {
         let ys = bn.forward_t(x.as_tensor(), true)?;
         drop(ys.sum_all()?.backward()?);
         Ok(())
@@ -116,7 +123,7 @@ fn network_step(spec: BackboneSpec, batch: usize, size: usize, iters: usize, dev
     let model = Classifier::new(&config, 0, device)?;
     let images = Tensor::randn(0f32, 1.0, (batch, 3, size, size), device)?;
     let targets = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect(), batch, device)?;
-    time_it(iters, || {
+    time_it(iters, device, || {
         let out = model.forward_t(&images, None, true)?;
         let loss = candle_nn::loss::cross_entropy(&out.logits, &targets)?;
         drop(loss.backward()?);
@@ -139,7 +146,12 @@ struct TorchOps {
 
 pub(crate) fn run(args: &OpsBenchArgs) -> anyhow::Result<ExitCode> {
     let threads = crate::bench::set_threads(args.threads);
-    let device = Device::Cpu;
+    let device = dmlp_model::parse_device(&args.device)?;
+    if !device.is_cpu() && args.python.is_some() {
+        anyhow::bail!(
+            "--python compares on the CPU; on a GPU, `cargo xtask gpu-check --python PY` runs PyTorch beside dmlp"
+        );
+    }
     eprintln!("bench ops: {threads} threads, release build: {}", !cfg!(debug_assertions));
     let (conv_s, conv_flops) = conv_fwd_bwd(&device)?;
     let conv_gflops = conv_flops / conv_s / 1e9;

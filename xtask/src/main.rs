@@ -8,6 +8,7 @@
 mod bench;
 mod bench_data;
 mod bench_ops;
+mod gpu_check;
 mod parity;
 mod paths;
 mod reproduce;
@@ -42,6 +43,9 @@ enum Command {
     Reproduce(reproduce::ReproduceArgs),
     /// Train a tiny model on tiny synthetic data: it must learn, and resume must be exact (CI).
     SmokeTrain(smoke_train::SmokeTrainArgs),
+    /// Everything a GPU machine should run, in one command: parity, ops against the CPU, and
+    /// training throughput beside PyTorch; one report and a JSON file.
+    GpuCheck(gpu_check::GpuCheckArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Bench { what } => bench::run(what),
         Command::Reproduce(args) => reproduce::run(&args),
         Command::SmokeTrain(args) => smoke_train::run(&args),
+        Command::GpuCheck(args) => gpu_check::run(&args),
     };
     match result {
         Ok(code) => code,

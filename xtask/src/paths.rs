@@ -4,8 +4,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-/// The workspace root (the folder above `xtask/`).
+/// The workspace root: `$DMLP_ROOT` if set, else the current directory when it is a checkout
+/// (a release binary carried to another machine runs from the copy of the tree there), else the
+/// folder above `xtask/` where this binary was built.
 pub(crate) fn project_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("DMLP_ROOT") {
+        return PathBuf::from(root);
+    }
+    if let Ok(cwd) = std::env::current_dir()
+        && cwd.join("xtask").join("Cargo.toml").is_file()
+    {
+        return cwd;
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 

@@ -1,0 +1,349 @@
+//! `cargo xtask gpu-check`: everything a GPU machine should run, as one prepared command that
+//! prints one report and writes it as JSON: the device; every parity case on the device; every
+//! op and two whole training steps against the CPU (`ops`); ResNet-50 and SK-Res2Net-101
+//! training steps at batch 64 × 224² in f32 and bf16 (images/s, the device synchronised inside
+//! the timer, peak memory from `nvidia-smi`), beside PyTorch's on the same GPU in the same run
+//! (`xtask/python/gpu_check.py`: f32 with TF32 off, and AMP bf16).
+//!
+//! It runs on the CPU too (`--device cpu`, small `--batch`/`--size`), which is how it is tested.
+
+mod ops;
+mod steps;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::Device;
+use dmlp_backbones::BackbonePreset;
+use dmlp_train::Precision;
+use serde::Serialize;
+
+use steps::{StepPlan, StepTiming};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct GpuCheckArgs {
+    /// The device to check (cuda:N; `cpu` checks the device-generic path on the CPU).
+    #[arg(long, default_value = "cuda:0")]
+    device: String,
+    /// A Python with PyTorch: the same training steps in PyTorch on the same device.
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Where the JSON report goes (default `target/gpu-check.json`; on a GPU machine, `$OUT/…`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Images per training step.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Image side.
+    #[arg(long, default_value_t = 224)]
+    size: usize,
+    /// Timed steps per configuration (after the warm-up).
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Seconds after which a configuration stops taking timed steps (the whole check must fit
+    /// the GPU machine's time).
+    #[arg(long, default_value_t = 60.0)]
+    budget_s: f64,
+    /// Parity case folders (default: the committed cases, and the shared ones where present).
+    #[arg(long)]
+    parity: Vec<PathBuf>,
+    /// Leave out a part: `parity`, `ops`, `steps`.
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    device: DeviceInfo,
+    build: BuildInfo,
+    parity: Option<ParitySummary>,
+    ops: Option<OpsSummary>,
+    steps: Vec<StepTiming>,
+    torch: Option<serde_json::Value>,
+    /// dmlp images/s ÷ PyTorch images/s per (model, precision).
+    ratios: Vec<Ratio>,
+    peak_memory_mib: Option<u64>,
+    wall_s: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct DeviceInfo {
+    name: String,
+    nvidia_smi: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct BuildInfo {
+    version: &'static str,
+    release: bool,
+    cuda: bool,
+    nccl: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ParitySummary {
+    passed: usize,
+    failed: usize,
+    unsupported: usize,
+    failures: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct OpsSummary {
+    checked: usize,
+    failed: Vec<ops::OpCheck>,
+    worst: Option<ops::OpCheck>,
+}
+
+#[derive(Debug, Serialize)]
+struct Ratio {
+    model: String,
+    precision: String,
+    dmlp_images_per_s: f64,
+    torch_images_per_s: f64,
+    ratio: f64,
+}
+
+pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
+    let start = Instant::now();
+    let device = dmlp_model::parse_device(&args.device)?;
+    let skip = |part: &str| args.skip.iter().any(|s| s == part);
+    let mut report = Report {
+        device: device_info(&args.device),
+        build: BuildInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            release: !cfg!(debug_assertions),
+            cuda: cfg!(feature = "cuda"),
+            nccl: cfg!(feature = "nccl"),
+        },
+        ..Report::default()
+    };
+    println!("gpu-check on {} ({})", args.device, report.device.name);
+    let mut healthy = true;
+
+    if !skip("parity") {
+        let summary = parity(&args.parity, &device)?;
+        println!(
+            "parity on {}: {} passed, {} failed, {} unsupported",
+            args.device, summary.passed, summary.failed, summary.unsupported
+        );
+        for failure in &summary.failures {
+            println!("  FAILED {failure}");
+        }
+        healthy &= summary.failed == 0;
+        report.parity = Some(summary);
+    }
+    if !skip("ops") {
+        let checks = ops::check(&device)?;
+        let failed: Vec<ops::OpCheck> = checks.iter().filter(|c| !c.ok()).cloned().collect();
+        let worst = checks.iter().max_by(|a, b| (a.rel_l2 / a.tol).total_cmp(&(b.rel_l2 / b.tol))).cloned();
+        println!("ops against the CPU: {} tensors, {} out of tolerance", checks.len(), failed.len());
+        if let Some(w) = &worst {
+            println!("  worst: {} / {}: rel_l2 {:.2e} (tol {:.0e})", w.op, w.tensor, w.rel_l2, w.tol);
+        }
+        for f in &failed {
+            println!("  FAILED {} / {}: rel_l2 {:.2e}", f.op, f.tensor, f.rel_l2);
+        }
+        healthy &= failed.is_empty();
+        report.ops = Some(OpsSummary { checked: checks.len(), failed, worst });
+    }
+    if !skip("steps") {
+        let plan = StepPlan {
+            batch: args.batch,
+            size: args.size,
+            warmup: args.warmup,
+            steps: args.steps,
+            budget_s: args.budget_s,
+        };
+        let memory = MemoryWatch::start(&device);
+        for preset in [BackbonePreset::Resnet50, BackbonePreset::Sk2res2net101] {
+            for precision in [Precision::F32, Precision::Bf16] {
+                let timing = steps::time_training(preset, precision, &device, plan);
+                match (&timing.images_per_s, &timing.error) {
+                    (_, Some(error)) => println!("dmlp  {} {}: ERROR {error}", timing.model, timing.precision),
+                    (Some(rate), None) => println!(
+                        "dmlp  {} {} batch {} × {}²: {:.1} images/s ({} steps, {:.3} s/step, loss {:.3})",
+                        timing.model,
+                        timing.precision,
+                        timing.batch,
+                        timing.size,
+                        rate,
+                        timing.steps,
+                        timing.step_s.unwrap_or(0.0),
+                        timing.last_loss.unwrap_or(f64::NAN)
+                    ),
+                    _ => {}
+                }
+                healthy &= timing.error.is_none();
+                report.steps.push(timing);
+            }
+        }
+        report.peak_memory_mib = memory.stop();
+        if let Some(peak) = report.peak_memory_mib {
+            println!("peak GPU memory (nvidia-smi, the whole process): {peak} MiB");
+        }
+        if let Some(python) = &args.python {
+            match torch_steps(python, args) {
+                Ok(torch) => {
+                    report.ratios = ratios(&report.steps, &torch);
+                    for r in &report.ratios {
+                        println!(
+                            "torch {} {}: {:.1} images/s; dmlp ÷ torch = {:.2}",
+                            r.model, r.precision, r.torch_images_per_s, r.ratio
+                        );
+                    }
+                    report.torch = Some(torch);
+                }
+                Err(e) => {
+                    println!("torch: ERROR {e:#}");
+                    report.torch = Some(serde_json::json!({ "error": format!("{e:#}") }));
+                }
+            }
+        }
+    }
+    report.wall_s = start.elapsed().as_secs_f64();
+    let out = args.out.clone().unwrap_or_else(|| crate::paths::project_root().join("target").join("gpu-check.json"));
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "gpu-check: {} in {:.0} s; report {}",
+        if healthy { "ok" } else { "FAILED" },
+        report.wall_s,
+        out.display()
+    );
+    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn device_info(name: &str) -> DeviceInfo {
+    let index = name.strip_prefix("cuda:").unwrap_or("0");
+    let query = Command::new("nvidia-smi")
+        .args(["--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader", "-i", index])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let device_name = if name == "cpu" {
+        "the CPU (device-generic path)".to_string()
+    } else {
+        query.as_deref().and_then(|q| q.split(',').next()).unwrap_or("unknown").trim().to_string()
+    };
+    DeviceInfo { name: device_name, nvidia_smi: query }
+}
+
+fn parity(dirs: &[PathBuf], device: &Device) -> anyhow::Result<ParitySummary> {
+    let dirs = if dirs.is_empty() {
+        let mut dirs = vec![crate::paths::committed_parity_dir()];
+        dirs.extend(crate::paths::shared_parity_dirs().unwrap_or_default());
+        dirs
+    } else {
+        dirs.to_vec()
+    };
+    let reports: Vec<_> =
+        crate::parity::collect_case_dirs(&dirs)?.iter().map(|dir| crate::parity::run_case(dir, device)).collect();
+    let failures: Vec<String> = reports
+        .iter()
+        .filter(|r| r.is_failure())
+        .map(|r| crate::parity::format_report(r).lines().next().unwrap_or_default().to_string())
+        .collect();
+    let unsupported = reports.iter().filter(|r| matches!(r.outcome, crate::parity::Outcome::Unsupported(_))).count();
+    Ok(ParitySummary {
+        passed: reports.len() - failures.len() - unsupported,
+        failed: failures.len(),
+        unsupported,
+        failures,
+    })
+}
+
+/// Polls `nvidia-smi` for the GPU's memory in use while the steps run; the largest reading.
+struct MemoryWatch {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MemoryWatch {
+    fn start(device: &Device) -> Self {
+        let (stop, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let thread = match device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => {
+                let (stop, peak) = (stop.clone(), peak.clone());
+                Some(std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let used = Command::new("nvidia-smi")
+                            .args([
+                                "--query-gpu=memory.used",
+                                "--format=csv,noheader,nounits",
+                                "-i",
+                                &gpu_id.to_string(),
+                            ])
+                            .output()
+                            .ok()
+                            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u64>().ok());
+                        if let Some(used) = used {
+                            peak.fetch_max(used, Ordering::Relaxed);
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                }))
+            }
+            _ => None,
+        };
+        Self { stop, peak, thread }
+    }
+
+    fn stop(mut self) -> Option<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.take()?;
+        thread.join().ok()?;
+        Some(self.peak.load(Ordering::Relaxed)).filter(|&p| p > 0)
+    }
+}
+
+fn torch_steps(python: &std::path::Path, args: &GpuCheckArgs) -> anyhow::Result<serde_json::Value> {
+    let script_args: Vec<String> = vec![
+        "--device".into(),
+        args.device.clone(),
+        "--batch".into(),
+        args.batch.to_string(),
+        "--size".into(),
+        args.size.to_string(),
+        "--steps".into(),
+        args.steps.to_string(),
+        "--warmup".into(),
+        args.warmup.to_string(),
+        "--budget-s".into(),
+        args.budget_s.to_string(),
+    ];
+    crate::bench::run_python_json(python, "gpu_check.py", &script_args)
+}
+
+fn ratios(steps: &[StepTiming], torch: &serde_json::Value) -> Vec<Ratio> {
+    let Some(rows) = torch.get("steps").and_then(|s| s.as_array()) else { return Vec::new() };
+    steps
+        .iter()
+        .filter_map(|ours| {
+            let theirs = rows.iter().find(|row| {
+                row.get("model").and_then(|m| m.as_str()) == Some(ours.model.as_str())
+                    && row.get("precision").and_then(|p| p.as_str()) == Some(ours.precision.as_str())
+            })?;
+            let torch_rate = theirs.get("images_per_s")?.as_f64()?;
+            let dmlp_rate = ours.images_per_s?;
+            Some(Ratio {
+                model: ours.model.clone(),
+                precision: ours.precision.clone(),
+                dmlp_images_per_s: dmlp_rate,
+                torch_images_per_s: torch_rate,
+                ratio: dmlp_rate / torch_rate,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,250 @@
+//! Every op of `dmlp-nn`, and whole ResNet and SK-Res2Net training steps, on a device against
+//! the CPU custom ops: the same seeded weights and inputs, values and gradients. On CUDA this is
+//! the CPU-vs-CUDA check; with `--device cpu` it compares the CPU ops with the device-generic path
+//! forced on the CPU (what CUDA runs), which is how the check itself is tested without a GPU.
+
+use candle_core::{DType, Device, Module, ModuleT, Tensor, Var};
+use dmlp_backbones::{BackboneSpec, BlockKind, CustomBackbone};
+use dmlp_fusion::{FusionConfig, FusionKind};
+use dmlp_geo::Metadata;
+use dmlp_model::{Classifier, ModelConfig};
+use dmlp_nn::{
+    AvgPool2d, Conv2dConfig, MaxPool2d, ParamStore, batch_norm, batched_vecmat, conv2d, generated_projection,
+    global_avg_pool, init, layer_norm, linear, with_generic_ops,
+};
+
+/// One compared tensor.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct OpCheck {
+    pub(crate) op: String,
+    pub(crate) tensor: String,
+    pub(crate) rel_l2: f64,
+    pub(crate) tol: f64,
+}
+
+impl OpCheck {
+    pub(crate) fn ok(&self) -> bool {
+        self.rel_l2 <= self.tol
+    }
+}
+
+type Op = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
+
+/// An op built under a store on a device, and its input's shape.
+struct OpCase {
+    name: &'static str,
+    input: Vec<usize>,
+    build: fn(&ParamStore, &Device) -> candle_core::Result<Op>,
+}
+
+/// f32 on both sides, summed in other orders: the generic-path tests' bound.
+const TOL: f64 = 2e-4;
+
+fn smooth(shape: &[usize], seed: f64, device: &Device) -> candle_core::Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> =
+        (0..n).map(|i| (((i as f64 + seed) * 12.9898).sin() * 43758.5453).fract() as f32 * 2.0).collect();
+    Tensor::from_vec(data, shape, device)
+}
+
+fn values(t: &Tensor) -> candle_core::Result<Vec<f64>> {
+    t.to_dtype(DType::F64)?.flatten_all()?.to_device(&Device::Cpu)?.to_vec1()
+}
+
+fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    // A tensor that is zero by construction is float noise on both sides: held absolutely.
+    if norm > 1e-6 { diff / norm } else { diff }
+}
+
+fn cases() -> Vec<OpCase> {
+    fn cfg(stride: usize, padding: usize, groups: usize) -> Conv2dConfig {
+        Conv2dConfig { groups, ..Conv2dConfig::new(stride, padding) }
+    }
+    vec![
+        OpCase {
+            name: "conv2d 7×7/2 pad 3, non-square",
+            input: vec![2, 3, 23, 18],
+            build: |s, d| {
+                let c = conv2d(3, 8, 7, cfg(2, 3, 1), false, init::pytorch_default(147), s.var_builder(DType::F32, d))?;
+                Ok(Box::new(move |x| c.forward(x)))
+            },
+        },
+        OpCase {
+            name: "conv2d 3×3/2 grouped, with bias",
+            input: vec![2, 8, 13, 10],
+            build: |s, d| {
+                let c = conv2d(8, 8, 3, cfg(2, 1, 4), true, init::pytorch_default(18), s.var_builder(DType::F32, d))?;
+                Ok(Box::new(move |x| c.forward(x)))
+            },
+        },
+        OpCase {
+            name: "max pool 3/2 pad 1",
+            input: vec![2, 4, 13, 10],
+            build: |_, _| {
+                let p = MaxPool2d { kernel: 3, stride: 2, padding: 1, ceil_mode: false };
+                Ok(Box::new(move |x| p.forward(x)))
+            },
+        },
+        OpCase {
+            name: "avg pool 3/1 pad 1 (count_include_pad=False)",
+            input: vec![2, 4, 9, 7],
+            build: |_, _| {
+                let p = AvgPool2d { kernel: 3, stride: 1, padding: 1, ceil_mode: false, count_include_pad: false };
+                Ok(Box::new(move |x| p.forward(x)))
+            },
+        },
+        OpCase {
+            name: "avg pool 2/2 ceil_mode",
+            input: vec![2, 4, 9, 7],
+            build: |_, _| {
+                let p = AvgPool2d { kernel: 2, stride: 2, padding: 0, ceil_mode: true, count_include_pad: false };
+                Ok(Box::new(move |x| p.forward(x)))
+            },
+        },
+        OpCase {
+            name: "batch norm + relu (training)",
+            input: vec![4, 5, 6, 7],
+            build: |s, d| {
+                let bn = batch_norm(5, s.var_builder(DType::F32, d).pp("bn"))?;
+                Ok(Box::new(move |x| bn.forward_relu_t(x, true)))
+            },
+        },
+        OpCase {
+            name: "batch norm (evaluation)",
+            input: vec![4, 5, 6, 7],
+            build: |s, d| {
+                let bn = batch_norm(5, s.var_builder(DType::F32, d).pp("bn"))?;
+                Ok(Box::new(move |x| bn.forward_t(x, false)))
+            },
+        },
+        OpCase {
+            name: "layer norm",
+            input: vec![6, 32],
+            build: |s, d| {
+                let ln = layer_norm(32, s.var_builder(DType::F32, d).pp("ln"))?;
+                Ok(Box::new(move |x| ln.forward(x)))
+            },
+        },
+        OpCase {
+            name: "linear",
+            input: vec![6, 32],
+            build: |s, d| {
+                let fc = linear(32, 12, true, s.var_builder(DType::F32, d).pp("fc"))?;
+                Ok(Box::new(move |x| fc.forward(x)))
+            },
+        },
+        OpCase {
+            name: "generated projection (Dynamic MLP)",
+            input: vec![6, 32],
+            build: |s, d| {
+                let vb = s.var_builder(DType::F32, d);
+                let (h, g) = (linear(32, 12, true, vb.pp("h"))?, linear(12, 8 * 5, true, vb.pp("gen"))?);
+                Ok(Box::new(move |x| generated_projection(&x.narrow(1, 0, 8)?, &h.forward(x)?, &g, (8, 5))))
+            },
+        },
+        OpCase {
+            name: "batched vecmat",
+            input: vec![6, 24],
+            build: |_, _| Ok(Box::new(|x| batched_vecmat(&x.narrow(1, 0, 4)?, &x.narrow(1, 4, 20)?))),
+        },
+        OpCase { name: "global avg pool", input: vec![2, 3, 7, 5], build: |_, _| Ok(Box::new(global_avg_pool)) },
+    ]
+}
+
+/// The op's output, input gradient and every variable's gradient (or value, for buffers).
+fn run_case(case: &OpCase, device: &Device, generic: bool) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
+    let store = ParamStore::new(7);
+    let op = (case.build)(&store, device)?;
+    let x = Var::from_tensor(&smooth(&case.input, 0.0, device)?)?;
+    let forward = || op(x.as_tensor());
+    let y = if generic { with_generic_ops(forward)? } else { forward()? };
+    let r = smooth(y.dims(), 0.5, device)?;
+    let grads = (&y * r)?.sum_all()?.backward()?;
+    let mut out = vec![("output".to_string(), values(&y)?)];
+    let gx = grads.get(x.as_tensor()).ok_or_else(|| anyhow::anyhow!("{}: no input gradient", case.name))?;
+    out.push(("input gradient".into(), values(gx)?));
+    for (name, var) in store.vars() {
+        match grads.get(var.as_tensor()) {
+            Some(g) => out.push((format!("{name} gradient"), values(g)?)),
+            None => out.push((name, values(var.as_tensor())?)),
+        }
+    }
+    Ok(out)
+}
+
+/// A training step of a small model: the loss, every gradient and BatchNorm's statistics after.
+fn model_step(config: &ModelConfig, device: &Device, generic: bool) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
+    let model = Classifier::new(config, 7, device)?;
+    let images = smooth(&[4, 3, 37, 29], 0.0, device)?;
+    let loc = smooth(&[4, 6], 0.25, device)?;
+    let targets = Tensor::new(&[0u32, 3, 1, 4], device)?;
+    let loc = config.fusion.as_ref().map(|_| &loc);
+    let forward = || -> anyhow::Result<Tensor> {
+        let out = model.forward_t(&images, loc, true)?;
+        Ok(candle_nn::loss::cross_entropy(&out.logits, &targets)?)
+    };
+    let loss = if generic { with_generic_ops(forward)? } else { forward()? };
+    let grads = loss.backward()?;
+    let mut out = vec![("loss".to_string(), values(&loss)?)];
+    for (name, var) in model.store().vars() {
+        match grads.get(var.as_tensor()) {
+            Some(g) => out.push((format!("{name} gradient"), values(g)?)),
+            None => out.push((name, values(var.as_tensor())?)),
+        }
+    }
+    Ok(out)
+}
+
+fn compare(op: &str, reference: &[(String, Vec<f64>)], got: &[(String, Vec<f64>)]) -> Vec<OpCheck> {
+    reference
+        .iter()
+        .zip(got)
+        .map(|((tensor, a), (_, b))| OpCheck { op: op.into(), tensor: tensor.clone(), rel_l2: rel_l2(b, a), tol: TOL })
+        .collect()
+}
+
+/// Every op and both model steps on `target` against the CPU custom ops.
+pub(crate) fn check(target: &Device) -> anyhow::Result<Vec<OpCheck>> {
+    let generic = target.is_cpu();
+    let mut checks = Vec::new();
+    for case in cases() {
+        let reference = run_case(&case, &Device::Cpu, false)?;
+        let got = run_case(&case, target, generic)?;
+        checks.extend(compare(case.name, &reference, &got));
+    }
+    let resnet = CustomBackbone::Resnet { block: BlockKind::Bottleneck, layers: vec![2, 1, 1, 1], width: 8 };
+    let sk = CustomBackbone::Sk2res2net { layers: vec![2, 1, 1, 1], width: 16 };
+    for (name, backbone) in [("ResNet step (image only)", resnet), ("SK-Res2Net + Dynamic MLP-C step", sk)] {
+        let fused = name.contains("Dynamic");
+        let config = ModelConfig {
+            metadata: fused.then_some(Metadata::GeoTemporal),
+            fusion: fused.then(|| FusionConfig {
+                mlp_d: 16,
+                mlp_h: 8,
+                mlp_n: 2,
+                ..FusionConfig::with_defaults(FusionKind::DynamicMlpC)
+            }),
+            ..ModelConfig::image_only(BackboneSpec::Custom(backbone), 5)
+        };
+        let reference = model_step(&config, &Device::Cpu, false)?;
+        let got = model_step(&config, target, generic)?;
+        checks.extend(compare(name, &reference, &got));
+    }
+    Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_generic_path_on_the_cpu_passes_the_device_check() {
+        let checks = super::check(&candle_core::Device::Cpu).unwrap();
+        assert!(checks.len() > 100, "{} checks", checks.len());
+        let failed: Vec<_> = checks.iter().filter(|c| !c.ok()).collect();
+        assert!(failed.is_empty(), "{failed:#?}");
+    }
+}

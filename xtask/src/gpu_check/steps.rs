@@ -1,0 +1,126 @@
+//! Training-step throughput: the trainer's own step (mixup, label smoothing, backward, SGD) of
+//! an image-only classifier, timed with the device synchronised inside the timer.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use dmlp_backbones::{BackbonePreset, BackboneSpec};
+use dmlp_eval::TensorBatch;
+use dmlp_model::{Classifier, ModelConfig};
+use dmlp_train::{ClassifierTrainer, Precision, StepContext, TrainConfig, Trainable};
+
+/// What one (model, precision) configuration measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct StepTiming {
+    pub(crate) model: String,
+    pub(crate) precision: String,
+    pub(crate) batch: usize,
+    pub(crate) size: usize,
+    /// Timed steps (after the warm-up); fewer than asked when the time budget ran out.
+    pub(crate) steps: usize,
+    pub(crate) step_s: Option<f64>,
+    pub(crate) images_per_s: Option<f64>,
+    pub(crate) last_loss: Option<f64>,
+    /// Why the configuration did not run (out of memory, an op missing on the device, …).
+    pub(crate) error: Option<String>,
+}
+
+/// What to time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepPlan {
+    pub(crate) batch: usize,
+    pub(crate) size: usize,
+    pub(crate) warmup: usize,
+    pub(crate) steps: usize,
+    /// Seconds after which a configuration stops taking more timed steps.
+    pub(crate) budget_s: f64,
+}
+
+pub(crate) fn preset_name(preset: BackbonePreset) -> &'static str {
+    match preset {
+        BackbonePreset::Resnet50 => "resnet50",
+        BackbonePreset::Sk2res2net101 => "sk2res2net101",
+        _ => "other",
+    }
+}
+
+/// Times `plan.steps` training steps of `preset` in `precision` on `device`.
+pub(crate) fn time_training(
+    preset: BackbonePreset,
+    precision: Precision,
+    device: &Device,
+    plan: StepPlan,
+) -> StepTiming {
+    let mut timing = StepTiming {
+        model: preset_name(preset).into(),
+        precision: precision.as_str().into(),
+        batch: plan.batch,
+        size: plan.size,
+        steps: 0,
+        step_s: None,
+        images_per_s: None,
+        last_loss: None,
+        error: None,
+    };
+    if let Err(e) = run(preset, precision, device, plan, &mut timing) {
+        timing.error = Some(format!("{e:#}"));
+    }
+    timing
+}
+
+fn run(
+    preset: BackbonePreset,
+    precision: Precision,
+    device: &Device,
+    plan: StepPlan,
+    timing: &mut StepTiming,
+) -> anyhow::Result<()> {
+    let config = ModelConfig::image_only(BackboneSpec::Preset(preset), 1000);
+    let model = Classifier::new(&config, 0, device)?;
+    let train = TrainConfig { precision, ..TrainConfig::recipe(1, plan.batch, 0.1) };
+    let mut trainer = ClassifierTrainer::new(&model, &train)?;
+    let images = Tensor::randn(0f32, 1.0, (plan.batch, 3, plan.size, plan.size), device)?;
+    let targets =
+        Tensor::from_vec((0..plan.batch as u32).map(|i| i * 7 % 1000).collect::<Vec<_>>(), plan.batch, device)?;
+    let batch = || TensorBatch::single(images.clone(), None, targets.clone());
+    let mut iteration = 0;
+    let mut step = |trainer: &mut ClassifierTrainer| -> anyhow::Result<f64> {
+        let context = StepContext { epoch: 1, iteration, lr: 0.01 };
+        iteration += 1;
+        Ok(trainer.train_step(batch(), &context)?.loss)
+    };
+    for _ in 0..plan.warmup {
+        timing.last_loss = Some(step(&mut trainer)?);
+    }
+    device.synchronize()?;
+    let start = Instant::now();
+    while timing.steps < plan.steps {
+        timing.last_loss = Some(step(&mut trainer)?);
+        timing.steps += 1;
+        if start.elapsed().as_secs_f64() > plan.budget_s {
+            break;
+        }
+    }
+    device.synchronize()?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let step_s = elapsed / timing.steps.max(1) as f64;
+    timing.step_s = Some(step_s);
+    timing.images_per_s = Some(plan.batch as f64 / step_s);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tiny_step_is_timed_in_both_precisions() {
+        let plan = StepPlan { batch: 2, size: 32, warmup: 0, steps: 1, budget_s: 60.0 };
+        for precision in [Precision::F32, Precision::Bf16] {
+            let timing = time_training(BackbonePreset::Resnet50, precision, &Device::Cpu, plan);
+            assert_eq!(timing.error, None);
+            assert_eq!(timing.steps, 1);
+            assert!(timing.images_per_s.is_some_and(|r| r > 0.0) && timing.last_loss.is_some_and(f64::is_finite));
+        }
+    }
+}

@@ -219,7 +219,7 @@ impl Trainable for GeoNetTrainer<'_> {
         self.sgd.step(&loss.backward()?, step.lr)?;
         let targets = to_u32(&batch.targets)?;
         let hits = top_k_hits(&score_rows(&out)?, &targets, 1)?;
-        Ok(StepOutcome { loss: value, images: targets.len(), top1_hits: hits as f64 })
+        Ok(StepOutcome::measured(value, targets.len(), hits as f64))
     }
 
     /// The combination's accuracy and label-smoothed loss.
@@ -269,6 +269,7 @@ pub fn train_geonet(
         schedule: Schedule::Constant(config.lr),
         best_by: BestBy::ValTop1,
         stop_after: None,
+        sync_every: 1,
     };
     Ok(fit(&mut trainer, &plan, train, val, run, resume, observer)?)
 }

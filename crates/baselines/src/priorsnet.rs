@@ -459,7 +459,7 @@ impl Trainable for PriorsNetTrainer<'_> {
         self.adam.step(&loss.backward()?, step.lr)?;
         let rows = score_rows(&model.logits_t(&batch.inputs, false)?)?;
         let hits = top_k_hits(&rows, &batch.labels, 1)?;
-        Ok(StepOutcome { loss: value, images: n, top1_hits: hits as f64 })
+        Ok(StepOutcome::measured(value, n, hits as f64))
     }
 
     /// geo_prior's validation loss `mean −log(P_iy + ε)` and the prior's own top-1/top-5.
@@ -523,6 +523,7 @@ pub fn train_priorsnet(
         schedule: Schedule::Exponential { lr: config.lr, decay: config.lr_decay },
         best_by: BestBy::ValTop1,
         stop_after: None,
+        sync_every: 1,
     };
     let train = PresenceSource::train(train, config.sampler, config.seed, config.batch_size);
     let val = PresenceSource::eval(val, config.batch_size);

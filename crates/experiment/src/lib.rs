@@ -220,6 +220,7 @@ pub fn train_run(
         schedule: config.train.schedule(),
         best_by: BestBy::ValTop1,
         stop_after: options.stop_after,
+        sync_every: config.train.sync_every,
     };
     if devices.len() == 1 {
         let train_source = LoaderSource::train(Arc::new(train_split), config, device.clone())?;
@@ -240,7 +241,8 @@ pub fn train_run(
 }
 
 /// Keys whose value may change between a run and its resumption without changing what it computes.
-const NEUTRAL_KEYS: [&str; 4] = ["data.workers", "data.cache_dir", "train.eval_batch_size", "model.pretrained"];
+const NEUTRAL_KEYS: [&str; 5] =
+    ["data.workers", "data.cache_dir", "train.eval_batch_size", "train.sync_every", "model.pretrained"];
 
 /// The differences between `config` and the run folder's `config.toml`, key by key
 /// (`train.lr: 0.04 → 0.1`), neutral keys aside. A folder without one compares as unchanged.

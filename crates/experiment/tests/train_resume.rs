@@ -171,16 +171,46 @@ fn a_diverging_loss_stops_the_run_naming_the_step() {
     let data = tmp.path().join("data");
     let synth = SynthConfig { image_size: 16, ..eight_classes(4, 1, 2) };
     generate(&synth, &data).unwrap();
-    let config = RunConfig::from_file(
-        &write_config(tmp.path(), &data),
-        &["train.lr=1e30".into(), "train.warmup_epochs=0".into()],
-    )
-    .unwrap();
+    // Read back every step, and every fourth (the GPU setting): the same step is named.
+    let errors: Vec<String> = ["1", "4"]
+        .iter()
+        .map(|every| {
+            let overrides =
+                ["train.lr=1e30".into(), "train.warmup_epochs=0".into(), format!("train.sync_every={every}")];
+            let config = RunConfig::from_file(&write_config(tmp.path(), &data), &overrides).unwrap();
+            let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false };
+            let run = tmp.path().join(format!("run-{every}"));
+            let err = train_run(&config, &run, &[Device::Cpu], options, &provenance(), &mut Silent).unwrap_err();
+            assert!(!run.join("checkpoints").join("last").exists(), "no checkpoint from a diverged run");
+            err.to_string()
+        })
+        .collect();
+    assert!(
+        errors[0].contains("loss became") && errors[0].contains("epoch") && errors[0].contains("iteration"),
+        "{errors:?}"
+    );
+    assert_eq!(errors[0], errors[1]);
+}
+
+#[test]
+fn reading_the_loss_back_every_few_steps_changes_nothing_but_when() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    generate(&eight_classes(12, 4, 9), &data).unwrap();
     let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false };
-    let err = train_run(&config, &tmp.path().join("run"), &[Device::Cpu], options, &provenance(), &mut Silent)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("loss became") && err.contains("epoch") && err.contains("iteration"), "{err}");
+    let run = |name: &str, overrides: &[String]| {
+        let config = RunConfig::from_file(&write_config(tmp.path(), &data), overrides).unwrap();
+        let dir = tmp.path().join(name);
+        train_run(&config, &dir, &[Device::Cpu], options.clone(), &provenance(), &mut Silent).unwrap();
+        let last = std::fs::read_to_string(dir.join("checkpoints/last")).unwrap();
+        let weights = std::fs::read(dir.join("checkpoints").join(last.trim()).join("model.safetensors")).unwrap();
+        (deterministic_lines(&dir.join("metrics.jsonl")), weights)
+    };
+    let every_step = run("every-step", &[]);
+    // 6 steps an epoch: reads after 4, then the epoch's last 2.
+    let every_fourth = run("every-fourth", &["train.sync_every=4".into()]);
+    assert_eq!(every_step.0, every_fourth.0);
+    assert!(every_step.1 == every_fourth.1, "the weights differ");
 }
 
 #[test]

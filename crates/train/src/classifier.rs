@@ -141,6 +141,20 @@ pub fn apply_gradients(
     step: &StepContext,
 ) -> Result<(f64, bool), TrainError> {
     let loss = step.check_loss(gradients.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?)?;
+    let skipped = update(model, optimizer, gradients, amp, step)?;
+    Ok((loss, skipped))
+}
+
+/// The update of [`apply_gradients`] without reading the loss back: the device keeps queueing
+/// (the caller checks the loss later). Returns whether the update was skipped (f16 only, which
+/// reads its gradients' finiteness back every step).
+fn update(
+    model: &Classifier,
+    optimizer: &mut Optimizer,
+    gradients: &BatchGradients,
+    amp: &mut Amp,
+    step: &StepContext,
+) -> Result<bool, TrainError> {
     let trainable = model.store().trainable_vars();
     let scale = amp.loss_scale();
     let mut store = GradStore::default();
@@ -164,11 +178,11 @@ pub fn apply_gradients(
         };
         amp.update(finite);
         if !finite {
-            return Ok((loss, true));
+            return Ok(true);
         }
     }
     optimizer.step(&store, step.lr)?;
-    Ok((loss, false))
+    Ok(false)
 }
 
 /// The reference's training step (`train.py`): mixup of the inputs and the encoded locations with
@@ -194,14 +208,30 @@ pub fn classifier_step(
     amp: &mut Amp,
     step: &StepContext,
 ) -> Result<ClassifierStep, TrainError> {
+    let (gradients, _) = mixed_gradients(model, input, loc, targets, mix, smoothing, micro_batches, amp)?;
+    let (loss, skipped) = apply_gradients(model, optimizer, &gradients, amp, step)?;
+    Ok(ClassifierStep { loss, logits: gradients.logits, skipped })
+}
+
+/// Mixes the batch (inputs and encoded locations, one λ and permutation) and computes its
+/// gradients ([`classifier_gradients`]); also returns the permuted targets `y[perm]`.
+fn mixed_gradients(
+    model: &Classifier,
+    input: StepInput<'_>,
+    loc: Option<&Tensor>,
+    targets: &Tensor,
+    mix: &Mixup,
+    smoothing: f64,
+    micro_batches: usize,
+    amp: &Amp,
+) -> Result<(BatchGradients, Tensor), TrainError> {
     let loc = loc.map(|loc| mixup(loc, &mix.perm, mix.lambda)).transpose()?;
-    let mixed = match input {
-        StepInput::Images(images) | StepInput::Features(images) => mixup(images, &mix.perm, mix.lambda)?,
+    let (xs, images) = match input {
+        StepInput::Images(xs) => (xs, true),
+        StepInput::Features(xs) => (xs, false),
     };
-    let input = match input {
-        StepInput::Images(_) => StepInput::Images(&mixed),
-        StepInput::Features(_) => StepInput::Features(&mixed),
-    };
+    let mixed = mixup(xs, &mix.perm, mix.lambda)?;
+    let input = if images { StepInput::Images(&mixed) } else { StepInput::Features(&mixed) };
     let permuted = targets.index_select(&mix.perm.to_dtype(DType::U32)?, 0)?;
     let n = mixed.dim(0)?;
     let gradients = classifier_gradients(
@@ -216,8 +246,7 @@ pub fn classifier_step(
         micro_batches,
         amp,
     )?;
-    let (loss, skipped) = apply_gradients(model, optimizer, &gradients, amp, step)?;
-    Ok(ClassifierStep { loss, logits: gradients.logits, skipped })
+    Ok((gradients, permuted))
 }
 
 /// λ and the permutation of one step, drawn from the mixup stream (λ = 1 and the identity when
@@ -243,6 +272,33 @@ pub struct ClassifierTrainer<'a> {
     optimizer: Optimizer,
     amp: Amp,
     config: TrainConfig,
+}
+
+impl ClassifierTrainer<'_> {
+    /// [`classifier_step`] without waiting for the device: the loss and top-1 hits stay there,
+    /// `[2]`, for [`crate::fit`] to read back with others (`sync_every`).
+    fn deferred_step(
+        &mut self,
+        input: StepInput<'_>,
+        batch: &TensorBatch,
+        mix: &Mixup,
+        step: &StepContext,
+    ) -> Result<StepOutcome, TrainError> {
+        let (gradients, permuted) = mixed_gradients(
+            self.model,
+            input,
+            batch.loc.as_ref(),
+            &batch.targets,
+            mix,
+            self.config.label_smoothing,
+            self.config.accumulate,
+            &self.amp,
+        )?;
+        update(self.model, &mut self.optimizer, &gradients, &mut self.amp, step)?;
+        let hits = train_top1_hits(&gradients.logits, &batch.targets, &permuted, mix.lambda)?;
+        let figures = Tensor::stack(&[gradients.loss.to_dtype(DType::F32)?, hits], 0)?;
+        Ok(StepOutcome::pending(figures, batch.targets.dim(0)?))
+    }
 }
 
 impl<'a> ClassifierTrainer<'a> {
@@ -341,6 +397,9 @@ impl Trainable for ClassifierTrainer<'_> {
         self.model.reseed_dropout(dropout);
         // Pixels `[B, 3, H, W]`, or pooled features `[B, F]` for a model without a backbone.
         let input = if images.rank() == 4 { StepInput::Images(images) } else { StepInput::Features(images) };
+        if self.config.sync_every > 1 && self.amp.scaler().is_none() {
+            return self.deferred_step(input, &batch, &mix, step);
+        }
         let out = classifier_step(
             self.model,
             &mut self.optimizer,
@@ -355,7 +414,7 @@ impl Trainable for ClassifierTrainer<'_> {
         )?;
         let permuted = batch.targets.index_select(&mix.perm, 0)?;
         let top1_hits = train_top1_hits(&out.logits, &batch.targets, &permuted, lambda)?;
-        Ok(StepOutcome { loss: out.loss, images: n, top1_hits: top1_hits.to_dtype(DType::F64)?.to_scalar::<f64>()? })
+        Ok(StepOutcome::measured(out.loss, n, top1_hits.to_dtype(DType::F64)?.to_scalar::<f64>()?))
     }
 
     fn evaluate(&self, val: &dyn Batches<TensorBatch>) -> Result<Accuracy, TrainError> {

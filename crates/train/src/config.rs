@@ -59,6 +59,13 @@ pub struct TrainConfig {
     /// LayerNorm, softmax and the loss compute in f32 (PyTorch's autocast).
     #[serde(default)]
     pub precision: Precision,
+    /// Steps between reads of the training loss back to the host. 1 (the default) reads every
+    /// step and stops on a non-finite loss before its update; N > 1 lets a GPU queue N steps
+    /// without waiting (the loss is still checked for every step, N steps late, and the run
+    /// stops naming the first bad one before any checkpoint is written). f16's loss scaler
+    /// and data-parallel training read every step whatever this says.
+    #[serde(default = "TrainConfig::default_sync_every")]
+    pub sync_every: usize,
 }
 
 impl TrainConfig {
@@ -81,6 +88,7 @@ impl TrainConfig {
             eval_batch_size: None,
             accumulate: Self::default_accumulate(),
             precision: Precision::F32,
+            sync_every: Self::default_sync_every(),
         }
     }
 
@@ -121,6 +129,10 @@ impl TrainConfig {
         1
     }
 
+    fn default_sync_every() -> usize {
+        1
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.epochs == 0 || self.batch_size == 0 {
             return Err("epochs and batch_size must be at least 1".into());
@@ -130,6 +142,9 @@ impl TrainConfig {
                 "accumulate must be at least 1, with at least two images per part: batch_size {} in {} parts",
                 self.batch_size, self.accumulate
             ));
+        }
+        if self.sync_every == 0 {
+            return Err("sync_every must be at least 1".into());
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(format!("lr must be a positive number, got {}", self.lr));

@@ -43,13 +43,29 @@ impl StepContext {
 }
 
 /// What one training step measured.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct StepOutcome {
-    /// The batch's mean loss before the update.
+    /// The batch's mean loss before the update (NaN while `pending`).
     pub loss: f64,
     pub images: usize,
-    /// Top-1 hits on the training batch (λ-weighted against both targets under mixup).
+    /// Top-1 hits on the training batch (λ-weighted against both targets under mixup; NaN while
+    /// `pending`).
     pub top1_hits: f64,
+    /// `[2]` (loss, top-1 hits) still on the device: the step did not wait for them, and [`fit`]
+    /// reads a run of them back in one copy every `sync_every` steps.
+    pub pending: Option<Tensor>,
+}
+
+impl StepOutcome {
+    /// A step whose figures are on the host.
+    pub fn measured(loss: f64, images: usize, top1_hits: f64) -> Self {
+        Self { loss, images, top1_hits, pending: None }
+    }
+
+    /// A step whose figures, `[2]` (loss, top-1 hits), are still on the device.
+    pub fn pending(figures: Tensor, images: usize) -> Self {
+        Self { loss: f64::NAN, images, top1_hits: f64::NAN, pending: Some(figures) }
+    }
 }
 
 /// A model with its optimiser, as the loop sees it.
@@ -99,6 +115,52 @@ impl<S: BatchSource + ?Sized> Batches<TensorBatch> for S {
         epoch: usize,
     ) -> Result<Box<dyn Iterator<Item = Result<TensorBatch, TrainError>> + '_>, TrainError> {
         Ok(Box::new(BatchSource::epoch(self, epoch)?.map(|b| b.map_err(TrainError::from))))
+    }
+}
+
+/// An epoch's running training figures.
+#[derive(Debug, Default)]
+struct StepSums {
+    loss_sum: f64,
+    hits: f64,
+    seen: usize,
+}
+
+impl StepSums {
+    fn add(
+        &mut self,
+        step: &StepContext,
+        images: usize,
+        loss: f64,
+        hits: f64,
+        observer: &mut dyn FitObserver,
+    ) -> Result<(), TrainError> {
+        let loss = step.check_loss(loss)?;
+        self.loss_sum += loss * images as f64;
+        self.hits += hits;
+        self.seen += images;
+        observer.step_finished(images, self.loss_sum / self.seen.max(1) as f64, step.lr);
+        Ok(())
+    }
+
+    /// Reads the pending steps' figures back in one copy and adds them in order; the first
+    /// non-finite loss stops the run naming its step (the steps after it updated the weights in
+    /// memory, but no checkpoint is written from them).
+    fn read_back(
+        &mut self,
+        pending: &mut Vec<(StepContext, usize, Tensor)>,
+        observer: &mut dyn FitObserver,
+    ) -> Result<(), TrainError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let figures: Vec<Tensor> =
+            pending.iter().map(|(_, _, f)| f.to_dtype(candle_core::DType::F32)).collect::<Result<_, _>>()?;
+        let rows = Tensor::stack(&figures, 0)?.to_device(&candle_core::Device::Cpu)?.to_vec2::<f32>()?;
+        for ((step, images, _), row) in pending.drain(..).zip(rows) {
+            self.add(&step, images, f64::from(row[0]), f64::from(row[1]), observer)?;
+        }
+        Ok(())
     }
 }
 
@@ -162,6 +224,9 @@ pub struct FitPlan {
     pub best_by: BestBy,
     /// Stop after this epoch even if `epochs` is larger (the schedule still spans `epochs`).
     pub stop_after: Option<usize>,
+    /// Steps whose figures stay on the device before one read brings them back (see
+    /// [`StepOutcome::pending`]); 1 reads every step.
+    pub sync_every: usize,
 }
 
 /// What the binaries watch: progress, per-epoch summaries.
@@ -266,16 +331,25 @@ pub fn fit<T: Trainable>(
         for epoch in start_epoch..=last_epoch {
             let started = Instant::now();
             observer.epoch_started(epoch, plan.epochs, train.len());
-            let (mut loss_sum, mut hits, mut seen, mut lr) = (0.0, 0.0, 0usize, 0.0);
+            let mut sums = StepSums::default();
+            let mut lr = 0.0;
+            let mut pending: Vec<(StepContext, usize, Tensor)> = Vec::new();
             for (iteration, batch) in train.epoch(epoch)?.enumerate() {
                 lr = plan.schedule.lr(epoch, iteration, iters);
                 let step = StepContext { epoch, iteration, lr };
                 let outcome = model.train_step(batch?, &step)?;
-                loss_sum += outcome.loss * outcome.images as f64;
-                hits += outcome.top1_hits;
-                seen += outcome.images;
-                observer.step_finished(outcome.images, loss_sum / seen.max(1) as f64, lr);
+                match outcome.pending {
+                    Some(figures) => {
+                        pending.push((step, outcome.images, figures));
+                        if pending.len() >= plan.sync_every.max(1) {
+                            sums.read_back(&mut pending, observer)?;
+                        }
+                    }
+                    None => sums.add(&step, outcome.images, outcome.loss, outcome.top1_hits, observer)?,
+                }
             }
+            sums.read_back(&mut pending, observer)?;
+            let StepSums { loss_sum, hits, seen } = sums;
             let train_seconds = started.elapsed().as_secs_f64();
             let accuracy = model.evaluate(val)?;
             let epoch_metrics = EpochMetrics {

@@ -427,7 +427,7 @@ impl Trainable for DataParallelTrainer<'_> {
         let results = outcomes.into_iter().collect::<Result<Vec<_>, TrainError>>()?;
         let (loss, _, _) = results[0];
         let top1_hits = results.iter().map(|(_, _, hits)| hits).sum();
-        Ok(StepOutcome { loss, images: n, top1_hits })
+        Ok(StepOutcome::measured(loss, n, top1_hits))
     }
 
     fn evaluate(&self, val: &dyn Batches<TensorBatch>) -> Result<Accuracy, TrainError> {

@@ -44,7 +44,7 @@ impl Trainable for Toy {
         let loss = step.check_loss(f64::from(diff * diff))?;
         self.momentum = ((&self.momentum * 0.5)? + f64::from(2.0 * diff))?;
         self.w.set(&(self.w.as_tensor() - (&self.momentum * step.lr)?)?)?;
-        Ok(StepOutcome { loss, images: 1, top1_hits: 0.0 })
+        Ok(StepOutcome::measured(loss, 1, 0.0))
     }
 
     fn evaluate(&self, val: &dyn Batches<f32>) -> Result<Accuracy, TrainError> {
@@ -104,6 +104,7 @@ fn plan(epochs: usize) -> FitPlan {
         schedule: Schedule::Exponential { lr: 0.1, decay: 0.9 },
         best_by: BestBy::ValTop1,
         stop_after: None,
+        sync_every: 1,
     }
 }
 

@@ -4,6 +4,12 @@
 //! a stream seeded by `(seed, epoch, position in the epoch)` and the epoch's order from
 //! `(seed, epoch)`, so the batches are the same whatever the number of workers. Each worker keeps
 //! at most `prefetch` finished batches, so memory stays bounded.
+//!
+//! A file that cannot be read or decoded stops the epoch with an error naming it, unless the
+//! config says [`BadImages::Replace`] (training: the batch keeps its size, the bad row taking the
+//! next good row's image, location and label, so the batch is the same on every run and a resume
+//! stays exact) or [`BadImages::LeaveOut`] (evaluation: the batch shrinks, so no image counts
+//! twice). Either way the batch names every file it skipped and why ([`Batch::skipped`]).
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -32,6 +38,27 @@ pub struct LoaderConfig {
     pub workers: usize,
     pub prefetch: usize,
     pub seed: u64,
+    /// What a file that cannot be read or decoded does.
+    pub bad_images: BadImages,
+}
+
+/// What a batch does with a file that cannot be read or decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BadImages {
+    /// The epoch stops with an error naming the file (the default).
+    #[default]
+    Error,
+    /// The file's row takes the next good row's sample (cyclically in the batch).
+    Replace,
+    /// The file's row is left out of the batch.
+    LeaveOut,
+}
+
+/// A file a batch skipped, and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SkippedImage {
+    pub path: std::path::PathBuf,
+    pub reason: String,
 }
 
 /// One view of every image of a batch.
@@ -54,6 +81,8 @@ pub struct Batch {
     /// The split's record index of each image.
     pub records: Vec<usize>,
     pub len: usize,
+    /// Files this batch could not read or decode (with `BadImages::Replace` or `LeaveOut`).
+    pub skipped: Vec<SkippedImage>,
 }
 
 /// Batches per epoch for `n` records.
@@ -107,13 +136,14 @@ fn build_batch(
             })
             .collect(),
         loc: vec![0.0; indices.len() * cin],
-        targets: Vec::with_capacity(indices.len()),
+        targets: vec![0; indices.len()],
         records: indices.to_vec(),
         len: indices.len(),
+        skipped: Vec::new(),
     };
+    let mut bad_rows = Vec::new();
     for (row, &idx) in indices.iter().enumerate() {
         let record = &split.records[idx];
-        let bytes = read_bytes(&record.path)?;
         let mut rng =
             ChaCha8Rng::seed_from_u64(derive_seed(&[config.seed, AUGMENT_STREAM, epoch as u64, (first + row) as u64]));
         let mut slots: Vec<&mut [f32]> = batch
@@ -125,13 +155,68 @@ fn build_batch(
                 &mut view.images[row * n..(row + 1) * n]
             })
             .collect();
-        renderer.render(&bytes, &record.path, &config.transforms, &config.normalization, &mut rng, &mut slots)?;
+        let rendered = read_bytes(&record.path).and_then(|bytes| {
+            renderer.render(&bytes, &record.path, &config.transforms, &config.normalization, &mut rng, &mut slots)
+        });
+        if let Err(err) = rendered {
+            if config.bad_images == BadImages::Error {
+                return Err(err.into());
+            }
+            let reason = DatasetError::from(err).to_string();
+            let reason = reason.strip_prefix(&format!("{}: ", record.path.display())).unwrap_or(&reason).to_string();
+            batch.skipped.push(SkippedImage { path: record.path.clone(), reason });
+            bad_rows.push(row);
+            continue;
+        }
         if let Some(metadata) = config.metadata {
             record.observation.encode_into(metadata, &mut batch.loc[row * cin..(row + 1) * cin]);
         }
-        batch.targets.push(record.label);
+        batch.targets[row] = record.label;
+    }
+    if !bad_rows.is_empty() {
+        mend(&mut batch, config, &bad_rows)?;
     }
     Ok(batch)
+}
+
+/// Replaces or removes a batch's bad rows (`bad_rows`, ascending) as the config says.
+fn mend(batch: &mut Batch, config: &LoaderConfig, bad_rows: &[usize]) -> Result<(), DatasetError> {
+    if bad_rows.len() == batch.len {
+        let names: Vec<String> = batch.skipped.iter().map(|s| format!("{}: {}", s.path.display(), s.reason)).collect();
+        return Err(DatasetError::Config(format!(
+            "every image of a batch failed to decode (bad_images = \"skip\" needs one good image a batch): {}",
+            names.join("; ")
+        )));
+    }
+    let cin = batch.loc.len() / batch.len.max(1);
+    let per_image: Vec<usize> = config.transforms.iter().map(|t| t.floats_per_image()).collect();
+    let good = |row: usize| bad_rows.binary_search(&row).is_err();
+    match config.bad_images {
+        BadImages::Error => Ok(()),
+        BadImages::Replace => {
+            for &row in bad_rows {
+                let source = (1..batch.len).map(|k| (row + k) % batch.len).find(|&r| good(r)).unwrap_or(row);
+                for (view, &n) in batch.views.iter_mut().zip(&per_image) {
+                    view.images.copy_within(source * n..(source + 1) * n, row * n);
+                }
+                batch.loc.copy_within(source * cin..(source + 1) * cin, row * cin);
+                batch.targets[row] = batch.targets[source];
+                batch.records[row] = batch.records[source];
+            }
+            Ok(())
+        }
+        BadImages::LeaveOut => {
+            let keep: Vec<usize> = (0..batch.len).filter(|&r| good(r)).collect();
+            for (view, &n) in batch.views.iter_mut().zip(&per_image) {
+                view.images = keep.iter().flat_map(|&r| view.images[r * n..(r + 1) * n].to_vec()).collect();
+            }
+            batch.loc = keep.iter().flat_map(|&r| batch.loc[r * cin..(r + 1) * cin].to_vec()).collect();
+            batch.targets = keep.iter().map(|&r| batch.targets[r]).collect();
+            batch.records = keep.iter().map(|&r| batch.records[r]).collect();
+            batch.len = keep.len();
+            Ok(())
+        }
+    }
 }
 
 /// The batches of one epoch, in order, built ahead on worker threads.

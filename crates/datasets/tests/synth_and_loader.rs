@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use dmlp_datasets::loader::{EpochBatches, LoaderConfig};
+use dmlp_datasets::loader::{BadImages, EpochBatches, LoaderConfig};
 use dmlp_datasets::synth::{SynthConfig, generate};
 use dmlp_datasets::{DatasetError, DatasetName, Split, SplitScheme};
 use dmlp_geo::Metadata;
@@ -37,7 +37,54 @@ fn loader(workers: usize, metadata: Option<Metadata>) -> LoaderConfig {
         workers,
         prefetch: 2,
         seed: 3,
+        bad_images: BadImages::Error,
     }
+}
+
+#[test]
+fn a_bad_image_stops_the_epoch_or_is_replaced_or_left_out_as_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    generate(&config(1, true), tmp.path()).unwrap();
+    let split = Arc::new(read_inat2021(tmp.path(), "train").unwrap());
+    // Two damaged files: one truncated inside its scan, one that is not an image at all.
+    let (truncated, garbage) = (split.records[3].path.clone(), split.records[17].path.clone());
+    let bytes = std::fs::read(&truncated).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    std::fs::write(&garbage, b"not a JPEG").unwrap();
+    let batches = |bad_images| -> Vec<Result<dmlp_datasets::loader::Batch, DatasetError>> {
+        let config = LoaderConfig { bad_images, workers: 2, ..loader(2, Some(Metadata::GeoTemporal)) };
+        EpochBatches::new(split.clone(), config, 1).unwrap().collect()
+    };
+
+    let stopped = batches(BadImages::Error);
+    let err = stopped.iter().find_map(|b| b.as_ref().err()).expect("an error").to_string();
+    assert!(err.contains(&truncated.display().to_string()) || err.contains(&garbage.display().to_string()), "{err}");
+
+    let replaced: Vec<_> = batches(BadImages::Replace).into_iter().map(Result::unwrap).collect();
+    let skipped: Vec<_> = replaced.iter().flat_map(|b| b.skipped.iter().map(|s| s.path.clone())).collect();
+    assert_eq!(skipped.len(), 2);
+    assert!(skipped.contains(&truncated) && skipped.contains(&garbage));
+    assert_eq!(replaced.iter().map(|b| b.len).sum::<usize>(), 40, "replacing keeps every batch's size");
+    for batch in &replaced {
+        assert!(!batch.records.contains(&3) && !batch.records.contains(&17));
+        if let Some(bad) = batch.skipped.first() {
+            // The row took another row's sample whole: its record, label and image.
+            let (n, views) = (batch.views[0].images.len() / batch.len, &batch.views[0].images);
+            let twin =
+                (0..batch.len).filter(|&r| batch.records.iter().filter(|&&x| x == batch.records[r]).count() == 2);
+            let rows: Vec<usize> = twin.collect();
+            assert_eq!(rows.len(), 2, "{bad:?}: one sample twice");
+            assert_eq!(views[rows[0] * n..(rows[0] + 1) * n], views[rows[1] * n..(rows[1] + 1) * n]);
+            assert_eq!(batch.targets[rows[0]], batch.targets[rows[1]]);
+        }
+    }
+    // The same batches on every run (a resume re-reads them).
+    let again: Vec<_> = batches(BadImages::Replace).into_iter().map(Result::unwrap).collect();
+    assert_eq!(replaced, again);
+
+    let left_out: Vec<_> = batches(BadImages::LeaveOut).into_iter().map(Result::unwrap).collect();
+    assert_eq!(left_out.iter().map(|b| b.len).sum::<usize>(), 38);
+    assert!(left_out.iter().all(|b| b.targets.len() == b.len && b.records.len() == b.len));
 }
 
 #[test]

@@ -56,4 +56,17 @@ pub trait BatchSource {
 
     /// The batches of `epoch` (1-based for training; evaluation passes 0).
     fn epoch(&self, epoch: usize) -> Result<Box<dyn Iterator<Item = Result<TensorBatch, EvalError>> + '_>, EvalError>;
+
+    /// The files skipped since the last call (unreadable images a `bad_images = "skip"` source
+    /// left out or replaced), each once per batch that met it.
+    fn take_skipped(&self) -> Vec<SkippedItem> {
+        Vec::new()
+    }
+}
+
+/// A file a source skipped, and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SkippedItem {
+    pub file: String,
+    pub reason: String,
 }

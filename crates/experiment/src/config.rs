@@ -62,6 +62,27 @@ pub struct DataConfig {
     /// location vectors are all zeros). Off: such a run stops before training, naming the count.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_missing_metadata: bool,
+    /// `"error"` (the default): an image that cannot be read or decoded stops the run, naming
+    /// it. `"skip"`: training replaces it in its batch with the batch's next good image (the same
+    /// way every run, so a resume stays exact), evaluation leaves it out; each epoch's count goes
+    /// to the metrics and the files to the run folder's `bad_images.txt`.
+    #[serde(default, skip_serializing_if = "BadImagesPolicy::is_error")]
+    pub bad_images: BadImagesPolicy,
+}
+
+/// What a run does with an image it cannot read or decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BadImagesPolicy {
+    #[default]
+    Error,
+    Skip,
+}
+
+impl BadImagesPolicy {
+    fn is_error(&self) -> bool {
+        *self == BadImagesPolicy::Error
+    }
 }
 
 impl DataConfig {

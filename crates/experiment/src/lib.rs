@@ -17,7 +17,7 @@ mod progress;
 mod source;
 
 pub use baseline::{BaselineConfig, BaselineSummary, BaselineType, PriorData, baseline_run, finished_baseline};
-pub use config::{DataConfig, RunConfig, apply_override};
+pub use config::{BadImagesPolicy, DataConfig, RunConfig, apply_override};
 pub use pretrained::{PretrainedInit, load_pretrained, resolve_pretrained};
 pub use progress::ProgressBars;
 pub use source::LoaderSource;

@@ -1,12 +1,12 @@
 //! The dataset loader as the trainer's batch source.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{Device, Tensor};
 use dmlp_backbones::{IMAGENET_MEAN, IMAGENET_STD};
 use dmlp_datasets::Split;
-use dmlp_datasets::loader::{EpochBatches, LoaderConfig, batches_per_epoch};
-use dmlp_eval::{BatchSource, EvalError, ImageView, TensorBatch};
+use dmlp_datasets::loader::{BadImages, EpochBatches, LoaderConfig, batches_per_epoch};
+use dmlp_eval::{BatchSource, EvalError, ImageView, SkippedItem, TensorBatch};
 use dmlp_vision::{Normalization, Transform};
 
 use crate::{ExperimentError, RunConfig};
@@ -16,6 +16,8 @@ pub struct LoaderSource {
     split: Arc<Split>,
     config: LoaderConfig,
     device: Device,
+    /// Files the batches skipped since the last `take_skipped`.
+    skipped: Arc<Mutex<Vec<SkippedItem>>>,
 }
 
 impl LoaderSource {
@@ -25,7 +27,12 @@ impl LoaderSource {
         let mut config =
             Self::config(run, vec![Transform::Train { size: run.data.image_size }], run.train.batch_size, true);
         config.drop_last = Self::drops_last_image(split.records.len(), run.train.batch_size);
-        Ok(Self { split, config, device })
+        if config.bad_images == BadImages::LeaveOut {
+            // Training keeps its batch size (BatchNorm, the schedule): a bad image's row takes
+            // the batch's next good sample.
+            config.bad_images = BadImages::Replace;
+        }
+        Ok(Self { split, config, device, skipped: Arc::default() })
     }
 
     /// Whether a training split of `n` images ends with a batch of one image, which training
@@ -38,7 +45,7 @@ impl LoaderSource {
     /// The evaluation loader: resize + centre crop (or ten-crop) at each test scale, in file order.
     pub fn eval(split: Arc<Split>, run: &RunConfig, device: Device) -> Result<Self, ExperimentError> {
         let config = Self::config(run, run.data.eval_transforms(), run.train.eval_batch_size(), false);
-        Ok(Self { split, config, device })
+        Ok(Self { split, config, device, skipped: Arc::default() })
     }
 
     /// A loader for the baselines over a frozen image model: the centre crop (no augmentation),
@@ -53,7 +60,7 @@ impl LoaderSource {
     ) -> Self {
         let mut config = Self::config(run, vec![Transform::eval_for(run.data.image_size)], batch_size, shuffle);
         config.metadata = Some(metadata);
-        Self { split, config, device }
+        Self { split, config, device, skipped: Arc::default() }
     }
 
     fn config(run: &RunConfig, transforms: Vec<Transform>, batch_size: usize, shuffle: bool) -> LoaderConfig {
@@ -67,6 +74,11 @@ impl LoaderSource {
             workers: run.data.workers,
             prefetch: 2,
             seed: run.train.seed,
+            // Outside training, a bad image is left out so that none counts twice.
+            bad_images: match run.data.bad_images {
+                crate::config::BadImagesPolicy::Error => BadImages::Error,
+                crate::config::BadImagesPolicy::Skip => BadImages::LeaveOut,
+            },
         }
     }
 }
@@ -85,8 +97,18 @@ impl BatchSource for LoaderSource {
             .map_err(|e| EvalError::Data(e.to_string()))?;
         let device = self.device.clone();
         let cin = self.config.metadata.map_or(0, dmlp_geo::Metadata::n_inputs);
+        let skipped = self.skipped.clone();
         Ok(Box::new(batches.map(move |batch| {
             let batch = batch.map_err(|e| EvalError::Data(e.to_string()))?;
+            if !batch.skipped.is_empty() {
+                let mut list = skipped.lock().unwrap_or_else(|p| p.into_inner());
+                list.extend(
+                    batch
+                        .skipped
+                        .iter()
+                        .map(|s| SkippedItem { file: s.path.display().to_string(), reason: s.reason.clone() }),
+                );
+            }
             let views = batch
                 .views
                 .into_iter()
@@ -99,5 +121,9 @@ impl BatchSource for LoaderSource {
             let targets = Tensor::from_vec(batch.targets, batch.len, &device)?;
             Ok(TensorBatch { views, loc, targets, rows: batch.records })
         })))
+    }
+
+    fn take_skipped(&self) -> Vec<SkippedItem> {
+        std::mem::take(&mut *self.skipped.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }

@@ -308,3 +308,68 @@ fn a_checkpoint_whose_optimiser_state_lacks_a_momentum_buffer_is_refused() {
     let err = train_run(&config, &run, &[Device::Cpu], resume, &provenance(), &mut Silent).unwrap_err().to_string();
     assert!(err.contains("optimiser state") && err.contains("missing (1): fc.weight"), "{err}");
 }
+
+#[test]
+fn a_run_that_skips_bad_images_completes_names_them_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    generate(&eight_classes(12, 4, 9), &data).unwrap();
+    // Damage two training files and one validation file after the split was generated.
+    let damaged: Vec<std::path::PathBuf> = ["train", "train", "val"]
+        .iter()
+        .enumerate()
+        .map(|(k, split)| {
+            let dir = std::fs::read_dir(data.join(split)).unwrap().next().unwrap().unwrap().path();
+            let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+            files.sort();
+            let file = files[k].clone();
+            let bytes = std::fs::read(&file).unwrap();
+            std::fs::write(&file, &bytes[..bytes.len() / 4]).unwrap();
+            file
+        })
+        .collect();
+    let config = RunConfig::from_file(&write_config(tmp.path(), &data), &[]).unwrap();
+    let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false };
+    // By default a damaged file stops the run, naming it.
+    let err =
+        train_run(&config, &tmp.path().join("strict"), &[Device::Cpu], options.clone(), &provenance(), &mut Silent)
+            .unwrap_err()
+            .to_string();
+    assert!(damaged.iter().any(|f| err.contains(&f.file_name().unwrap().to_string_lossy().to_string())), "{err}");
+
+    let skip = RunConfig::from_file(&write_config(tmp.path(), &data), &["data.bad_images=skip".into()]).unwrap();
+    let whole = tmp.path().join("whole");
+    train_run(&skip, &whole, &[Device::Cpu], options.clone(), &provenance(), &mut Silent).unwrap();
+    let listed = std::fs::read_to_string(whole.join("bad_images.txt")).unwrap();
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    for file in &damaged {
+        assert!(listed.contains(&file.display().to_string()), "{} not in {listed}", file.display());
+    }
+    let metrics = deterministic_lines(&whole.join("metrics.jsonl"));
+    for epoch in &metrics {
+        assert_eq!(epoch["train_bad_images"], 2, "{epoch}");
+        assert_eq!(epoch["val_bad_images"], 1, "{epoch}");
+        assert_eq!(epoch["train_images"], 96, "training keeps its batch sizes");
+        assert_eq!(epoch["val_images"], 31, "validation leaves the bad image out");
+    }
+
+    let split = tmp.path().join("split");
+    train_run(
+        &skip,
+        &split,
+        &[Device::Cpu],
+        RunOptions { stop_after: Some(1), ..options.clone() },
+        &provenance(),
+        &mut Silent,
+    )
+    .unwrap();
+    train_run(&skip, &split, &[Device::Cpu], RunOptions { resume: true, ..options }, &provenance(), &mut Silent)
+        .unwrap();
+    assert_eq!(metrics, deterministic_lines(&split.join("metrics.jsonl")));
+    assert_eq!(listed, std::fs::read_to_string(split.join("bad_images.txt")).unwrap());
+    let weights = |run: &Path| {
+        let last = std::fs::read_to_string(run.join("checkpoints/last")).unwrap();
+        std::fs::read(run.join("checkpoints").join(last.trim()).join("model.safetensors")).unwrap()
+    };
+    assert!(weights(&whole) == weights(&split), "the resumed run's final weights differ");
+}

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::Tensor;
-use dmlp_eval::{Accuracy, BatchSource, TensorBatch};
+use dmlp_eval::{Accuracy, BatchSource, SkippedItem, TensorBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::run_dir::{CheckpointState, EpochMetrics, RunDir};
@@ -99,6 +99,11 @@ pub trait Batches<B> {
     }
     /// The batches of `epoch` (1-based for training; evaluation passes 0).
     fn epoch(&self, epoch: usize) -> Result<Box<dyn Iterator<Item = Result<B, TrainError>> + '_>, TrainError>;
+
+    /// The files skipped since the last call (see [`BatchSource::take_skipped`]).
+    fn take_skipped(&self) -> Vec<SkippedItem> {
+        Vec::new()
+    }
 }
 
 impl<S: BatchSource + ?Sized> Batches<TensorBatch> for S {
@@ -115,6 +120,10 @@ impl<S: BatchSource + ?Sized> Batches<TensorBatch> for S {
         epoch: usize,
     ) -> Result<Box<dyn Iterator<Item = Result<TensorBatch, TrainError>> + '_>, TrainError> {
         Ok(Box::new(BatchSource::epoch(self, epoch)?.map(|b| b.map_err(TrainError::from))))
+    }
+
+    fn take_skipped(&self) -> Vec<SkippedItem> {
+        BatchSource::take_skipped(self)
     }
 }
 
@@ -351,7 +360,18 @@ pub fn fit<T: Trainable>(
             sums.read_back(&mut pending, observer)?;
             let StepSums { loss_sum, hits, seen } = sums;
             let train_seconds = started.elapsed().as_secs_f64();
+            let train_skipped = train.take_skipped();
             let accuracy = model.evaluate(val)?;
+            let val_skipped = val.take_skipped();
+            for (split, skipped) in [("training", &train_skipped), ("validation", &val_skipped)] {
+                if !skipped.is_empty() {
+                    observer.warning(&format!(
+                        "epoch {epoch}: {} unreadable {split} images skipped (bad_images = \"skip\"; listed in {})",
+                        skipped.len(),
+                        run.bad_images_file().display()
+                    ));
+                }
+            }
             let epoch_metrics = EpochMetrics {
                 epoch,
                 lr,
@@ -365,6 +385,8 @@ pub fn fit<T: Trainable>(
                 val_images: accuracy.images,
                 epoch_seconds: started.elapsed().as_secs_f64(),
                 images_per_s: seen as f64 / train_seconds.max(1e-9),
+                train_bad_images: train_skipped.len(),
+                val_bad_images: val_skipped.len(),
             };
             epoch_metrics.check_finite()?;
             let best_so_far =
@@ -377,6 +399,7 @@ pub fn fit<T: Trainable>(
             let state = CheckpointState { epoch, best_epoch, metrics: metrics.clone() };
             run.save_checkpoint(&state, &model.model_tensors(), &model.optimizer_state()?, is_best)?;
             run.write_metrics(&metrics)?;
+            run.record_bad_images(&train_skipped, &val_skipped)?;
             observer.epoch_finished(&epoch_metrics, plan.epochs);
         }
         Ok(FitSummary { metrics, best_epoch, best_by: plan.best_by })

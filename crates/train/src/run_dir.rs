@@ -47,15 +47,21 @@ pub struct EpochMetrics {
     pub val_images: usize,
     pub epoch_seconds: f64,
     pub images_per_s: f64,
+    /// Training batches' unreadable files skipped this epoch (`bad_images = "skip"`).
+    #[serde(default)]
+    pub train_bad_images: usize,
+    /// Validation images left out this epoch as unreadable.
+    #[serde(default)]
+    pub val_bad_images: usize,
 }
 
 impl EpochMetrics {
     pub const WALL_CLOCK_FIELDS: [&'static str; 2] = ["epoch_seconds", "images_per_s"];
-    const CSV_HEADER: &'static str = "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,val_mean_class_top1,train_images,val_images,epoch_seconds,images_per_s";
+    const CSV_HEADER: &'static str = "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,val_mean_class_top1,train_images,val_images,epoch_seconds,images_per_s,train_bad_images,val_bad_images";
 
     fn csv_line(&self) -> String {
         format!(
-            "{},{},{},{},{},{},{},{},{},{},{:.3},{:.1}",
+            "{},{},{},{},{},{},{},{},{},{},{:.3},{:.1},{},{}",
             self.epoch,
             self.lr,
             self.train_loss,
@@ -67,7 +73,9 @@ impl EpochMetrics {
             self.train_images,
             self.val_images,
             self.epoch_seconds,
-            self.images_per_s
+            self.images_per_s,
+            self.train_bad_images,
+            self.val_bad_images
         )
     }
 
@@ -221,6 +229,38 @@ impl RunDir {
 
     pub fn metrics_csv(&self) -> PathBuf {
         self.root.join("metrics.csv")
+    }
+
+    /// `bad_images.txt`: every unreadable file the run skipped, one per line
+    /// (`training|validation <TAB> file <TAB> reason`); each epoch's count is in the metrics.
+    pub fn bad_images_file(&self) -> PathBuf {
+        self.root.join("bad_images.txt")
+    }
+
+    /// Adds these skipped files to `bad_images.txt` (each line once, sorted; rewritten
+    /// atomically, so a resumed epoch adds nothing twice). No file while nothing was skipped.
+    pub fn record_bad_images(
+        &self,
+        train: &[dmlp_eval::SkippedItem],
+        val: &[dmlp_eval::SkippedItem],
+    ) -> Result<(), TrainError> {
+        if train.is_empty() && val.is_empty() {
+            return Ok(());
+        }
+        let path = self.bad_images_file();
+        let mut lines: std::collections::BTreeSet<String> = match std::fs::read_to_string(&path) {
+            Ok(text) => text.lines().map(str::to_owned).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        for (split, items) in [("training", train), ("validation", val)] {
+            for item in items {
+                let reason = item.reason.replace(['\t', '\n'], " ");
+                lines.insert(format!("{split}\t{}\t{reason}", item.file));
+            }
+        }
+        let text: String = lines.into_iter().map(|line| line + "\n").collect();
+        write_atomic(&path, text.as_bytes())
     }
 
     fn checkpoints(&self) -> PathBuf {

@@ -227,6 +227,7 @@ impl Matrix<'_> {
             workers: self.recipe.workers,
             cache_dir: if smoke { None } else { dmlp_prepare::default_cache_dir(|k| std::env::var(k).ok()) },
             allow_missing_metadata: false,
+            bad_images: dmlp_experiment::BadImagesPolicy::default(),
         }
     }
 

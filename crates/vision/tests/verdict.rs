@@ -1,0 +1,77 @@
+//! `dmlp data verify --decode` and training give one verdict per file: verify decodes through the
+//! training path (the region decoder over the whole frame, its fallbacks and checks), so a file
+//! that would stop a training run is reported by verify; and a file whose headers claim more
+//! pixels than its data can hold is refused before anything that size is allocated.
+
+use std::path::{Path, PathBuf};
+
+use dmlp_vision::decode::{decode_region, dimensions};
+
+/// A 64 × 48 baseline JPEG of noise (so the scan has real entropy data).
+fn jpeg() -> Vec<u8> {
+    let pixels: Vec<u8> =
+        (0..64 * 48 * 3).map(|i| ((((i as f64) * 12.9898).sin() * 43758.5453).fract() * 255.0) as u8).collect();
+    let image = image::RgbImage::from_raw(64, 48, pixels).unwrap();
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&image).unwrap();
+    out
+}
+
+/// Where the entropy-coded scan starts (after the SOS segment).
+fn scan_start(bytes: &[u8]) -> usize {
+    let sos = bytes.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    sos + 2 + usize::from(u16::from_be_bytes([bytes[sos + 2], bytes[sos + 3]]))
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Training's decode of the whole frame.
+fn training(path: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(path).unwrap();
+    let (w, h) = dimensions(&bytes, path).map_err(|e| e.to_string())?;
+    decode_region(&bytes, path, (0, 0, w, h), 1).map(|_| ()).map_err(|e| e.to_string())
+}
+
+fn verify(path: &Path) -> Result<(), String> {
+    dmlp_vision::decode_rgb(path).map(|_| ()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn verify_and_training_agree_on_damaged_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = jpeg();
+    let start = scan_start(&good);
+    let mut cut = good[..start + (good.len() - start) * 3 / 5].to_vec();
+    cut.extend([0xFF, 0xD9]);
+    let mut flipped = good.clone();
+    for i in (start + 40..good.len() - 10).step_by(7) {
+        flipped[i] ^= 0x5A;
+    }
+    let cases = [("good.jpg", good.clone()), ("cut-with-eoi.jpg", cut), ("flipped.jpg", flipped)];
+    for (name, bytes) in cases {
+        let path = write(tmp.path(), name, &bytes);
+        let (v, t) = (verify(&path), training(&path));
+        assert_eq!(v.is_ok(), t.is_ok(), "{name}: verify {v:?}, training {t:?}");
+        // Before, verify decoded with zune-jpeg, which accepts the cut file: training then
+        // stopped mid-epoch on a file verify had passed.
+        assert_eq!(v.is_ok(), name == "good.jpg", "{name}: {v:?}");
+    }
+}
+
+#[test]
+fn a_file_claiming_more_pixels_than_its_data_can_hold_is_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lying = jpeg();
+    // SOF0: FF C0, length (2), precision (1), height (2), width (2).
+    let sof = lying.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    lying[sof + 5..sof + 9].copy_from_slice(&[0x40, 0x00, 0x40, 0x00]); // 16384 × 16384
+    assert!(lying.len() < 16 * 1024);
+    let path = write(tmp.path(), "lying.jpg", &lying);
+    for err in [verify(&path).unwrap_err(), training(&path).unwrap_err()] {
+        assert!(err.contains("claim 16384 × 16384 pixels") && err.contains("lying.jpg"), "{err}");
+    }
+}

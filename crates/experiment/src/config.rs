@@ -174,12 +174,22 @@ impl RunConfig {
         }
         self.train.validate()?;
         self.data.dataset.check_scheme(self.data.split_scheme).map_err(|e| e.to_string())?;
-        if self.data.image_size < 8 || self.data.workers == 0 {
-            return Err("data.image_size must be at least 8 and data.workers at least 1".into());
+        // Sides up to 4096 (Table S1 tests at 384); a side near u32::MAX once overflowed a product.
+        const MAX_SIDE: u32 = 4096;
+        if !(8..=MAX_SIDE).contains(&self.data.image_size) || self.data.workers == 0 || self.data.workers > 1024 {
+            return Err(format!(
+                "data.image_size must be between 8 and {MAX_SIDE} and data.workers between 1 and 1024; got {} and {}",
+                self.data.image_size, self.data.workers
+            ));
+        }
+        if self.data.eval_resize.is_some_and(|r| !(8..=MAX_SIDE).contains(&r)) {
+            return Err(format!("data.eval_resize must be between 8 and {MAX_SIDE}, got {:?}", self.data.eval_resize));
         }
         if let Some(scales) = &self.data.test_scales {
-            if scales.is_empty() || scales.iter().any(|&s| s < 8) {
-                return Err(format!("data.test_scales must list crop sides of at least 8, got {scales:?}"));
+            if scales.is_empty() || scales.len() > 16 || scales.iter().any(|&s| !(8..=MAX_SIDE).contains(&s)) {
+                return Err(format!(
+                    "data.test_scales must list 1 to 16 crop sides between 8 and {MAX_SIDE}, got {scales:?}"
+                ));
             }
             if scales.len() > 1 && self.data.eval_resize.is_some() {
                 return Err("data.eval_resize applies to a single test scale; drop it or list one scale".into());

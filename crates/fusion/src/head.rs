@@ -149,6 +149,14 @@ impl FusionConfig {
                 self.mlp_d, self.mlp_h, self.mlp_n
             )));
         }
+        // The paper's widths are 256, 64 and 2: bounds far above them that still fit in memory
+        // (Dynamic MLP-C generates an mlp_d × mlp_h matrix per image).
+        if self.mlp_d > 8192 || self.mlp_h > 8192 || self.mlp_n > 64 || self.mlp_d * self.mlp_h > 1 << 22 {
+            return Err(FusionError::Config(format!(
+                "mlp_d and mlp_h must be at most 8192 with mlp_d · mlp_h at most 4194304, and mlp_n at most 64; got {}, {}, {}",
+                self.mlp_d, self.mlp_h, self.mlp_n
+            )));
+        }
         if !(0.0..1.0).contains(&self.loc_dropout) {
             return Err(FusionError::Config(format!("loc_dropout must be in [0, 1), got {}", self.loc_dropout)));
         }

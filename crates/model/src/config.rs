@@ -93,8 +93,11 @@ impl ModelConfig {
     /// Checks that the parts fit together.
     pub fn validate(&self) -> Result<(), ModelError> {
         let err = |msg: String| Err(ModelError::Config(msg));
-        if self.num_classes == 0 {
-            return err("num_classes must be at least 1".into());
+        if self.num_classes == 0 || self.num_classes > 1 << 20 {
+            return err(format!("num_classes must be between 1 and 1048576, got {}", self.num_classes));
+        }
+        if self.feature_dim.is_some_and(|f| f > 1 << 16) {
+            return err(format!("feature_dim must be at most 65536, got {:?}", self.feature_dim));
         }
         match (&self.backbone, self.feature_dim) {
             (None, None) => {

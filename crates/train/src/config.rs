@@ -137,6 +137,15 @@ impl TrainConfig {
         if self.epochs == 0 || self.batch_size == 0 {
             return Err("epochs and batch_size must be at least 1".into());
         }
+        if self.epochs > 100_000
+            || self.batch_size > 1 << 16
+            || self.eval_batch_size.is_some_and(|b| b == 0 || b > 1 << 16)
+        {
+            return Err(format!(
+                "epochs must be at most 100000, batch_size and eval_batch_size between 1 and 65536; got {}, {}, {:?}",
+                self.epochs, self.batch_size, self.eval_batch_size
+            ));
+        }
         if self.accumulate == 0 || self.batch_size < 2 * self.accumulate {
             return Err(format!(
                 "accumulate must be at least 1, with at least two images per part: batch_size {} in {} parts",

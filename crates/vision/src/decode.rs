@@ -48,9 +48,20 @@ fn image_err(path: &Path, message: impl std::fmt::Display) -> VisionError {
     VisionError::Image { path: path.to_owned(), message: message.to_string() }
 }
 
-/// Reads a file's bytes, naming it in the error.
+/// The largest image file read: 512 MiB (a photo is a few MB; a panorama a few hundred).
+pub const MAX_FILE_BYTES: u64 = 512 << 20;
+
+/// Reads a file's bytes, naming it in the error; a file over [`MAX_FILE_BYTES`] is an error.
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>, VisionError> {
-    std::fs::read(path).map_err(|e| VisionError::Io { path: path.to_owned(), message: e.to_string() })
+    let io = |e: std::io::Error| VisionError::Io { path: path.to_owned(), message: e.to_string() };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(image_err(
+            path,
+            format!("the file holds {len} bytes, over the {MAX_FILE_BYTES}-byte limit for an image"),
+        ));
+    }
+    std::fs::read(path).map_err(io)
 }
 
 fn is_jpeg(bytes: &[u8]) -> bool {

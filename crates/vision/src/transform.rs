@@ -203,6 +203,10 @@ fn plan(transform: Transform, (width, height): (u32, u32), rng: &mut impl Rng) -
     }
 }
 
+/// The most pixels ten-crop's whole-image resize may produce (192 MB of RGB): a 1 × 16384 file
+/// would otherwise ask for 3 GB.
+pub const MAX_RESIZED_PIXELS: u64 = 64 << 20;
+
 /// Decodes and transforms images; holds the resizer's scratch buffers, so keep one per thread.
 #[derive(Debug)]
 pub struct Renderer {
@@ -293,6 +297,19 @@ impl Renderer {
         }
         let full = dimensions(bytes, path)?;
         let plans: Vec<Plan> = transforms.iter().map(|t| plan(*t, full, rng)).collect();
+        for plan in &plans {
+            if let Plan::Crops { resized: (rw, rh), .. } = plan
+                && u64::from(*rw) * u64::from(*rh) > MAX_RESIZED_PIXELS
+            {
+                return Err(VisionError::Image {
+                    path: path.to_owned(),
+                    message: format!(
+                        "ten-crop would resize this {} × {} image to {rw} × {rh} pixels, over the limit of {MAX_RESIZED_PIXELS} (an extreme aspect ratio)",
+                        full.0, full.1
+                    ),
+                });
+            }
+        }
         let scale = self.scale_for(&plans, full);
         let decoded = decode_region(bytes, path, footprint(&plans, full, scale), scale)?;
         for (plan, slot) in plans.iter().zip(out.iter_mut()) {

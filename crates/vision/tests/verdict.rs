@@ -75,3 +75,33 @@ fn a_file_claiming_more_pixels_than_its_data_can_hold_is_refused_up_front() {
         assert!(err.contains("claim 16384 × 16384 pixels") && err.contains("lying.jpg"), "{err}");
     }
 }
+
+#[test]
+fn a_file_over_the_size_limit_is_refused_before_it_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("huge.jpg");
+    // Sparse: no disk or memory is spent.
+    std::fs::File::create(&path).unwrap().set_len(dmlp_vision::decode::MAX_FILE_BYTES + 1).unwrap();
+    let err = dmlp_vision::read_bytes(&path).unwrap_err().to_string();
+    assert!(err.contains("huge.jpg") && err.contains("limit"), "{err}");
+}
+
+#[test]
+fn ten_crop_of_an_extreme_aspect_ratio_is_an_error_not_an_abort() {
+    // 1 × 16384: ten-crop's whole-image resize to a shorter side of 256 would be 256 × 4194304.
+    let image = image::RgbImage::from_pixel(1, 16384, image::Rgb([90, 120, 150]));
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90).encode_image(&image).unwrap();
+    let path = Path::new("tall.jpg");
+    let norm = dmlp_vision::Normalization { mean: [0.5; 3], std: [0.25; 3] };
+    let mut renderer = dmlp_vision::Renderer::new();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let ten = dmlp_vision::Transform::ten_crop_for(224);
+    let mut out = vec![0f32; ten.floats_per_image()];
+    let err = renderer.render(&bytes, path, &[ten], &norm, &mut rng, &mut [&mut out]).unwrap_err().to_string();
+    assert!(err.contains("tall.jpg") && err.contains("ten-crop"), "{err}");
+    // The centre crop resizes only the window it keeps: it works.
+    let centre = dmlp_vision::Transform::eval_for(224);
+    let mut out = vec![0f32; centre.floats_per_image()];
+    renderer.render(&bytes, path, &[centre], &norm, &mut rng, &mut [&mut out]).unwrap();
+}

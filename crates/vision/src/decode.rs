@@ -229,10 +229,10 @@ fn decode_dct_scaled(bytes: &[u8], path: &Path, full: (u32, u32), scale: u32) ->
     Ok(Decoded::whole(image, full, scale))
 }
 
-/// Whether the JPEG ends with its end-of-image marker, trailing padding aside.
+/// Whether the JPEG's stream reaches its end-of-image marker (see `jpeg::end_of_image`): a
+/// file cut short fails however its crops fall, and bytes after the marker are allowed.
 fn has_end_of_image(bytes: &[u8]) -> bool {
-    let tail = &bytes[bytes.len().saturating_sub(4096)..];
-    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+    crate::jpeg::end_of_image(bytes).is_some()
 }
 
 /// Decodes the file at `path` to RGB at full resolution.

@@ -105,3 +105,35 @@ fn ten_crop_of_an_extreme_aspect_ratio_is_an_error_not_an_abort() {
     let mut out = vec![0f32; centre.floats_per_image()];
     renderer.render(&bytes, path, &[centre], &norm, &mut rng, &mut [&mut out]).unwrap();
 }
+
+#[test]
+fn the_end_of_image_is_found_by_walking_the_stream_not_in_the_last_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = jpeg();
+    // A motion photo's or maker's trailer after the end-of-image marker: 64 KB, no FF D9 in it.
+    let mut trailed = good.clone();
+    trailed.extend((0..65536u32).map(|i| (i % 251) as u8 & 0x7F));
+    let path = write(tmp.path(), "trailed.jpg", &trailed);
+    assert!(verify(&path).is_ok() && training(&path).is_ok(), "{:?}", verify(&path));
+
+    // A file cut inside its scan whose EXIF thumbnail (an APP1 segment) holds FF D9: the old
+    // check found that marker in the last 4 KB and let crops above the cut decode.
+    let thumbnail: Vec<u8> = [0xFF, 0xD8, 0xFF, 0xD9].repeat(8);
+    let mut app1 = vec![0xFF, 0xE1];
+    app1.extend(u16::try_from(thumbnail.len() + 2).unwrap().to_be_bytes());
+    app1.extend(&thumbnail);
+    let mut cut = good[..2].to_vec();
+    cut.extend(&app1);
+    let start = scan_start(&good);
+    cut.extend(&good[2..start + (good.len() - start) / 2]);
+    assert!(cut.len() < 4096 && cut.windows(2).any(|w| w == [0xFF, 0xD9]));
+    let path = write(tmp.path(), "cut-thumbnail.jpg", &cut);
+    let (v, t) = (verify(&path), training(&path));
+    assert!(v.as_ref().is_err_and(|e| e.contains("end-of-image")), "{v:?}");
+    assert!(t.as_ref().is_err_and(|e| e.contains("end-of-image")), "{t:?}");
+    // And a crop of its first rows, above the cut, fails too: the verdict does not depend on
+    // where a random crop falls.
+    let bytes = std::fs::read(&path).unwrap();
+    let err = decode_region(&bytes, &path, (0, 0, 16, 8), 1).unwrap_err().to_string();
+    assert!(err.contains("end-of-image"), "{err}");
+}

@@ -237,6 +237,41 @@ fn cached_table(spec: &[u8], is_ac: bool) -> Result<Rc<HuffTable>, String> {
 
 /// Where the frame header gives them, the image's width and height (scanning the markers
 /// only); `None` for anything unexpected, which the full parser then reports.
+/// Where the stream's end-of-image marker ends, found by walking the marker segments (each
+/// skipped by its length, so an `FF D9` inside an EXIF thumbnail or a comment does not count)
+/// and each scan's entropy-coded data (up to the next marker that is neither a stuffed `FF 00`
+/// nor a restart): `None` for a stream cut short. Whatever follows the marker (a motion photo's
+/// video, maker data) is not looked at. Bytes between segments that are not a marker are
+/// skipped, as libjpeg does.
+pub(crate) fn end_of_image(bytes: &[u8]) -> Option<usize> {
+    let mut pos = 2;
+    loop {
+        // Up to the next FF (junk between segments is skipped), then past its fill bytes.
+        pos += memchr::memchr(0xFF, bytes.get(pos..)?)?;
+        while *bytes.get(pos)? == 0xFF {
+            pos += 1;
+        }
+        let marker = bytes[pos];
+        pos += 1;
+        match marker {
+            0xD9 => return Some(pos),
+            0x00 | 0x01 | 0xD0..=0xD8 => {}
+            0xDA => {
+                pos += u16_at(bytes, pos)?;
+                // The entropy-coded data: up to an FF that starts a marker.
+                loop {
+                    pos += memchr::memchr(0xFF, bytes.get(pos..)?)?;
+                    match *bytes.get(pos + 1)? {
+                        0x00 | 0xFF | 0xD0..=0xD7 => pos += 1,
+                        _ => break,
+                    }
+                }
+            }
+            _ => pos += u16_at(bytes, pos)?,
+        }
+    }
+}
+
 pub(crate) fn frame_size(bytes: &[u8]) -> Option<(u32, u32)> {
     let mut pos = 2;
     loop {

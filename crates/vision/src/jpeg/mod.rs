@@ -21,8 +21,8 @@ mod idct_avx2;
 mod upsample;
 
 use entropy::BitReader;
-pub(crate) use header::frame_size;
 use header::{Frame, Parsed};
+pub(crate) use header::{end_of_image, frame_size};
 use idct::Idct;
 
 /// The zigzag order: `ZIGZAG[k]` is the natural (row-major) index of the `k`-th coefficient.

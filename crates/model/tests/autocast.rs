@@ -9,30 +9,19 @@
 //! 2 %, measured), so half precision's rounding moves it by tens of per cent. Each op's own
 //! half-precision error is held to rounding bounds in `crates/nn/tests/autocast.rs`.
 
-use candle_core::{DType, Device, Tensor};
+mod common;
+
+use candle_core::{DType, Device};
+use common::{model_config, step_inputs, values};
 use dmlp_backbones::{BackboneSpec, BlockKind, CustomBackbone};
 use dmlp_fusion::{FusionConfig, FusionKind};
-use dmlp_geo::Metadata;
 use dmlp_model::{Classifier, ModelConfig};
 use dmlp_nn::{with_autocast, with_generic_ops};
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
-}
 
 /// The loss, the logits' dtype and every trainable variable's gradient, concatenated.
 fn step(config: &ModelConfig, autocast: Option<DType>, generic: bool) -> (f64, DType, Vec<f64>) {
     let model = Classifier::new(config, 7, &Device::Cpu).unwrap();
-    let images = Tensor::from_vec(
-        (0..4 * 3 * 37 * 29).map(|i| ((i * 7919 % 1009) as f32 / 504.5) - 1.0).collect::<Vec<_>>(),
-        (4, 3, 37, 29),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let loc =
-        Tensor::from_vec((0..24).map(|i| ((i * 37 % 19) as f32 / 9.5) - 1.0).collect::<Vec<_>>(), (4, 6), &Device::Cpu)
-            .unwrap();
-    let targets = Tensor::new(&[0u32, 3, 1, 4], &Device::Cpu).unwrap();
+    let (images, loc, targets) = step_inputs();
     let loc = config.fusion.as_ref().map(|_| &loc);
     let forward = || {
         with_autocast(autocast, || {
@@ -58,12 +47,7 @@ fn step(config: &ModelConfig, autocast: Option<DType>, generic: bool) -> (f64, D
 }
 
 fn check(backbone: BackboneSpec, fusion: Option<FusionConfig>) {
-    let name = format!("{} + {}", backbone.name(), fusion.as_ref().map_or("image-only", |f| f.kind.as_str()));
-    let config = ModelConfig {
-        metadata: fusion.as_ref().map(|_| Metadata::GeoTemporal),
-        fusion,
-        ..ModelConfig::image_only(backbone, 5)
-    };
+    let (name, config) = model_config(backbone, fusion);
     let (loss32, dtype32, grads32) = step(&config, None, false);
     assert_eq!(dtype32, DType::F32);
     let norm: f64 = grads32.iter().map(|g| g * g).sum::<f64>().sqrt();

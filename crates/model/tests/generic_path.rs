@@ -3,16 +3,14 @@
 //! gradient and BatchNorm's updated running statistics. Images are odd and non-square, so every
 //! strided convolution and pooling meets uneven remainders.
 
-use candle_core::{DType, Device, Tensor};
+mod common;
+
+use candle_core::{DType, Device};
+use common::{model_config, step_inputs, values};
 use dmlp_backbones::{BackboneSpec, BlockKind, CustomBackbone};
 use dmlp_fusion::{FusionConfig, FusionKind};
-use dmlp_geo::Metadata;
 use dmlp_model::{Classifier, ModelConfig};
 use dmlp_nn::with_generic_ops;
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
-}
 
 /// `‖a − b‖ / ‖b‖` (or `‖a − b‖` when `b` is zero).
 fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
@@ -24,17 +22,7 @@ fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
 /// The loss, then every variable's gradient (trainable) or value after the step (statistics).
 fn step(config: &ModelConfig, generic: bool) -> (f64, Vec<(String, Vec<f64>)>) {
     let model = Classifier::new(config, 7, &Device::Cpu).unwrap();
-    let images = Tensor::randn(0f32, 1.0, (4, 3, 37, 29), &Device::Cpu).unwrap();
-    let images = Tensor::from_vec(
-        (0..images.elem_count()).map(|i| ((i * 7919 % 1009) as f32 / 504.5) - 1.0).collect::<Vec<_>>(),
-        images.dims(),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let loc =
-        Tensor::from_vec((0..24).map(|i| ((i * 37 % 19) as f32 / 9.5) - 1.0).collect::<Vec<_>>(), (4, 6), &Device::Cpu)
-            .unwrap();
-    let targets = Tensor::new(&[0u32, 3, 1, 4], &Device::Cpu).unwrap();
+    let (images, loc, targets) = step_inputs();
     let loc = config.fusion.as_ref().map(|_| &loc);
     let forward = || {
         let out = model.forward_t(&images, loc, true).unwrap();
@@ -56,12 +44,7 @@ fn step(config: &ModelConfig, generic: bool) -> (f64, Vec<(String, Vec<f64>)>) {
 }
 
 fn check(backbone: BackboneSpec, fusion: Option<FusionConfig>) {
-    let name = format!("{} + {}", backbone.name(), fusion.as_ref().map_or("image-only", |f| f.kind.as_str()));
-    let config = ModelConfig {
-        metadata: fusion.as_ref().map(|_| Metadata::GeoTemporal),
-        fusion,
-        ..ModelConfig::image_only(backbone, 5)
-    };
+    let (name, config) = model_config(backbone, fusion);
     let (custom_loss, custom) = step(&config, false);
     let (generic_loss, generic) = step(&config, true);
     assert!(

@@ -22,6 +22,7 @@
 mod classifier;
 mod config;
 mod params;
+mod pickle_guard;
 mod pretrained;
 pub mod weights;
 

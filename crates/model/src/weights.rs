@@ -282,8 +282,11 @@ fn read_top_level_pickle(path: &Path) -> Result<Object, String> {
             entry.size()
         ));
     }
-    let mut reader = BufReader::new(entry.take(MAX_PICKLE_BYTES));
+    let mut pickle = Vec::with_capacity(entry.size() as usize);
+    entry.take(MAX_PICKLE_BYTES).read_to_end(&mut pickle).map_err(|e| format!("{pickle_name}: {e}"))?;
+    // Nesting and memo copies bounded before candle's reader recurses into them.
+    crate::pickle_guard::check(&pickle).map_err(|e| format!("{pickle_name}: {e}; prefer safetensors files"))?;
     let mut stack = Stack::empty();
-    stack.read_loop(&mut reader).map_err(|e| format!("{pickle_name}: {e}"))?;
+    stack.read_loop(&mut std::io::Cursor::new(pickle)).map_err(|e| format!("{pickle_name}: {e}"))?;
     stack.finalize().map_err(|e| format!("{pickle_name}: {e}"))
 }

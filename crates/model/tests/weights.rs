@@ -234,3 +234,13 @@ fn hostile_pytorch_files_are_errors_naming_the_file() {
     let err = WeightsFile::read(&fixture("hostile_short_args.pth")).unwrap_err().to_string();
     assert!(err.contains("hostile_short_args.pth") && err.contains("malformed pickle"), "{err}");
 }
+
+#[test]
+fn pickles_that_nest_deeply_or_expand_through_the_memo_are_refused_before_they_are_built() {
+    // 200,000 nested lists (400 KB) overflowed the stack inside candle's reader, an abort no
+    // `catch_unwind` catches; 40 memo doublings (1 KB) expand into 2^40 objects.
+    let err = WeightsFile::read(&fixture("hostile_deep_nesting.pth")).unwrap_err().to_string();
+    assert!(err.contains("hostile_deep_nesting.pth") && err.contains("nest more than"), "{err}");
+    let err = WeightsFile::read(&fixture("hostile_memo_bomb.pth")).unwrap_err().to_string();
+    assert!(err.contains("hostile_memo_bomb.pth") && err.contains("more than"), "{err}");
+}

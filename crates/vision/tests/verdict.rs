@@ -137,3 +137,23 @@ fn the_end_of_image_is_found_by_walking_the_stream_not_in_the_last_bytes() {
     let err = decode_region(&bytes, &path, (0, 0, 16, 8), 1).unwrap_err().to_string();
     assert!(err.contains("end-of-image"), "{err}");
 }
+
+#[test]
+fn a_flood_of_table_segments_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = jpeg();
+    // 50,000 empty Huffman tables (each 21 bytes: FF C4, length 19, class/id, 16 zero counts)
+    // after the start-of-image: a valid-looking 1 MB file that made decoding 40 times slower.
+    let mut flood = good[..2].to_vec();
+    for _ in 0..50_000 {
+        flood.extend([0xFF, 0xC4, 0x00, 0x13, 0x00]);
+        flood.extend([0u8; 16]);
+    }
+    flood.extend(&good[2..]);
+    let path = write(tmp.path(), "flood.jpg", &flood);
+    for err in [verify(&path).unwrap_err(), training(&path).unwrap_err()] {
+        assert!(err.contains("flood.jpg") && err.contains("table segments"), "{err}");
+    }
+    // A real file's few tables pass.
+    assert!(verify(&write(tmp.path(), "good.jpg", &good)).is_ok());
+}

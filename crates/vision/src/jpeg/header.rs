@@ -235,8 +235,6 @@ fn cached_table(spec: &[u8], is_ac: bool) -> Result<Rc<HuffTable>, String> {
     Ok(table)
 }
 
-/// Where the frame header gives them, the image's width and height (scanning the markers
-/// only); `None` for anything unexpected, which the full parser then reports.
 /// Where the stream's end-of-image marker ends, found by walking the marker segments (each
 /// skipped by its length, so an `FF D9` inside an EXIF thumbnail or a comment does not count)
 /// and each scan's entropy-coded data (up to the next marker that is neither a stuffed `FF 00`
@@ -244,7 +242,22 @@ fn cached_table(spec: &[u8], is_ac: bool) -> Result<Rc<HuffTable>, String> {
 /// video, maker data) is not looked at. Bytes between segments that are not a marker are
 /// skipped, as libjpeg does.
 pub(crate) fn end_of_image(bytes: &[u8]) -> Option<usize> {
+    stream_walk(bytes).map(|walk| walk.end)
+}
+
+/// What walking a JPEG stream's segments finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamWalk {
+    /// Where the end-of-image marker ends.
+    pub(crate) end: usize,
+    /// Huffman (DHT) and quantisation (DQT) table segments: a handful in any real file.
+    pub(crate) table_segments: usize,
+}
+
+/// [`end_of_image`], counting the table segments on the way.
+pub(crate) fn stream_walk(bytes: &[u8]) -> Option<StreamWalk> {
     let mut pos = 2;
+    let mut table_segments = 0;
     loop {
         // Up to the next FF (junk between segments is skipped), then past its fill bytes.
         pos += memchr::memchr(0xFF, bytes.get(pos..)?)?;
@@ -254,8 +267,12 @@ pub(crate) fn end_of_image(bytes: &[u8]) -> Option<usize> {
         let marker = bytes[pos];
         pos += 1;
         match marker {
-            0xD9 => return Some(pos),
+            0xD9 => return Some(StreamWalk { end: pos, table_segments }),
             0x00 | 0x01 | 0xD0..=0xD8 => {}
+            0xC4 | 0xDB => {
+                table_segments += 1;
+                pos += u16_at(bytes, pos)?;
+            }
             0xDA => {
                 pos += u16_at(bytes, pos)?;
                 // The entropy-coded data: up to an FF that starts a marker.
@@ -272,6 +289,8 @@ pub(crate) fn end_of_image(bytes: &[u8]) -> Option<usize> {
     }
 }
 
+/// Where the frame header gives them, the image's width and height (scanning the markers
+/// only); `None` for anything unexpected, which the full parser then reports.
 pub(crate) fn frame_size(bytes: &[u8]) -> Option<(u32, u32)> {
     let mut pos = 2;
     loop {

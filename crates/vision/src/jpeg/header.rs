@@ -235,16 +235,6 @@ fn cached_table(spec: &[u8], is_ac: bool) -> Result<Rc<HuffTable>, String> {
     Ok(table)
 }
 
-/// Where the stream's end-of-image marker ends, found by walking the marker segments (each
-/// skipped by its length, so an `FF D9` inside an EXIF thumbnail or a comment does not count)
-/// and each scan's entropy-coded data (up to the next marker that is neither a stuffed `FF 00`
-/// nor a restart): `None` for a stream cut short. Whatever follows the marker (a motion photo's
-/// video, maker data) is not looked at. Bytes between segments that are not a marker are
-/// skipped, as libjpeg does.
-pub(crate) fn end_of_image(bytes: &[u8]) -> Option<usize> {
-    stream_walk(bytes).map(|walk| walk.end)
-}
-
 /// What walking a JPEG stream's segments finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct StreamWalk {
@@ -254,7 +244,12 @@ pub(crate) struct StreamWalk {
     pub(crate) table_segments: usize,
 }
 
-/// [`end_of_image`], counting the table segments on the way.
+/// Walks the stream to its end-of-image marker, counting the table segments on the way: the
+/// marker segments are skipped by their lengths (so an `FF D9` inside an EXIF thumbnail or a
+/// comment does not count), each scan's entropy-coded data up to the next marker that is
+/// neither a stuffed `FF 00` nor a restart. `None` for a stream cut short. Whatever follows the
+/// marker (a motion photo's video, maker data) is not looked at; bytes between segments that
+/// are not a marker are skipped, as libjpeg does.
 pub(crate) fn stream_walk(bytes: &[u8]) -> Option<StreamWalk> {
     let mut pos = 2;
     let mut table_segments = 0;

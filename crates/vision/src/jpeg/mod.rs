@@ -22,7 +22,7 @@ mod upsample;
 
 use entropy::BitReader;
 use header::{Frame, Parsed};
-pub(crate) use header::{StreamWalk, end_of_image, frame_size, stream_walk};
+pub(crate) use header::{frame_size, stream_walk};
 use idct::Idct;
 
 /// The zigzag order: `ZIGZAG[k]` is the natural (row-major) index of the `k`-th coefficient.

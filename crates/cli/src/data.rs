@@ -1,4 +1,4 @@
-//! `dmlp data verify` and `dmlp data prepare`.
+//! `dmlp data verify`, `dmlp data prepare` and `dmlp data decode`.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -176,4 +176,46 @@ pub(crate) fn run_prepare(args: &PrepareArgs) -> anyhow::Result<()> {
         println!("  {split}: skipped ({why})");
     }
     Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DecodeArgs {
+    /// Image files.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Where `<file stem>.png` is written for each (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Runs `dmlp data decode`: each file as training decodes it (the same decoder, checks and
+/// fallbacks; full resolution; EXIF orientation not applied, as PIL's `convert("RGB")`), as a
+/// PNG. `Ok(false)` when a file failed (each is named; the others are still written).
+pub(crate) fn run_decode(args: &DecodeArgs) -> anyhow::Result<bool> {
+    std::fs::create_dir_all(&args.out).map_err(|e| anyhow::anyhow!("{}: {e}", args.out.display()))?;
+    let mut written: std::collections::BTreeSet<PathBuf> = Default::default();
+    let mut failed = 0;
+    for file in &args.files {
+        let stem = file.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+        // Two inputs with one stem (a/x.jpg, b/x.jpg) get x.png and x-2.png.
+        let target = (1..)
+            .map(|k| args.out.join(if k == 1 { format!("{stem}.png") } else { format!("{stem}-{k}.png") }))
+            .find(|path| !written.contains(path))
+            .unwrap_or_else(|| args.out.join(format!("{stem}.png")));
+        match dmlp_vision::decode_rgb(file) {
+            Ok(image) => {
+                image.save(&target).map_err(|e| anyhow::anyhow!("{}: {e}", target.display()))?;
+                println!("{} → {} ({} × {})", file.display(), target.display(), image.width(), image.height());
+                written.insert(target);
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} files could not be decoded", args.files.len());
+    }
+    Ok(failed == 0)
 }

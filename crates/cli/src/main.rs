@@ -59,6 +59,9 @@ enum DataCommand {
     /// Build the Parquet manifest of a dataset's records in the cache folder (never in the
     /// dataset folder); training reads splits from it while it matches the annotation files.
     Prepare(data::PrepareArgs),
+    /// Write each image as training decodes it, as DIR/<file stem>.png (full resolution, EXIF
+    /// orientation not applied, as PIL's convert("RGB")); exits non-zero if any file failed.
+    Decode(data::DecodeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +86,11 @@ fn main() -> ExitCode {
             Err(err) => Err(err),
         },
         Command::Data { command: DataCommand::Prepare(args) } => data::run_prepare(&args),
+        Command::Data { command: DataCommand::Decode(args) } => match data::run_decode(&args) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::FAILURE,
+            Err(err) => Err(err),
+        },
         Command::Train(args) => run::run_train(&args),
         Command::Eval(args) => run::run_eval(&args),
         Command::Baseline(args) => run::run_baseline(&args),

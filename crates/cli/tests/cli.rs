@@ -419,3 +419,34 @@ fn weights_show_lists_a_file_and_the_backbone_it_fits() {
         "{stderr}"
     );
 }
+
+#[test]
+fn data_decode_writes_what_training_decodes_and_names_the_files_it_cannot() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "a/leaf.jpg", &tiny_jpeg());
+    write(tmp.path(), "b/leaf.jpg", &tiny_jpeg());
+    let mut cut = tiny_jpeg();
+    cut.truncate(cut.len() / 2);
+    write(tmp.path(), "broken.jpg", &cut);
+    let out = tmp.path().join("out");
+    let (a, b, broken) = (tmp.path().join("a/leaf.jpg"), tmp.path().join("b/leaf.jpg"), tmp.path().join("broken.jpg"));
+    let (ok, stdout, stderr) = dmlp(&[
+        "data",
+        "decode",
+        a.to_str().unwrap(),
+        broken.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok, "a file failed: the exit status says so\n{stdout}\n{stderr}");
+    assert!(stderr.contains("broken.jpg") && stderr.contains("1 of 3"), "{stderr}");
+    // The others are written, one stem twice as leaf.png and leaf-2.png, pixel for pixel what
+    // the training pipeline's decoder gives.
+    let expected = dmlp_vision::decode_rgb(&a).unwrap();
+    for name in ["leaf.png", "leaf-2.png"] {
+        let png = image::open(out.join(name)).unwrap().to_rgb8();
+        assert_eq!(png, expected, "{name}");
+    }
+    assert!(!out.join("broken.png").exists());
+}

@@ -24,14 +24,11 @@ impl LoaderSource {
     /// The training loader: RandomResizedCrop + flip, shuffled per epoch, last partial batch kept
     /// (as the reference's `drop_last=False`) unless it would hold a single image.
     pub fn train(split: Arc<Split>, run: &RunConfig, device: Device) -> Result<Self, ExperimentError> {
-        let mut config =
-            Self::config(run, vec![Transform::Train { size: run.data.image_size }], run.train.batch_size, true);
+        // Training keeps its batch size (BatchNorm, the schedule): a skipped image's row takes
+        // the batch's next good sample.
+        let transforms = vec![Transform::Train { size: run.data.image_size }];
+        let mut config = Self::config(run, transforms, run.train.batch_size, true, BadImages::Replace);
         config.drop_last = Self::drops_last_image(split.records.len(), run.train.batch_size);
-        if config.bad_images == BadImages::LeaveOut {
-            // Training keeps its batch size (BatchNorm, the schedule): a bad image's row takes
-            // the batch's next good sample.
-            config.bad_images = BadImages::Replace;
-        }
         Ok(Self { split, config, device, skipped: Arc::default() })
     }
 
@@ -44,7 +41,8 @@ impl LoaderSource {
 
     /// The evaluation loader: resize + centre crop (or ten-crop) at each test scale, in file order.
     pub fn eval(split: Arc<Split>, run: &RunConfig, device: Device) -> Result<Self, ExperimentError> {
-        let config = Self::config(run, run.data.eval_transforms(), run.train.eval_batch_size(), false);
+        let config =
+            Self::config(run, run.data.eval_transforms(), run.train.eval_batch_size(), false, BadImages::LeaveOut);
         Ok(Self { split, config, device, skipped: Arc::default() })
     }
 
@@ -58,12 +56,21 @@ impl LoaderSource {
         batch_size: usize,
         device: Device,
     ) -> Self {
-        let mut config = Self::config(run, vec![Transform::eval_for(run.data.image_size)], batch_size, shuffle);
+        let transforms = vec![Transform::eval_for(run.data.image_size)];
+        let mut config = Self::config(run, transforms, batch_size, shuffle, BadImages::LeaveOut);
         config.metadata = Some(metadata);
         Self { split, config, device, skipped: Arc::default() }
     }
 
-    fn config(run: &RunConfig, transforms: Vec<Transform>, batch_size: usize, shuffle: bool) -> LoaderConfig {
+    /// The loader config; `skip` is what a bad image does under `bad_images = "skip"` (outside
+    /// training it is left out, so that none counts twice).
+    fn config(
+        run: &RunConfig,
+        transforms: Vec<Transform>,
+        batch_size: usize,
+        shuffle: bool,
+        skip: BadImages,
+    ) -> LoaderConfig {
         LoaderConfig {
             batch_size,
             transforms,
@@ -74,10 +81,9 @@ impl LoaderSource {
             workers: run.data.workers,
             prefetch: 2,
             seed: run.train.seed,
-            // Outside training, a bad image is left out so that none counts twice.
             bad_images: match run.data.bad_images {
                 crate::config::BadImagesPolicy::Error => BadImages::Error,
-                crate::config::BadImagesPolicy::Skip => BadImages::LeaveOut,
+                crate::config::BadImagesPolicy::Skip => skip,
             },
         }
     }

@@ -35,6 +35,14 @@ pub enum StepInput<'a> {
     Features(&'a Tensor),
 }
 
+impl<'a> StepInput<'a> {
+    /// Pixels when `xs` is `[B, 3, H, W]`, pooled features when it is `[B, F]` (a model without
+    /// a backbone).
+    pub fn of(xs: &'a Tensor) -> Self {
+        if xs.rank() == 4 { StepInput::Images(xs) } else { StepInput::Features(xs) }
+    }
+}
+
 /// What one classifier step computed.
 #[derive(Debug, Clone)]
 pub struct ClassifierStep {
@@ -274,48 +282,34 @@ pub struct ClassifierTrainer<'a> {
     config: TrainConfig,
 }
 
-impl ClassifierTrainer<'_> {
-    /// [`classifier_step`] without waiting for the device: the loss and top-1 hits stay there,
-    /// `[2]`, for [`crate::fit`] to read back with others (`sync_every`).
-    fn deferred_step(
-        &mut self,
-        input: StepInput<'_>,
-        batch: &TensorBatch,
-        mix: &Mixup,
-        step: &StepContext,
-    ) -> Result<StepOutcome, TrainError> {
-        let (gradients, permuted) = mixed_gradients(
-            self.model,
-            input,
-            batch.loc.as_ref(),
-            &batch.targets,
-            mix,
-            self.config.label_smoothing,
-            self.config.accumulate,
-            &self.amp,
-        )?;
-        update(self.model, &mut self.optimizer, &gradients, &mut self.amp, step)?;
-        let hits = train_top1_hits(&gradients.logits, &batch.targets, &permuted, mix.lambda)?;
-        let figures = Tensor::stack(&[gradients.loss.to_dtype(DType::F32)?, hits], 0)?;
-        Ok(StepOutcome::pending(figures, batch.targets.dim(0)?))
-    }
-}
-
 impl<'a> ClassifierTrainer<'a> {
     /// The optimiser `config` names over the model's trainable parameters, in `config.precision`.
     /// Mixed precision keeps f32 master weights: it needs a model held in f32.
     pub fn new(model: &'a Classifier, config: &TrainConfig) -> Result<Self, TrainError> {
         config.validate().map_err(TrainError::Config)?;
-        if config.precision != Precision::F32 && model.dtype() != DType::F32 {
-            return Err(TrainError::Config(format!(
-                "precision = \"{}\" keeps f32 master weights and computes in half precision: set model.dtype = \"f32\" (it is {:?})",
-                config.precision.as_str(),
-                model.dtype()
-            )));
-        }
+        check_master_dtype(model, config.precision)?;
         let optimizer = Optimizer::from_config(model.store().trainable_vars(), config);
         Ok(Self { model, optimizer, amp: Amp::new(config.precision), config: config.clone() })
     }
+}
+
+/// Refuses mixed precision on a model not held in f32: it keeps f32 master weights.
+pub(crate) fn check_master_dtype(model: &Classifier, precision: Precision) -> Result<(), TrainError> {
+    if precision != Precision::F32 && model.dtype() != DType::F32 {
+        return Err(TrainError::Config(format!(
+            "precision = \"{}\" keeps f32 master weights and computes in half precision: set model.dtype = \"f32\" (it is {:?})",
+            precision.as_str(),
+            model.dtype()
+        )));
+    }
+    Ok(())
+}
+
+/// The optimiser's state and the precision's (f16's loss scale), as a checkpoint keeps them.
+pub(crate) fn replica_state(optimizer: &Optimizer, amp: &Amp) -> Result<HashMap<String, Tensor>, TrainError> {
+    let mut state = optimizer.state()?;
+    state.extend(amp.state()?);
+    Ok(state)
 }
 
 /// Loads a checkpoint into a model, its optimiser and its precision's state (moved to the
@@ -395,26 +389,26 @@ impl Trainable for ClassifierTrainer<'_> {
         let mix = Mixup { lambda, perm: Tensor::from_slice(&perm_ids, n, images.device())? };
         let dropout = SeedStream::Dropout.seed(self.config.seed, &[step.epoch as u64, step.iteration as u64]);
         self.model.reseed_dropout(dropout);
-        // Pixels `[B, 3, H, W]`, or pooled features `[B, F]` for a model without a backbone.
-        let input = if images.rank() == 4 { StepInput::Images(images) } else { StepInput::Features(images) };
-        if self.config.sync_every > 1 && self.amp.scaler().is_none() {
-            return self.deferred_step(input, &batch, &mix, step);
-        }
-        let out = classifier_step(
+        let (gradients, permuted) = mixed_gradients(
             self.model,
-            &mut self.optimizer,
-            input,
+            StepInput::of(images),
             batch.loc.as_ref(),
             &batch.targets,
             &mix,
             self.config.label_smoothing,
             self.config.accumulate,
-            &mut self.amp,
-            step,
+            &self.amp,
         )?;
-        let permuted = batch.targets.index_select(&mix.perm, 0)?;
-        let top1_hits = train_top1_hits(&out.logits, &batch.targets, &permuted, lambda)?;
-        Ok(StepOutcome::measured(out.loss, n, top1_hits.to_dtype(DType::F64)?.to_scalar::<f64>()?))
+        let hits = train_top1_hits(&gradients.logits, &batch.targets, &permuted, lambda)?;
+        // f16's scaler reads its gradients back every step anyway: nothing to defer then.
+        if self.config.sync_every > 1 && self.amp.scaler().is_none() {
+            // The loss and hits stay on the device, `[2]`, for `fit` to read back with others.
+            update(self.model, &mut self.optimizer, &gradients, &mut self.amp, step)?;
+            let figures = Tensor::stack(&[gradients.loss.to_dtype(DType::F32)?, hits], 0)?;
+            return Ok(StepOutcome::pending(figures, n));
+        }
+        let (loss, _) = apply_gradients(self.model, &mut self.optimizer, &gradients, &mut self.amp, step)?;
+        Ok(StepOutcome::measured(loss, n, hits.to_dtype(DType::F64)?.to_scalar::<f64>()?))
     }
 
     fn evaluate(&self, val: &dyn Batches<TensorBatch>) -> Result<Accuracy, TrainError> {
@@ -428,9 +422,7 @@ impl Trainable for ClassifierTrainer<'_> {
     }
 
     fn optimizer_state(&self) -> Result<HashMap<String, Tensor>, TrainError> {
-        let mut state = self.optimizer.state()?;
-        state.extend(self.amp.state()?);
-        Ok(state)
+        replica_state(&self.optimizer, &self.amp)
     }
 
     fn restore(&mut self, model: &Path, optimizer: HashMap<String, Tensor>) -> Result<(), TrainError> {

@@ -28,9 +28,9 @@ use candle_core::{DType, Device, Tensor};
 use dmlp_eval::{Accuracy, TensorBatch};
 use dmlp_model::Classifier;
 
-use crate::classifier::{classifier_evaluation, restore_replica, train_top1_hits};
+use crate::classifier::{check_master_dtype, classifier_evaluation, replica_state, restore_replica, train_top1_hits};
 use crate::fit::{Batches, StepContext, StepOutcome, Trainable};
-use crate::precision::{Amp, Precision};
+use crate::precision::Amp;
 use crate::{
     BatchGradients, Optimizer, SeedStream, StepInput, TrainConfig, TrainError, apply_gradients, classifier_gradients,
     draw_mixup,
@@ -166,17 +166,17 @@ fn all_reduce_gradients(
         None => (vec![None; vars.len()], Tensor::zeros((), DType::F32, device)?, None),
     };
     let mut tensors = Vec::with_capacity(vars.len() + 1);
-    let mut meta = Vec::with_capacity(vars.len() + 1);
     for ((_, var), grad) in vars.iter().zip(&grads) {
-        meta.push(Tensor::new(&[f32::from(u8::from(grad.is_some()))], device)?);
         tensors.push(match grad {
             Some(grad) => grad.to_dtype(DType::F32)?,
             None => Tensor::zeros(var.dims(), DType::F32, device)?,
         });
     }
-    meta.push(loss.to_dtype(DType::F32)?.reshape(1)?);
-    meta.push(Tensor::new(&[f32::from(u8::from(failed))], device)?);
-    tensors.push(Tensor::cat(&meta, 0)?);
+    // [presence of each gradient…, loss share, failed]: one copy to the device, one tensor.
+    let presence: Vec<f32> = grads.iter().map(|g| f32::from(u8::from(g.is_some()))).collect();
+    let flags = Tensor::from_vec(presence, vars.len(), device)?;
+    let failed = Tensor::new(&[f32::from(u8::from(failed))], device)?;
+    tensors.push(Tensor::cat(&[flags, loss.to_dtype(DType::F32)?.reshape(1)?, failed], 0)?);
     let mut reduced = collective.all_reduce_sum(&tensors)?;
     let meta = reduced.pop().ok_or_else(|| TrainError::Parallel("the all-reduce returned nothing".into()))?;
     let flags = meta.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
@@ -252,11 +252,9 @@ impl Replica<'_> {
         let rank = self.collective.rank() as u64;
         let dropout = SeedStream::Dropout.seed(config.seed, &[step.epoch as u64, step.iteration as u64, rank]);
         self.model.reseed_dropout(dropout);
-        // Pixels `[b, 3, H, W]`, or pooled features `[b, F]` for a model without a backbone.
-        let input = if images.rank() == 4 { StepInput::Images(&images) } else { StepInput::Features(&images) };
         let gradients = classifier_gradients(
             self.model,
-            input,
+            StepInput::of(&images),
             loc.as_ref(),
             &targets,
             &permuted,
@@ -361,10 +359,8 @@ impl<'a> DataParallelTrainer<'a> {
                 config.batch_size, config.accumulate
             )));
         }
-        if config.precision != Precision::F32 && models.iter().any(|m| m.dtype() != DType::F32) {
-            return Err(TrainError::Config(
-                "mixed precision keeps f32 master weights: set model.dtype = \"f32\"".into(),
-            ));
+        for model in &models {
+            check_master_dtype(model, config.precision)?;
         }
         let source = models[0].store().tensors();
         for model in &models[1..] {
@@ -442,10 +438,7 @@ impl Trainable for DataParallelTrainer<'_> {
     }
 
     fn optimizer_state(&self) -> Result<HashMap<String, Tensor>, TrainError> {
-        let first = &self.replicas[0];
-        let mut state = first.optimizer.state()?;
-        state.extend(first.amp.state()?);
-        Ok(state)
+        replica_state(&self.replicas[0].optimizer, &self.replicas[0].amp)
     }
 
     fn restore(&mut self, model: &Path, optimizer: HashMap<String, Tensor>) -> Result<(), TrainError> {

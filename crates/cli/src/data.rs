@@ -89,8 +89,10 @@ fn render(report: &VerifyReport) -> String {
         report.official_classes,
         if report.decoded { "" } else { "; images not decoded (--decode checks them)" }
     );
-    out.push_str("| split | records | official | classes | found | missing | corrupt | no location | no date |\n");
-    out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    out.push_str(
+        "| split | records | official | classes | found | missing | corrupt | damaged | no location | no date |\n",
+    );
+    out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for (name, s) in &report.splits {
         let official = match (s.official_records, s.official_verified) {
             (Some(n), Some(false)) => format!("{n} (unverified)"),
@@ -98,12 +100,13 @@ fn render(report: &VerifyReport) -> String {
             (None, _) => "—".into(),
         };
         out.push_str(&format!(
-            "| {name} | {} | {official} | {} | {} | {} | {} | {} | {} |\n",
+            "| {name} | {} | {official} | {} | {} | {} | {} | {} | {} | {} |\n",
             count(s.records),
             count(s.classes),
             count(s.images_found),
             count(s.images_missing),
             count(s.images_corrupt),
+            count(s.images_damaged),
             count(s.without_location),
             count(s.without_date),
         ));
@@ -137,6 +140,15 @@ fn render_details(name: &str, s: &SplitReport) -> String {
         out.push_str(&format!("\n{name}: files that fail to decode (first {}):\n", s.corrupt_files.len().min(SHOWN)));
         for (path, error) in s.corrupt_files.iter().zip(&s.corrupt_errors).take(SHOWN) {
             out.push_str(&format!("  {path}: {error}\n"));
+        }
+    }
+    if !s.damaged_files.is_empty() {
+        out.push_str(&format!(
+            "\n{name}: files that decode with damaged data, as PIL reads them (first {}):\n",
+            s.damaged_files.len().min(SHOWN)
+        ));
+        for (path, damage) in s.damaged_files.iter().zip(&s.damage).take(SHOWN) {
+            out.push_str(&format!("  {path}: {damage}\n"));
         }
     }
     out
@@ -202,10 +214,16 @@ pub(crate) fn run_decode(args: &DecodeArgs) -> anyhow::Result<bool> {
             .map(|k| args.out.join(if k == 1 { format!("{stem}.png") } else { format!("{stem}-{k}.png") }))
             .find(|path| !written.contains(path))
             .unwrap_or_else(|| args.out.join(format!("{stem}.png")));
-        match dmlp_vision::decode_rgb(file) {
-            Ok(image) => {
+        match dmlp_vision::decode_rgb_checked(file) {
+            Ok((image, damage)) => {
                 image.save(&target).map_err(|e| anyhow::anyhow!("{}: {e}", target.display()))?;
                 println!("{} → {} ({} × {})", file.display(), target.display(), image.width(), image.height());
+                if let Some(damage) = damage {
+                    eprintln!(
+                        "warning: {}: damaged data, decoded as libjpeg (and PIL) decodes it: {damage}",
+                        file.display()
+                    );
+                }
                 written.insert(target);
             }
             Err(err) => {

@@ -449,4 +449,18 @@ fn data_decode_writes_what_training_decodes_and_names_the_files_it_cannot() {
         assert_eq!(png, expected, "{name}");
     }
     assert!(!out.join("broken.png").exists());
+
+    // A scan cut short with an end marker appended: PIL reads it (libjpeg warns), so does
+    // training; decode writes it, exits 0, and warns that the data is damaged.
+    let whole = tiny_jpeg();
+    let sos = whole.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    let scan = sos + 2 + usize::from(u16::from_be_bytes([whole[sos + 2], whole[sos + 3]]));
+    let mut damaged = whole[..scan + (whole.len() - scan) / 2].to_vec();
+    damaged.extend([0xFF, 0xD9]);
+    write(tmp.path(), "damaged.jpg", &damaged);
+    let damaged = tmp.path().join("damaged.jpg");
+    let (ok, stdout, stderr) = dmlp(&["data", "decode", damaged.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stderr.contains("warning") && stderr.contains("damaged.jpg") && stderr.contains("ends early"), "{stderr}");
+    assert!(out.join("damaged.png").exists());
 }

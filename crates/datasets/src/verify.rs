@@ -1,10 +1,13 @@
 //! `dmlp data verify`: what a dataset folder holds, against its annotation files and the
 //! manifest's official counts. Works on a folder that was never prepared.
 //!
-//! Per split: records, classes, images found and missing, images that fail to decode (only when
-//! asked: decoding a whole dataset takes a while), records without location or date, and the
-//! reader's notes; the missing and corrupt files are named (relative to the root, at most
-//! `max_listed` of each; the counts are always exact). A split whose annotation files are absent
+//! Per split: records, classes, images found and missing, images that fail to decode and
+//! images that decode despite damaged data (only when asked: decoding a whole dataset takes a
+//! while), records without location or date, and the reader's notes; the missing, corrupt and
+//! damaged files are named (relative to the root, at most `max_listed` of each; the counts are
+//! always exact). A damaged file is one libjpeg (and so PIL, and training) decodes with
+//! warnings: the pixels its damaged part gets are libjpeg's stand-ins, so it is listed, but it
+//! does not make the report fail. A split whose annotation files are absent
 //! or unreadable gets the reader's error instead of counts.
 
 use std::collections::BTreeMap;
@@ -16,7 +19,7 @@ use serde::Serialize;
 
 use crate::manifest::DataManifest;
 use crate::{DatasetName, Split, SplitScheme, read_split};
-use dmlp_vision::decode_rgb;
+use dmlp_vision::decode_rgb_checked;
 
 /// What to check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +60,8 @@ pub struct SplitReport {
     pub images_missing: Option<usize>,
     /// Counted only when decoding was asked for.
     pub images_corrupt: Option<usize>,
+    /// Images that decode, with damage noted (see the module docs); only when decoding.
+    pub images_damaged: Option<usize>,
     pub without_location: Option<usize>,
     pub without_date: Option<usize>,
     /// The manifest's count for this split, and whether the spec confirmed it.
@@ -68,6 +73,9 @@ pub struct SplitReport {
     pub corrupt_files: Vec<String>,
     /// The decoder's message for each of `corrupt_files`, in the same order.
     pub corrupt_errors: Vec<String>,
+    pub damaged_files: Vec<String>,
+    /// The damage found in each of `damaged_files`, in the same order.
+    pub damage: Vec<String>,
     /// Whether `missing_files` or `corrupt_files` were cut at `max_listed`.
     pub listing_truncated: bool,
 }
@@ -137,6 +145,7 @@ fn check_split(
     let done = AtomicUsize::new(0);
     let missing: Mutex<Vec<usize>> = Mutex::new(Vec::new());
     let corrupt: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
+    let damaged: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..options.threads.max(1) {
             scope.spawn(|| {
@@ -145,10 +154,14 @@ fn check_split(
                     let Some(record) = records.get(i) else { break };
                     if !record.path.is_file() {
                         missing.lock().unwrap_or_else(|e| e.into_inner()).push(i);
-                    } else if options.decode
-                        && let Err(err) = decode_rgb(&record.path)
-                    {
-                        corrupt.lock().unwrap_or_else(|e| e.into_inner()).push((i, err.to_string()));
+                    } else if options.decode {
+                        match decode_rgb_checked(&record.path) {
+                            Err(err) => corrupt.lock().unwrap_or_else(|e| e.into_inner()).push((i, err.to_string())),
+                            Ok((_, Some(damage))) => {
+                                damaged.lock().unwrap_or_else(|e| e.into_inner()).push((i, damage))
+                            }
+                            Ok((_, None)) => {}
+                        }
                     }
                     let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
                     if finished.is_multiple_of(256) || finished == records.len() {
@@ -160,15 +173,22 @@ fn check_split(
     });
     let mut missing = missing.into_inner().unwrap_or_else(|e| e.into_inner());
     let mut corrupt = corrupt.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut damaged = damaged.into_inner().unwrap_or_else(|e| e.into_inner());
     missing.sort_unstable();
     corrupt.sort_unstable_by_key(|(i, _)| *i);
+    damaged.sort_unstable_by_key(|(i, _)| *i);
     report.images_missing = Some(missing.len());
     report.images_found = Some(records.len() - missing.len());
     report.images_corrupt = options.decode.then_some(corrupt.len());
-    report.listing_truncated = missing.len() > options.max_listed || corrupt.len() > options.max_listed;
+    report.images_damaged = options.decode.then_some(damaged.len());
+    report.listing_truncated = [missing.len(), corrupt.len(), damaged.len()].iter().any(|&n| n > options.max_listed);
     report.missing_files = missing.iter().take(options.max_listed).map(|&i| relative(&records[i].path, root)).collect();
     for (i, message) in corrupt.into_iter().take(options.max_listed) {
         report.corrupt_files.push(relative(&records[i].path, root));
         report.corrupt_errors.push(message);
+    }
+    for (i, damage) in damaged.into_iter().take(options.max_listed) {
+        report.damaged_files.push(relative(&records[i].path, root));
+        report.damage.push(damage);
     }
 }

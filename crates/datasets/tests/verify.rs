@@ -126,3 +126,27 @@ fn verify_counts_every_record_and_names_missing_and_corrupt_files() {
     assert!(report.splits["train"].missing_files.is_empty() && report.splits["train"].listing_truncated);
     assert_eq!(report.splits["train"].images_missing, Some(1));
 }
+
+#[test]
+fn verify_lists_files_that_decode_despite_damaged_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    folder(tmp.path());
+    write(tmp.path(), "train_val_images/Aves/a/5.jpg", &jpeg(8, 8));
+    // 4.jpg: its scan cut short, an end-of-image marker appended. PIL (libjpeg) reads it, with
+    // a warning, and so does training; verify names it as damaged, without failing on it.
+    let whole = jpeg(64, 48);
+    let mut cut = whole[..whole.len() * 7 / 10].to_vec();
+    cut.extend([0xFF, 0xD9]);
+    write(tmp.path(), "train_val_images/Aves/a/4.jpg", &cut);
+    let options = VerifyOptions { decode: true, max_listed: 10, threads: 2 };
+    let report = verify(DatasetName::Inat2017, tmp.path(), SplitScheme::Official, options, &|_, _, _| {}).unwrap();
+    let train = &report.splits["train"];
+    assert_eq!((train.images_corrupt, train.images_damaged), (Some(0), Some(1)));
+    assert_eq!(train.damaged_files, vec!["train_val_images/Aves/a/4.jpg".to_owned()]);
+    assert!(train.damage[0].contains("ends early"), "{:?}", train.damage);
+    assert!(serde_json::to_value(&report).unwrap()["splits"]["train"]["images_damaged"].is_u64());
+    // Without decoding, nothing is counted.
+    let quick = VerifyOptions { decode: false, ..options };
+    let report = verify(DatasetName::Inat2017, tmp.path(), SplitScheme::Official, quick, &|_, _, _| {}).unwrap();
+    assert_eq!(report.splits["train"].images_damaged, None);
+}

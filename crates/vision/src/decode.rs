@@ -1,16 +1,16 @@
-//! Image files to 8-bit RGB, strictly: a file that does not decode whole is an error naming it.
+//! Image files to 8-bit RGB, as PIL's `Image.open(path).convert("RGB")` gives them.
 //!
-//! Whole images: JPEGs go through zune-jpeg in strict mode (a truncated or corrupt stream is an
-//! error, where the lenient default pads it with grey) and come out RGB whatever they hold:
-//! YCbCr, grayscale, CMYK and YCCK are converted (CMYK as PIL's `convert("RGB")` does, within 3
-//! levels).
-//!
-//! Parts of images ([`decode_region`], what the transforms use): the crate's own region decoder
-//! (`jpeg`) reads baseline JPEGs (grayscale, or YCbCr 4:4:4, 4:2:2, 4:2:0: what cameras and
-//! phones write) only down to the region's last row, inverse-transforms only the region's
-//! blocks, and scales by 4 or 8 in the DCT domain where the caller needs no more detail (see
-//! [`dct_scale_for`]); its pixels equal libjpeg-turbo's (PIL's), scaled or not. Other JPEGs
-//! are decoded whole, scaled by 4 or 8 with jpeg-decoder where asked.
+//! JPEGs go through the crate's own decoder (`jpeg`), with libjpeg-turbo's arithmetic, so its
+//! pixels are PIL's: baseline and progressive, Huffman- or arithmetic-coded, any integral
+//! chroma sampling, grayscale, YCbCr, RGB, CMYK and YCCK (converted as PIL converts them).
+//! [`decode_region`] (what the transforms use) decodes only down to the region's last row
+//! where the file allows (single-scan files) and scales by 2, 4 or 8 in the DCT domain where
+//! the caller needs no more detail (see [`dct_scale_for`]). Junk between markers and damaged
+//! entropy-coded data (invalid codes, restart markers out of order, a scan cut short before
+//! an end-of-image marker) are decoded as libjpeg decodes them, and reported
+//! ([`Decoded::damage`]); a file that ends before its end-of-image marker is an error, as
+//! in PIL. The JPEGs no decoder here reads (12-bit, lossless) go to zune-jpeg (strict), which
+//! refuses them too, as PIL does.
 //! Other formats (PNG, …) go through the `image` crate; alpha is dropped, grayscale replicated.
 //! EXIF orientation is ignored, as PIL and the reference do.
 
@@ -35,12 +35,15 @@ pub struct Decoded {
     pub origin: (u32, u32),
     /// The whole scaled image's width and height (`image`'s own when it is all of it).
     pub scaled_size: (u32, u32),
+    /// Damage met in the data decoded, which was decoded as libjpeg (and so PIL) decodes it:
+    /// an invalid code, restart markers out of order, a scan cut short. `None` for a clean file.
+    pub damage: Option<String>,
 }
 
 impl Decoded {
     fn whole(image: RgbImage, full_size: (u32, u32), scale: u32) -> Self {
         let scaled_size = image.dimensions();
-        Self { image, full_size, scale, origin: (0, 0), scaled_size }
+        Self { image, full_size, scale, origin: (0, 0), scaled_size, damage: None }
     }
 }
 
@@ -119,16 +122,22 @@ pub fn dct_scale_for(width: f64, height: f64, need_w: f64, need_h: f64) -> u32 {
 /// training. zune-jpeg alone accepts files the region decoder refuses (a scan cut short with an
 /// end-of-image marker appended, seen in `tests/verdict.rs`).
 pub fn decode(bytes: &[u8], path: &Path) -> Result<RgbImage, VisionError> {
+    decode_checked(bytes, path).map(|(image, _)| image)
+}
+
+/// [`decode`], and the damage the file's data holds, if any (see [`Decoded::damage`]): what
+/// `dmlp data verify --decode` reports as damaged but decodable.
+pub fn decode_checked(bytes: &[u8], path: &Path) -> Result<(RgbImage, Option<String>), VisionError> {
     let (width, height) = dimensions(bytes, path)?;
     let decoded = decode_region(bytes, path, (0, 0, width, height), 1)?;
     if decoded.image.dimensions() == (width, height) && decoded.origin == (0, 0) {
-        return Ok(decoded.image);
+        return Ok((decoded.image, decoded.damage));
     }
     let (x, y) = decoded.origin;
     if x != 0 || y != 0 || decoded.image.width() < width || decoded.image.height() < height {
         return Err(image_err(path, "the decoder returned less than the whole image"));
     }
-    Ok(image::imageops::crop_imm(&decoded.image, 0, 0, width, height).to_image())
+    Ok((image::imageops::crop_imm(&decoded.image, 0, 0, width, height).to_image(), decoded.damage))
 }
 
 /// The fewest bytes of entropy-coded data that can hold a `width × height` JPEG: every 8 × 8
@@ -200,6 +209,7 @@ pub fn decode_region(
                 scale,
                 origin: part.origin,
                 scaled_size: part.scaled_size,
+                damage: part.damage,
             });
         }
     }
@@ -247,4 +257,9 @@ fn check_stream(bytes: &[u8], path: &Path) -> Result<(), VisionError> {
 /// Decodes the file at `path` to RGB at full resolution.
 pub fn decode_rgb(path: &Path) -> Result<RgbImage, VisionError> {
     decode(&read_bytes(path)?, path)
+}
+
+/// [`decode_rgb`] and the damage the file holds ([`decode_checked`]).
+pub fn decode_rgb_checked(path: &Path) -> Result<(RgbImage, Option<String>), VisionError> {
+    decode_checked(&read_bytes(path)?, path)
 }

@@ -18,7 +18,7 @@ pub mod transform;
 
 use std::path::PathBuf;
 
-pub use decode::{decode_rgb, read_bytes};
+pub use decode::{decode_rgb, decode_rgb_checked, read_bytes};
 pub use transform::{Normalization, Renderer, Transform};
 
 /// What can be wrong with an image or a transform.

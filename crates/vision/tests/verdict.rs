@@ -36,8 +36,15 @@ fn training(path: &Path) -> Result<(), String> {
     decode_region(&bytes, path, (0, 0, w, h), 1).map(|_| ()).map_err(|e| e.to_string())
 }
 
-fn verify(path: &Path) -> Result<(), String> {
-    dmlp_vision::decode_rgb(path).map(|_| ()).map_err(|e| e.to_string())
+fn verify(path: &Path) -> Result<Option<String>, String> {
+    dmlp_vision::decode_rgb_checked(path).map(|(_, damage)| damage).map_err(|e| e.to_string())
+}
+
+/// Training's decode of the whole frame, and the damage it met.
+fn training_damage(path: &Path) -> Result<Option<String>, String> {
+    let bytes = std::fs::read(path).unwrap();
+    let (w, h) = dimensions(&bytes, path).map_err(|e| e.to_string())?;
+    decode_region(&bytes, path, (0, 0, w, h), 1).map(|d| d.damage).map_err(|e| e.to_string())
 }
 
 #[test]
@@ -51,15 +58,25 @@ fn verify_and_training_agree_on_damaged_files() {
     for i in (start + 40..good.len() - 10).step_by(7) {
         flipped[i] ^= 0x5A;
     }
-    let cases = [("good.jpg", good.clone()), ("cut-with-eoi.jpg", cut), ("flipped.jpg", flipped)];
+    let truncated = good[..good.len() - 30].to_vec();
+    let cases =
+        [("good.jpg", good.clone()), ("cut-with-eoi.jpg", cut), ("flipped.jpg", flipped), ("truncated.jpg", truncated)];
     for (name, bytes) in cases {
         let path = write(tmp.path(), name, &bytes);
-        let (v, t) = (verify(&path), training(&path));
-        assert_eq!(v.is_ok(), t.is_ok(), "{name}: verify {v:?}, training {t:?}");
+        let (v, t) = (verify(&path), training_damage(&path));
+        assert_eq!(v, t, "{name}: verify and training disagree");
         // Before, verify decoded with zune-jpeg, which accepts the cut file: training then
-        // stopped mid-epoch on a file verify had passed.
-        assert_eq!(v.is_ok(), name == "good.jpg", "{name}: {v:?}");
+        // stopped mid-epoch on a file verify had passed. Now both decode the damaged files as
+        // libjpeg (and PIL) does, and say they are damaged; a file without its end is an error
+        // in both, as in PIL, and so is the flipped one (its flips made a marker libjpeg does
+        // not know, 0x19: PIL fails with "broken data stream").
+        match name {
+            "good.jpg" => assert_eq!(v, Ok(None)),
+            "cut-with-eoi.jpg" => assert!(v.as_ref().is_ok_and(Option::is_some), "{name}: {v:?}"),
+            _ => assert!(v.is_err(), "{name}: {v:?}"),
+        }
     }
+    assert!(training(&write(tmp.path(), "x.jpg", &good)).is_ok());
 }
 
 #[test]

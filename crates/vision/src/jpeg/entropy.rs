@@ -126,11 +126,14 @@ pub(super) struct BitReader<'a> {
     /// Zero bits fed in past a marker (at the bottom of `buf`).
     padding: u32,
     at_marker: bool,
+    /// The first sign of damage met and how many there were (libjpeg's corrupt-data warnings).
+    damage: Option<String>,
+    damage_count: usize,
 }
 
 impl<'a> BitReader<'a> {
     pub(super) fn new(data: &'a [u8], pos: usize) -> Self {
-        Self { data, pos, buf: 0, count: 0, padding: 0, at_marker: false }
+        Self { data, pos, buf: 0, count: 0, padding: 0, at_marker: false, damage: None, damage_count: 0 }
     }
 
     /// Tops the bit buffer held in `buf` and `count` (at most 63 bits) up to at least 32 bits,
@@ -198,31 +201,78 @@ impl<'a> BitReader<'a> {
         }
     }
 
+    /// Reads one Huffman symbol (for the coefficient decoder's scans).
+    pub(super) fn symbol(&mut self, table: &HuffTable) -> Result<u8, String> {
+        let (mut buf, mut count) = (self.buf, self.count);
+        self.top_up(&mut buf, &mut count);
+        let (value, len) = symbol(table, buf);
+        (self.buf, self.count) = (buf << len, count - len);
+        if len == INVALID_CODE {
+            self.note_damage(|| "an invalid Huffman code".into());
+        }
+        Ok(value)
+    }
+
+    /// Reads `n` (at most 16) bits as an unsigned number.
+    pub(super) fn bits(&mut self, n: u32) -> u32 {
+        if n == 0 {
+            return 0;
+        }
+        let (mut buf, mut count) = (self.buf, self.count);
+        self.top_up(&mut buf, &mut count);
+        let value = (buf >> (64 - n)) as u32;
+        (self.buf, self.count) = (buf << n, count - n);
+        value
+    }
+
+    /// Reads `n` (at most 16) bits as a value of that size category (JPEG's `EXTEND`).
+    pub(super) fn signed(&mut self, n: u32) -> i32 {
+        if n == 0 {
+            return 0;
+        }
+        let (mut buf, mut count) = (self.buf, self.count);
+        self.top_up(&mut buf, &mut count);
+        let value = signed_bits(buf, n);
+        (self.buf, self.count) = (buf << n, count - n);
+        value
+    }
+
     /// Whether decoding has read past the end of the data (into zeros fed after a marker).
     pub(super) fn overran(&self) -> bool {
         self.count < self.padding
     }
 
-    /// Skips to the restart marker `RST(index % 8)` and resets the reader after it.
-    pub(super) fn restart(&mut self, index: usize) -> Result<(), String> {
-        if self.overran() {
-            return Err("the entropy-coded data ends early".into());
+    /// Notes a sign of damage (the first is kept, all are counted).
+    pub(super) fn note_damage(&mut self, what: impl FnOnce() -> String) {
+        if self.damage.is_none() {
+            self.damage = Some(what());
         }
-        // Whole bytes still buffered were read past the last MCU: corrupt data.
-        let real = self.count - self.padding;
-        if real >= 8 {
-            return Err(format!("{} stray bytes before restart marker {}", real / 8, index % 8));
+        self.damage_count += 1;
+    }
+
+    /// What damage decoding met: the first sign and, after it, how many in all.
+    pub(super) fn damage(&self) -> Option<String> {
+        self.damage.as_ref().map(|first| match self.damage_count {
+            1 => first.clone(),
+            n => format!("{first} (and {} more signs of damage)", n - 1),
+        })
+    }
+
+    /// Moves to restart marker `RST(index % 8)` as libjpeg does: bits left over and bytes
+    /// before the marker are discarded, and a marker out of order is resynchronised
+    /// ([`resync`]); each of these is noted as damage. Returns whether decoding resumes after
+    /// the expected marker; else the reader stays at the marker it found and feeds zeros (the
+    /// segment's blocks then read as libjpeg reads data it does not have).
+    pub(super) fn restart(&mut self, index: usize) -> bool {
+        let real = self.count.saturating_sub(self.padding);
+        let (pos, resumed, note) = resync(self.data, self.pos, index, (real / 8) as usize);
+        let (damage, damage_count) = (self.damage.take(), self.damage_count);
+        *self = Self::new(self.data, pos);
+        (self.damage, self.damage_count) = (damage, damage_count);
+        if let Some(note) = note {
+            self.note_damage(|| note);
         }
-        let expected = 0xD0 + (index % 8) as u8;
-        let mut pos = self.pos;
-        while self.data.get(pos) == Some(&0xFF) && self.data.get(pos + 1) == Some(&0xFF) {
-            pos += 1;
-        }
-        if self.data.get(pos) != Some(&0xFF) || self.data.get(pos + 1) != Some(&expected) {
-            return Err(format!("restart marker {} missing at byte {pos}", index % 8));
-        }
-        *self = Self::new(self.data, pos + 2);
-        Ok(())
+        resumed
     }
 
     /// Decodes one block: its DC difference (added to `pred`) and AC coefficients, dequantised
@@ -241,8 +291,10 @@ impl<'a> BitReader<'a> {
         self.dc_difference(dc, pred)?;
         coef[0] = dequantise(*pred, quant[0]);
         let (mut buf, mut count) = (self.buf, self.count);
-        // Past 63, `k` means a corrupt block: its writes are masked into the block (garbling
-        // it, harmlessly) and the error is returned after the loop, which `k < 64` ends.
+        // Past 63, `k` means a run past the block's end: as in libjpeg (whose
+        // `jpeg_natural_order` has 16 extra entries, all 63, for this), the coefficient goes to
+        // the last place and the loop, which `k < 64` ends, ends the block. Encoders that do
+        // this exist (Pillow's `hopper_bad_exif.jpg`), and PIL reads their files.
         let mut k = 1;
         while k < 64 {
             self.top_up(&mut buf, &mut count);
@@ -256,26 +308,28 @@ impl<'a> BitReader<'a> {
                     break;
                 }
                 k += run as usize;
-                // A run of 16 zeros puts a zero at its last place: harmless.
-                coef[ZIGZAG[k & 63]] = dequantise(fast >> 16, quant[k & 63]);
+                // A run of 16 zeros puts a zero at its last place: harmless (the last place
+                // holds nothing yet: a write there ends the block).
+                coef[ZIGZAG[k.min(63)]] = dequantise(fast >> 16, quant[k.min(63)]);
                 k += 1;
                 continue;
             }
             match long_code(ac, &mut buf, &mut count)? {
                 Code::EndOfBlock => break,
+                Code::Invalid => {
+                    self.note_damage(|| "an invalid Huffman code".into());
+                    break;
+                }
                 Code::SixteenZeros => k += 16,
                 Code::Coefficient { run, value } => {
                     k += run;
-                    coef[ZIGZAG[k & 63]] = dequantise(value, quant[k & 63]);
+                    coef[ZIGZAG[k.min(63)]] = dequantise(value, quant[k.min(63)]);
                     k += 1;
                 }
             }
         }
         (self.buf, self.count) = (buf, count);
-        if k > 64 {
-            return Err("AC coefficients past the end of a block".into());
-        }
-        Ok(k - 1)
+        Ok((k - 1).min(63))
     }
 
     /// Reads a block's DC difference and adds it to `pred`.
@@ -284,7 +338,10 @@ impl<'a> BitReader<'a> {
         // 32 bits hold the code and its value (16 bits at most each).
         let (mut buf, mut count) = (self.buf, self.count);
         self.top_up(&mut buf, &mut count);
-        let (size, len) = symbol(dc, buf)?;
+        let (size, len) = symbol(dc, buf);
+        if len == INVALID_CODE {
+            self.note_damage(|| "an invalid Huffman code".into());
+        }
         let size = u32::from(size);
         if size > 16 {
             return Err("a DC difference of more than 16 bits".into());
@@ -318,14 +375,15 @@ impl<'a> BitReader<'a> {
             }
             match long_code(ac, &mut buf, &mut count)? {
                 Code::EndOfBlock => break,
+                Code::Invalid => {
+                    self.note_damage(|| "an invalid Huffman code".into());
+                    break;
+                }
                 Code::SixteenZeros => k += 16,
                 Code::Coefficient { run, .. } => k += run + 1,
             }
         }
         (self.buf, self.count) = (buf, count);
-        if k > 64 {
-            return Err("AC coefficients past the end of a block".into());
-        }
         Ok(())
     }
 }
@@ -333,17 +391,25 @@ impl<'a> BitReader<'a> {
 /// One AC code read the long way (its code or value does not fit a table entry).
 enum Code {
     EndOfBlock,
+    /// Not a code of the table: an end of block, as libjpeg takes it, and damage.
+    Invalid,
     SixteenZeros,
-    Coefficient { run: usize, value: i32 },
+    Coefficient {
+        run: usize,
+        value: i32,
+    },
 }
 
 /// Reads one AC code and its value from the bit buffer held in `buf` and `count` (at least 32
 /// bits). Run-length symbols other than the two baseline ones end the block, as in libjpeg.
 #[inline(always)]
 fn long_code(ac: &HuffTable, buf: &mut u64, count: &mut u32) -> Result<Code, String> {
-    let (rs, len) = symbol(ac, *buf)?;
+    let (rs, len) = symbol(ac, *buf);
     *buf <<= len;
     *count -= len;
+    if len == INVALID_CODE {
+        return Ok(Code::Invalid);
+    }
     let (run, size) = (usize::from(rs >> 4), u32::from(rs & 15));
     if size == 0 {
         return Ok(if run == 15 { Code::SixteenZeros } else { Code::EndOfBlock });
@@ -364,30 +430,71 @@ fn signed_bits(buf: u64, size: u32) -> i32 {
     raw + (negative & (1 - (1 << size)))
 }
 
-/// The Huffman symbol at the top of `buf` (which holds at least 16 bits) and its code length.
+/// The "length" of an invalid code: libjpeg reads 17 bits looking for a code, warns
+/// ("corrupt JPEG data: bad Huffman code") and takes the symbol 0 (a DC difference of 0, an end
+/// of block), so decoding goes on as PIL's does.
+pub(super) const INVALID_CODE: u32 = 17;
+
+/// The Huffman symbol at the top of `buf` (which holds at least 17 bits) and its code length,
+/// or symbol 0 and [`INVALID_CODE`] for a code the table does not have.
 #[inline(always)]
-fn symbol(table: &HuffTable, buf: u64) -> Result<(u8, u32), String> {
+fn symbol(table: &HuffTable, buf: u64) -> (u8, u32) {
     let entry = table.fast[(buf >> (64 - FAST_BITS)) as usize];
     if entry != 0 {
-        return Ok((entry as u8, u32::from(entry >> 8)));
+        return (entry as u8, u32::from(entry >> 8));
     }
     long_symbol(table, buf)
 }
 
 /// A code longer than `FAST_BITS`, by the canonical code's bounds per length.
 #[cold]
-fn long_symbol(table: &HuffTable, buf: u64) -> Result<(u8, u32), String> {
+fn long_symbol(table: &HuffTable, buf: u64) -> (u8, u32) {
     let top = (buf >> 48) as u32;
     let mut len = FAST_BITS as usize + 1;
     while top >= table.max_code[len] {
         len += 1;
     }
     if len > 16 {
-        return Err("an invalid Huffman code".into());
+        return (0, INVALID_CODE);
     }
+    // libjpeg masks the index to the table (`& 0xFF`); a valid table never needs it.
     let index = ((top >> (16 - len)) as i32 + table.delta[len]) as usize;
-    let symbol = *table.values.get(index).ok_or("an invalid Huffman code")?;
-    Ok((symbol, len as u32))
+    (table.values.get(index).copied().unwrap_or(0), len as u32)
+}
+
+/// Where decoding resumes at restart `index`, as libjpeg's `read_restart_marker` and
+/// `jpeg_resync_to_restart` decide: from `pos` (where the reader stopped: at a marker's `FF`
+/// or inside data it had not read; `stray` whole bytes were read past the last block), the next
+/// marker is found; the expected `RSTn`, or one too far off to judge, is taken; one of the
+/// previous two is skipped for the next marker; one of the next two, or any other marker, is
+/// left in place (the segment then has no data). Returns the position to read from, whether
+/// the expected marker was passed, and a note of the damage if the data was not in order.
+pub(super) fn resync(data: &[u8], pos: usize, index: usize, stray: usize) -> (usize, bool, Option<String>) {
+    let desired = (index % 8) as u8;
+    let rst = |offset: u8| 0xD0 + ((desired + offset) & 7);
+    let Some((mut marker, mut after)) = super::header::next_marker(data, pos) else {
+        return (data.len(), false, Some(format!("the data ends before restart marker {desired}")));
+    };
+    let skipped = stray + (after - 2).saturating_sub(pos);
+    let mut note = (skipped > 0).then(|| format!("{skipped} stray bytes before restart marker {desired}"));
+    loop {
+        let is_rst = (0xD0..=0xD7).contains(&marker);
+        if marker == rst(0) {
+            return (after, true, note);
+        }
+        note.get_or_insert_with(|| format!("restart marker {desired} missing (found marker 0x{marker:02X})"));
+        if marker < 0xC0 || (is_rst && (marker == rst(7) || marker == rst(6))) {
+            // An invalid marker, or an earlier restart: on to the next marker.
+            match super::header::next_marker(data, after) {
+                Some(next) => (marker, after) = next,
+                None => return (data.len(), false, note),
+            }
+        } else if !is_rst || marker == rst(1) || marker == rst(2) {
+            return (after - 2, false, note); // left for the next restart (or the scan's end)
+        } else {
+            return (after, true, note); // too far off to judge: taken as the expected one
+        }
+    }
 }
 
 /// A coefficient (stored as 16 bits, as libjpeg's `JCOEF`) times its quantiser. The inverse

@@ -32,6 +32,111 @@ pub(super) struct Frame {
     pub(super) restart_interval: usize,
     /// Offset of the scan's entropy-coded data.
     pub(super) scan_start: usize,
+    /// Grayscale or YCbCr: the two this decoder reads.
+    pub(super) color: Color,
+}
+
+/// How a frame's components are to be read, as libjpeg decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Color {
+    Gray,
+    YCbCr,
+    Rgb,
+    /// Four components as PIL reads them ("CMYK;I": Adobe's inverted CMYK), converted to RGB
+    /// as its `convert("RGB")` does.
+    Cmyk,
+    /// Adobe's YCCK: YCbCr to RGB, inverted, is CMY; K passes through; then as [`Color::Cmyk`].
+    Ycck,
+}
+
+/// The markers libjpeg guesses a frame's colour space from: a JFIF APP0, an Adobe APP14.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct ColorMarkers {
+    jfif: bool,
+    adobe_transform: Option<u8>,
+}
+
+impl ColorMarkers {
+    /// Notes an APPn segment (`seg` without its length); others are ignored. Short segments
+    /// are ignored as libjpeg ignores them (`examine_app0`, `examine_app14`).
+    pub(super) fn note(&mut self, marker: u8, seg: &[u8]) {
+        match marker {
+            0xE0 if seg.len() >= 14 && seg.starts_with(b"JFIF\0") => self.jfif = true,
+            0xEE if seg.len() >= 12 && seg.starts_with(b"Adobe") => self.adobe_transform = Some(seg[11]),
+            _ => {}
+        }
+    }
+
+    /// The colour space of a frame whose components have the identifiers `ids`, as
+    /// libjpeg's `default_decompress_parms` guesses it; `None` for two or five or more.
+    pub(super) fn color(&self, ids: &[u8]) -> Option<Color> {
+        match ids.len() {
+            1 => Some(Color::Gray),
+            3 if self.jfif => Some(Color::YCbCr),
+            3 => Some(match self.adobe_transform {
+                Some(0) => Color::Rgb,
+                Some(_) => Color::YCbCr,
+                None if ids == b"RGB" => Color::Rgb,
+                None => Color::YCbCr,
+            }),
+            4 => Some(if self.adobe_transform == Some(0) || self.adobe_transform.is_none() {
+                Color::Cmyk
+            } else {
+                Color::Ycck
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a DHT segment's tables into `dc` and `ac`.
+pub(super) fn read_huffman(
+    seg: &[u8],
+    dc: &mut [Option<Rc<HuffTable>>; 4],
+    ac: &mut [Option<Rc<HuffTable>>; 4],
+) -> Result<(), String> {
+    let mut rest = seg;
+    while !rest.is_empty() {
+        let (class, index) = (rest[0] >> 4, usize::from(rest[0] & 15));
+        if rest.len() < 17 || index > 3 || class > 1 {
+            return Err("malformed Huffman table".into());
+        }
+        let counts: [u8; 16] = rest[1..17].try_into().expect("16 bytes");
+        let total: usize = counts.iter().map(|&c| usize::from(c)).sum();
+        if rest.len() < 17 + total {
+            return Err("malformed Huffman table".into());
+        }
+        let table = cached_table(&rest[..17 + total], class == 1)?;
+        if class == 0 {
+            dc[index] = Some(table);
+        } else {
+            ac[index] = Some(table);
+        }
+        rest = &rest[17 + total..];
+    }
+    Ok(())
+}
+
+/// Reads a DQT segment's tables (zigzag order, as stored) into `quant`.
+pub(super) fn read_quant(seg: &[u8], quant: &mut [Option<[i32; 64]>; 4]) -> Result<(), String> {
+    let mut rest = seg;
+    while !rest.is_empty() {
+        let (precision, index) = (rest[0] >> 4, usize::from(rest[0] & 15));
+        let size = if precision == 0 { 64 } else { 128 };
+        if index > 3 || precision > 1 || rest.len() < 1 + size {
+            return Err("malformed quantisation table".into());
+        }
+        let table: [i32; 64] = std::array::from_fn(|k| {
+            if precision == 0 {
+                i32::from(rest[1 + k])
+            } else {
+                i32::from(u16::from_be_bytes([rest[1 + 2 * k], rest[2 + 2 * k]]))
+            }
+        });
+        quant[index] = Some(table);
+        rest = &rest[1 + size..];
+    }
+    Ok(())
 }
 
 /// The headers' verdict.
@@ -43,8 +148,25 @@ pub(super) enum Parsed {
     Unsupported,
 }
 
-fn u16_at(bytes: &[u8], pos: usize) -> Option<usize> {
+pub(super) fn u16_at(bytes: &[u8], pos: usize) -> Option<usize> {
     Some(usize::from(u16::from_be_bytes([*bytes.get(pos)?, *bytes.get(pos + 1)?])))
+}
+
+/// The marker at or after `pos` and the position after it, as libjpeg's `next_marker` finds
+/// it: bytes before an `FF` are skipped (libjpeg warns of "extraneous bytes before marker" and
+/// goes on, and so PIL reads such files), then the `FF` fill bytes; an `FF 00` is skipped as
+/// junk too. `None` when the data ends first.
+pub(super) fn next_marker(bytes: &[u8], mut pos: usize) -> Option<(u8, usize)> {
+    loop {
+        pos += memchr::memchr(0xFF, bytes.get(pos..)?)?;
+        while *bytes.get(pos)? == 0xFF {
+            pos += 1;
+        }
+        if bytes[pos] != 0x00 {
+            return Some((bytes[pos], pos + 1));
+        }
+        pos += 1;
+    }
 }
 
 /// Reads the markers of `bytes` (which starts with SOI) up to the first start-of-scan.
@@ -54,17 +176,11 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
     let mut ac_tables: Vec<Option<Rc<HuffTable>>> = vec![None; 4];
     let mut frame: Option<(usize, usize, Vec<Component>)> = None;
     let mut restart_interval = 0;
-    let mut adobe_transform: Option<u8> = None;
+    let mut markers = ColorMarkers::default();
     let mut pos = 2;
     loop {
-        if bytes.get(pos) != Some(&0xFF) {
-            return Err(format!("expected a marker at byte {pos}"));
-        }
-        while bytes.get(pos) == Some(&0xFF) {
-            pos += 1;
-        }
-        let marker = *bytes.get(pos).ok_or("the file ends inside its headers")?;
-        pos += 1;
+        let marker;
+        (marker, pos) = next_marker(bytes, pos).ok_or("the file ends inside its headers")?;
         if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
             continue; // markers without a segment
         }
@@ -116,47 +232,13 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
                 return Ok(Parsed::Unsupported); // progressive, lossless or arithmetic-coded
             }
             0xC4 => {
-                let mut rest = seg;
-                while !rest.is_empty() {
-                    let (class, index) = (rest[0] >> 4, usize::from(rest[0] & 15));
-                    if rest.len() < 17 || index > 3 || class > 1 {
-                        return Err("malformed Huffman table".into());
-                    }
-                    let counts: [u8; 16] = rest[1..17].try_into().expect("16 bytes");
-                    let total: usize = counts.iter().map(|&c| usize::from(c)).sum();
-                    if rest.len() < 17 + total {
-                        return Err("malformed Huffman table".into());
-                    }
-                    let table = cached_table(&rest[..17 + total], class == 1)?;
-                    if class == 0 {
-                        dc_tables[index] = Some(table);
-                    } else {
-                        ac_tables[index] = Some(table);
-                    }
-                    rest = &rest[17 + total..];
-                }
+                let (dc, ac): (&mut [_; 4], &mut [_; 4]) =
+                    (dc_tables.as_mut_slice().try_into().expect("4"), ac_tables.as_mut_slice().try_into().expect("4"));
+                read_huffman(seg, dc, ac)?;
             }
-            0xDB => {
-                let mut rest = seg;
-                while !rest.is_empty() {
-                    let (precision, index) = (rest[0] >> 4, usize::from(rest[0] & 15));
-                    let size = if precision == 0 { 64 } else { 128 };
-                    if index > 3 || precision > 1 || rest.len() < 1 + size {
-                        return Err("malformed quantisation table".into());
-                    }
-                    let table: [i32; 64] = std::array::from_fn(|k| {
-                        if precision == 0 {
-                            i32::from(rest[1 + k])
-                        } else {
-                            i32::from(u16::from_be_bytes([rest[1 + 2 * k], rest[2 + 2 * k]]))
-                        }
-                    });
-                    quant[index] = Some(table);
-                    rest = &rest[1 + size..];
-                }
-            }
+            0xDB => read_quant(seg, &mut quant)?,
             0xDD => restart_interval = u16_at(seg, 0).ok_or("malformed restart interval")?,
-            0xEE if seg.len() >= 12 && seg.starts_with(b"Adobe") => adobe_transform = Some(seg[11]),
+            0xE0..=0xEF => markers.note(marker, seg),
             0xDA => {
                 let (width, height, mut components) = frame.ok_or("a scan before the frame header")?;
                 let n = usize::from(*seg.first().ok_or("malformed scan header")?);
@@ -166,19 +248,19 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
                 if n != components.len() {
                     return Ok(Parsed::Unsupported); // several scans
                 }
-                let tail = &seg[1 + 2 * n..];
-                if tail[0] != 0 || tail[1] != 63 || tail[2] != 0 {
-                    return Err("a baseline scan with spectral selection".into());
-                }
+                // A sequential scan's spectral selection and approximation bytes are ignored, as
+                // libjpeg ignores them (with a warning): every coefficient is coded.
                 for i in 0..n {
                     let (id, tables) = (seg[1 + 2 * i], seg[2 + 2 * i]);
                     let c = components.iter_mut().find(|c| c.id == id).ok_or("a scan names an unknown component")?;
                     c.dc_table = usize::from(tables >> 4);
                     c.ac_table = usize::from(tables & 15);
                 }
-                if unsupported_layout(&components, adobe_transform).is_some() {
-                    return Ok(Parsed::Unsupported);
-                }
+                let ids: Vec<u8> = components.iter().map(|c| c.id).collect();
+                let color = match markers.color(&ids) {
+                    Some(color @ (Color::Gray | Color::YCbCr)) if unsupported_layout(&components).is_none() => color,
+                    _ => return Ok(Parsed::Unsupported),
+                };
                 for c in &mut components {
                     let table = quant.get(c.quant_index).copied().flatten().ok_or("a missing quantisation table")?;
                     c.quant_zigzag = std::array::from_fn(|k| table[k]);
@@ -200,6 +282,7 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
                     ac_tables,
                     restart_interval,
                     scan_start: pos,
+                    color,
                 }));
             }
             _ => {} // APPn, COM and others: nothing to decode
@@ -254,16 +337,11 @@ pub(crate) fn stream_walk(bytes: &[u8]) -> Option<StreamWalk> {
     let mut pos = 2;
     let mut table_segments = 0;
     loop {
-        // Up to the next FF (junk between segments is skipped), then past its fill bytes.
-        pos += memchr::memchr(0xFF, bytes.get(pos..)?)?;
-        while *bytes.get(pos)? == 0xFF {
-            pos += 1;
-        }
-        let marker = bytes[pos];
-        pos += 1;
+        let marker;
+        (marker, pos) = next_marker(bytes, pos)?;
         match marker {
             0xD9 => return Some(StreamWalk { end: pos, table_segments }),
-            0x00 | 0x01 | 0xD0..=0xD8 => {}
+            0x01 | 0xD0..=0xD8 => {}
             0xC4 | 0xDB => {
                 table_segments += 1;
                 pos += u16_at(bytes, pos)?;
@@ -289,14 +367,8 @@ pub(crate) fn stream_walk(bytes: &[u8]) -> Option<StreamWalk> {
 pub(crate) fn frame_size(bytes: &[u8]) -> Option<(u32, u32)> {
     let mut pos = 2;
     loop {
-        if *bytes.get(pos)? != 0xFF {
-            return None;
-        }
-        while *bytes.get(pos)? == 0xFF {
-            pos += 1;
-        }
-        let marker = bytes[pos];
-        pos += 1;
+        let marker;
+        (marker, pos) = next_marker(bytes, pos)?;
         if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
             continue;
         }
@@ -312,20 +384,17 @@ pub(crate) fn frame_size(bytes: &[u8]) -> Option<(u32, u32)> {
     }
 }
 
-/// Why a frame's layout is left to the general decoder, if it is.
-fn unsupported_layout(components: &[Component], adobe_transform: Option<u8>) -> Option<&'static str> {
+/// Why a frame's layout is left to the coefficient decoder, if it is.
+fn unsupported_layout(components: &[Component]) -> Option<&'static str> {
     match components {
         [_] => None,
         [y, cb, cr] => {
-            let rgb_ids = [y.id, cb.id, cr.id] == [b'R', b'G', b'B'];
-            if adobe_transform == Some(0) || rgb_ids {
-                Some("RGB, not YCbCr")
-            } else if (cb.h, cb.v, cr.h, cr.v) != (1, 1, 1, 1) || !matches!((y.h, y.v), (1, 1) | (2, 1) | (2, 2)) {
+            if (cb.h, cb.v, cr.h, cr.v) != (1, 1, 1, 1) || !matches!((y.h, y.v), (1, 1) | (2, 1) | (2, 2)) {
                 Some("chroma sampling other than 4:4:4, 4:2:2 or 4:2:0")
             } else {
                 None
             }
         }
-        _ => Some("neither grayscale nor three components (CMYK?)"),
+        _ => Some("neither grayscale nor three components"),
     }
 }

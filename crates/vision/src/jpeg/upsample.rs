@@ -1,8 +1,10 @@
-//! Planes to interleaved RGB: libjpeg-turbo's "fancy" (triangular) chroma upsampling, 2× per
-//! axis (`h2v1_fancy_upsample`, `h2v2_fancy_upsample`, with the image's edge samples
-//! replicated), and its fixed-point YCbCr → RGB conversion (`jdcolor.c`).
+//! Planes to interleaved RGB: libjpeg-turbo's "fancy" (triangular) chroma upsampling
+//! (`h2v1_fancy_upsample`, `h2v2_fancy_upsample`, `h1v2_fancy_upsample`, with the image's edge
+//! samples replicated) or its replication for other factors, its fixed-point YCbCr → RGB
+//! conversion (`jdcolor.c`), and four-component files as PIL converts them to RGB.
 
 use super::Plane;
+use super::header::Color;
 
 /// `FIX(x)` of `jdcolor.c`: `x · 2^16`, rounded.
 const CR_R: i32 = 91_881; // 1.40200
@@ -11,27 +13,68 @@ const CR_G: i32 = -46_802; // −0.71414
 const CB_G: i32 = -22_554; // −0.34414
 const HALF: i32 = 1 << 15;
 
-/// Appends the output pixels `out_x × out_y` (scaled-image coordinates) of `planes` (one
-/// grayscale plane, or Y, Cb, Cr) as RGB to `rgb`, a row at a time (each row is zeroed just
-/// before it is written, while in cache, rather than the whole image beforehand).
-pub(super) fn to_rgb(planes: &[Plane], out_x: (usize, usize), out_y: (usize, usize), rgb: &mut Vec<u8>) {
+/// Appends the output pixels `out_x × out_y` (scaled-image coordinates) of `planes` (the
+/// frame's components, read as `color`) as RGB to `rgb`, a row at a time (each row is zeroed
+/// just before it is written, while in cache, rather than the whole image beforehand).
+pub(super) fn to_rgb(planes: &[Plane], color: Color, out_x: (usize, usize), out_y: (usize, usize), rgb: &mut Vec<u8>) {
     let n = out_x.1 - out_x.0;
     let mut scratch = Scratch::default();
-    let (mut cb, mut cr) = (Vec::new(), Vec::new());
+    let mut bufs: [Vec<u8>; 4] = Default::default();
+    let mut converted = Vec::new();
     for y in out_y.0..out_y.1 {
-        let luma = &planes[0].row(y)[out_x.0 - planes[0].origin_x..][..n];
         let start = rgb.len();
         rgb.resize(start + n * 3, 0);
         let out = &mut rgb[start..];
-        if planes.len() == 1 {
-            for (px, &l) in out.chunks_exact_mut(3).zip(luma) {
+        let [b0, b1, b2, b3] = &mut bufs;
+        let first = plane_row(&planes[0], y, out_x, &mut scratch, b0);
+        if color == Color::Gray {
+            for (px, &l) in out.chunks_exact_mut(3).zip(first) {
                 px.fill(l);
             }
             continue;
         }
-        let cb = chroma_row(&planes[1], y, out_x, &mut scratch, &mut cb);
-        let cr = chroma_row(&planes[2], y, out_x, &mut scratch, &mut cr);
-        ycc_to_rgb(luma, cb, cr, out);
+        let second = plane_row(&planes[1], y, out_x, &mut scratch, b1);
+        let third = plane_row(&planes[2], y, out_x, &mut scratch, b2);
+        match color {
+            Color::YCbCr => ycc_to_rgb(first, second, third, out),
+            Color::Rgb => {
+                for (((px, &r), &g), &b) in out.chunks_exact_mut(3).zip(first).zip(second).zip(third) {
+                    px.copy_from_slice(&[r, g, b]);
+                }
+            }
+            Color::Cmyk => {
+                let k = plane_row(&planes[3], y, out_x, &mut scratch, b3);
+                cmyk_to_rgb([first, second, third, k], out);
+            }
+            Color::Ycck => {
+                // libjpeg's `ycck_cmyk_convert` gives C = 255 − R (R as YCbCr → RGB computes
+                // it), likewise M and Y, and K as stored; then as CMYK.
+                converted.resize(n * 3, 0);
+                ycc_to_rgb(first, second, third, &mut converted);
+                let [c, m, ye]: [Vec<u8>; 3] =
+                    std::array::from_fn(|i| converted.iter().skip(i).step_by(3).map(|&v| 255 - v).collect());
+                let k = plane_row(&planes[3], y, out_x, &mut scratch, b3);
+                cmyk_to_rgb([&c, &m, &ye, k], out);
+            }
+            Color::Gray => unreachable!("handled above"),
+        }
+    }
+}
+
+/// libjpeg's CMYK samples as PIL turns them into RGB: it reads four-component JPEGs as Adobe's
+/// inverted CMYK (raw mode `CMYK;I`: each sample `255 − v`), and `convert("RGB")` computes
+/// `R = (255 − K) − C·(255 − K)/255` with its `MULDIV255` rounding (`cmyk2rgb`, Convert.c).
+fn cmyk_to_rgb([c, m, y, k]: [&[u8]; 4], rgb: &mut [u8]) {
+    let muldiv255 = |a: i32, b: i32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    for ((((px, &c), &m), &y), &k) in rgb.chunks_exact_mut(3).zip(c).zip(m).zip(y).zip(k) {
+        // After PIL's inversion: ink = 255 − sample; 255 − ink K is the sample itself.
+        let nk = i32::from(k);
+        for (out, sample) in px.iter_mut().zip([c, m, y]) {
+            *out = (nk - muldiv255(255 - i32::from(sample), nk)).clamp(0, 255) as u8;
+        }
     }
 }
 
@@ -41,8 +84,10 @@ struct Scratch {
     pairs: Vec<u8>,
 }
 
-/// The chroma samples of output row `y`, columns `out_x`, upsampled as libjpeg-turbo does.
-fn chroma_row<'a>(
+/// The samples of `plane` under output row `y`, columns `out_x`, upsampled as libjpeg-turbo
+/// does: fancy 2 × 1 and 2 × 2 (`h2v1_fancy_upsample`, `h2v2_fancy_upsample`), fancy 1 × 2
+/// (`h1v2_fancy_upsample`), else replicated (`int_upsample`).
+fn plane_row<'a>(
     plane: &'a Plane,
     y: usize,
     out_x: (usize, usize),
@@ -50,20 +95,34 @@ fn chroma_row<'a>(
     buf: &'a mut Vec<u8>,
 ) -> &'a [u8] {
     let n = out_x.1 - out_x.0;
-    debug_assert!(plane.up_h == 2 || plane.up_v == 1, "the parser admits no 1 × 2 chroma");
-    let (near, far) = if plane.up_v == 2 {
-        let cy = y / 2;
+    let cy = y / plane.up_v;
+    let near = plane.row(cy);
+    let far = if plane.fancy_v {
         let far = if y.is_multiple_of(2) { cy.saturating_sub(1) } else { (cy + 1).min(plane.samples_h - 1) };
-        (plane.row(cy), if plane.fancy { Some(plane.row(far)) } else { None })
+        Some(plane.row(far))
     } else {
-        (plane.row(y), None)
+        None
     };
     if plane.up_h == 1 {
-        return &near[out_x.0 - plane.origin_x..][..n];
+        let at = out_x.0 - plane.origin_x;
+        return match far {
+            None => &near[at..][..n],
+            Some(far) => {
+                let bias = if y.is_multiple_of(2) { 1 } else { 2 };
+                buf.clear();
+                buf.extend(
+                    near[at..][..n]
+                        .iter()
+                        .zip(&far[at..][..n])
+                        .map(|(&a, &b)| ((3 * u16::from(a) + u16::from(b) + bias) >> 2) as u8),
+                );
+                buf
+            }
+        };
     }
-    if !plane.fancy {
+    if !plane.fancy_h {
         buf.clear();
-        buf.extend((out_x.0..out_x.1).map(|x| near[x / 2 - plane.origin_x]));
+        buf.extend((out_x.0..out_x.1).map(|x| near[x / plane.up_h - plane.origin_x]));
         return buf;
     }
     // Sample columns lo..=hi cover the output; their neighbours are clamped to the image.

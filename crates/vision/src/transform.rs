@@ -13,7 +13,9 @@
 //! the file is decoded once, at the resolution the largest view needs). Resizing is Pillow's
 //! antialiased bilinear filter (fast_image_resize's `Convolution(Bilinear)`, written after
 //! Pillow's), computed only over the output window: a centre crop resizes just the pixels it
-//! keeps, with the filter reaching across the window's edges as a full resize would.
+//! keeps, with the filter reaching across the window's edges as a full resize would; a
+//! ten-crop resizes the whole image once, unless that is larger than its ten crops together
+//! (an extreme aspect ratio), when each crop is resized from its window alone.
 
 use fast_image_resize::images::{CroppedImage, Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -127,6 +129,10 @@ enum Plan {
     Region { region: [f64; 4], size: u32, flip: bool, confine: bool },
     /// Resize the whole image to `resized`, then take `size²` crops at `(x, y, mirrored)`.
     Crops { resized: (u32, u32), size: u32, crops: Vec<(u32, u32, bool)> },
+    /// The same crops, each resized on its own from its window of the file (`Region`s that
+    /// are not confined): for images whose whole resize would be larger than the crops
+    /// together (an extreme aspect ratio), the output is the same and the memory is bounded.
+    Windows(Vec<Plan>),
 }
 
 impl Plan {
@@ -138,6 +144,7 @@ impl Plan {
                 (s.min(region[2]), s.min(region[3]))
             }
             Plan::Crops { resized, .. } => (f64::from(resized.0.min(full.0)), f64::from(resized.1.min(full.1))),
+            Plan::Windows(windows) => windows.iter().map(|w| w.need(full)).fold((0.0, 0.0), |a, b| (a.0.max(b.0), a.1.max(b.1))),
         }
     }
 
@@ -162,6 +169,7 @@ impl Plan {
                 )
             }
             Plan::Crops { .. } => (0, 0, full.0, full.1),
+            Plan::Windows(windows) => footprint(windows, full, scale),
         }
     }
 }
@@ -191,20 +199,36 @@ fn plan(transform: Transform, (width, height): (u32, u32), rng: &mut impl Rng) -
         }
         Transform::TenCrop { size, resize } => {
             let (rw, rh) = resized_dims(width, height, resize.max(size));
-            let (right, bottom) = (rw - size, rh - size);
-            let five =
-                [(0, 0), (right, 0), (0, bottom), (right, bottom), (centre_offset(rw, size), centre_offset(rh, size))];
-            let mut crops: Vec<(u32, u32, bool)> = five.iter().map(|&(x, y)| (x, y, false)).collect();
-            // torchvision mirrors the image, then five-crops it: a crop at x of the mirror is the
-            // mirror of the crop at rw − size − x.
-            crops.extend(five.iter().map(|&(x, y)| (right - x, y, true)));
-            Plan::Crops { resized: (rw, rh), size, crops }
+            let whole = u64::from(rw) * u64::from(rh);
+            ten_crop_plan((width, height), (rw, rh), size, whole > MAX_RESIZED_PIXELS.min(10 * u64::from(size).pow(2)))
         }
     }
 }
 
-/// The most pixels ten-crop's whole-image resize may produce (192 MB of RGB): a 1 × 16384 file
-/// would otherwise ask for 3 GB.
+/// Ten-crop's plan: the whole image resized to `(rw, rh)` and cropped, or with `windows`, each
+/// crop resized from its own window of the file.
+fn ten_crop_plan((width, height): (u32, u32), (rw, rh): (u32, u32), size: u32, windows: bool) -> Plan {
+    let (right, bottom) = (rw - size, rh - size);
+    let five = [(0, 0), (right, 0), (0, bottom), (right, bottom), (centre_offset(rw, size), centre_offset(rh, size))];
+    let mut crops: Vec<(u32, u32, bool)> = five.iter().map(|&(x, y)| (x, y, false)).collect();
+    // torchvision mirrors the image, then five-crops it: a crop at x of the mirror is the
+    // mirror of the crop at rw − size − x.
+    crops.extend(five.iter().map(|&(x, y)| (right - x, y, true)));
+    if !windows {
+        return Plan::Crops { resized: (rw, rh), size, crops };
+    }
+    // Source pixels per resized pixel, as for the centre crop.
+    let (fx, fy) = (f64::from(width) / f64::from(rw), f64::from(height) / f64::from(rh));
+    let window = |(x, y, flip): (u32, u32, bool)| {
+        let region = [f64::from(x) * fx, f64::from(y) * fy, f64::from(size) * fx, f64::from(size) * fy];
+        Plan::Region { region, size, flip, confine: false }
+    };
+    Plan::Windows(crops.into_iter().map(window).collect())
+}
+
+/// The most pixels ten-crop resizes the whole image to (192 MB of RGB); past that, or past the
+/// ten crops' own size, each crop is resized from its window alone (a 1 × 16384 file would
+/// otherwise ask for 3 GB).
 pub const MAX_RESIZED_PIXELS: u64 = 64 << 20;
 
 /// Decodes and transforms images; holds the resizer's scratch buffers, so keep one per thread.
@@ -272,6 +296,7 @@ impl Renderer {
                 let region = match p {
                     Plan::Region { region, .. } => (region[2], region[3]),
                     Plan::Crops { .. } => (f64::from(full.0), f64::from(full.1)),
+                    Plan::Windows(windows) => return self.scale_for(windows, full),
                 };
                 dct_scale_for(region.0, region.1, need_w, need_h)
             })
@@ -297,19 +322,6 @@ impl Renderer {
         }
         let full = dimensions(bytes, path)?;
         let plans: Vec<Plan> = transforms.iter().map(|t| plan(*t, full, rng)).collect();
-        for plan in &plans {
-            if let Plan::Crops { resized: (rw, rh), .. } = plan
-                && u64::from(*rw) * u64::from(*rh) > MAX_RESIZED_PIXELS
-            {
-                return Err(VisionError::Image {
-                    path: path.to_owned(),
-                    message: format!(
-                        "ten-crop would resize this {} × {} image to {rw} × {rh} pixels, over the limit of {MAX_RESIZED_PIXELS} (an extreme aspect ratio)",
-                        full.0, full.1
-                    ),
-                });
-            }
-        }
         let scale = self.scale_for(&plans, full);
         let decoded = decode_region(bytes, path, footprint(&plans, full, scale), scale)?;
         for (plan, slot) in plans.iter().zip(out.iter_mut()) {
@@ -349,6 +361,12 @@ impl Renderer {
                 for (k, &(x, y, flip)) in crops.iter().enumerate() {
                     let view = &mut out[k * slot..(k + 1) * slot];
                     lut.write(&self.resized, resized.0 as usize, (x as usize, y as usize), *size as usize, flip, view);
+                }
+            }
+            Plan::Windows(windows) => {
+                let slot = out.len() / windows.len().max(1);
+                for (window, view) in windows.iter().zip(out.chunks_exact_mut(slot)) {
+                    self.render_plan(decoded, window, norm, view, path)?;
                 }
             }
         }
@@ -522,6 +540,41 @@ mod tests {
         assert_eq!(Transform::eval_for(32), Transform::Eval { size: 32, resize: 37 });
         assert_eq!(eval_resize_for(384), 439);
         assert_eq!(Transform::ten_crop_for(224).floats_per_image(), 10 * 3 * 224 * 224);
+    }
+
+    #[test]
+    fn ten_crop_windows_equal_the_whole_resize_cropped() {
+        // A photo-like 97 × 61 image: ten-crop at 32 from a resize to 37, both ways.
+        let image = image::RgbImage::from_fn(97, 61, |x, y| {
+            let v = |k: u32| ((((x * 7 + y * 13 + k) as f64) * 0.37).sin() * 100.0 + 128.0) as u8;
+            image::Rgb([v(0), v(50), v(100)])
+        });
+        let decoded = Decoded {
+            image: image.clone(),
+            full_size: (97, 61),
+            scale: 1,
+            origin: (0, 0),
+            scaled_size: (97, 61),
+            damage: None,
+        };
+        let norm = Normalization { mean: [0.0; 3], std: [1.0 / 255.0; 3] };
+        let (rw, rh) = resized_dims(97, 61, 37);
+        let mut renderer = Renderer::new();
+        let render = |renderer: &mut Renderer, windows: bool| {
+            let mut out = vec![0f32; 10 * 3 * 32 * 32];
+            let plan = ten_crop_plan((97, 61), (rw, rh), 32, windows);
+            assert_eq!(matches!(plan, Plan::Windows(_)), windows);
+            renderer.render_plan(&decoded, &plan, &norm, &mut out, std::path::Path::new("x")).unwrap();
+            out
+        };
+        let (whole, windows) = (render(&mut renderer, false), render(&mut renderer, true));
+        // Pixel levels (the normalisation is the identity on 0..=255): within one level, the
+        // resize's rounding of its window's offset.
+        let worst = whole.iter().zip(&windows).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1.0, "windows differ from the whole resize by {worst} levels");
+        // A 1 × 16384 file (whose whole resize would be 256 × 4194304) takes the windows.
+        assert!(matches!(plan(Transform::ten_crop_for(224), (1, 16384), &mut ChaCha8Rng::seed_from_u64(0)), Plan::Windows(_)));
+        assert!(matches!(plan(Transform::ten_crop_for(224), (500, 375), &mut ChaCha8Rng::seed_from_u64(0)), Plan::Crops { .. }));
     }
 
     #[test]

@@ -144,7 +144,9 @@ impl Plan {
                 (s.min(region[2]), s.min(region[3]))
             }
             Plan::Crops { resized, .. } => (f64::from(resized.0.min(full.0)), f64::from(resized.1.min(full.1))),
-            Plan::Windows(windows) => windows.iter().map(|w| w.need(full)).fold((0.0, 0.0), |a, b| (a.0.max(b.0), a.1.max(b.1))),
+            Plan::Windows(windows) => {
+                windows.iter().map(|w| w.need(full)).fold((0.0, 0.0), |a, b| (a.0.max(b.0), a.1.max(b.1)))
+            }
         }
     }
 
@@ -340,15 +342,15 @@ impl Renderer {
     ) -> Result<(), VisionError> {
         let lut = Lut::new(norm);
         // Full-resolution coordinates to the decoded pixels' (scaled, and offset by the origin
-        // of a decoded region).
-        let scaled = decoded.scaled_size;
+        // of a decoded region). A DCT-scaled pixel `i` is the 8 × 8 block's `s × s` part at
+        // `s·i` (the last one partly outside the image when a side is not a multiple of `s`),
+        // so coordinates scale by `1 / s` exactly: stretching the image's `side / s` onto the
+        // `ceil(side / s)` pixels (as before session 10) put a view's edge near the image's far
+        // side past the region the decoder had read, an error ("crop box out of the image
+        // boundaries") on small views of large photos.
         let s = f64::from(decoded.scale);
-        let (sx, sy) = (
-            f64::from(scaled.0) / (f64::from(decoded.full_size.0) / s),
-            f64::from(scaled.1) / (f64::from(decoded.full_size.1) / s),
-        );
         let (ox, oy) = (f64::from(decoded.origin.0), f64::from(decoded.origin.1));
-        let to_decoded = |r: [f64; 4]| [r[0] / s * sx - ox, r[1] / s * sy - oy, r[2] / s * sx, r[3] / s * sy];
+        let to_decoded = |r: [f64; 4]| [r[0] / s - ox, r[1] / s - oy, r[2] / s, r[3] / s];
         match plan {
             Plan::Region { region, size, flip, confine } => {
                 self.resize(decoded, to_decoded(*region), *confine, (*size, *size), path)?;
@@ -573,8 +575,14 @@ mod tests {
         let worst = whole.iter().zip(&windows).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst <= 1.0, "windows differ from the whole resize by {worst} levels");
         // A 1 × 16384 file (whose whole resize would be 256 × 4194304) takes the windows.
-        assert!(matches!(plan(Transform::ten_crop_for(224), (1, 16384), &mut ChaCha8Rng::seed_from_u64(0)), Plan::Windows(_)));
-        assert!(matches!(plan(Transform::ten_crop_for(224), (500, 375), &mut ChaCha8Rng::seed_from_u64(0)), Plan::Crops { .. }));
+        assert!(matches!(
+            plan(Transform::ten_crop_for(224), (1, 16384), &mut ChaCha8Rng::seed_from_u64(0)),
+            Plan::Windows(_)
+        ));
+        assert!(matches!(
+            plan(Transform::ten_crop_for(224), (500, 375), &mut ChaCha8Rng::seed_from_u64(0)),
+            Plan::Crops { .. }
+        ));
     }
 
     #[test]

@@ -165,3 +165,28 @@ fn truncated_jpegs_fail_on_both_decoding_paths() {
         assert!(err.to_string().contains("cut.jpg"), "{err}");
     }
 }
+
+#[test]
+fn small_views_of_a_photo_whose_sides_are_not_multiples_of_8_decode_scaled() {
+    // A 425 × 250 JPEG (Pillow's icc_profile_big.jpg's size) under a 16² training crop: most
+    // crops are decoded at 1/8 in the DCT domain. Before, coordinates were stretched onto the
+    // 54 scaled columns, and a crop reaching near the right edge fell past the decoded region:
+    // "crop box out of the image boundaries", stopping training (seed 0 did).
+    let image = image::RgbImage::from_fn(425, 250, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+    });
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90).encode_image(&image).unwrap();
+    let path = std::path::Path::new("odd.jpg");
+    let norm = dmlp_vision::Normalization { mean: [0.5; 3], std: [0.25; 3] };
+    let mut renderer = dmlp_vision::Renderer::new();
+    for transform in [dmlp_vision::Transform::Train { size: 16 }, dmlp_vision::Transform::eval_for(16)] {
+        let mut out = vec![0f32; transform.floats_per_image()];
+        for seed in 0..300u64 {
+            let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+            renderer
+                .render(&bytes, path, &[transform], &norm, &mut rng, &mut [&mut out])
+                .unwrap_or_else(|e| panic!("{transform:?}, seed {seed}: {e}"));
+        }
+    }
+}

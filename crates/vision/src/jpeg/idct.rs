@@ -184,6 +184,9 @@ impl Idct {
     /// coefficient (0 when only DC is, which every size reduces to the same flat block).
     #[inline]
     pub(super) fn run(&self, coef: &[i32; 64], last: usize, out: &mut [u8], stride: usize) {
+        if self.size == 8 && !columns_fit_16_bits(coef) {
+            return idct_8x8_16_bit(coef, out, stride);
+        }
         if last == 0 || self.size == 1 {
             let v = (coef[0].wrapping_add(4) >> 3).wrapping_add(128).clamp(0, 255) as u8;
             for y in 0..self.size {
@@ -201,6 +204,93 @@ impl Idct {
             (8, _) => idct_8x8_body(coef, out, stride),
             (4, _) => idct_4x4_body(coef, out, stride),
             _ => idct_2x2(coef, out, stride),
+        }
+    }
+}
+
+/// Whether every column of `coef` keeps the 8 × 8 inverse DCT's intermediates within 16 bits:
+/// a column's first-pass outputs are at most `4 (|c₀| + 1.387 Σ |cₖ|)`, kept under 2¹⁴ so that
+/// the second pass's sums of two of them fit too. Then libjpeg-turbo's SIMD inverse DCT (16-bit
+/// lanes, what PIL runs) and its C code (32 bits), which this module's arithmetic follows, give
+/// the same samples. Any block of a valid file passes; only corrupt data fails it.
+#[inline]
+fn columns_fit_16_bits(coef: &[i32; 64]) -> bool {
+    (0..8).all(|c| {
+        let ac: u64 = (1..8).map(|k| u64::from(coef[8 * k + c].unsigned_abs())).sum();
+        100 * u64::from(coef[c].unsigned_abs()) + 139 * ac <= 400_000
+    })
+}
+
+/// One pass of libjpeg-turbo's SIMD `jsimd_idct_islow` (`jidctint-avx2.asm`; the SSE2 and NEON
+/// versions compute alike) over eight 16-bit inputs: its sums of two inputs wrap at 16 bits,
+/// its products are exact 32-bit multiply-adds (`pmaddwd`), its outputs, descaled by `shift`,
+/// saturate to 16 bits (`packssdw`).
+fn pass_16_bit(x: [i16; 8], shift: u32) -> [i16; 8] {
+    const F0298: i32 = 2446;
+    const F0390: i32 = 3196;
+    const F0541: i32 = 4433;
+    const F0765: i32 = 6270;
+    const F0899: i32 = 7373;
+    const F1175: i32 = 9633;
+    const F1501: i32 = 12299;
+    const F1847: i32 = 15137;
+    const F1961: i32 = 16069;
+    const F2053: i32 = 16819;
+    const F2562: i32 = 20995;
+    const F3072: i32 = 25172;
+    let madd = |a: i16, b: i16, ca: i32, cb: i32| (i32::from(a) * ca).wrapping_add(i32::from(b) * cb);
+    let tmp3 = madd(x[2], x[6], F0541 + F0765, F0541);
+    let tmp2 = madd(x[6], x[2], F0541 - F1847, F0541);
+    let tmp0 = i32::from(x[0].wrapping_add(x[4])) << 13;
+    let tmp1 = i32::from(x[0].wrapping_sub(x[4])) << 13;
+    let (tmp10, tmp13) = (tmp0.wrapping_add(tmp3), tmp0.wrapping_sub(tmp3));
+    let (tmp11, tmp12) = (tmp1.wrapping_add(tmp2), tmp1.wrapping_sub(tmp2));
+    let (z3, z4) = (x[7].wrapping_add(x[3]), x[5].wrapping_add(x[1]));
+    let z3 = madd(z3, z4, F1175 - F1961, F1175);
+    let z4 = madd(z4, x[7].wrapping_add(x[3]), F1175 - F0390, F1175);
+    let t0 = madd(x[7], x[1], F0298 - F0899, -F0899).wrapping_add(z3);
+    let t1 = madd(x[5], x[3], F2053 - F2562, -F2562).wrapping_add(z4);
+    let t3 = madd(x[7], x[1], -F0899, F1501 - F0899).wrapping_add(z4);
+    let t2 = madd(x[5], x[3], -F2562, F3072 - F2562).wrapping_add(z3);
+    let out = |v: i32| (v.wrapping_add(1 << (shift - 1)) >> shift).clamp(-32768, 32767) as i16;
+    [
+        out(tmp10.wrapping_add(t3)),
+        out(tmp11.wrapping_add(t2)),
+        out(tmp12.wrapping_add(t1)),
+        out(tmp13.wrapping_add(t0)),
+        out(tmp13.wrapping_sub(t0)),
+        out(tmp12.wrapping_sub(t1)),
+        out(tmp11.wrapping_sub(t2)),
+        out(tmp10.wrapping_sub(t3)),
+    ]
+}
+
+/// The 8 × 8 inverse DCT as libjpeg-turbo's SIMD code computes it, for blocks whose
+/// intermediates leave 16 bits (corrupt data; see [`columns_fit_16_bits`]): the dequantised
+/// coefficients are 16-bit products (`pmullw`), a block whose rows 1–7 are zero takes the
+/// shortcut of its first row shifted left by 2 in 16 bits, and the samples are the second
+/// pass's outputs saturated to 8 bits plus 128.
+fn idct_8x8_16_bit(coef: &[i32; 64], out: &mut [u8], stride: usize) {
+    let input: [i16; 64] = std::array::from_fn(|k| coef[k] as i16);
+    let mut ws = [[0i16; 8]; 8]; // ws[row][column]
+    if input[8..].iter().all(|&c| c == 0) {
+        for row in &mut ws {
+            for (w, &c) in row.iter_mut().zip(&input[..8]) {
+                *w = c.wrapping_shl(2);
+            }
+        }
+    } else {
+        for c in 0..8 {
+            let column = pass_16_bit(std::array::from_fn(|k| input[8 * k + c]), 11);
+            for (row, v) in ws.iter_mut().zip(column) {
+                row[c] = v;
+            }
+        }
+    }
+    for (y, row) in ws.iter().enumerate() {
+        let samples = pass_16_bit(*row, 18);
+        for (o, v) in out[y * stride..y * stride + 8].iter_mut().zip(samples) {
+            *o = (v.clamp(-128, 127) as i8 as u8).wrapping_add(128);
         }
     }
 }
@@ -314,6 +404,50 @@ mod tests {
                 assert_eq!(fast, portable, "size {size} seed {seed}, low frequencies");
             }
         }
+    }
+
+    #[test]
+    fn the_16_bit_idct_equals_the_32_bit_one_wherever_the_check_admits_a_block() {
+        // The check's bound is what makes the two agree: blocks right up to it, dense and
+        // sparse, DC-only among them, give the same samples both ways.
+        let mut checked = 0;
+        for seed in 0..4000 {
+            let mut coef = pseudo_random_block(seed);
+            let stretch = 1 + (seed % 40) as i32;
+            for (i, c) in coef.iter_mut().enumerate() {
+                *c *= stretch;
+                if seed % 3 == 0 && i >= 8 {
+                    *c = 0; // rows 1–7 zero: the 16-bit code's shortcut
+                }
+            }
+            if seed % 5 == 0 {
+                coef[0] = 4000 - (seed % 97) as i32; // near the DC bound
+            }
+            if !columns_fit_16_bits(&coef) {
+                continue;
+            }
+            checked += 1;
+            let (mut wide, mut narrow) = ([0u8; 64], [0u8; 64]);
+            idct_8x8_body(&coef, &mut wide, 8);
+            idct_8x8_16_bit(&coef, &mut narrow, 8);
+            assert_eq!(wide, narrow, "seed {seed}");
+        }
+        assert!(checked > 1000, "only {checked} blocks under the bound");
+    }
+
+    #[test]
+    fn blocks_past_16_bits_take_libjpeg_turbos_simd_arithmetic() {
+        // A DC of 9000 (a corrupt file's): PIL's SIMD code shifts it left by 2 in 16 bits
+        // (36000 wraps to -29536), so the flat block is black; libjpeg's C code gives white.
+        let mut coef = [0i32; 64];
+        coef[0] = 9000;
+        assert!(!columns_fit_16_bits(&coef));
+        let mut out = [0u8; 64];
+        Idct::new(8).run(&coef, 0, &mut out, 8);
+        assert_eq!(out, [0u8; 64]);
+        // Valid data's largest DC passes the check.
+        coef[0] = 8 * 255;
+        assert!(columns_fit_16_bits(&coef));
     }
 
     #[test]

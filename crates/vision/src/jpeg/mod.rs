@@ -493,6 +493,12 @@ mod tests {
             let noted = image.damage.unwrap_or_default();
             assert!(noted.starts_with(damage), "{name}: {noted}");
         }
+        // Dequantised coefficients past 16 bits (a 16-bit quantisation table 60 times the
+        // usual): PIL's SIMD inverse DCT wraps and saturates them; so does this decoder.
+        let image = whole(&fixture("damaged-overflow.jpg"), 1);
+        let pil = fixture("damaged-overflow.rgb");
+        let differing = image.pixels.iter().zip(&pil).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 0, "overflow: {differing} of {} bytes differ from PIL's decode", pil.len());
         // A region above the damage reads clean data, and says so.
         let above = decode_region(&fixture("damaged-cut.jpg"), (0, 0, W, 8), 1).unwrap().unwrap();
         assert_eq!(above.damage, None);

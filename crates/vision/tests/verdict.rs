@@ -182,3 +182,24 @@ fn a_flood_of_table_segments_is_refused() {
     // A real file's few tables pass.
     assert!(verify(&write(tmp.path(), "good.jpg", &good)).is_ok());
 }
+
+#[test]
+fn an_arithmetic_coded_file_may_spend_less_than_a_bit_per_block() {
+    // 2048 × 2048 of one colour in about 200 bytes (cjpeg -arithmetic): PIL reads it. The
+    // Huffman bound (a bit per block: 8 KB here) does not apply; the coefficient decoder's
+    // memory budget, which grows with the file's length, does.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arith-flat-2048.jpg");
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() < 1024);
+    let image = dmlp_vision::decode_rgb(&path).unwrap();
+    assert_eq!(image.dimensions(), (2048, 2048));
+    assert!(image.pixels().all(|p| p.0 == [90, 119, 149]), "PIL's pixel everywhere");
+    // The same bytes claiming 16384 × 16384: 805 MB of coefficients from a 214-byte file.
+    let mut lying = bytes.clone();
+    let sof = lying.windows(2).position(|w| w == [0xFF, 0xC9]).unwrap();
+    lying[sof + 5..sof + 9].copy_from_slice(&[0x40, 0x00, 0x40, 0x00]);
+    let tmp = tempfile::tempdir().unwrap();
+    let lying_path = write(tmp.path(), "lying-arith.jpg", &lying);
+    let err = dmlp_vision::decode_rgb(&lying_path).unwrap_err().to_string();
+    assert!(err.contains("lying-arith.jpg") && err.contains("16384 × 16384") && err.contains("MiB"), "{err}");
+}

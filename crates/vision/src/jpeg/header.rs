@@ -365,6 +365,16 @@ pub(crate) fn stream_walk(bytes: &[u8]) -> Option<StreamWalk> {
 /// Where the frame header gives them, the image's width and height (scanning the markers
 /// only); `None` for anything unexpected, which the full parser then reports.
 pub(crate) fn frame_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    frame_info(bytes).map(|(w, h, _)| (w, h))
+}
+
+/// Whether the frame is arithmetic-coded (SOF9–11, SOF13–15), from the markers alone.
+pub(crate) fn is_arithmetic(bytes: &[u8]) -> bool {
+    frame_info(bytes).is_some_and(|(_, _, marker)| matches!(marker, 0xC9..=0xCB | 0xCD..=0xCF))
+}
+
+/// The frame header's width, height and marker.
+fn frame_info(bytes: &[u8]) -> Option<(u32, u32, u8)> {
     let mut pos = 2;
     loop {
         let marker;
@@ -378,7 +388,7 @@ pub(crate) fn frame_size(bytes: &[u8]) -> Option<(u32, u32)> {
         let len = u16_at(bytes, pos)?;
         if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
             let (h, w) = (u16_at(bytes, pos + 3)?, u16_at(bytes, pos + 5)?);
-            return (w > 0 && h > 0).then_some((w as u32, h as u32));
+            return (w > 0 && h > 0).then_some((w as u32, h as u32, marker));
         }
         pos += len;
     }

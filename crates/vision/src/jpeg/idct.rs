@@ -184,10 +184,11 @@ impl Idct {
     /// coefficient (0 when only DC is, which every size reduces to the same flat block).
     #[inline]
     pub(super) fn run(&self, coef: &[i32; 64], last: usize, out: &mut [u8], stride: usize) {
-        if self.size == 8 && !columns_fit_16_bits(coef) {
-            return idct_8x8_16_bit(coef, out, stride);
-        }
         if last == 0 || self.size == 1 {
+            // Only the DC is non-zero when `last` is 0: the 16-bit check is on it alone.
+            if self.size == 8 && coef[0].unsigned_abs() > MAX_DC_IN_16_BITS {
+                return idct_8x8_16_bit(coef, out, stride);
+            }
             let v = (coef[0].wrapping_add(4) >> 3).wrapping_add(128).clamp(0, 255) as u8;
             for y in 0..self.size {
                 out[y * stride..y * stride + self.size].fill(v);
@@ -196,29 +197,48 @@ impl Idct {
         }
         match (self.size, self.avx2) {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `avx2` is true only where the CPU reported AVX2.
-            (8, true) => unsafe { super::idct_avx2::idct_8x8(coef, last <= LAST_OF_LOW_4X4, out, stride) },
+            (8, true) => {
+                // SAFETY: `avx2` is true only where the CPU reported AVX2.
+                if !unsafe { super::idct_avx2::idct_8x8(coef, last <= LAST_OF_LOW_4X4, out, stride) } {
+                    idct_8x8_16_bit(coef, out, stride);
+                }
+            }
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
+            // SAFETY: `avx2` is true only where the CPU reported AVX2.
             (4, true) => unsafe { super::idct_avx2::idct_4x4(coef, out, stride) },
-            (8, _) => idct_8x8_body(coef, out, stride),
+            (8, _) if columns_fit_16_bits(coef) => idct_8x8_body(coef, out, stride),
+            (8, _) => idct_8x8_16_bit(coef, out, stride),
             (4, _) => idct_4x4_body(coef, out, stride),
             _ => idct_2x2(coef, out, stride),
         }
     }
 }
 
+/// The largest DC magnitude of a DC-only block that [`columns_fit_16_bits`] admits
+/// (`100 · 4000 = 400 000`).
+const MAX_DC_IN_16_BITS: u32 = 4000;
+
 /// Whether every column of `coef` keeps the 8 × 8 inverse DCT's intermediates within 16 bits:
 /// a column's first-pass outputs are at most `4 (|c₀| + 1.387 Σ |cₖ|)`, kept under 2¹⁴ so that
 /// the second pass's sums of two of them fit too. Then libjpeg-turbo's SIMD inverse DCT (16-bit
 /// lanes, what PIL runs) and its C code (32 bits), which this module's arithmetic follows, give
 /// the same samples. Any block of a valid file passes; only corrupt data fails it.
-#[inline]
+#[inline(always)]
 fn columns_fit_16_bits(coef: &[i32; 64]) -> bool {
-    (0..8).all(|c| {
-        let ac: u64 = (1..8).map(|k| u64::from(coef[8 * k + c].unsigned_abs())).sum();
-        100 * u64::from(coef[c].unsigned_abs()) + 139 * ac <= 400_000
-    })
+    // Lane-wise over the eight columns (the compiler vectorises it); each magnitude is capped
+    // at 2²⁰, past which the bound fails anyway, so that the sums cannot overflow.
+    let magnitude = |x: i32| x.unsigned_abs().min(1 << 20) as i32;
+    let mut ac = [0i32; 8];
+    for row in coef[8..].chunks_exact(8) {
+        for (a, &x) in ac.iter_mut().zip(row) {
+            *a += magnitude(x);
+        }
+    }
+    let mut over = 0i32;
+    for (&a, &dc) in ac.iter().zip(&coef[..8]) {
+        over |= i32::from(100 * magnitude(dc) + 139 * a > 400_000);
+    }
+    over == 0
 }
 
 /// One pass of libjpeg-turbo's SIMD `jsimd_idct_islow` (`jidctint-avx2.asm`; the SSE2 and NEON
@@ -407,6 +427,43 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_avx2_and_portable_paths_take_the_16_bit_arithmetic_for_the_same_blocks() {
+        if !has_avx2() {
+            return; // nothing to compare on this CPU
+        }
+        // Blocks scaled to either side of the check's bound, and some holding i32's extremes
+        // (which the magnitudes' cap must keep from overflowing): both checks answer alike, and
+        // both paths give the same samples.
+        let mut failed = 0;
+        for seed in 0..3000u32 {
+            // Scaled so that the block's largest column bound lands within ±10 % of 400 000.
+            let mut coef = pseudo_random_block(seed);
+            let bound = (0..8)
+                .map(|c| 100 * coef[c].abs() + 139 * (1..8).map(|k| coef[8 * k + c].abs()).sum::<i32>())
+                .max()
+                .unwrap();
+            let target = 360_000.0 + f64::from(seed.wrapping_mul(7919) % 80_000);
+            let stretch = target / f64::from(bound.max(1));
+            coef.iter_mut().for_each(|c| *c = (f64::from(*c) * stretch).round() as i32);
+            match seed % 7 {
+                0 => coef[8 * (1 + seed as usize % 7) + seed as usize % 8] = i32::MIN,
+                1 => coef[seed as usize % 8] = i32::MAX,
+                _ => {}
+            }
+            let fits = columns_fit_16_bits(&coef);
+            // SAFETY: the CPU reported AVX2.
+            assert_eq!(unsafe { super::super::idct_avx2::columns_fit_16_bits_of(&coef) }, fits, "seed {seed}");
+            failed += usize::from(!fits);
+            let (mut fast, mut portable) = ([0u8; 64], [0u8; 64]);
+            Idct { size: 8, avx2: true }.run(&coef, 63, &mut fast, 8);
+            Idct { size: 8, avx2: false }.run(&coef, 63, &mut portable, 8);
+            assert_eq!(fast, portable, "seed {seed}");
+        }
+        assert!((300..2700).contains(&failed), "{failed} of 3000 blocks failed the check");
+    }
+
+    #[test]
     fn the_16_bit_idct_equals_the_32_bit_one_wherever_the_check_admits_a_block() {
         // The check's bound is what makes the two agree: blocks right up to it, dense and
         // sparse, DC-only among them, give the same samples both ways.
@@ -442,12 +499,18 @@ mod tests {
         let mut coef = [0i32; 64];
         coef[0] = 9000;
         assert!(!columns_fit_16_bits(&coef));
-        let mut out = [0u8; 64];
-        Idct::new(8).run(&coef, 0, &mut out, 8);
-        assert_eq!(out, [0u8; 64]);
-        // Valid data's largest DC passes the check.
+        for last in [0, 63] {
+            let mut out = [0u8; 64];
+            Idct::new(8).run(&coef, last, &mut out, 8);
+            assert_eq!(out, [0u8; 64], "last {last}");
+        }
+        // Valid data's largest DC passes the check; the DC-only bound is the check's.
         coef[0] = 8 * 255;
         assert!(columns_fit_16_bits(&coef));
+        coef[0] = MAX_DC_IN_16_BITS as i32;
+        assert!(columns_fit_16_bits(&coef));
+        coef[0] = -(MAX_DC_IN_16_BITS as i32) - 1;
+        assert!(!columns_fit_16_bits(&coef));
     }
 
     #[test]

@@ -128,21 +128,52 @@ unsafe fn pack4(r: &[__m256i]) -> [u64; 4] {
     }
 }
 
-/// 8 × 8 samples from dequantised coefficients (natural order) at `out[0]`, rows `stride` apart.
+/// `idct::columns_fit_16_bits` on rows already loaded: lane c sums column c's magnitudes
+/// (capped at 2²⁰, past which the bound fails anyway, so that nothing overflows).
+#[inline(always)]
+unsafe fn columns_fit_16_bits(r: &[__m256i; 8]) -> bool {
+    unsafe {
+        let cap = _mm256_set1_epi32(1 << 20);
+        let magnitude = |x| _mm256_min_epu32(_mm256_abs_epi32(x), cap);
+        let mut ac = magnitude(r[1]);
+        for row in &r[2..] {
+            ac = _mm256_add_epi32(ac, magnitude(*row));
+        }
+        let bound = add(mul(magnitude(r[0]), 100), mul(ac, 139));
+        let over = _mm256_cmpgt_epi32(bound, _mm256_set1_epi32(400_000));
+        _mm256_movemask_epi8(over) == 0
+    }
+}
+
+/// The check above on `coef`, for tests comparing it with the portable one.
+#[cfg(test)]
+#[target_feature(enable = "avx2")]
+pub(super) fn columns_fit_16_bits_of(coef: &[i32; 64]) -> bool {
+    // SAFETY: as `idct_8x8`.
+    unsafe { columns_fit_16_bits(&load_rows(coef)) }
+}
+
+/// 8 × 8 samples from dequantised coefficients (natural order) at `out[0]`, rows `stride` apart,
+/// returning true; or false, writing nothing, when a column's intermediates would leave 16 bits
+/// (see `idct::columns_fit_16_bits`: corrupt data, for libjpeg-turbo's 16-bit arithmetic).
 /// `low`: only the top-left 4 × 4 coefficients are non-zero, so both passes skip inputs 4–7
 /// (the compiler folds the zeros away; the result is the same).
 #[target_feature(enable = "avx2")]
-pub(super) fn idct_8x8(coef: &[i32; 64], low: bool, out: &mut [u8], stride: usize) {
+#[must_use]
+pub(super) fn idct_8x8(coef: &[i32; 64], low: bool, out: &mut [u8], stride: usize) -> bool {
     // SAFETY: this function runs only where AVX2 is present (its caller checks).
     unsafe {
+        let r = load_rows(coef);
+        if !columns_fit_16_bits(&r) {
+            return false;
+        }
         let pass2 = if low {
             let zero = _mm256_setzero_si256();
-            let r = load_rows(coef);
             let pass1 = transpose(idct8([r[0], r[1], r[2], r[3], zero, zero, zero, zero], 1 << 10, 11));
             let low_half = [pass1[0], pass1[1], pass1[2], pass1[3], zero, zero, zero, zero];
             transpose(idct8(low_half, (1 << 17) + (128 << 18), 18))
         } else {
-            let pass1 = idct8(load_rows(coef), 1 << 10, 11);
+            let pass1 = idct8(r, 1 << 10, 11);
             transpose(idct8(transpose(pass1), (1 << 17) + (128 << 18), 18))
         };
         for half in 0..2 {
@@ -152,6 +183,7 @@ pub(super) fn idct_8x8(coef: &[i32; 64], low: bool, out: &mut [u8], stride: usiz
                 out[y * stride..y * stride + 8].copy_from_slice(&chunks[k].to_le_bytes());
             }
         }
+        true
     }
 }
 

@@ -35,7 +35,7 @@ mod upsample;
 
 use entropy::BitReader;
 use header::{Frame, Parsed};
-pub(crate) use header::{frame_size, stream_walk};
+pub(crate) use header::{frame_size, is_arithmetic, stream_walk};
 use idct::Idct;
 
 /// The zigzag order: `ZIGZAG[k]` is the natural (row-major) index of the `k`-th coefficient.

@@ -1,7 +1,8 @@
 //! `dmlp`, the command line of the dmlp toolkit.
 //!
 //! Subcommands: `train` (a run from a config, resumable), `eval` (a checkpoint on the validation
-//! split, with ten-crop and multi-scale tests), `baseline` (PriorsNet or GeoNet on an image-only
+//! split, with ten-crop and multi-scale tests), `predict` (a run on your own photos, with their
+//! EXIF location and date), `baseline` (PriorsNet or GeoNet on an image-only
 //! run), `data synth` (the synthetic geo-aware dataset), `data verify` (a dataset folder against
 //! its annotation files and official counts), `data prepare` (its Parquet manifest), `weights
 //! fetch` / `weights show` (pretrained files from the Hub cache or disk), `params`
@@ -10,6 +11,7 @@
 
 mod data;
 mod params;
+mod predict;
 mod run;
 mod weights;
 
@@ -30,6 +32,10 @@ enum Command {
     Train(run::TrainArgs),
     /// Evaluate a checkpoint on the config's validation split.
     Eval(run::EvalArgs),
+    /// Name what is in your own photos with a trained run: the top-k classes of each, using the
+    /// location and date in its EXIF (or --lat/--lon/--date). Exit status 3: some photos could
+    /// not be read (the rest were predicted).
+    Predict(predict::PredictArgs),
     /// Train a location baseline (PriorsNet or GeoNet) on top of an image-only run, and evaluate it.
     Baseline(run::BaselineArgs),
     /// Dataset tools.
@@ -93,6 +99,11 @@ fn main() -> ExitCode {
         },
         Command::Train(args) => run::run_train(&args),
         Command::Eval(args) => run::run_eval(&args),
+        Command::Predict(args) => match predict::run_predict(&args) {
+            Ok(0) => return ExitCode::SUCCESS,
+            Ok(code) => return ExitCode::from(code),
+            Err(err) => Err(err),
+        },
         Command::Baseline(args) => run::run_baseline(&args),
         Command::Data { command: DataCommand::Synth(args) } => run::run_synth(&args),
         Command::Weights { command: WeightsCommand::Fetch(args) } => weights::run_fetch(&args),

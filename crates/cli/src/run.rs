@@ -105,7 +105,7 @@ pub(crate) fn git_commit() -> Option<String> {
 }
 
 /// Reads a run config and gives it the default manifest cache when it names none.
-fn read_config(path: &Path, overrides: &[String]) -> anyhow::Result<RunConfig> {
+pub(crate) fn read_config(path: &Path, overrides: &[String]) -> anyhow::Result<RunConfig> {
     let mut config = RunConfig::from_file(path, overrides)?;
     if config.data.cache_dir.is_none() {
         config.data.cache_dir = dmlp_prepare::default_cache_dir(|k| std::env::var(k).ok());
@@ -146,7 +146,7 @@ fn observer(quiet: bool, label: &str) -> Box<dyn FitObserver> {
 }
 
 /// A run folder → its best checkpoint's weights; a checkpoint folder → its weights; else the path.
-fn weights_path(path: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn weights_path(path: &Path) -> anyhow::Result<PathBuf> {
     if path.join("checkpoints").is_dir() {
         return Ok(RunDir::open(path)?.weights(Which::Best)?);
     }

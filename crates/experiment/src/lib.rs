@@ -3,8 +3,9 @@
 //! A run config has three tables: `[model]` ([`dmlp_model::ModelConfig`]), `[data]`
 //! ([`DataConfig`]) and `[train]` ([`dmlp_train::TrainConfig`]). `--set table.key=value`
 //! overrides one key ([`apply_override`]). [`train_run`] writes the run folder: the resolved
-//! config (`config.toml`), `provenance.json` (git commit, seed, device, data), metrics and
-//! checkpoints.
+//! config (`config.toml`), `provenance.json` (git commit, seed, device, data), the class list
+//! (`classes.json`), metrics and checkpoints. [`Predictor`] runs a trained model on photos
+//! (their EXIF location and date, their evaluation views).
 //!
 //! Architecture invariant: composition only; no model layers, no file formats of its own beyond
 //! the run folder's.
@@ -12,12 +13,17 @@
 mod baseline;
 mod config;
 mod parallel;
+mod predict;
 mod pretrained;
 mod progress;
 mod source;
 
 pub use baseline::{BaselineConfig, BaselineSummary, BaselineType, PriorData, baseline_run, finished_baseline};
 pub use config::{BadImagesPolicy, DataConfig, RunConfig, apply_override};
+pub use predict::{
+    CLASSES_FILE, ClassProbability, GivenMetadata, MetadataSource, Predictor, PreparedPhoto, read_classes,
+    write_classes,
+};
 pub use pretrained::{PretrainedInit, load_pretrained, resolve_pretrained};
 pub use progress::ProgressBars;
 pub use source::LoaderSource;
@@ -53,6 +59,9 @@ pub enum ExperimentError {
     Eval(#[from] dmlp_eval::EvalError),
     #[error(transparent)]
     Pretrained(#[from] dmlp_pretrained::PretrainedError),
+    /// An image that cannot be read (the error names the file).
+    #[error(transparent)]
+    Image(#[from] dmlp_vision::VisionError),
 }
 
 /// How to start a run.
@@ -185,6 +194,11 @@ pub fn train_run(
         .map_err(|e| ExperimentError::Config { path: run_dir.to_owned(), message: e.to_string() })?;
     if !options.resume {
         write_atomic(&run_dir.join("config.toml"), config_text.as_bytes())?;
+    }
+    // What `dmlp predict` needs besides the config and weights (a resumed run from before this
+    // file existed gets it too).
+    if !options.resume || !run_dir.join(CLASSES_FILE).exists() {
+        write_classes(run_dir, config.data.dataset.as_str(), &train_split.classes)?;
     }
     let last_image_dropped = LoaderSource::drops_last_image(train_split.records.len(), config.train.batch_size);
     if last_image_dropped {

@@ -7,6 +7,8 @@
 //! - [`transform`]: torchvision's `RandomResizedCrop` + flip, `Resize` + `CenterCrop` and
 //!   `TenCrop`, several views per image for multi-scale tests, resized with Pillow's filter and
 //!   normalised straight into a batch buffer.
+//! - [`orient`]: pixels turned as an EXIF orientation says (for photos shown as a gallery shows
+//!   them; training reads pixels as stored, as PIL and the reference do).
 //!
 //! Architecture invariant: knows image files and pixels only: no dataset formats, records,
 //! labels or locations (those are `dmlp-datasets`, which builds batches on top of this), no
@@ -14,11 +16,13 @@
 
 pub mod decode;
 mod jpeg;
+mod orientation;
 pub mod transform;
 
 use std::path::PathBuf;
 
 pub use decode::{decode_rgb, decode_rgb_checked, read_bytes};
+pub use orientation::orient;
 pub use transform::{Normalization, Renderer, Transform};
 
 /// What can be wrong with an image or a transform.

@@ -332,6 +332,39 @@ impl Renderer {
         Ok(())
     }
 
+    /// As [`Renderer::render`], from pixels already decoded (a photo turned upright by
+    /// [`crate::orient`], say) rather than from file bytes; `path` names it in errors.
+    pub fn render_image(
+        &mut self,
+        image: &image::RgbImage,
+        path: &std::path::Path,
+        transforms: &[Transform],
+        norm: &Normalization,
+        rng: &mut impl Rng,
+        out: &mut [&mut [f32]],
+    ) -> Result<(), VisionError> {
+        assert_eq!(out.len(), transforms.len(), "one slot per view");
+        for (slot, t) in out.iter().zip(transforms) {
+            assert_eq!(slot.len(), t.floats_per_image(), "batch slot size");
+        }
+        let full = image.dimensions();
+        if full.0 == 0 || full.1 == 0 {
+            return Err(VisionError::Image { path: path.to_owned(), message: "an image without pixels".into() });
+        }
+        let decoded = Decoded {
+            image: image.clone(),
+            full_size: full,
+            scale: 1,
+            origin: (0, 0),
+            scaled_size: full,
+            damage: None,
+        };
+        for (t, slot) in transforms.iter().zip(out.iter_mut()) {
+            self.render_plan(&decoded, &plan(*t, full, rng), norm, slot, path)?;
+        }
+        Ok(())
+    }
+
     fn render_plan(
         &mut self,
         decoded: &Decoded,

@@ -190,3 +190,38 @@ fn small_views_of_a_photo_whose_sides_are_not_multiples_of_8_decode_scaled() {
         }
     }
 }
+
+#[test]
+fn decoded_pixels_render_as_the_file_does_and_turned_photos_render_upright() {
+    // The same views from the file and from its decoded pixels: the same floats.
+    let path = fixture("photo-61x47.jpg");
+    let bytes = std::fs::read(&path).unwrap();
+    let transforms = [Transform::Eval { size: 32, resize: 36 }, Transform::TenCrop { size: 24, resize: 28 }];
+    let image = dmlp_vision::decode_rgb(&path).unwrap();
+    let from_image = |image: &image::RgbImage| {
+        let mut outs: Vec<Vec<f32>> = transforms.iter().map(|t| vec![0.0; t.floats_per_image()]).collect();
+        let mut slots: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        Renderer::new().render_image(image, &path, &transforms, &NORM, &mut rng, &mut slots).unwrap();
+        outs
+    };
+    let mut outs: Vec<Vec<f32>> = transforms.iter().map(|t| vec![0.0; t.floats_per_image()]).collect();
+    let mut slots: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    Renderer::without_dct_scaling().render(&bytes, &path, &transforms, &NORM, &mut rng, &mut slots).unwrap();
+    assert_eq!(from_image(&image), outs);
+    // Stored turned a quarter anticlockwise with orientation 6: upright, it is the original again.
+    let stored = image::imageops::rotate270(&image);
+    assert_eq!(from_image(&dmlp_vision::orient(stored, 6)), outs);
+    let err = Renderer::new()
+        .render_image(
+            &image::RgbImage::new(0, 0),
+            &path,
+            &transforms[..1],
+            &NORM,
+            &mut ChaCha8Rng::seed_from_u64(0),
+            &mut [&mut vec![0.0; transforms[0].floats_per_image()]],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("photo-61x47.jpg"), "{err}");
+}

@@ -1,0 +1,365 @@
+//! `dmlp predict` as a user runs it: a smoke run on photos whose EXIF carries their GPS position
+//! and date (written here as cameras write them), the same photos without EXIF, a turned photo,
+//! a damaged EXIF block and files that are not photos.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use exif::experimental::Writer;
+use exif::{Field, In, Rational, Tag, Value};
+
+/// Runs dmlp: (exit code, stdout, stderr).
+fn dmlp(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dmlp")).args(args).output().expect("running dmlp");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const SMOKE: &str = r#"
+[model]
+backbone = { type = "resnet", block = "basic", layers = [1, 1, 1, 1], width = 8 }
+num_classes = 9
+metadata = "geo_temporal"
+
+[model.fusion]
+type = "dynamic_mlp_c"
+mlp_d = 32
+mlp_h = 8
+
+[data]
+root = "data"
+image_size = 16
+workers = 2
+
+[train]
+epochs = 6
+batch_size = 16
+lr = 0.1
+warmup_epochs = 1
+seed = 3
+"#;
+
+/// A validation photo: its file, class name, and position and date where it has them.
+struct Photo {
+    file: PathBuf,
+    class: String,
+    position: Option<(f64, f64)>,
+    date: Option<(i32, u8, u8)>,
+}
+
+/// The smoke data (9 classes, 6 of them in look-alike pairs told apart by place and season)
+/// and a run trained on it, in `dir`.
+fn smoke_run(dir: &Path) -> (PathBuf, Vec<Photo>) {
+    let data = dir.join("data");
+    let (code, _, stderr) = dmlp(&[
+        "data",
+        "synth",
+        "--out",
+        data.to_str().unwrap(),
+        "--groups",
+        "3",
+        "--per-group",
+        "2",
+        "--distinct",
+        "3",
+        "--train-per-class",
+        "30",
+        "--val-per-class",
+        "10",
+        "--image-size",
+        "24",
+        "--seed",
+        "11",
+        "--missing-fraction",
+        "0.02",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    std::fs::write(dir.join("smoke.toml"), SMOKE).unwrap();
+    let run = dir.join("run");
+    let (code, _, stderr) = dmlp(&[
+        "train",
+        "--config",
+        dir.join("smoke.toml").to_str().unwrap(),
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let val: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("val.json")).unwrap()).unwrap();
+    let names: std::collections::HashMap<u64, String> = val["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["id"].as_u64().unwrap(), c["name"].as_str().unwrap().to_owned()))
+        .collect();
+    let labels: std::collections::HashMap<u64, u64> = val["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["image_id"].as_u64().unwrap(), a["category_id"].as_u64().unwrap()))
+        .collect();
+    let photos = val["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|image| {
+            let date = image["date"].as_str().map(|d| {
+                let p: Vec<&str> = d[..10].split('-').collect();
+                (p[0].parse().unwrap(), p[1].parse().unwrap(), p[2].parse().unwrap())
+            });
+            Photo {
+                file: data.join(image["file_name"].as_str().unwrap()),
+                class: names[&labels[&image["id"].as_u64().unwrap()]].clone(),
+                position: image["latitude"].as_f64().zip(image["longitude"].as_f64()),
+                date,
+            }
+        })
+        .collect();
+    (run, photos)
+}
+
+/// Degrees as a camera writes them: whole degrees, whole minutes, seconds in hundredths.
+fn dms(degrees: f64) -> Value {
+    let d = degrees.abs();
+    let whole = d.floor();
+    let minutes = ((d - whole) * 60.0).floor();
+    let hundredths = (((d - whole) * 60.0 - minutes) * 60.0 * 100.0).round();
+    Value::Rational(vec![
+        Rational { num: whole as u32, denom: 1 },
+        Rational { num: minutes as u32, denom: 1 },
+        Rational { num: hundredths as u32, denom: 100 },
+    ])
+}
+
+fn ascii(text: &str) -> Value {
+    Value::Ascii(vec![text.as_bytes().to_vec()])
+}
+
+/// `jpeg` with an EXIF APP1 segment holding `fields` right after its SOI, as cameras write it.
+fn with_exif(jpeg: &[u8], fields: &[Field]) -> Vec<u8> {
+    if fields.is_empty() {
+        return jpeg.to_vec(); // nothing to say: no EXIF, as a photo without GPS or clock
+    }
+    let mut writer = Writer::new();
+    for f in fields {
+        writer.push_field(f);
+    }
+    let mut tiff = std::io::Cursor::new(Vec::new());
+    writer.write(&mut tiff, false).unwrap();
+    with_app1(jpeg, &tiff.into_inner())
+}
+
+fn with_app1(jpeg: &[u8], tiff: &[u8]) -> Vec<u8> {
+    let mut segment = b"Exif\0\0".to_vec();
+    segment.extend_from_slice(tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&u16::try_from(segment.len() + 2).unwrap().to_be_bytes());
+    out.extend_from_slice(&segment);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+fn field(tag: Tag, value: Value) -> Field {
+    Field { tag, ifd_num: In::PRIMARY, value }
+}
+
+/// The EXIF fields of `photo`'s position and date.
+fn gps_fields(photo: &Photo) -> Vec<Field> {
+    let mut fields = Vec::new();
+    if let Some((lat, lon)) = photo.position {
+        fields.push(field(Tag::GPSLatitudeRef, ascii(if lat < 0.0 { "S" } else { "N" })));
+        fields.push(field(Tag::GPSLatitude, dms(lat)));
+        fields.push(field(Tag::GPSLongitudeRef, ascii(if lon < 0.0 { "W" } else { "E" })));
+        fields.push(field(Tag::GPSLongitude, dms(lon)));
+    }
+    if let Some((y, m, d)) = photo.date {
+        fields.push(field(Tag::DateTimeOriginal, ascii(&format!("{y:04}:{m:02}:{d:02} 12:34:56"))));
+    }
+    fields
+}
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+}
+
+fn top_classes(line: &serde_json::Value) -> Vec<String> {
+    line["top_k"].as_array().unwrap().iter().map(|c| c["class"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn predict_reads_gps_and_dates_from_exif_and_names_the_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, photos) = smoke_run(tmp.path());
+    let folder = tmp.path().join("camera-roll");
+    std::fs::create_dir_all(folder.join("trip")).unwrap();
+    for (i, photo) in photos.iter().enumerate() {
+        let jpeg = std::fs::read(&photo.file).unwrap();
+        std::fs::write(folder.join("trip").join(format!("{i:03}.jpg")), with_exif(&jpeg, &gps_fields(photo))).unwrap();
+    }
+    std::fs::write(folder.join("notes.txt"), "not a photo").unwrap();
+
+    let (code, stdout, stderr) = dmlp(&["predict", "--run", run.to_str().unwrap(), folder.to_str().unwrap(), "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("1 files in the folders are not .jpg"), "{stderr}");
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.len(), photos.len(), "one line per photo, the text file left out");
+    let (mut top5, mut top1, mut with_metadata) = (0, 0, 0);
+    for (photo, line) in photos.iter().zip(&lines) {
+        assert!(line["file"].as_str().unwrap().ends_with(".jpg"), "{line}");
+        assert_eq!(line["error"], serde_json::Value::Null);
+        let classes = top_classes(line);
+        assert_eq!(classes.len(), 5);
+        let probabilities: Vec<f64> =
+            line["top_k"].as_array().unwrap().iter().map(|c| c["probability"].as_f64().unwrap()).collect();
+        assert!(probabilities.windows(2).all(|w| w[0] >= w[1]) && probabilities[0] <= 1.0, "{line}");
+        top5 += usize::from(classes.contains(&photo.class));
+        top1 += usize::from(classes[0] == photo.class);
+        match (photo.position, photo.date) {
+            (Some((lat, lon)), Some((y, m, d))) => {
+                with_metadata += 1;
+                assert_eq!(line["metadata_source"], "exif", "{line}");
+                assert_eq!(line["metadata_used"], true, "{line}");
+                // Hundredths of a second of arc: within 2e-6 degrees.
+                assert!((line["latitude"].as_f64().unwrap() - lat).abs() < 2e-6, "{line} vs {lat}");
+                assert!((line["longitude"].as_f64().unwrap() - lon).abs() < 2e-6, "{line} vs {lon}");
+                assert_eq!(line["date"], format!("{y:04}-{m:02}-{d:02}"));
+            }
+            _ => assert_eq!(line["metadata_used"], false, "{line}"),
+        }
+    }
+    let n = photos.len();
+    assert!(with_metadata * 10 >= n * 9, "{with_metadata} of {n} photos have both position and date");
+    assert!(top5 * 10 >= n * 9, "the right class in the top 5 for {top5} of {n}");
+
+    // The same photos without EXIF: no location found, and the look-alike pairs are confused.
+    let val = tmp.path().join("data").join("val");
+    let (code, stdout, stderr) =
+        dmlp(&["predict", "--run", run.to_str().unwrap(), val.to_str().unwrap(), "--json", "--quiet"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let bare = json_lines(&stdout);
+    assert_eq!(bare.len(), n);
+    let mut bare_top1 = 0;
+    for (photo, line) in photos.iter().zip(&bare) {
+        assert_eq!((line["metadata_source"].as_str(), line["latitude"].as_f64()), (Some("none"), None), "{line}");
+        bare_top1 += usize::from(top_classes(line)[0] == photo.class);
+    }
+    eprintln!("smoke run: top-1 {top1} with the EXIF position and date, {bare_top1} without; top-5 {top5}; of {n}");
+    assert!(top1 > bare_top1, "the EXIF location and date help: top-1 {top1} with, {bare_top1} without, of {n}");
+    let (code, stdout, _) =
+        dmlp(&["predict", "--run", run.to_str().unwrap(), val.to_str().unwrap(), "--top-k", "2", "--quiet"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("no location found; no date found; metadata incomplete: image only"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.trim_start().starts_with("2. ")), "{stdout}");
+
+    // Flags supply what a photo lacks, and a CSV holds a row per photo and rank.
+    let one = photos.iter().find(|p| p.position.is_some() && p.date.is_some()).unwrap();
+    let (lat, lon) = one.position.unwrap();
+    let (y, m, d) = one.date.unwrap();
+    let csv = tmp.path().join("out.csv");
+    let (code, _, stderr) = dmlp(&[
+        "predict",
+        "--run",
+        run.to_str().unwrap(),
+        one.file.to_str().unwrap(),
+        "--lat",
+        &lat.to_string(),
+        "--lon",
+        &lon.to_string(),
+        "--date",
+        &format!("{y:04}-{m:02}-{d:02}"),
+        "--csv",
+        csv.to_str().unwrap(),
+        "--top-k",
+        "3",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        rows[0],
+        "file,latitude,longitude,date,metadata_source,metadata_used,rank,class,supercategory,probability,error"
+    );
+    assert_eq!(rows.len(), 4, "{text}");
+    assert!(rows[1].contains(",flags,true,1,"), "{text}");
+    let (code, _, stderr) =
+        dmlp(&["predict", "--run", run.to_str().unwrap(), one.file.to_str().unwrap(), "--lat", "95", "--lon", "0"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("95"), "{stderr}");
+}
+
+#[test]
+fn turned_photos_damaged_exif_and_unreadable_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, photos) = smoke_run(tmp.path());
+    let dir = tmp.path().join("odd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let photo = &photos[0];
+    let image = image::open(&photo.file).unwrap().to_rgb8();
+    let encode = |image: &image::RgbImage| {
+        let mut bytes = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 100).encode_image(image).unwrap();
+        bytes
+    };
+    // Upright, and stored a quarter turn anticlockwise with orientation 6 (turn clockwise to show).
+    std::fs::write(dir.join("a-upright.jpg"), with_exif(&encode(&image), &gps_fields(photo))).unwrap();
+    let mut turned = gps_fields(photo);
+    turned.push(field(Tag::Orientation, Value::Short(vec![6])));
+    std::fs::write(dir.join("b-turned.jpg"), with_exif(&encode(&image::imageops::rotate270(&image)), &turned)).unwrap();
+    // An EXIF block cut short: the photo is still predicted, with a note.
+    let mut writer = Writer::new();
+    let fields = gps_fields(photo);
+    for f in &fields {
+        writer.push_field(f);
+    }
+    let mut tiff = std::io::Cursor::new(Vec::new());
+    writer.write(&mut tiff, true).unwrap();
+    let tiff = tiff.into_inner();
+    std::fs::write(dir.join("c-damaged-exif.jpg"), with_app1(&encode(&image), &tiff[..tiff.len() / 2])).unwrap();
+    // Not a JPEG at all, and a JPEG cut short.
+    std::fs::write(dir.join("d-not-a-photo.jpg"), b"hello").unwrap();
+    let jpeg = std::fs::read(&photo.file).unwrap();
+    std::fs::write(dir.join("e-truncated.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();
+
+    let (code, stdout, stderr) = dmlp(&["predict", "--run", run.to_str().unwrap(), dir.to_str().unwrap(), "--json"]);
+    assert_eq!(code, Some(3), "some photos could not be read: {stderr}");
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.len(), 5);
+    let (upright, turned, damaged) = (&lines[0], &lines[1], &lines[2]);
+    assert_eq!((upright["orientation"].as_u64(), turned["orientation"].as_u64()), (Some(1), Some(6)));
+    assert_eq!(top_classes(upright)[0], top_classes(turned)[0], "{upright}\n{turned}");
+    let p = |l: &serde_json::Value| l["top_k"][0]["probability"].as_f64().unwrap();
+    assert!((p(upright) - p(turned)).abs() < 0.05, "turned upright, the same photo: {upright}\n{turned}");
+    assert_eq!(damaged["error"], serde_json::Value::Null, "{damaged}");
+    assert_eq!(damaged["metadata_source"], "none", "{damaged}");
+    assert!(damaged["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains("EXIF")), "{damaged}");
+    for line in &lines[3..] {
+        let error = line["error"].as_str().unwrap_or_else(|| panic!("{line}"));
+        assert!(error.contains(line["file"].as_str().unwrap()), "the error names the file: {line}");
+        assert_eq!(line["top_k"].as_array().unwrap().len(), 0);
+    }
+    assert!(stderr.contains("3 photos predicted, 2 could not be read"), "{stderr}");
+
+    // A run folder without classes.json (from before it was written) names classes from its
+    // dataset; one whose classes.json is malformed is an error naming it.
+    std::fs::remove_file(run.join("classes.json")).unwrap();
+    let (code, stdout, stderr) =
+        dmlp(&["predict", "--run", run.to_str().unwrap(), photo.file.to_str().unwrap(), "--json", "--quiet"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(json_lines(&stdout)[0]["top_k"][0]["class"].as_str().unwrap().len() > 3);
+    std::fs::write(run.join("classes.json"), "{\"classes\": [{\"index\": 5}]}").unwrap();
+    let (code, _, stderr) = dmlp(&["predict", "--run", run.to_str().unwrap(), photo.file.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("classes.json"), "{stderr}");
+    // No photos at all.
+    std::fs::remove_file(run.join("classes.json")).unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (code, _, stderr) = dmlp(&["predict", "--run", run.to_str().unwrap(), empty.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no photos"), "{stderr}");
+}

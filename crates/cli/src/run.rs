@@ -44,9 +44,11 @@ pub(crate) struct TrainArgs {
 pub(crate) struct EvalArgs {
     #[arg(long)]
     config: PathBuf,
-    /// A run folder (its best checkpoint), a checkpoint folder, or a weights file.
-    #[arg(long)]
-    checkpoint: PathBuf,
+    /// A run folder (its best checkpoint), a checkpoint folder, or a weights file. Several
+    /// (repeat it) evaluate an ensemble: their softmax probabilities averaged, beside each alone;
+    /// each member inside a run folder takes its model and views from the run's config.toml.
+    #[arg(long, required = true)]
+    checkpoint: Vec<PathBuf>,
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
     #[arg(long, default_value = "cpu")]
@@ -167,7 +169,10 @@ pub(crate) fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     }
     let config = read_config(&args.config, &overrides)?;
     let device = parse_device(&args.device)?;
-    let weights = weights_path(&args.checkpoint)?;
+    if args.checkpoint.len() > 1 {
+        return run_ensemble(args, &config, &overrides, &device);
+    }
+    let weights = weights_path(&args.checkpoint[0])?;
     let views: Vec<String> = config.data.eval_transforms().iter().map(|t| format!("{t:?}")).collect();
     if let Some(path) = &args.predictions {
         dmlp_eval::PredictionFormat::from_path(path)?;
@@ -286,5 +291,62 @@ pub(crate) fn run_baseline(args: &BaselineArgs) -> anyhow::Result<()> {
         summary.image_only_top5,
         summary.images
     );
+    Ok(())
+}
+
+/// The run folder holding `path` (a run folder, one of its checkpoint folders, or a weights file
+/// inside one), if any: the nearest ancestor with a `config.toml` and `checkpoints/`.
+fn enclosing_run(path: &Path) -> Option<&Path> {
+    path.ancestors().take(4).find(|dir| dir.join("config.toml").is_file() && dir.join("checkpoints").is_dir())
+}
+
+/// `dmlp eval` with several checkpoints: each member alone, and their mean probabilities.
+fn run_ensemble(
+    args: &EvalArgs,
+    config: &dmlp_experiment::RunConfig,
+    overrides: &[String],
+    device: &candle_core::Device,
+) -> anyhow::Result<()> {
+    if args.predictions.is_some() {
+        anyhow::bail!("--predictions takes one checkpoint; an ensemble reports accuracy only");
+    }
+    let members = args
+        .checkpoint
+        .iter()
+        .map(|path| {
+            let weights = weights_path(path)?;
+            // A member inside a run folder is evaluated as it was trained (its model and views,
+            // with this command's --ten-crop and --test-scales); a bare file takes --config's.
+            let member_config = match enclosing_run(path) {
+                Some(run) => read_config(&run.join("config.toml"), overrides)?,
+                None => config.clone(),
+            };
+            Ok(dmlp_experiment::EnsembleMember { config: member_config, weights })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let result = dmlp_experiment::evaluate_ensemble(config, &members, device)?;
+    let row = |a: &dmlp_eval::Accuracy| serde_json::json!({"images": a.images, "top1": a.top1, "top5": a.top5, "mean_class_top1": a.mean_class_top1});
+    if args.json {
+        let members: Vec<serde_json::Value> = members
+            .iter()
+            .zip(&result.members)
+            .map(|(m, a)| {
+                let mut value = row(a);
+                value["weights"] = serde_json::json!(m.weights);
+                value
+            })
+            .collect();
+        println!("{}", serde_json::json!({"members": members, "ensemble": row(&result.ensemble)}));
+    } else {
+        println!("| model | top-1 | top-5 | mean class top-1 | images |");
+        println!("| --- | ---: | ---: | ---: | ---: |");
+        let line = |name: &str, a: &dmlp_eval::Accuracy| {
+            println!("| {name} | {:.3} | {:.3} | {:.3} | {} |", a.top1, a.top5, a.mean_class_top1, a.images);
+        };
+        for (m, a) in members.iter().zip(&result.members) {
+            line(&m.weights.display().to_string(), a);
+        }
+        line(&format!("ensemble of {} (mean probabilities)", members.len()), &result.ensemble);
+    }
     Ok(())
 }

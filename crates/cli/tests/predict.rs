@@ -1,6 +1,6 @@
-//! `dmlp predict` as a user runs it: a smoke run on photos whose EXIF carries their GPS position
+//! Trained runs used as a user uses them: `dmlp predict` on photos whose EXIF carries their GPS position
 //! and date (written here as cameras write them), the same photos without EXIF, a turned photo,
-//! a damaged EXIF block and files that are not photos.
+//! a damaged EXIF block and files that are not photos; `dmlp eval` of an ensemble.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -362,4 +362,91 @@ fn turned_photos_damaged_exif_and_unreadable_files() {
     let (code, _, stderr) = dmlp(&["predict", "--run", run.to_str().unwrap(), empty.to_str().unwrap()]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("no photos"), "{stderr}");
+}
+
+#[test]
+fn eval_of_several_checkpoints_reports_the_ensemble_beside_each_member() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run_a, _) = smoke_run(tmp.path());
+    let config = tmp.path().join("smoke.toml");
+    let run_b = tmp.path().join("run-b");
+    let (code, _, stderr) = dmlp(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--run-dir",
+        run_b.to_str().unwrap(),
+        "--quiet",
+        "--set",
+        "train.seed=5",
+        "--set",
+        "model.backbone={type=\"resnet\", block=\"basic\", layers=[1, 1, 1, 1], width=4}",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let eval_with = |config: &Path, checkpoints: &[&Path]| -> serde_json::Value {
+        let mut args = vec!["eval", "--config", config.to_str().unwrap(), "--json"];
+        for c in checkpoints {
+            args.extend(["--checkpoint", c.to_str().unwrap()]);
+        }
+        let (code, stdout, stderr) = dmlp(&args);
+        assert_eq!(code, Some(0), "{stderr}");
+        serde_json::from_str(stdout.trim()).unwrap()
+    };
+    let eval = |checkpoints: &[&Path]| eval_with(&config, checkpoints);
+    // Alone, run B (another width) is evaluated with its own config; in an ensemble each member
+    // takes its run's.
+    let (a, b) = (eval(&[&run_a]), eval_with(&run_b.join("config.toml"), &[&run_b]));
+    let both = eval(&[&run_a, &run_b]);
+    let members = both["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2);
+    for (member, alone) in members.iter().zip([&a, &b]) {
+        assert_eq!(
+            (member["top1"].as_f64(), member["top5"].as_f64()),
+            (alone["top1"].as_f64(), alone["top5"].as_f64())
+        );
+    }
+    let ensemble = &both["ensemble"];
+    assert_eq!(ensemble["images"], a["images"]);
+    let top1 = ensemble["top1"].as_f64().unwrap();
+    assert!(top1.is_finite() && (0.0..=100.0).contains(&top1), "{both}");
+    // An ensemble of one model twice is that model.
+    let twice = eval(&[&run_a, &run_a]);
+    assert_eq!(twice["ensemble"]["top1"], a["top1"]);
+    assert_eq!(twice["ensemble"]["top5"], a["top5"]);
+    assert_eq!(twice["ensemble"]["mean_class_top1"], a["mean_class_top1"]);
+    // The markdown table names each member and the ensemble.
+    let (code, stdout, _) = dmlp(&[
+        "eval",
+        "--config",
+        config.to_str().unwrap(),
+        "--checkpoint",
+        run_a.to_str().unwrap(),
+        "--checkpoint",
+        run_b.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("| ensemble of 2 (mean probabilities) |") && stdout.contains("run-b"), "{stdout}");
+    // Members with different classes: an error naming them.
+    let other = tmp.path().join("run-10-classes");
+    std::fs::create_dir_all(other.join("checkpoints")).unwrap();
+    let text =
+        std::fs::read_to_string(run_a.join("config.toml")).unwrap().replace("num_classes = 9", "num_classes = 10");
+    std::fs::write(other.join("config.toml"), text).unwrap();
+    let weights = std::fs::read_dir(run_a.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("model.safetensors"))
+        .find(|p| p.is_file())
+        .unwrap();
+    std::fs::copy(&weights, other.join("checkpoints").join("model.safetensors")).unwrap();
+    let (code, _, stderr) = dmlp(&[
+        "eval",
+        "--config",
+        config.to_str().unwrap(),
+        "--checkpoint",
+        run_a.to_str().unwrap(),
+        "--checkpoint",
+        other.join("checkpoints").join("model.safetensors").to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("10 classes") && stderr.contains("share their classes"), "{stderr}");
 }

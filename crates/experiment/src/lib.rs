@@ -12,6 +12,7 @@
 
 mod baseline;
 mod config;
+mod ensemble;
 mod parallel;
 mod predict;
 mod pretrained;
@@ -20,6 +21,7 @@ mod source;
 
 pub use baseline::{BaselineConfig, BaselineSummary, BaselineType, PriorData, baseline_run, finished_baseline};
 pub use config::{BadImagesPolicy, DataConfig, RunConfig, apply_override};
+pub use ensemble::{EnsembleEvaluation, EnsembleMember, evaluate_ensemble};
 pub use predict::{
     CLASSES_FILE, ClassProbability, GivenMetadata, MetadataSource, Predictor, PreparedPhoto, read_classes,
     write_classes,

@@ -251,7 +251,7 @@ impl Predictor {
         let targets = Tensor::zeros(n, candle_core::DType::U32, &self.device).map_err(tensor_err)?;
         let batch = TensorBatch { views, loc, targets, rows: Vec::new() };
         let logits = dmlp_train::classifier_scores(&self.model, &batch)?;
-        let probabilities = softmax_last(&logits).map_err(tensor_err)?;
+        let probabilities = softmax_classes(&logits).map_err(tensor_err)?;
         let rows: Vec<Vec<f32>> = probabilities.to_vec2().map_err(tensor_err)?;
         rows.into_iter()
             .zip(photos)
@@ -274,8 +274,8 @@ impl Predictor {
     }
 }
 
-/// Softmax over the last dimension, in f32.
-fn softmax_last(logits: &Tensor) -> candle_core::Result<Tensor> {
+/// Softmax over the last dimension (classes), in f32.
+pub(crate) fn softmax_classes(logits: &Tensor) -> candle_core::Result<Tensor> {
     let logits = logits.to_dtype(candle_core::DType::F32)?;
     let max = logits.max_keepdim(D::Minus1)?;
     let exp = logits.broadcast_sub(&max)?.exp()?;

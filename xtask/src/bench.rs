@@ -23,6 +23,9 @@ pub(crate) enum BenchCommand {
     Ops(crate::bench_ops::OpsBenchArgs),
     /// The input pipeline: training and evaluation transforms per core, beside PIL's.
     Data(crate::bench_data::DataBenchArgs),
+    /// `dmlp predict`'s work on 64 photo-sized JPEGs with EXIF GPS and dates (ResNet-50 +
+    /// Dynamic MLP-C), beside PyTorch + PIL.
+    Predict(crate::bench_predict::PredictBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +88,7 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Model(args) => bench_model(&args),
         BenchCommand::Ops(args) => crate::bench_ops::run(&args),
         BenchCommand::Data(args) => crate::bench_data::run(&args),
+        BenchCommand::Predict(args) => crate::bench_predict::run(&args),
     }
 }
 

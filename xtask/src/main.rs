@@ -8,6 +8,7 @@
 mod bench;
 mod bench_data;
 mod bench_ops;
+mod bench_predict;
 mod gpu_check;
 mod parity;
 mod paths;

@@ -168,7 +168,7 @@ pub(crate) fn run_predict(args: &PredictArgs) -> anyhow::Result<u8> {
     let (mut predicted, mut failed) = (0usize, 0usize);
     let mut stdout = std::io::stdout().lock();
     for chunk in photos.chunks(args.batch_size.max(1)) {
-        let prepared = prepare_in_parallel(&predictor, chunk, &given, workers);
+        let prepared = predictor.prepare_all(chunk, &given, workers);
         let ok: Vec<PreparedPhoto> = prepared.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
         let mut scores = predictor.predict(&ok, top_k)?.into_iter();
         let outcomes: Vec<Outcome> = chunk
@@ -213,33 +213,6 @@ pub(crate) fn run_predict(args: &PredictArgs) -> anyhow::Result<u8> {
         eprintln!("{predicted} photos predicted, {failed} could not be read");
     }
     Ok(if failed > 0 { SOME_PHOTOS_FAILED } else { 0 })
-}
-
-/// Reads and renders `paths` on up to `workers` threads; results in order.
-fn prepare_in_parallel(
-    predictor: &Predictor,
-    paths: &[PathBuf],
-    given: &GivenMetadata,
-    workers: usize,
-) -> Vec<Result<PreparedPhoto, dmlp_experiment::ExperimentError>> {
-    let per_thread = paths.len().div_ceil(workers.max(1)).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = paths
-            .chunks(per_thread)
-            .map(|part| scope.spawn(move || part.iter().map(|p| predictor.prepare(p, given)).collect::<Vec<_>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    vec![Err(dmlp_experiment::ExperimentError::Config {
-                        path: PathBuf::new(),
-                        message: "a photo reader panicked".into(),
-                    })]
-                })
-            })
-            .collect()
-    })
 }
 
 fn source_label(photo: &PreparedPhoto) -> String {

@@ -213,6 +213,36 @@ impl Predictor {
         })
     }
 
+    /// [`Predictor::prepare`] of each of `paths` on up to `workers` threads; results in order.
+    pub fn prepare_all(
+        &self,
+        paths: &[PathBuf],
+        given: &GivenMetadata,
+        workers: usize,
+    ) -> Vec<Result<PreparedPhoto, ExperimentError>> {
+        let per_thread = paths.len().div_ceil(workers.max(1)).max(1);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = paths
+                .chunks(per_thread)
+                .map(|part| {
+                    (part, scope.spawn(move || part.iter().map(|p| self.prepare(p, given)).collect::<Vec<_>>()))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|(part, handle)| {
+                    handle.join().unwrap_or_else(|_| {
+                        part.iter()
+                            .map(|p| {
+                                Err(ExperimentError::Config { path: p.clone(), message: "reading it panicked".into() })
+                            })
+                            .collect()
+                    })
+                })
+                .collect()
+        })
+    }
+
     /// The `top_k` likeliest classes of each photo, likeliest first: the softmax of the logits
     /// averaged over every view and crop (as `dmlp eval` scores).
     pub fn predict(

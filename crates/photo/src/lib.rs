@@ -218,5 +218,61 @@ fn date_taken(exif: &Exif, notes: &mut Vec<String>) -> (Option<Date>, Option<&'s
     (None, None)
 }
 
+/// `jpeg` with an EXIF block (APP1, right after SOI, as cameras write it) holding `metadata`'s
+/// position (degrees, minutes and seconds in hundredths, with their references), date (as
+/// `DateTimeOriginal`, noon) and orientation: for benchmarks and tests that need photos as a
+/// phone leaves them. Notes and `date_field` are not written. An error for bytes that do not
+/// start with a JPEG SOI marker, or a block EXIF cannot hold.
+pub fn jpeg_with_exif(jpeg: &[u8], metadata: &PhotoMetadata) -> Result<Vec<u8>, String> {
+    if !jpeg.starts_with(&[0xFF, 0xD8]) {
+        return Err("not a JPEG (no SOI marker)".into());
+    }
+    let dms = |degrees: f64| {
+        let d = degrees.abs();
+        let (whole, minutes) = (d.floor(), ((d - d.floor()) * 60.0).floor());
+        let hundredths = (((d - whole) * 60.0 - minutes) * 6000.0).round();
+        Value::Rational(vec![
+            exif::Rational { num: whole as u32, denom: 1 },
+            exif::Rational { num: minutes as u32, denom: 1 },
+            exif::Rational { num: hundredths as u32, denom: 100 },
+        ])
+    };
+    let ascii = |s: String| Value::Ascii(vec![s.into_bytes()]);
+    let mut fields = Vec::new();
+    if let (Some(lat), Some(lon)) = (metadata.latitude, metadata.longitude) {
+        fields.push((Tag::GPSLatitudeRef, ascii(if lat < 0.0 { "S" } else { "N" }.into())));
+        fields.push((Tag::GPSLatitude, dms(lat)));
+        fields.push((Tag::GPSLongitudeRef, ascii(if lon < 0.0 { "W" } else { "E" }.into())));
+        fields.push((Tag::GPSLongitude, dms(lon)));
+    }
+    if let Some(d) = metadata.date {
+        fields
+            .push((Tag::DateTimeOriginal, ascii(format!("{:04}:{:02}:{:02} 12:00:00", d.year(), d.month(), d.day()))));
+    }
+    if metadata.orientation > 1 {
+        fields.push((Tag::Orientation, Value::Short(vec![u16::from(metadata.orientation)])));
+    }
+    if fields.is_empty() {
+        return Ok(jpeg.to_vec());
+    }
+    let fields: Vec<Field> =
+        fields.into_iter().map(|(tag, value)| Field { tag, ifd_num: In::PRIMARY, value }).collect();
+    let mut writer = exif::experimental::Writer::new();
+    for f in &fields {
+        writer.push_field(f);
+    }
+    // The writer's offsets count from the start of its stream: the TIFF data alone.
+    let mut tiff = Cursor::new(Vec::new());
+    writer.write(&mut tiff, false).map_err(|e| e.to_string())?;
+    let segment = [b"Exif\0\0".as_slice(), &tiff.into_inner()].concat();
+    let length = u16::try_from(segment.len() + 2).map_err(|_| "an EXIF block over 64 KB".to_string())?;
+    let mut out = Vec::with_capacity(jpeg.len() + segment.len() + 4);
+    out.extend_from_slice(&[0xFF, 0xD8, 0xFF, 0xE1]);
+    out.extend_from_slice(&length.to_be_bytes());
+    out.extend_from_slice(&segment);
+    out.extend_from_slice(&jpeg[2..]);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests;

@@ -204,3 +204,23 @@ fn a_corrupt_exif_block_gives_notes_never_a_panic() {
     assert_eq!(m.orientation, 1);
     assert!(m.notes[0].contains("Orientation 9"), "{:?}", m.notes);
 }
+
+#[test]
+fn what_jpeg_with_exif_writes_reads_back() {
+    let written = PhotoMetadata {
+        latitude: Some(-33.8688),
+        longitude: Some(151.2093),
+        date: date(2022, 11, 5),
+        orientation: 8,
+        ..PhotoMetadata::default()
+    };
+    let bytes = jpeg_with_exif(&[0xFF, 0xD8, 0xFF, 0xD9], &written).unwrap();
+    let read = read_metadata(&bytes);
+    // Hundredths of a second of arc: within 2e-6 degrees.
+    assert!((read.latitude.unwrap() + 33.8688).abs() < 2e-6 && (read.longitude.unwrap() - 151.2093).abs() < 2e-6);
+    assert_eq!((read.date, read.date_field, read.orientation), (written.date, Some("DateTimeOriginal"), 8));
+    assert!(read.notes.is_empty(), "{:?}", read.notes);
+    assert!(jpeg_with_exif(b"GIF89a", &written).is_err());
+    let none = PhotoMetadata { orientation: 1, ..PhotoMetadata::default() };
+    assert_eq!(jpeg_with_exif(&[0xFF, 0xD8, 0xFF, 0xD9], &none).unwrap(), [0xFF, 0xD8, 0xFF, 0xD9]);
+}

@@ -1,8 +1,9 @@
 //! `dmlp`, the command line of the dmlp toolkit.
 //!
 //! Subcommands: `train` (a run from a config, resumable), `eval` (a checkpoint on the validation
-//! split, with ten-crop and multi-scale tests), `predict` (a run on your own photos, with their
-//! EXIF location and date), `baseline` (PriorsNet or GeoNet on an image-only
+//! split, with ten-crop and multi-scale tests; several checkpoints: their ensemble), `predict` (a
+//! run on your own photos, with their EXIF location and date), `figure` (the supplement's figures),
+//! `baseline` (PriorsNet or GeoNet on an image-only
 //! run), `data synth` (the synthetic geo-aware dataset), `data verify` (a dataset folder against
 //! its annotation files and official counts), `data prepare` (its Parquet manifest), `weights
 //! fetch` / `weights show` (pretrained files from the Hub cache or disk), `params`
@@ -10,6 +11,7 @@
 //! encoding of one observation).
 
 mod data;
+mod figure;
 mod params;
 mod predict;
 mod run;
@@ -48,6 +50,12 @@ enum Command {
     Weights {
         #[command(subcommand)]
         command: WeightsCommand,
+    },
+    /// The supplement's figures as PNG or SVG: per-class curves (Fig. S4), training curves
+    /// (Fig. S2), a dataset's locations (Fig. S1).
+    Figure {
+        #[command(subcommand)]
+        command: figure::FigureCommand,
     },
     /// Print the parameter count of a model, in total and per part.
     Params(params::ParamsArgs),
@@ -108,6 +116,7 @@ fn main() -> ExitCode {
         Command::Data { command: DataCommand::Synth(args) } => run::run_synth(&args),
         Command::Weights { command: WeightsCommand::Fetch(args) } => weights::run_fetch(&args),
         Command::Weights { command: WeightsCommand::Show(args) } => weights::run_show(&args),
+        Command::Figure { command } => figure::run_figure(&command),
         Command::Params(args) => params::run_params(&args),
         Command::Encode(args) => params::run_encode(&args),
     };

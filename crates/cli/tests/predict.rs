@@ -1,6 +1,6 @@
 //! Trained runs used as a user uses them: `dmlp predict` on photos whose EXIF carries their GPS position
 //! and date (written here as cameras write them), the same photos without EXIF, a turned photo,
-//! a damaged EXIF block and files that are not photos; `dmlp eval` of an ensemble.
+//! a damaged EXIF block and files that are not photos; `dmlp eval` of an ensemble; `dmlp figure`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -449,4 +449,47 @@ fn eval_of_several_checkpoints_reports_the_ensemble_beside_each_member() {
     ]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("10 classes") && stderr.contains("share their classes"), "{stderr}");
+}
+
+#[test]
+fn figure_commands_write_pngs_and_svgs_from_runs_and_datasets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, _) = smoke_run(tmp.path());
+    let out = tmp.path().join("figures");
+    let run = run.to_str().unwrap();
+    let path = |name: &str| out.join(name).to_str().unwrap().to_owned();
+    for args in [
+        vec!["figure", "per-class", "--run", run, "--run", run, "--window", "3", "--out", &path("per-class.png")],
+        vec!["figure", "curves", "--run", run, "--out", &path("curves.svg")],
+        vec!["figure", "curves", "--run", run, "--metric", "val_loss", "--out", &path("loss.png")],
+    ] {
+        let (code, stdout, stderr) = dmlp(&args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(stdout.starts_with("wrote "), "{stdout}");
+    }
+    let data = tmp.path().join("data");
+    let (code, stdout, stderr) = dmlp(&[
+        "figure",
+        "locations",
+        "--dataset",
+        "inat2021",
+        "--root",
+        data.to_str().unwrap(),
+        "--out",
+        &path("map.png"),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("photos placed"), "{stdout}");
+    for name in ["per-class.png", "loss.png", "map.png"] {
+        let image = image::open(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(image.width() >= 900, "{name}");
+    }
+    assert!(std::fs::read_to_string(out.join("curves.svg")).unwrap().contains("val_top1 per epoch"));
+    // A field metrics.jsonl lacks, and a format no one can open: errors naming them.
+    let (code, _, stderr) = dmlp(&["figure", "curves", "--run", run, "--metric", "accuracy", "--out", &path("x.png")]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("\"accuracy\""), "{stderr}");
+    let (code, _, stderr) = dmlp(&["figure", "curves", "--run", run, "--out", &path("x.jpg")]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains(".png or .svg"), "{stderr}");
 }

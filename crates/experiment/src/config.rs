@@ -153,7 +153,10 @@ impl RunConfig {
         }
         let mut config: RunConfig =
             toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| err(e.to_string()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Absolute, so that the run folder's config.toml names the same folders wherever it is
+        // read from (`dmlp predict`, `dmlp figure`, a resume from another directory).
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = std::path::absolute(parent).unwrap_or_else(|_| parent.to_owned());
         if config.data.root.is_relative() {
             config.data.root = base.join(&config.data.root);
         }

@@ -2,7 +2,8 @@
 //!
 //! Subcommands: `train` (a run from a config, resumable), `eval` (a checkpoint on the validation
 //! split, with ten-crop and multi-scale tests; several checkpoints: their ensemble), `predict` (a
-//! run on your own photos, with their EXIF location and date), `figure` (the supplement's figures),
+//! run on your own photos, with their EXIF location and date), `prior` (a PriorsNet baseline's
+//! classes at a place, or a class's range map), `figure` (the supplement's figures),
 //! `baseline` (PriorsNet or GeoNet on an image-only
 //! run), `data synth` (the synthetic geo-aware dataset), `data verify` (a dataset folder against
 //! its annotation files and official counts), `data prepare` (its Parquet manifest), `weights
@@ -14,6 +15,7 @@ mod data;
 mod figure;
 mod params;
 mod predict;
+mod prior;
 mod run;
 mod weights;
 
@@ -51,6 +53,9 @@ enum Command {
         #[command(subcommand)]
         command: WeightsCommand,
     },
+    /// Ask a trained PriorsNet baseline: the classes likely at --lat/--lon (--date), or where
+    /// --class is expected, drawn as a world map (--map).
+    Prior(prior::PriorArgs),
     /// The supplement's figures as PNG or SVG: per-class curves (Fig. S4), training curves
     /// (Fig. S2), a dataset's locations (Fig. S1).
     Figure {
@@ -117,6 +122,7 @@ fn main() -> ExitCode {
         Command::Weights { command: WeightsCommand::Fetch(args) } => weights::run_fetch(&args),
         Command::Weights { command: WeightsCommand::Show(args) } => weights::run_show(&args),
         Command::Figure { command } => figure::run_figure(&command),
+        Command::Prior(args) => prior::run_prior(&args),
         Command::Params(args) => params::run_params(&args),
         Command::Encode(args) => params::run_encode(&args),
     };

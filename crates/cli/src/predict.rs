@@ -32,15 +32,9 @@ pub(crate) struct PredictArgs {
     /// Write a CSV file (one row per photo and rank) instead of printing.
     #[arg(long, value_name = "FILE")]
     csv: Option<PathBuf>,
-    /// Latitude for every photo (degrees north), overriding their EXIF; with --lon.
-    #[arg(long, visible_alias = "latitude", requires = "lon", allow_hyphen_values = true)]
-    lat: Option<f64>,
-    /// Longitude for every photo (degrees east); with --lat.
-    #[arg(long, visible_alias = "longitude", requires = "lat", allow_hyphen_values = true)]
-    lon: Option<f64>,
-    /// Date for every photo (YYYY-MM-DD), overriding their EXIF.
-    #[arg(long)]
-    date: Option<String>,
+    /// Where and when, for every photo, overriding their EXIF.
+    #[command(flatten)]
+    place: PlaceArgs,
     /// Ten-crop (corners, centre and their mirrors), logits averaged.
     #[arg(long)]
     ten_crop: bool,
@@ -53,6 +47,28 @@ pub(crate) struct PredictArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+/// `--lat`, `--lon` and `--date`, shared by the commands that take a place and time.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PlaceArgs {
+    /// Latitude (degrees north), with --lon.
+    #[arg(long, visible_alias = "latitude", requires = "lon", allow_hyphen_values = true)]
+    pub(crate) lat: Option<f64>,
+    /// Longitude (degrees east), with --lat.
+    #[arg(long, visible_alias = "longitude", requires = "lat", allow_hyphen_values = true)]
+    pub(crate) lon: Option<f64>,
+    /// Date (YYYY-MM-DD).
+    #[arg(long)]
+    pub(crate) date: Option<String>,
+}
+
+impl PlaceArgs {
+    /// The flags as an observation; an impossible value is an error naming it.
+    pub(crate) fn observation(&self) -> anyhow::Result<Observation> {
+        let date = self.date.as_deref().map(Date::parse).transpose()?;
+        Ok(Observation::new(self.lat, self.lon, date)?)
+    }
 }
 
 /// The exit status when some photos could not be read (the others were predicted).
@@ -120,10 +136,9 @@ struct Outcome {
 }
 
 pub(crate) fn run_predict(args: &PredictArgs) -> anyhow::Result<u8> {
-    let date = args.date.as_deref().map(Date::parse).transpose()?;
     // Validated once, up front: an impossible latitude is a usage error, not a per-photo one.
-    Observation::new(args.lat, args.lon, date)?;
-    let given = GivenMetadata { latitude: args.lat, longitude: args.lon, date };
+    let given = args.place.observation()?;
+    let given = GivenMetadata { latitude: given.latitude(), longitude: given.longitude(), date: given.date() };
     let mut overrides = Vec::new();
     if args.ten_crop {
         overrides.push("data.ten_crop=true".to_owned());

@@ -1,6 +1,7 @@
 //! Trained runs used as a user uses them: `dmlp predict` on photos whose EXIF carries their GPS position
 //! and date (written here as cameras write them), the same photos without EXIF, a turned photo,
-//! a damaged EXIF block and files that are not photos; `dmlp eval` of an ensemble; `dmlp figure`.
+//! a damaged EXIF block and files that are not photos; `dmlp eval` of an ensemble; `dmlp figure`;
+//! `dmlp prior` on a PriorsNet baseline.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -183,6 +184,14 @@ fn gps_fields(photo: &Photo) -> Vec<Field> {
     fields
 }
 
+/// `--lat`, `--lon` and `--date` of a photo that has all three.
+fn place_flags(photo: &Photo) -> Vec<String> {
+    let (lat, lon) = photo.position.unwrap();
+    let (y, m, d) = photo.date.unwrap();
+    ["--lat".into(), lat.to_string(), "--lon".into(), lon.to_string(), "--date".into(), format!("{y:04}-{m:02}-{d:02}")]
+        .into()
+}
+
 fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
     stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
 }
@@ -258,25 +267,12 @@ fn predict_reads_gps_and_dates_from_exif_and_names_the_classes() {
 
     // Flags supply what a photo lacks, and a CSV holds a row per photo and rank.
     let one = photos.iter().find(|p| p.position.is_some() && p.date.is_some()).unwrap();
-    let (lat, lon) = one.position.unwrap();
-    let (y, m, d) = one.date.unwrap();
     let csv = tmp.path().join("out.csv");
-    let (code, _, stderr) = dmlp(&[
-        "predict",
-        "--run",
-        run.to_str().unwrap(),
-        one.file.to_str().unwrap(),
-        "--lat",
-        &lat.to_string(),
-        "--lon",
-        &lon.to_string(),
-        "--date",
-        &format!("{y:04}-{m:02}-{d:02}"),
-        "--csv",
-        csv.to_str().unwrap(),
-        "--top-k",
-        "3",
-    ]);
+    let flags = place_flags(one);
+    let mut args = vec!["predict", "--run", run.to_str().unwrap(), one.file.to_str().unwrap()];
+    args.extend(flags.iter().map(String::as_str));
+    args.extend(["--csv", csv.to_str().unwrap(), "--top-k", "3"]);
+    let (code, _, stderr) = dmlp(&args);
     assert_eq!(code, Some(0), "{stderr}");
     let text = std::fs::read_to_string(&csv).unwrap();
     let rows: Vec<&str> = text.lines().collect();
@@ -492,4 +488,85 @@ fn figure_commands_write_pngs_and_svgs_from_runs_and_datasets() {
     let (code, _, stderr) = dmlp(&["figure", "curves", "--run", run, "--out", &path("x.jpg")]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains(".png or .svg"), "{stderr}");
+}
+
+#[test]
+fn prior_names_the_classes_likely_at_a_place_and_maps_where_one_is_expected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, photos) = smoke_run(tmp.path());
+    let image_config = tmp.path().join("image.toml");
+    let text = SMOKE
+        .replace("metadata = \"geo_temporal\"\n", "")
+        .replace("[model.fusion]\ntype = \"dynamic_mlp_c\"\nmlp_d = 32\nmlp_h = 8\n", "");
+    std::fs::write(&image_config, text).unwrap();
+    let (image_run, prior_run) = (tmp.path().join("image-run"), tmp.path().join("priorsnet"));
+    let train = ["train", "--config", image_config.to_str().unwrap(), "--run-dir", image_run.to_str().unwrap()];
+    let (code, _, stderr) = dmlp(&[&train[..], &["--quiet"]].concat());
+    assert_eq!(code, Some(0), "{stderr}");
+    let baseline = tmp.path().join("priorsnet.toml");
+    std::fs::write(
+        &baseline,
+        "[baseline]\ntype = \"priorsnet\"\nmetadata = \"geo_temporal\"\n\n[baseline.priorsnet]\nepochs = 20\nbatch_size = 64\nsampler = { type = \"instance_balanced\" }\n",
+    )
+    .unwrap();
+    let paths = [image_run.to_str().unwrap(), baseline.to_str().unwrap(), prior_run.to_str().unwrap()];
+    let (code, _, stderr) =
+        dmlp(&["baseline", "--image-run", paths[0], "--config", paths[1], "--run-dir", paths[2], "--quiet"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let prior = prior_run.to_str().unwrap();
+    // At the place and date of validation photos, their class is among the 3 likeliest.
+    let placed: Vec<&Photo> = photos.iter().filter(|p| p.position.is_some() && p.date.is_some()).step_by(9).collect();
+    let mut hits = 0;
+    for photo in &placed {
+        let flags = place_flags(photo);
+        let mut args = vec!["prior", "--run", prior];
+        args.extend(flags.iter().map(String::as_str));
+        args.extend(["--top-k", "3", "--json"]);
+        let (code, stdout, stderr) = dmlp(&args);
+        assert_eq!(code, Some(0), "{stderr}");
+        let json: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        let top = top_classes(&json);
+        assert_eq!(top.len(), 3);
+        hits += usize::from(top.contains(&photo.class));
+    }
+    assert!(hits * 10 >= placed.len() * 8, "{hits} of {} places", placed.len());
+    // A range map of one class.
+    let map = tmp.path().join("range.png");
+    let class = &placed[0].class;
+    let (code, stdout, stderr) = dmlp(&[
+        "prior",
+        "--run",
+        prior,
+        "--class",
+        class,
+        "--map",
+        map.to_str().unwrap(),
+        "--date",
+        "2010-06-01",
+        "--cell",
+        "2",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("16200 cells of 2°"), "{stdout}");
+    assert_eq!(image::open(&map).unwrap().width(), 1000);
+    // A geo_temporal prior without a date, an unknown class, an image run: errors naming them.
+    let (code, _, stderr) = dmlp(&["prior", "--run", prior, "--lat", "10", "--lon", "10"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("a date"), "{stderr}");
+    let (code, _, stderr) = dmlp(&[
+        "prior",
+        "--run",
+        prior,
+        "--class",
+        "no-such-bird",
+        "--map",
+        map.to_str().unwrap(),
+        "--date",
+        "2010-06-01",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no-such-bird"), "{stderr}");
+    let (code, _, stderr) = dmlp(&["prior", "--run", image_run.to_str().unwrap(), "--lat", "10", "--lon", "10"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("config.toml"), "{stderr}");
 }

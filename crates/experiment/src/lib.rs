@@ -16,6 +16,7 @@ mod ensemble;
 mod parallel;
 mod predict;
 mod pretrained;
+mod prior;
 mod progress;
 mod source;
 
@@ -27,6 +28,7 @@ pub use predict::{
     write_classes,
 };
 pub use pretrained::{PretrainedInit, load_pretrained, resolve_pretrained};
+pub use prior::PriorModel;
 pub use progress::ProgressBars;
 pub use source::LoaderSource;
 

@@ -10,8 +10,19 @@ use crate::{Figure, FigureError, err, render};
 struct Heatmap<'a> {
     title: &'a str,
     cell: f64,
-    counts: Vec<u32>,
+    /// Row-major from the south-west cell; a cell at 0 is left blank.
+    values: Vec<f64>,
     columns: usize,
+    scale: Scale,
+}
+
+/// How values become colours.
+#[derive(Clone, Copy)]
+enum Scale {
+    /// Counts: log(1 + n) over the largest, so one photo is visible beside a million.
+    LogCounts,
+    /// Probabilities in [0, 1], linear.
+    Probability,
 }
 
 /// White → yellow → red → dark red by `t` in [0, 1].
@@ -38,13 +49,16 @@ impl Figure for Heatmap<'_> {
             .plotting_area()
             .draw(&Rectangle::new([(-180.0, -90.0), (180.0, 90.0)], RGBColor(0xF4, 0xF6, 0xF8).filled()))
             .map_err(err)?;
-        let max = f64::from(self.counts.iter().copied().max().unwrap_or(1).max(1));
-        let cells = self.counts.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, &n)| {
+        let max = self.values.iter().copied().fold(0.0, f64::max).max(1e-12);
+        let scale = self.scale;
+        let cells = self.values.iter().enumerate().filter(|(_, v)| **v > 0.0).map(|(i, &v)| {
             let (row, column) = (i / self.columns, i % self.columns);
             let lon = -180.0 + column as f64 * self.cell;
             let lat = -90.0 + row as f64 * self.cell;
-            // Log scale: one photo is visible beside a million.
-            let t = (f64::from(n).ln_1p() / max.ln_1p()).max(0.15);
+            let t = match scale {
+                Scale::LogCounts => (v.ln_1p() / max.ln_1p()).max(0.15),
+                Scale::Probability => v.clamp(0.0, 1.0),
+            };
             Rectangle::new([(lon, lat), (lon + self.cell, (lat + self.cell).min(90.0))], heat(t).filled())
         });
         chart.draw_series(cells).map_err(err)?;
@@ -78,14 +92,55 @@ pub fn location_heatmap(path: &Path, title: &str, points: &[(f64, f64)], cell: f
     }
     let columns = (360.0 / cell).ceil() as usize;
     let rows = (180.0 / cell).ceil() as usize;
-    let mut counts = vec![0u32; columns * rows];
+    let mut counts = vec![0.0f64; columns * rows];
     for &(lat, lon) in points {
         if !(lat.is_finite() && lon.is_finite() && lat.abs() <= 90.0 && lon.abs() <= 180.0) {
             return Err(FigureError::Data(format!("location ({lat}, {lon}) is not on the globe")));
         }
         let column = (((lon + 180.0) / cell) as usize).min(columns - 1);
         let row = (((lat + 90.0) / cell) as usize).min(rows - 1);
-        counts[row * columns + column] = counts[row * columns + column].saturating_add(1);
+        counts[row * columns + column] += 1.0;
     }
-    render(path, (1000, 560), &Heatmap { title, cell, counts, columns })
+    render(path, (1000, 560), &Heatmap { title, cell, values: counts, columns, scale: Scale::LogCounts })
+}
+
+/// A world map's grid of `cell`-degree cells: `columns × rows`, and each cell's centre
+/// (latitude, longitude), row-major from the south-west: what [`probability_map`] draws.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorldGrid {
+    pub columns: usize,
+    pub rows: usize,
+    pub centres: Vec<(f64, f64)>,
+}
+
+/// The [`WorldGrid`] of `cell` degrees (0.1–10).
+pub fn world_grid(cell: f64) -> Result<WorldGrid, FigureError> {
+    if !(0.1..=10.0).contains(&cell) {
+        return Err(FigureError::Data(format!("a grid of {cell}° (0.1–10)")));
+    }
+    let (columns, rows) = ((360.0 / cell).ceil() as usize, (180.0 / cell).ceil() as usize);
+    let centres = (0..rows)
+        .flat_map(|r| {
+            (0..columns).map(move |c| {
+                let lat = (-90.0 + (r as f64 + 0.5) * cell).min(90.0);
+                let lon = (-180.0 + (c as f64 + 0.5) * cell).min(180.0);
+                (lat, lon)
+            })
+        })
+        .collect();
+    Ok(WorldGrid { columns, rows, centres })
+}
+
+/// Writes a map of probabilities in [0, 1] (one per cell of [`world_grid`]`(cell)`, in its
+/// order; linear colour scale, cells under 1 % blank) to `path` (`.png` or `.svg`, 1000 × 560).
+pub fn probability_map(path: &Path, title: &str, cell: f64, values: &[f64]) -> Result<(), FigureError> {
+    let WorldGrid { columns, rows, .. } = world_grid(cell)?;
+    if values.len() != columns * rows {
+        return Err(FigureError::Data(format!("{} values for a grid of {columns} × {rows}", values.len())));
+    }
+    if let Some(v) = values.iter().find(|v| !v.is_finite() || **v < 0.0 || **v > 1.0) {
+        return Err(FigureError::Data(format!("a probability of {v}")));
+    }
+    let values = values.iter().map(|&v| if v < 0.01 { 0.0 } else { v }).collect();
+    render(path, (1000, 560), &Heatmap { title, cell, values, columns, scale: Scale::Probability })
 }

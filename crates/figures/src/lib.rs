@@ -4,7 +4,8 @@
 //!   stepped, from [`per_class_steps`]);
 //! - [`location_heatmap`]: where a dataset's photos were taken, counted on a latitude/longitude
 //!   grid (equirectangular, log colour scale) with a graticule (Fig. S1; no coastlines are
-//!   bundled: the data draws the continents).
+//!   bundled: the data draws the continents); [`probability_map`]: a value per cell of
+//!   [`world_grid`] (PriorsNet's predicted range of a class).
 //!
 //! Text is drawn with a bundled subset of DejaVu Sans (`fonts/`, its licence beside it), so
 //! figures look the same on every machine and need no system fonts. PNGs are encoded with the
@@ -22,7 +23,7 @@ use plotters::coord::Shift;
 use plotters::prelude::{BitMapBackend, DrawingArea, DrawingBackend, IntoDrawingArea, SVGBackend, WHITE};
 
 pub use chart::{Series, line_chart, per_class_steps};
-pub use heatmap::location_heatmap;
+pub use heatmap::{WorldGrid, location_heatmap, probability_map, world_grid};
 
 /// What can go wrong drawing a figure.
 #[derive(Debug, thiserror::Error)]

@@ -57,3 +57,28 @@ fn charts_and_heatmaps_are_whole_pngs_and_svgs() {
     assert!(err.contains("95"), "{err}");
     assert!(location_heatmap(&map, "", &points, 0.1).is_err());
 }
+
+#[test]
+fn a_probability_map_takes_one_value_per_grid_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = world_grid(10.0).unwrap();
+    assert_eq!((grid.columns, grid.rows, grid.centres.len()), (36, 18, 648));
+    assert_eq!(grid.centres[0], (-85.0, -175.0));
+    assert_eq!(grid.centres[647], (85.0, 175.0));
+    // High in the north-east quarter only.
+    let values: Vec<f64> =
+        grid.centres.iter().map(|&(lat, lon)| if lat > 0.0 && lon > 0.0 { 0.9 } else { 0.0 }).collect();
+    let path = dir.path().join("range.png");
+    probability_map(&path, "range", 10.0, &values).unwrap();
+    let image = decoded_png(&path);
+    let red = |x: u32, y: u32| {
+        let p = image.get_pixel(x, y).0;
+        i32::from(p[0]) > i32::from(p[1]) + 40
+    };
+    // The plot spans roughly x 60–990, y 40–510: the north-east quarter is upper right.
+    assert!(red(800, 150) && !red(200, 400), "coloured where the values are");
+    assert!(probability_map(&path, "", 10.0, &values[1..]).is_err());
+    let mut bad = values.clone();
+    bad[3] = 1.5;
+    assert!(probability_map(&path, "", 10.0, &bad).unwrap_err().to_string().contains("1.5"));
+}

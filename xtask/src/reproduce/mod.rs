@@ -1,12 +1,14 @@
 //! `cargo xtask reproduce TABLE [--smoke] [--data-root R]`: runs every cell of a table's
 //! matrix (`configs/tables/TABLE.toml`), skipping finished cells and resuming interrupted ones,
 //! then writes `results/TABLE.{md,csv}` (`results/smoke/...` with `--smoke`) with the measured
-//! top-1 beside the paper's and each cell's parameter count.
+//! top-1 beside the paper's and each cell's parameter count, and beside them each column's
+//! per-class and training-curve figures (`figures.rs`).
 //!
 //! A cell is an image-only model, a fused model (any fusion kind, any metadata), or a baseline
 //! (PriorsNet, GeoNet) over the image-only cell of its backbone and dataset, which runs first.
 
 mod data;
+mod figures;
 mod render;
 mod table;
 
@@ -401,6 +403,15 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<ExitCode> {
     let markdown = render_markdown(&table, &results, args.smoke, &matrix.recipe);
     std::fs::write(results_dir.join(format!("{}.md", table.name)), &markdown)?;
     std::fs::write(results_dir.join(format!("{}.csv", table.name)), render_csv(&table, &results))?;
+    // A figure that cannot be drawn is reported, never a reason to lose the table.
+    match figures::write_figures(&table, &matrix.runs_root, &results_dir, &matrix.device) {
+        Ok(files) => {
+            for file in files {
+                eprintln!("figure: {}", file.display());
+            }
+        }
+        Err(e) => eprintln!("warning: the table's figures were not drawn: {e:#}"),
+    }
     println!("{markdown}");
     eprintln!(
         "{} cells in {:.1} min; wrote {}",

@@ -124,19 +124,31 @@ seed = 1
 """
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def corpus_parser(doc):
+    """The corpus scripts' common arguments: --dmlp, --work, --images, --pillow."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dmlp", required=True)
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--images", nargs="*", default=[], type=Path)
     parser.add_argument("--pillow", help="a Pillow version whose test images to fetch from PyPI")
-    parser.add_argument("--exact", action="store_true", help="fail on any pixel difference")
-    args = parser.parse_args()
+    return parser
+
+
+def corpus_files(args, suffixes):
+    """The files under --images and Pillow's test images (fetched into --work) with `suffixes`."""
     args.work.mkdir(parents=True, exist_ok=True)
     folders = list(args.images) + ([fetch_pillow(args.pillow, args.work)] if args.pillow else [])
-    files = sorted({p for folder in folders for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")})
+    files = sorted({p for folder in folders for p in folder.rglob("*") if p.suffix.lower() in suffixes})
     if not files:
-        sys.exit("no JPEGs found")
+        sys.exit("no files found")
+    return files
+
+
+def main():
+    parser = corpus_parser(__doc__)
+    parser.add_argument("--exact", action="store_true", help="fail on any pixel difference")
+    args = parser.parse_args()
+    files = corpus_files(args, (".jpg", ".jpeg"))
     rows, failures, pil_clean = [], [], []
     for path in files:
         pil, pil_error = pil_verdict(path)
@@ -185,6 +197,11 @@ def main():
     print(f"train: one epoch over {slots} images (the corpus round-robin): exit {train.returncode}")
     if train.returncode != 0:
         failures.append(f"training failed: {train.stderr.strip()[-2000:]}")
+    finish(failures)
+
+
+def finish(failures):
+    """Prints the failures and exits non-zero, or prints ok."""
     if failures:
         print("\nFAILED:\n  " + "\n  ".join(failures))
         sys.exit(1)

@@ -237,3 +237,33 @@ pub(crate) fn run_decode(args: &DecodeArgs) -> anyhow::Result<bool> {
     }
     Ok(failed == 0)
 }
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExifArgs {
+    /// Photos.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+/// Runs `dmlp data exif`: what `dmlp predict` reads from each photo's EXIF, one JSON object per
+/// line (`file`, `latitude`, `longitude`, `date`, `date_field`, `orientation`, `notes`, `error`).
+/// `Ok(false)` when a file could not be read.
+pub(crate) fn run_exif(args: &ExifArgs) -> anyhow::Result<bool> {
+    let mut ok = true;
+    for file in &args.files {
+        let line = match dmlp_vision::read_bytes(file) {
+            Ok(bytes) => {
+                let m = dmlp_photo::read_metadata(&bytes);
+                serde_json::json!({"file": file, "latitude": m.latitude, "longitude": m.longitude,
+                    "date": m.date.map(|d| d.to_string()), "date_field": m.date_field, "orientation": m.orientation,
+                    "notes": m.notes, "error": null})
+            }
+            Err(e) => {
+                ok = false;
+                serde_json::json!({"file": file, "error": e.to_string()})
+            }
+        };
+        println!("{line}");
+    }
+    Ok(ok)
+}

@@ -81,6 +81,9 @@ enum DataCommand {
     /// Write each image as training decodes it, as DIR/<file stem>.png (full resolution, EXIF
     /// orientation not applied, as PIL's convert("RGB")); exits non-zero if any file failed.
     Decode(data::DecodeArgs),
+    /// Print what `dmlp predict` reads from each photo's EXIF (GPS position, date taken,
+    /// orientation, and why anything present was not used), one JSON object per line.
+    Exif(data::ExifArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +108,11 @@ fn main() -> ExitCode {
             Err(err) => Err(err),
         },
         Command::Data { command: DataCommand::Prepare(args) } => data::run_prepare(&args),
+        Command::Data { command: DataCommand::Exif(args) } => match data::run_exif(&args) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::FAILURE,
+            Err(err) => Err(err),
+        },
         Command::Data { command: DataCommand::Decode(args) } => match data::run_decode(&args) {
             Ok(true) => return ExitCode::SUCCESS,
             Ok(false) => return ExitCode::FAILURE,

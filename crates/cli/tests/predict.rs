@@ -339,6 +339,26 @@ fn turned_photos_damaged_exif_and_unreadable_files() {
         assert_eq!(line["top_k"].as_array().unwrap().len(), 0);
     }
     assert!(stderr.contains("3 photos predicted, 2 could not be read"), "{stderr}");
+    // `dmlp data exif` shows what predict read, file by file.
+    let files: Vec<String> = ["b-turned.jpg", "c-damaged-exif.jpg", "d-not-a-photo.jpg", "missing.jpg"]
+        .iter()
+        .map(|f| dir.join(f).display().to_string())
+        .collect();
+    let mut args = vec!["data", "exif"];
+    args.extend(files.iter().map(String::as_str));
+    let (code, stdout, _) = dmlp(&args);
+    assert_eq!(code, Some(1), "a missing file fails the command");
+    let exif = json_lines(&stdout);
+    assert_eq!(exif.len(), 4);
+    assert_eq!((exif[0]["orientation"].as_u64(), exif[0]["date_field"].as_str()), (Some(6), Some("DateTimeOriginal")));
+    assert_eq!(exif[0]["latitude"], lines[1]["latitude"], "the position predict used");
+    assert!(exif[1]["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains("EXIF")), "{}", exif[1]);
+    assert_eq!(
+        (exif[2]["latitude"].as_f64(), exif[2]["error"].as_str()),
+        (None, None),
+        "a text file has no EXIF: nothing read, no error"
+    );
+    assert!(exif[3]["error"].as_str().unwrap().contains("missing.jpg"), "{}", exif[3]);
 
     // A run folder without classes.json (from before it was written) names classes from its
     // dataset; one whose classes.json is malformed is an error naming it.

@@ -188,7 +188,7 @@ def main():
         if s["images_corrupt"]:
             failures.append(f"verify {split}: {s['corrupt_files']}: {s['corrupt_errors']}")
     config = args.work / "corpus.toml"
-    config.write_text(CONFIG.format(root=root))
+    config.write_text(CONFIG.format(root=root.resolve()))  # the config resolves relative roots against its own folder
     run_dir = args.work / "run"
     if run_dir.exists():
         shutil.rmtree(run_dir)

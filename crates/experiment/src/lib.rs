@@ -269,7 +269,20 @@ fn config_changes(config: &RunConfig, run_dir: &Path) -> Result<Vec<String>, Exp
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
     let err = |message: String| ExperimentError::Config { path: path.clone(), message };
     // Through RunConfig, so keys a later version added compare at their defaults.
-    let saved: RunConfig = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let mut saved: RunConfig = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+    // Runs written before roots were made absolute saved one relative to the directory training
+    // ran in: read it from there, as that run did.
+    if saved.data.root.is_relative()
+        && let Ok(root) = std::path::absolute(&saved.data.root)
+    {
+        saved.data.root = root;
+    }
+    // One folder named two ways (`a/../b`, a symbolic link) is no change.
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(&saved.data.root), std::fs::canonicalize(&config.data.root))
+        && a == b
+    {
+        saved.data.root.clone_from(&config.data.root);
+    }
     let saved = toml::Table::try_from(&saved).map_err(|e| err(e.to_string()))?;
     let current = toml::Table::try_from(config).map_err(|e| err(e.to_string()))?;
     let (mut saved_keys, mut current_keys) = (BTreeMap::new(), BTreeMap::new());

@@ -290,6 +290,32 @@ fn resuming_with_a_changed_config_is_an_error_unless_allowed_and_then_recorded()
 }
 
 #[test]
+fn a_run_whose_config_names_its_data_relative_to_where_it_trained_resumes() {
+    // Before 2026-12-04 a run's config.toml could hold a root relative to the directory training
+    // ran in; the same config, resolved to an absolute root now, is no change.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    generate(&SynthConfig::three_classes(4, 2, 16, 6), &data).unwrap();
+    let path = write_config(tmp.path(), &data);
+    let config = RunConfig::from_file(&path, &["model.num_classes=3".into(), "train.epochs=2".into()]).unwrap();
+    assert!(config.data.root.is_absolute());
+    let run = tmp.path().join("run");
+    let first = RunOptions { stop_after: Some(1), ..RunOptions::default() };
+    train_run(&config, &run, &[Device::Cpu], first, &provenance(), &mut Silent).unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count() - 1);
+    let relative = format!("{up}{}", data.strip_prefix("/").unwrap().display());
+    assert!(Path::new(&relative).is_relative() && Path::new(&relative).join("train.json").is_file());
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let old_style = saved.replace(&format!("root = \"{}\"", data.display()), &format!("root = \"{relative}\""));
+    assert_ne!(saved, old_style);
+    std::fs::write(run.join("config.toml"), old_style).unwrap();
+    let resume = RunOptions { resume: true, ..RunOptions::default() };
+    train_run(&config, &run, &[Device::Cpu], resume, &provenance(), &mut Silent).unwrap();
+    assert_eq!(dmlp_train::RunDir::open(&run).unwrap().read_metrics().unwrap().len(), 2);
+}
+
+#[test]
 fn a_checkpoint_whose_optimiser_state_lacks_a_momentum_buffer_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

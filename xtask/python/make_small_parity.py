@@ -19,11 +19,14 @@ functions at sizes that fit in the repository (about 1.3 MB together):
   blocks, on two images of an odd size;
 - `train-step-head-small`: three SGD steps of `loc_net` + `loc_att` + `fc` on pooled features,
   with mixup and label smoothing exactly as `train.py` applies them (the reference's
-  `LabelSmoothingLoss`, `torch.optim.SGD(momentum=0.9, weight_decay=1e-4)`), dropout disabled.
-All three read one weights file.
+  `LabelSmoothingLoss`, `torch.optim.SGD(momentum=0.9, weight_decay=1e-4)`), dropout disabled;
+- `train-step-head-adamw-small`: the same three steps from the same weights and batch with
+  `torch.optim.AdamW(lr=1e-3, weight_decay=0.05)` (the supplement's transformer optimiser).
+All of them read one weights file.
 """
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -205,6 +208,7 @@ def main():
     )
 
     # Three training steps of the head, as train.py takes them (mixup with a given λ and perm).
+    untrained = copy.deepcopy(model)
     head = nn.ModuleDict({"loc_net": model.loc_net, "loc_att": model.loc_att, "fc": model.fc}).double().train()
     no_dropout(head)
     b = 6
@@ -215,44 +219,74 @@ def main():
     lam, lr, steps = 0.7, 0.05, 3
     criterion = utils.LabelSmoothingLoss(classes=CLASSES, smoothing=0.1)
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-    losses = []
     x = lam * feats.double() + (1 - lam) * feats.double()[perm]
     l = lam * loc6.double() + (1 - lam) * loc6.double()[perm]
-    for _ in range(steps):
-        out = head["fc"](head["loc_att"](x.clone(), head["loc_net"](l)))
-        loss = lam * criterion(out, target) + (1 - lam) * criterion(out, target[perm])
-        losses.append(loss.item())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+
+    def train_head(head, optimizer):
+        """`steps` steps as train.py takes them; the loss of each before its update."""
+        losses = []
+        for _ in range(steps):
+            out = head["fc"](head["loc_att"](x.clone(), head["loc_net"](l)))
+            loss = lam * criterion(out, target) + (1 - lam) * criterion(out, target[perm])
+            losses.append(loss.item())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return losses
+
+    losses = train_head(head, optimizer)
     watched = ("loc_att.", "fc.", "loc_net.class_emb.", "loc_net.feats.0.")
     after = {f"after.{k}": v for k, v in head.state_dict().items() if k.startswith(watched)}
     rel = os.path.relpath(os.path.join(weights_dir, "weights.safetensors"), os.path.join(a.out, "train-step-head-small"))
+    sgd_case = {
+        "kind": "train_step",
+        "computed_by": computed,
+        "backbone": None,
+        "fusion": fusion,
+        "metadata": "geo_temporal",
+        "num_classes": CLASSES,
+        "weights": rel,
+        "unused_weight_keys": "ignore",
+        "inputs": "inputs.safetensors",
+        "expected": "expected.safetensors",
+        "mixup_lambda": lam,
+        "label_smoothing": 0.1,
+        "dropout": "disabled",
+        "steps": steps,
+        "optimizer": {"kind": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "nesterov": False},
+        "tolerance": {"losses_max_abs": 1e-5, "rel_l2": 1e-4},
+    }
     write_case(
         a.out,
         "train-step-head-small",
-        {
-            "kind": "train_step",
-            "computed_by": computed,
-            "backbone": None,
-            "fusion": fusion,
-            "metadata": "geo_temporal",
-            "num_classes": CLASSES,
-            "weights": rel,
-            "unused_weight_keys": "ignore",
-            "inputs": "inputs.safetensors",
-            "expected": "expected.safetensors",
-            "mixup_lambda": lam,
-            "label_smoothing": 0.1,
-            "dropout": "disabled",
-            "steps": steps,
-            "optimizer": {"kind": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "nesterov": False},
-            "tolerance": {"losses_max_abs": 1e-5, "rel_l2": 1e-4},
-        },
+        sgd_case,
         {
             "inputs.safetensors": {"image_features": feats, "loc": loc6, "target": target, "perm": perm},
             "expected.safetensors": f32({"losses": torch.tensor(losses), **after}),
         },
+    )
+
+    # The same steps with PyTorch's AdamW (the supplement's transformer recipe: decoupled weight
+    # decay 0.05), from the same weights and batch.
+    head = nn.ModuleDict({"loc_net": untrained.loc_net, "loc_att": untrained.loc_att, "fc": untrained.fc}).double().train()
+    no_dropout(head)
+    adamw = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.05}
+    losses = train_head(head, torch.optim.AdamW(head.parameters(), **adamw))
+    after = {f"after.{k}": v for k, v in head.state_dict().items() if k.startswith(watched)}
+    name = "train-step-head-adamw-small"
+    here = os.path.join(a.out, name)
+    adamw_case = {
+        **sgd_case,
+        "weights": os.path.relpath(os.path.join(weights_dir, "weights.safetensors"), here),
+        "inputs": os.path.relpath(os.path.join(a.out, "train-step-head-small", "inputs.safetensors"), here),
+        "optimizer": {"kind": "adamw", "lr": adamw["lr"], "betas": list(adamw["betas"]), "eps": adamw["eps"],
+                      "weight_decay": adamw["weight_decay"]},
+    }
+    write_case(
+        a.out,
+        name,
+        adamw_case,
+        {"expected.safetensors": f32({"losses": torch.tensor(losses), **after})},
     )
 
 

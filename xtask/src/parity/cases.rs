@@ -334,14 +334,52 @@ fn run_checkpoint(dir: &Path, case: &CheckpointCase) -> anyhow::Result<Outcome> 
     Ok(verdict(checks))
 }
 
+/// A training-step case's optimiser: `sgd` (`momentum`, `nesterov`), or `adam`/`adamw`
+/// (`betas`, `eps`), in PyTorch's semantics.
 #[derive(Debug, Deserialize)]
 struct OptimizerSpec {
     kind: String,
     lr: f64,
+    #[serde(default)]
     momentum: f64,
     weight_decay: f64,
     #[serde(default)]
     nesterov: bool,
+    #[serde(default = "adam_betas")]
+    betas: [f64; 2],
+    #[serde(default = "adam_eps")]
+    eps: f64,
+}
+
+/// PyTorch's defaults.
+fn adam_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+
+fn adam_eps() -> f64 {
+    1e-8
+}
+
+impl OptimizerSpec {
+    /// The optimiser over `vars`, or why the case asks for one that is not implemented.
+    fn build(&self, vars: Vec<(String, candle_core::Var)>) -> Result<Optimizer, String> {
+        let adam = |decoupled| AdamConfig {
+            beta1: self.betas[0],
+            beta2: self.betas[1],
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            decoupled,
+        };
+        match self.kind.as_str() {
+            "sgd" => Ok(Optimizer::Sgd(Sgd::new(
+                vars,
+                SgdConfig { momentum: self.momentum, weight_decay: self.weight_decay, nesterov: self.nesterov },
+            ))),
+            "adam" => Ok(Optimizer::Adam(dmlp_train::Adam::new(vars, adam(false)))),
+            "adamw" => Ok(Optimizer::Adam(dmlp_train::Adam::new(vars, adam(true)))),
+            other => Err(format!("optimizer {other:?}: sgd, adam and adamw are implemented")),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -379,8 +417,11 @@ struct TrainStepCase {
 }
 
 fn run_train_step(dir: &Path, case: &TrainStepCase, device: &Device) -> anyhow::Result<Outcome> {
-    if case.optimizer.kind != "sgd" {
-        return Ok(Outcome::Unsupported(format!("optimizer {:?}: only sgd is implemented", case.optimizer.kind)));
+    if !matches!(case.optimizer.kind.as_str(), "sgd" | "adam" | "adamw") {
+        return Ok(Outcome::Unsupported(format!(
+            "optimizer {:?}: sgd, adam and adamw are implemented",
+            case.optimizer.kind
+        )));
     }
     if let Some(bn) = &case.batch_norm
         && (bn.momentum != 0.1 || bn.running_var != "unbiased")
@@ -416,10 +457,10 @@ fn run_train_step(dir: &Path, case: &TrainStepCase, device: &Device) -> anyhow::
         (None, None) => bail!("a training-step case needs image_features or image"),
     };
     let o = &case.optimizer;
-    let mut optimizer = Optimizer::Sgd(Sgd::new(
-        model.store().trainable_vars(),
-        SgdConfig { momentum: o.momentum, weight_decay: o.weight_decay, nesterov: o.nesterov },
-    ));
+    let mut optimizer = match o.build(model.store().trainable_vars()) {
+        Ok(optimizer) => optimizer,
+        Err(why) => return Ok(Outcome::Unsupported(why)),
+    };
     let mix = Mixup { lambda: case.mixup_lambda, perm };
     // The trainer's own step, with the case's λ and permutation instead of drawn ones.
     let mut losses = Vec::with_capacity(case.steps);

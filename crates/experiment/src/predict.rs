@@ -175,6 +175,16 @@ impl Predictor {
     /// Reads the photo at `path`: its EXIF location and date (each overridden by `given`), its
     /// orientation (applied), and its evaluation views. An error names the file.
     pub fn prepare(&self, path: &Path, given: &GivenMetadata) -> Result<PreparedPhoto, ExperimentError> {
+        self.prepare_with(&mut Renderer::new(), path, given)
+    }
+
+    /// [`Predictor::prepare`] with a renderer (and its scratch buffers) kept across photos.
+    fn prepare_with(
+        &self,
+        renderer: &mut Renderer,
+        path: &Path,
+        given: &GivenMetadata,
+    ) -> Result<PreparedPhoto, ExperimentError> {
         let bytes = dmlp_vision::read_bytes(path)?;
         let exif = dmlp_photo::read_metadata(&bytes);
         let (latitude, longitude, location_source) = match (given.latitude, given.longitude) {
@@ -194,13 +204,12 @@ impl Predictor {
         let mut slots: Vec<&mut [f32]> = views.iter_mut().map(Vec::as_mut_slice).collect();
         // Evaluation views draw nothing at random; the generator only fills the signature.
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-        let mut renderer = Renderer::new();
         if exif.orientation == 1 {
             renderer.render(&bytes, path, &self.transforms, &norm, &mut rng, &mut slots)?;
         } else {
             let (image, _) = dmlp_vision::decode::decode_checked(&bytes, path)?;
             let upright = dmlp_vision::orient(image, exif.orientation);
-            renderer.render_image(&upright, path, &self.transforms, &norm, &mut rng, &mut slots)?;
+            renderer.render_image(upright, path, &self.transforms, &norm, &mut rng, &mut slots)?;
         }
         Ok(PreparedPhoto {
             path: path.to_owned(),
@@ -225,7 +234,13 @@ impl Predictor {
             let handles: Vec<_> = paths
                 .chunks(per_thread)
                 .map(|part| {
-                    (part, scope.spawn(move || part.iter().map(|p| self.prepare(p, given)).collect::<Vec<_>>()))
+                    (
+                        part,
+                        scope.spawn(move || {
+                            let mut renderer = Renderer::new();
+                            part.iter().map(|p| self.prepare_with(&mut renderer, p, given)).collect::<Vec<_>>()
+                        }),
+                    )
                 })
                 .collect();
             handles

@@ -228,6 +228,14 @@ fn ten_crop_plan((width, height): (u32, u32), (rw, rh): (u32, u32), size: u32, w
     Plan::Windows(crops.into_iter().map(window).collect())
 }
 
+/// One output slot per view, each of its view's size (a caller's bug otherwise).
+fn check_slots(transforms: &[Transform], out: &[&mut [f32]]) {
+    assert_eq!(out.len(), transforms.len(), "one slot per view");
+    for (slot, t) in out.iter().zip(transforms) {
+        assert_eq!(slot.len(), t.floats_per_image(), "batch slot size");
+    }
+}
+
 /// The most pixels ten-crop resizes the whole image to (192 MB of RGB); past that, or past the
 /// ten crops' own size, each crop is resized from its window alone (a 1 × 16384 file would
 /// otherwise ask for 3 GB).
@@ -318,10 +326,7 @@ impl Renderer {
         rng: &mut impl Rng,
         out: &mut [&mut [f32]],
     ) -> Result<(), VisionError> {
-        assert_eq!(out.len(), transforms.len(), "one slot per view");
-        for (slot, t) in out.iter().zip(transforms) {
-            assert_eq!(slot.len(), t.floats_per_image(), "batch slot size");
-        }
+        check_slots(transforms, out);
         let full = dimensions(bytes, path)?;
         let plans: Vec<Plan> = transforms.iter().map(|t| plan(*t, full, rng)).collect();
         let scale = self.scale_for(&plans, full);
@@ -336,29 +341,19 @@ impl Renderer {
     /// [`crate::orient`], say) rather than from file bytes; `path` names it in errors.
     pub fn render_image(
         &mut self,
-        image: &image::RgbImage,
+        image: image::RgbImage,
         path: &std::path::Path,
         transforms: &[Transform],
         norm: &Normalization,
         rng: &mut impl Rng,
         out: &mut [&mut [f32]],
     ) -> Result<(), VisionError> {
-        assert_eq!(out.len(), transforms.len(), "one slot per view");
-        for (slot, t) in out.iter().zip(transforms) {
-            assert_eq!(slot.len(), t.floats_per_image(), "batch slot size");
-        }
+        check_slots(transforms, out);
         let full = image.dimensions();
         if full.0 == 0 || full.1 == 0 {
             return Err(VisionError::Image { path: path.to_owned(), message: "an image without pixels".into() });
         }
-        let decoded = Decoded {
-            image: image.clone(),
-            full_size: full,
-            scale: 1,
-            origin: (0, 0),
-            scaled_size: full,
-            damage: None,
-        };
+        let decoded = Decoded { image, full_size: full, scale: 1, origin: (0, 0), scaled_size: full, damage: None };
         for (t, slot) in transforms.iter().zip(out.iter_mut()) {
             self.render_plan(&decoded, &plan(*t, full, rng), norm, slot, path)?;
         }

@@ -198,7 +198,7 @@ fn decoded_pixels_render_as_the_file_does_and_turned_photos_render_upright() {
     let bytes = std::fs::read(&path).unwrap();
     let transforms = [Transform::Eval { size: 32, resize: 36 }, Transform::TenCrop { size: 24, resize: 28 }];
     let image = dmlp_vision::decode_rgb(&path).unwrap();
-    let from_image = |image: &image::RgbImage| {
+    let from_image = |image: image::RgbImage| {
         let mut outs: Vec<Vec<f32>> = transforms.iter().map(|t| vec![0.0; t.floats_per_image()]).collect();
         let mut slots: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -209,13 +209,13 @@ fn decoded_pixels_render_as_the_file_does_and_turned_photos_render_upright() {
     let mut slots: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     Renderer::without_dct_scaling().render(&bytes, &path, &transforms, &NORM, &mut rng, &mut slots).unwrap();
-    assert_eq!(from_image(&image), outs);
+    assert_eq!(from_image(image.clone()), outs);
     // Stored turned a quarter anticlockwise with orientation 6: upright, it is the original again.
     let stored = image::imageops::rotate270(&image);
-    assert_eq!(from_image(&dmlp_vision::orient(stored, 6)), outs);
+    assert_eq!(from_image(dmlp_vision::orient(stored, 6)), outs);
     let err = Renderer::new()
         .render_image(
-            &image::RgbImage::new(0, 0),
+            image::RgbImage::new(0, 0),
             &path,
             &transforms[..1],
             &NORM,

@@ -241,8 +241,15 @@ fn dc_value(dec: &mut ArithDecoder, bins: &mut [u8; DC_BINS], state: &mut DcStat
     } else {
         4 + sign * 4
     };
+    let v = magnitude(dec, bins, st + 14, m);
+    state.last = (state.last + if sign != 0 { -v } else { v }) & 0xFFFF;
+    Ok(())
+}
+
+/// A magnitude whose leading bit is `m` (a power of two, or 0): the bits below it, each
+/// decoded with the bin at `st` (figure F.24's last loop), plus one.
+fn magnitude(dec: &mut ArithDecoder, bins: &mut [u8], st: usize, mut m: i32) -> i32 {
     let mut v = m;
-    st += 14;
     while {
         m >>= 1;
         m != 0
@@ -251,12 +258,7 @@ fn dc_value(dec: &mut ArithDecoder, bins: &mut [u8; DC_BINS], state: &mut DcStat
             v |= m;
         }
     }
-    v += 1;
-    if sign != 0 {
-        v = -v;
-    }
-    state.last = (state.last + v) & 0xFFFF;
-    Ok(())
+    v + 1
 }
 
 /// One AC value at zigzag index `k` once its "non-zero" decision was made, its bins starting
@@ -277,17 +279,7 @@ fn ac_value(dec: &mut ArithDecoder, bins: &mut [u8; AC_BINS], st: usize, k: usiz
             st += 1;
         }
     }
-    let mut v = m;
-    st += 14;
-    while {
-        m >>= 1;
-        m != 0
-    } {
-        if dec.decode(&mut bins[st]) != 0 {
-            v |= m;
-        }
-    }
-    v += 1;
+    let v = magnitude(dec, bins, st + 14, m);
     Ok(if sign != 0 { -v } else { v })
 }
 

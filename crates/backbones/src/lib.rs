@@ -15,34 +15,51 @@
 //! Architecture invariant: backbones see images only; nothing here knows locations, fusion heads
 //! or datasets.
 
+mod pvt_v2;
 mod resnet;
 mod sk2res2net;
 mod spec;
+mod swin;
+mod transformer;
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+use dmlp_nn::DropoutRng;
 
+pub use pvt_v2::{PvtV2, PvtV2Config};
 pub use resnet::{BlockKind, ResNet};
 pub use sk2res2net::Sk2Res2Net;
 pub use spec::{BackbonePreset, BackboneSpec, CustomBackbone};
+pub use swin::{Swin, SwinConfig};
 
 /// A built backbone.
 #[derive(Debug)]
 pub enum Backbone {
     ResNet(ResNet),
     Sk2Res2Net(Sk2Res2Net),
+    Swin(Swin),
+    PvtV2(PvtV2),
 }
 
 impl Backbone {
-    /// Builds the backbone `spec` describes, its parameters under `vb` (at the root).
-    pub fn new(spec: &BackboneSpec, vb: VarBuilder) -> Result<Self> {
-        match spec.resolve() {
+    /// Builds the backbone `spec` describes, its parameters under `vb` (at the root); `rng` is
+    /// the model's dropout stream, which stochastic depth draws from.
+    pub fn new(spec: &BackboneSpec, rng: DropoutRng, vb: VarBuilder) -> Result<Self> {
+        let custom = spec.resolve();
+        if let Some(config) = custom.swin_config() {
+            return Ok(Backbone::Swin(Swin::new(&config, rng, vb)?));
+        }
+        if let Some(config) = custom.pvt_v2_config() {
+            return Ok(Backbone::PvtV2(PvtV2::new(&config, rng, vb)?));
+        }
+        match custom {
             CustomBackbone::Resnet { block, layers, width } => {
                 Ok(Backbone::ResNet(ResNet::new(block, &layers, width, vb)?))
             }
             CustomBackbone::Sk2res2net { layers, width } => {
                 Ok(Backbone::Sk2Res2Net(Sk2Res2Net::new(&layers, width, vb)?))
             }
+            CustomBackbone::Swin { .. } | CustomBackbone::PvtV2 { .. } => unreachable!("built above"),
         }
     }
 
@@ -51,6 +68,8 @@ impl Backbone {
         match self {
             Backbone::ResNet(net) => net.num_features(),
             Backbone::Sk2Res2Net(net) => net.num_features(),
+            Backbone::Swin(net) => net.num_features(),
+            Backbone::PvtV2(net) => net.num_features(),
         }
     }
 
@@ -60,6 +79,8 @@ impl Backbone {
         match self {
             Backbone::ResNet(net) => net.forward_features(images, train),
             Backbone::Sk2Res2Net(net) => net.forward_features(images, train),
+            Backbone::Swin(net) => net.forward_features(images, train),
+            Backbone::PvtV2(net) => net.forward_features(images, train),
         }
     }
 }

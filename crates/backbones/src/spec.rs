@@ -2,11 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::BlockKind;
+use crate::{BlockKind, PvtV2Config, SwinConfig};
 
 /// A backbone in a config: a preset name (`"resnet50"`) or an explicit table
 /// (`{ type = "resnet", block = "basic", layers = [1, 1, 1, 1] }`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum BackboneSpec {
     Preset(BackbonePreset),
@@ -24,10 +24,34 @@ pub enum BackbonePreset {
     Resnet152,
     Sk2res2net50,
     Sk2res2net101,
+    #[serde(rename = "swin_tiny_patch4_window7_224")]
+    SwinTiny,
+    #[serde(rename = "swin_small_patch4_window7_224")]
+    SwinSmall,
+    #[serde(rename = "swin_base_patch4_window7_224")]
+    SwinBase,
+    #[serde(rename = "swin_large_patch4_window7_224")]
+    SwinLarge224,
+    #[serde(rename = "swin_large_patch4_window12_384")]
+    SwinLarge384,
+    #[serde(rename = "pvt_v2_b0")]
+    PvtV2B0,
+    #[serde(rename = "pvt_v2_b1")]
+    PvtV2B1,
+    #[serde(rename = "pvt_v2_b2")]
+    PvtV2B2,
+    #[serde(rename = "pvt_v2_b2_li")]
+    PvtV2B2Li,
+    #[serde(rename = "pvt_v2_b3")]
+    PvtV2B3,
+    #[serde(rename = "pvt_v2_b4")]
+    PvtV2B4,
+    #[serde(rename = "pvt_v2_b5")]
+    PvtV2B5,
 }
 
 /// An explicit backbone description.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CustomBackbone {
     /// torchvision ResNet with the given block, stage depths and stem width (64 in torchvision;
@@ -45,14 +69,101 @@ pub enum CustomBackbone {
         #[serde(default = "default_width")]
         width: usize,
     },
+    /// timm's Swin Transformer ([`SwinConfig`]); `mlp_ratio` 4 and no stochastic depth unless
+    /// given.
+    Swin {
+        img_size: usize,
+        patch_size: usize,
+        window_size: usize,
+        embed_dim: usize,
+        depths: Vec<usize>,
+        num_heads: Vec<usize>,
+        #[serde(default = "default_mlp_ratio")]
+        mlp_ratio: f64,
+        #[serde(default)]
+        drop_path_rate: f64,
+    },
+    /// timm's PVT v2 ([`PvtV2Config`]); sr ratios 8-4-2-1 and MLP ratios 8-8-4-4 unless given,
+    /// `linear` off, no stochastic depth.
+    PvtV2 {
+        embed_dims: Vec<usize>,
+        depths: Vec<usize>,
+        num_heads: Vec<usize>,
+        #[serde(default = "default_sr_ratios")]
+        sr_ratios: Vec<usize>,
+        #[serde(default = "default_mlp_ratios")]
+        mlp_ratios: Vec<f64>,
+        #[serde(default)]
+        linear: bool,
+        #[serde(default)]
+        drop_path_rate: f64,
+    },
 }
 
 fn default_width() -> usize {
     64
 }
 
+fn default_mlp_ratio() -> f64 {
+    4.0
+}
+
+fn default_sr_ratios() -> Vec<usize> {
+    vec![8, 4, 2, 1]
+}
+
+fn default_mlp_ratios() -> Vec<f64> {
+    vec![8.0, 8.0, 4.0, 4.0]
+}
+
+impl CustomBackbone {
+    /// The Swin description, if this is one.
+    pub fn swin_config(&self) -> Option<SwinConfig> {
+        match self {
+            CustomBackbone::Swin {
+                img_size,
+                patch_size,
+                window_size,
+                embed_dim,
+                depths,
+                num_heads,
+                mlp_ratio,
+                drop_path_rate,
+            } => Some(SwinConfig {
+                img_size: *img_size,
+                patch_size: *patch_size,
+                window_size: *window_size,
+                embed_dim: *embed_dim,
+                depths: depths.clone(),
+                num_heads: num_heads.clone(),
+                mlp_ratio: *mlp_ratio,
+                drop_path_rate: *drop_path_rate,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The PVT v2 description, if this is one.
+    pub fn pvt_v2_config(&self) -> Option<PvtV2Config> {
+        match self {
+            CustomBackbone::PvtV2 { embed_dims, depths, num_heads, sr_ratios, mlp_ratios, linear, drop_path_rate } => {
+                Some(PvtV2Config {
+                    embed_dims: embed_dims.clone(),
+                    depths: depths.clone(),
+                    num_heads: num_heads.clone(),
+                    sr_ratios: sr_ratios.clone(),
+                    mlp_ratios: mlp_ratios.clone(),
+                    linear: *linear,
+                    drop_path_rate: *drop_path_rate,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
 impl BackbonePreset {
-    pub const ALL: [BackbonePreset; 7] = [
+    pub const ALL: [BackbonePreset; 19] = [
         BackbonePreset::Resnet18,
         BackbonePreset::Resnet34,
         BackbonePreset::Resnet50,
@@ -60,6 +171,18 @@ impl BackbonePreset {
         BackbonePreset::Resnet152,
         BackbonePreset::Sk2res2net50,
         BackbonePreset::Sk2res2net101,
+        BackbonePreset::SwinTiny,
+        BackbonePreset::SwinSmall,
+        BackbonePreset::SwinBase,
+        BackbonePreset::SwinLarge224,
+        BackbonePreset::SwinLarge384,
+        BackbonePreset::PvtV2B0,
+        BackbonePreset::PvtV2B1,
+        BackbonePreset::PvtV2B2,
+        BackbonePreset::PvtV2B2Li,
+        BackbonePreset::PvtV2B3,
+        BackbonePreset::PvtV2B4,
+        BackbonePreset::PvtV2B5,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,12 +194,46 @@ impl BackbonePreset {
             BackbonePreset::Resnet152 => "resnet152",
             BackbonePreset::Sk2res2net50 => "sk2res2net50",
             BackbonePreset::Sk2res2net101 => "sk2res2net101",
+            BackbonePreset::SwinTiny => "swin_tiny_patch4_window7_224",
+            BackbonePreset::SwinSmall => "swin_small_patch4_window7_224",
+            BackbonePreset::SwinBase => "swin_base_patch4_window7_224",
+            BackbonePreset::SwinLarge224 => "swin_large_patch4_window7_224",
+            BackbonePreset::SwinLarge384 => "swin_large_patch4_window12_384",
+            BackbonePreset::PvtV2B0 => "pvt_v2_b0",
+            BackbonePreset::PvtV2B1 => "pvt_v2_b1",
+            BackbonePreset::PvtV2B2 => "pvt_v2_b2",
+            BackbonePreset::PvtV2B2Li => "pvt_v2_b2_li",
+            BackbonePreset::PvtV2B3 => "pvt_v2_b3",
+            BackbonePreset::PvtV2B4 => "pvt_v2_b4",
+            BackbonePreset::PvtV2B5 => "pvt_v2_b5",
         }
     }
 
-    /// The explicit description of this preset.
+    /// The explicit description of this preset (timm's `create_model` arguments for the
+    /// transformers, stochastic depth off).
     pub fn custom(self) -> CustomBackbone {
         let resnet = |block, layers: [usize; 4]| CustomBackbone::Resnet { block, layers: layers.to_vec(), width: 64 };
+        let swin = |img_size, window_size, embed_dim, depths: [usize; 4], heads: [usize; 4]| CustomBackbone::Swin {
+            img_size,
+            patch_size: 4,
+            window_size,
+            embed_dim,
+            depths: depths.to_vec(),
+            num_heads: heads.to_vec(),
+            mlp_ratio: 4.0,
+            drop_path_rate: 0.0,
+        };
+        let pvt = |dims: [usize; 4], depths: [usize; 4], mlp: [f64; 4], linear| CustomBackbone::PvtV2 {
+            embed_dims: dims.to_vec(),
+            depths: depths.to_vec(),
+            num_heads: vec![1, 2, 5, 8],
+            sr_ratios: default_sr_ratios(),
+            mlp_ratios: mlp.to_vec(),
+            linear,
+            drop_path_rate: 0.0,
+        };
+        let wide = [64, 128, 320, 512];
+        let mlp = [8.0, 8.0, 4.0, 4.0];
         match self {
             BackbonePreset::Resnet18 => resnet(BlockKind::Basic, [2, 2, 2, 2]),
             BackbonePreset::Resnet34 => resnet(BlockKind::Basic, [3, 4, 6, 3]),
@@ -85,6 +242,18 @@ impl BackbonePreset {
             BackbonePreset::Resnet152 => resnet(BlockKind::Bottleneck, [3, 8, 36, 3]),
             BackbonePreset::Sk2res2net50 => CustomBackbone::Sk2res2net { layers: vec![3, 4, 6, 3], width: 64 },
             BackbonePreset::Sk2res2net101 => CustomBackbone::Sk2res2net { layers: vec![3, 4, 23, 3], width: 64 },
+            BackbonePreset::SwinTiny => swin(224, 7, 96, [2, 2, 6, 2], [3, 6, 12, 24]),
+            BackbonePreset::SwinSmall => swin(224, 7, 96, [2, 2, 18, 2], [3, 6, 12, 24]),
+            BackbonePreset::SwinBase => swin(224, 7, 128, [2, 2, 18, 2], [4, 8, 16, 32]),
+            BackbonePreset::SwinLarge224 => swin(224, 7, 192, [2, 2, 18, 2], [6, 12, 24, 48]),
+            BackbonePreset::SwinLarge384 => swin(384, 12, 192, [2, 2, 18, 2], [6, 12, 24, 48]),
+            BackbonePreset::PvtV2B0 => pvt([32, 64, 160, 256], [2, 2, 2, 2], mlp, false),
+            BackbonePreset::PvtV2B1 => pvt(wide, [2, 2, 2, 2], mlp, false),
+            BackbonePreset::PvtV2B2 => pvt(wide, [3, 4, 6, 3], mlp, false),
+            BackbonePreset::PvtV2B2Li => pvt(wide, [3, 4, 6, 3], mlp, true),
+            BackbonePreset::PvtV2B3 => pvt(wide, [3, 4, 18, 3], mlp, false),
+            BackbonePreset::PvtV2B4 => pvt(wide, [3, 8, 27, 3], mlp, false),
+            BackbonePreset::PvtV2B5 => pvt(wide, [3, 6, 40, 3], [4.0; 4], false),
         }
     }
 }
@@ -124,11 +293,20 @@ impl BackboneSpec {
                 format!("resnet-{}-{}-w{width}", block.as_str(), depths.join("-"))
             }
             BackboneSpec::Custom(CustomBackbone::Sk2res2net { layers, width }) => {
-                let depths: Vec<_> = layers.iter().map(ToString::to_string).collect();
-                format!("sk2res2net-{}-w{width}", depths.join("-"))
+                format!("sk2res2net-{}-w{width}", joined(layers))
+            }
+            BackboneSpec::Custom(CustomBackbone::Swin { embed_dim, depths, window_size, .. }) => {
+                format!("swin-{}-e{embed_dim}-win{window_size}", joined(depths))
+            }
+            BackboneSpec::Custom(CustomBackbone::PvtV2 { embed_dims, depths, linear, .. }) => {
+                format!("pvt_v2{}-{}-e{}", if *linear { "_li" } else { "" }, joined(depths), embed_dims[0])
             }
         }
     }
+}
+
+fn joined(values: &[usize]) -> String {
+    values.iter().map(ToString::to_string).collect::<Vec<_>>().join("-")
 }
 
 #[cfg(test)]

@@ -53,14 +53,15 @@ impl Classifier {
     fn build(config: &ModelConfig, store: ParamStore, device: &Device) -> Result<Self, ModelError> {
         config.validate()?;
         let vb = store.var_builder(config.dtype.dtype(), device);
-        let backbone = config.backbone.as_ref().map(|spec| Backbone::new(spec, vb.clone())).transpose()?;
+        let dropout_rng = DropoutRng::new(0);
+        let backbone =
+            config.backbone.as_ref().map(|spec| Backbone::new(spec, dropout_rng.clone(), vb.clone())).transpose()?;
         let backbone_names: BTreeSet<String> = store.vars().into_iter().map(|(name, _)| name).collect();
         let num_features = match (&backbone, config.feature_dim) {
             (Some(backbone), _) => backbone.num_features(),
             (None, Some(dim)) => dim,
             (None, None) => unreachable!("validated: a backbone or feature_dim"),
         };
-        let dropout_rng = DropoutRng::new(0);
         let head = config
             .fusion
             .as_ref()

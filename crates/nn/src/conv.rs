@@ -47,6 +47,20 @@ pub fn conv2d(
     Ok(Conv2d { weight, bias, config })
 }
 
+/// A convolution with a bias initialised to zero (timm's transformers: `bias.data.zero_()`).
+pub fn conv2d_zero_bias(
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    config: Conv2dConfig,
+    init: Init,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let weight = vb.get_with_hints((out_channels, in_channels / config.groups, kernel, kernel), "weight", init)?;
+    let bias = Some(vb.get_with_hints(out_channels, "bias", Init::Const(0.0))?);
+    Ok(Conv2d { weight, bias, config })
+}
+
 impl Conv2d {
     pub fn weight(&self) -> &Tensor {
         &self.weight

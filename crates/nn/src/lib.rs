@@ -35,13 +35,13 @@ mod vecmat_op;
 
 pub use activation_op::{add_relu, relu};
 pub use autocast::{accumulation_dtype, autocast_dtype, cat_promoted, with_autocast};
-pub use conv::{Conv2d, Conv2dConfig, conv2d, conv2d_forward};
+pub use conv::{Conv2d, Conv2dConfig, conv2d, conv2d_forward, conv2d_zero_bias};
 pub use cpu::with_generic_ops;
 pub use cpu_threads::configure_cpu_threads;
-pub use linear::{Linear, linear, linear_forward};
+pub use linear::{Linear, linear, linear_forward, linear_with_init, matmul};
 pub use memory::keep_freed_memory;
-pub use norm::{BatchNorm, LayerNorm, batch_norm, layer_norm};
-pub use pool::{AvgPool2d, MaxPool2d, global_avg_pool};
+pub use norm::{BatchNorm, LayerNorm, batch_norm, layer_norm, layer_norm_with_eps};
+pub use pool::{AvgPool2d, MaxPool2d, adaptive_avg_pool2d, global_avg_pool};
 pub use projection_op::generated_projection;
 pub use store::ParamStore;
 pub use vecmat_op::batched_vecmat;
@@ -74,6 +74,35 @@ pub fn dropout(
         .to_dtype(xs.dtype())?
         .to_device(xs.device())?;
     xs * mask
+}
+
+/// Stochastic depth (timm's `DropPath`): while training each sample's residual branch is dropped
+/// whole with probability `p` and kept ones scaled by `1/(1 − p)`; the identity in evaluation.
+/// Draws one value per sample from the model's dropout stream.
+///
+/// # Shapes
+/// `xs: [B, ...]` → same shape.
+pub fn drop_path(
+    xs: &candle_core::Tensor,
+    p: f64,
+    train: bool,
+    rng: &DropoutRng,
+) -> candle_core::Result<candle_core::Tensor> {
+    if !train || p <= 0.0 {
+        return Ok(xs.clone());
+    }
+    let keep = 1.0 - p;
+    let batch = xs.dim(0)?;
+    let mask: Vec<f32> = {
+        let mut rng = rng.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        (0..batch).map(|_| if rand::Rng::random_bool(&mut *rng, keep) { (1.0 / keep) as f32 } else { 0.0 }).collect()
+    };
+    let mut shape = vec![1; xs.rank()];
+    shape[0] = batch;
+    let mask = candle_core::Tensor::from_vec(mask, shape, &candle_core::Device::Cpu)?
+        .to_dtype(xs.dtype())?
+        .to_device(xs.device())?;
+    xs.broadcast_mul(&mask)
 }
 
 /// The random stream of a model's dropout layers, shared by clones.

@@ -21,6 +21,20 @@ pub fn linear(in_features: usize, out_features: usize, bias: bool, vb: VarBuilde
     Ok(Linear { weight, bias })
 }
 
+/// `nn.Linear` with a chosen weight initialisation and a zero bias: the transformers' layout
+/// (timm's `trunc_normal_(std=0.02)` and `constant_(bias, 0)`).
+pub fn linear_with_init(
+    in_features: usize,
+    out_features: usize,
+    bias: bool,
+    init: candle_nn::Init,
+    vb: VarBuilder,
+) -> Result<Linear> {
+    let weight = vb.get_with_hints((out_features, in_features), "weight", init)?;
+    let bias = if bias { Some(vb.get_with_hints(out_features, "bias", candle_nn::Init::Const(0.0))?) } else { None };
+    Ok(Linear { weight, bias })
+}
+
 impl Linear {
     pub fn weight(&self) -> &Tensor {
         &self.weight
@@ -70,6 +84,33 @@ pub fn linear_forward(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Re
         None => xs.apply_op2(&weight, LinearOp)?,
     };
     ys.to_dtype(dtype)
+}
+
+/// `a · b` over matching batch dimensions (`[..., M, K] · [..., K, N]` → `[..., M, N]`), the
+/// attention products of the transformers. Inside [`crate::with_autocast`] it computes in the
+/// autocast dtype; on the CPU, where candle has no half-precision matmul, through f32.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (a, b) = (crate::autocast::for_matmul(a)?, crate::autocast::for_matmul(b)?);
+    let (a_dims, b_dims) = (a.dims(), b.dims());
+    if a_dims.len() < 2 || a_dims.len() != b_dims.len() || a_dims[..a_dims.len() - 2] != b_dims[..b_dims.len() - 2] {
+        candle_core::bail!("matmul: {a_dims:?} · {b_dims:?} do not share their batch dimensions")
+    }
+    // candle checks the batch strides of rank > 3 products dimension by dimension and refuses
+    // some contiguous layouts (a batch dimension of 1): multiply as one batch dimension.
+    let rank = a_dims.len();
+    let (m, k, n) = (a_dims[rank - 2], a_dims[rank - 1], b_dims[rank - 1]);
+    let batch: usize = a_dims[..rank - 2].iter().product();
+    let mut out_dims = a_dims[..rank - 1].to_vec();
+    out_dims.push(n);
+    let a = a.contiguous()?.reshape((batch, m, k))?;
+    let b = b.contiguous()?.reshape((batch, k, n))?;
+    let dtype = a.dtype();
+    let product = if a.device().is_cpu() && !matches!(dtype, DType::F32 | DType::F64) {
+        a.to_dtype(DType::F32)?.matmul(&b.to_dtype(DType::F32)?)?.to_dtype(dtype)?
+    } else {
+        a.matmul(&b)?
+    };
+    product.reshape(out_dims)
 }
 
 #[cfg(test)]

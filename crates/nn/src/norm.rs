@@ -182,9 +182,14 @@ pub struct LayerNorm {
 
 /// `nn.LayerNorm(normalized_shape)` under `vb`.
 pub fn layer_norm(normalized_shape: usize, vb: VarBuilder) -> Result<LayerNorm> {
+    layer_norm_with_eps(normalized_shape, 1e-5, vb)
+}
+
+/// `nn.LayerNorm(normalized_shape, eps=eps)` under `vb` (timm's own `LayerNorm` uses 1e-6).
+pub fn layer_norm_with_eps(normalized_shape: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
     let weight = vb.get_with_hints(normalized_shape, "weight", Init::Const(1.0))?;
     let bias = vb.get_with_hints(normalized_shape, "bias", Init::Const(0.0))?;
-    Ok(LayerNorm { weight, bias, eps: 1e-5 })
+    Ok(LayerNorm { weight, bias, eps })
 }
 
 impl Module for LayerNorm {

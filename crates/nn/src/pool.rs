@@ -432,6 +432,38 @@ pub fn global_avg_pool(xs: &Tensor) -> Result<Tensor> {
     xs.to_dtype(crate::accumulation_dtype(xs))?.mean(D::Minus1)?.mean(D::Minus1)?.to_dtype(xs.dtype())
 }
 
+/// `nn.AdaptiveAvgPool2d((out_h, out_w))`: output cell `i` averages input rows
+/// `⌊i·H/out_h⌋ .. ⌈(i+1)·H/out_h⌉` (PyTorch's windows, which overlap when `H` is not a multiple),
+/// likewise columns. Computed as two products with fixed averaging matrices, so it differentiates
+/// and runs on any device.
+///
+/// # Shapes
+/// `xs: [B, C, H, W]` → `[B, C, out_h, out_w]`.
+pub fn adaptive_avg_pool2d(xs: &Tensor, (out_h, out_w): (usize, usize)) -> Result<Tensor> {
+    let (_, _, h, w) = xs.dims4()?;
+    if out_h == 0 || out_w == 0 || h == 0 || w == 0 {
+        candle_core::bail!("adaptive average pool of {h}×{w} to {out_h}×{out_w}: sizes must be positive")
+    }
+    let compute = crate::accumulation_dtype(xs);
+    let averaging = |len: usize, out: usize| -> Result<Tensor> {
+        // [len, out]: column i holds 1/count over its window.
+        let mut m = vec![0f32; len * out];
+        for i in 0..out {
+            let (start, end) = (i * len / out, ((i + 1) * len).div_ceil(out));
+            for row in start..end {
+                m[row * out + i] = 1.0 / (end - start) as f32;
+            }
+        }
+        Tensor::from_vec(m, (len, out), xs.device())?.to_dtype(compute)
+    };
+    let dtype = xs.dtype();
+    let xs = xs.to_dtype(compute)?;
+    // [B, C, H, W] · [W, out_w] → [B, C, H, out_w]; transposed, · [H, out_h] → [B, C, out_w, out_h].
+    let cols = xs.broadcast_matmul(&averaging(w, out_w)?)?;
+    let rows = cols.transpose(2, 3)?.contiguous()?.broadcast_matmul(&averaging(h, out_h)?)?;
+    rows.transpose(2, 3)?.contiguous()?.to_dtype(dtype)
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::Device;

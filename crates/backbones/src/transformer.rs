@@ -1,0 +1,118 @@
+//! What the transformer backbones share: timm's initialisation, the two-layer MLP, scaled
+//! dot-product attention, and the stochastic-depth schedule.
+
+use candle_core::{D, Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+use dmlp_nn::{Linear, linear_with_init};
+
+/// timm's `trunc_normal_(std=0.02)` for linear weights and position tables. candle draws an
+/// untruncated normal; timm cuts at ±2 (absolute, i.e. ±100σ), which a normal of σ 0.02 never
+/// reaches in practice, so the two draw the same distribution.
+pub(crate) const TRUNC_NORMAL: Init = Init::Randn { mean: 0.0, stdev: 0.02 };
+
+/// `nn.Linear` as timm's transformers initialise it (weights N(0, 0.02²), bias 0).
+pub(crate) fn dense(in_features: usize, out_features: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    linear_with_init(in_features, out_features, bias, TRUNC_NORMAL, vb)
+}
+
+/// `nn.GELU()`: the exact (erf) form.
+pub(crate) fn gelu(xs: &Tensor) -> Result<Tensor> {
+    xs.gelu_erf()
+}
+
+/// timm's `Mlp`: `fc2(gelu(fc1(x)))`, keys `fc1`, `fc2`.
+#[derive(Debug)]
+pub(crate) struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    pub(crate) fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { fc1: dense(dim, hidden, true, vb.pp("fc1"))?, fc2: dense(hidden, dim, true, vb.pp("fc2"))? })
+    }
+
+    /// # Shapes
+    /// `xs: [..., dim]` → `[..., dim]`.
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&gelu(&self.fc1.forward(xs)?)?)
+    }
+}
+
+/// `softmax(q·kᵀ·scale + bias)·v`, the softmax in f32 for half-precision inputs (PyTorch's
+/// autocast); timm's unfused path (`q = q * scale; attn = q @ k.transpose(-2, -1)`).
+///
+/// # Shapes
+/// `q: [..., N, d]`, `k, v: [..., M, d]` (the same leading dimensions, e.g. `[B, heads]`),
+/// `bias` broadcastable to `[..., N, M]` → `[..., N, d]`.
+pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: Option<&Tensor>) -> Result<Tensor> {
+    let scores = dmlp_nn::matmul(&(q * scale)?, &k.t()?)?;
+    let scores = match bias {
+        Some(bias) => scores.broadcast_add(&bias.to_dtype(scores.dtype())?)?,
+        None => scores,
+    };
+    let weights = softmax_last(&scores)?;
+    dmlp_nn::matmul(&weights.to_dtype(v.dtype())?, v)
+}
+
+/// Softmax over the last dimension with a gradient (candle's fused `softmax_last_dim` has none),
+/// in f32 for half-precision inputs.
+pub(crate) fn softmax_last(xs: &Tensor) -> Result<Tensor> {
+    let dtype = xs.dtype();
+    candle_nn::ops::softmax(&xs.to_dtype(dmlp_nn::accumulation_dtype(xs))?, D::Minus1)?.to_dtype(dtype)
+}
+
+/// timm's stochastic-depth rates: `linspace(0, rate, Σ depths)`, split by stage.
+pub(crate) fn drop_path_rates(rate: f64, depths: &[usize]) -> Vec<Vec<f64>> {
+    let total: usize = depths.iter().sum();
+    let at = |i: usize| if total > 1 { rate * i as f64 / (total - 1) as f64 } else { 0.0 };
+    let mut start = 0;
+    depths
+        .iter()
+        .map(|&depth| {
+            let rates = (start..start + depth).map(at).collect();
+            start += depth;
+            rates
+        })
+        .collect()
+}
+
+/// Mean over the token dimensions of a channels-last map.
+///
+/// # Shapes
+/// `xs: [B, H, W, C]` → `[B, C]`.
+pub(crate) fn mean_tokens(xs: &Tensor) -> Result<Tensor> {
+    let (b, h, w, c) = xs.dims4()?;
+    let wide = xs.to_dtype(dmlp_nn::accumulation_dtype(xs))?;
+    wide.reshape((b, h * w, c))?.mean(1)?.to_dtype(xs.dtype())
+}
+
+/// Checks the shared shape of a transformer's stage lists.
+pub(crate) fn check_stages(name: &str, lists: &[(&str, usize)]) -> Result<usize> {
+    let stages = lists[0].1;
+    if stages == 0 {
+        candle_core::bail!("{name}: {} is empty", lists[0].0)
+    }
+    for (list, len) in lists {
+        if *len != stages {
+            candle_core::bail!("{name}: {list} has {len} entries, {} has {stages}", lists[0].0)
+        }
+    }
+    Ok(stages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_path_rates_follow_timm_linspace() {
+        let rates = drop_path_rates(0.3, &[1, 2, 1]);
+        let flat: Vec<f64> = rates.iter().flatten().copied().collect();
+        assert_eq!(rates.iter().map(Vec::len).collect::<Vec<_>>(), [1, 2, 1]);
+        for (got, want) in flat.iter().zip([0.0, 0.1, 0.2, 0.3]) {
+            assert!((got - want).abs() < 1e-12, "{flat:?}");
+        }
+        assert_eq!(drop_path_rates(0.2, &[1]), vec![vec![0.0]]);
+    }
+}

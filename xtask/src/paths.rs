@@ -51,7 +51,7 @@ pub(crate) fn committed_parity_dir() -> PathBuf {
 /// folder itself cannot be found.
 pub(crate) fn shared_parity_dirs() -> anyhow::Result<Vec<PathBuf>> {
     let fixtures = shared_dir()?.join("fixtures");
-    let dirs: Vec<PathBuf> = ["parity", "parity-baselines", "parity-pretrained"]
+    let dirs: Vec<PathBuf> = ["parity", "parity-baselines", "parity-pretrained", "parity-transformers"]
         .iter()
         .map(|name| fixtures.join(name))
         .filter(|dir| dir.is_dir())

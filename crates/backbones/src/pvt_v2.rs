@@ -119,12 +119,14 @@ impl PvtV2 {
         let patch_embed = OverlapPatchEmbed::new(3, c.embed_dims[0], 7, 4, vb.pp("patch_embed"))?;
         let rates = drop_path_rates(c.drop_path_rate, &c.depths);
         let mut built = Vec::with_capacity(stages);
-        for i in 0..stages {
+        for (i, stage_rates) in rates.iter().enumerate() {
             let vb = vb.pp(format!("stages.{i}"));
             let dim = c.embed_dims[i];
             let (heads, sr, ratio) = (c.num_heads[i], c.sr_ratios[i], c.mlp_ratios[i]);
-            if dim == 0 || heads == 0 || dim % heads != 0 || sr == 0 || !(ratio > 0.0) {
-                bail!("pvt_v2: stage {i} ({dim} wide, {heads} heads, sr_ratio {sr}, mlp_ratio {ratio}) is not a valid stage")
+            if dim == 0 || heads == 0 || !dim.is_multiple_of(heads) || sr == 0 || ratio.is_nan() || ratio <= 0.0 {
+                bail!(
+                    "pvt_v2: stage {i} ({dim} wide, {heads} heads, sr_ratio {sr}, mlp_ratio {ratio}) is not a valid stage"
+                )
             }
             let downsample = if i > 0 {
                 Some(OverlapPatchEmbed::new(c.embed_dims[i - 1], dim, 3, 2, vb.pp("downsample"))?)
@@ -139,7 +141,7 @@ impl PvtV2 {
                         attn: Attention::new(dim, heads, sr, c.linear, vb.pp("attn"))?,
                         norm2: layer_norm_with_eps(dim, BLOCK_NORM_EPS, vb.pp("norm2"))?,
                         mlp: MlpWithDepthwiseConv::new(dim, (dim as f64 * ratio) as usize, c.linear, vb.pp("mlp"))?,
-                        drop_path: rates[i][j],
+                        drop_path: stage_rates[j],
                         rng: rng.clone(),
                     })
                 })

@@ -321,6 +321,24 @@ mod tests {
             serde_json::from_str(r#"{"type": "resnet", "block": "basic", "layers": [1, 1, 1, 1]}"#).unwrap();
         assert_eq!(spec.resolve(), CustomBackbone::Resnet { block: BlockKind::Basic, layers: vec![1; 4], width: 64 });
         assert!(serde_json::from_str::<BackboneSpec>("\"resnet51\"").is_err());
+        let spec: BackboneSpec = serde_json::from_str("\"swin_large_patch4_window12_384\"").unwrap();
+        assert_eq!(spec, BackboneSpec::Preset(BackbonePreset::SwinLarge384));
+        let spec: BackboneSpec = serde_json::from_str(
+            r#"{"type": "pvt_v2", "embed_dims": [8, 16], "depths": [1, 1], "num_heads": [1, 2], "sr_ratios": [2, 1], "mlp_ratios": [4, 4]}"#,
+        )
+        .unwrap();
+        let config = spec.resolve().pvt_v2_config().unwrap();
+        assert_eq!((config.mlp_ratios, config.linear, config.drop_path_rate), (vec![4.0, 4.0], false, 0.0));
+        let spec: BackboneSpec = serde_json::from_str(
+            r#"{"type": "swin", "img_size": 64, "patch_size": 4, "window_size": 4, "embed_dim": 32, "depths": [2, 2], "num_heads": [1, 2]}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.resolve().swin_config().unwrap().mlp_ratio, 4.0);
+        for preset in BackbonePreset::ALL {
+            assert_eq!(preset.as_str().parse::<BackbonePreset>(), Ok(preset));
+            let json = serde_json::to_string(&BackboneSpec::Preset(preset)).unwrap();
+            assert_eq!(json, format!("\"{preset}\""));
+        }
         assert!(
             serde_json::from_str::<BackboneSpec>(r#"{"type": "resnet", "block": "basic", "layers": [1], "depth": 3}"#)
                 .is_err()

@@ -85,15 +85,20 @@ impl Swin {
     /// `norm.weight`); `rng` drives stochastic depth.
     pub fn new(config: &SwinConfig, rng: DropoutRng, vb: VarBuilder) -> Result<Self> {
         let c = config;
-        let stages =
-            check_stages("swin", &[("depths", c.depths.len()), ("num_heads", c.num_heads.len())])?;
+        let stages = check_stages("swin", &[("depths", c.depths.len()), ("num_heads", c.num_heads.len())])?;
         if c.patch_size == 0 || c.window_size == 0 || c.embed_dim == 0 || c.img_size < c.patch_size {
-            bail!("swin: img_size {} patch_size {} window_size {} embed_dim {}: sizes must be positive, the image at least a patch", c.img_size, c.patch_size, c.window_size, c.embed_dim)
+            bail!(
+                "swin: img_size {} patch_size {} window_size {} embed_dim {}: sizes must be positive, the image at least a patch",
+                c.img_size,
+                c.patch_size,
+                c.window_size,
+                c.embed_dim
+            )
         }
-        if c.img_size % c.patch_size != 0 {
+        if !c.img_size.is_multiple_of(c.patch_size) {
             bail!("swin: img_size {} is not a multiple of patch_size {}", c.img_size, c.patch_size)
         }
-        if !(c.mlp_ratio > 0.0) || !(0.0..1.0).contains(&c.drop_path_rate) {
+        if c.mlp_ratio.is_nan() || c.mlp_ratio <= 0.0 || !(0.0..1.0).contains(&c.drop_path_rate) {
             bail!("swin: mlp_ratio {} must be positive and drop_path_rate {} in [0, 1)", c.mlp_ratio, c.drop_path_rate)
         }
         let in_fan = 3 * c.patch_size * c.patch_size;
@@ -111,7 +116,7 @@ impl Swin {
         let mut resolution = c.img_size / c.patch_size;
         let mut dim = c.embed_dim;
         let mut built = Vec::with_capacity(stages);
-        for i in 0..stages {
+        for (i, stage_rates) in rates.iter().enumerate() {
             let vb = vb.pp(format!("layers.{i}"));
             let downsample = if i > 0 {
                 let merged = PatchMerging::new(dim, 2 * dim, vb.pp("downsample"))?;
@@ -122,7 +127,7 @@ impl Swin {
                 None
             };
             let heads = c.num_heads[i];
-            if heads == 0 || dim % heads != 0 {
+            if heads == 0 || !dim.is_multiple_of(heads) {
                 bail!("swin: stage {i} is {dim} wide, which {heads} heads do not divide")
             }
             // timm's `_calc_window_shift`: a window no smaller than the map becomes the map, unshifted.
@@ -132,7 +137,16 @@ impl Swin {
                 .map(|j| {
                     let block_shift = if j % 2 == 0 { 0 } else { shift };
                     let hidden = (dim as f64 * c.mlp_ratio) as usize;
-                    Block::new(dim, heads, window, block_shift, hidden, rates[i][j], rng.clone(), vb.pp(format!("blocks.{j}")))
+                    Block::new(
+                        dim,
+                        heads,
+                        window,
+                        block_shift,
+                        hidden,
+                        stage_rates[j],
+                        rng.clone(),
+                        vb.pp(format!("blocks.{j}")),
+                    )
                 })
                 .collect::<Result<Vec<_>>>()?;
             built.push(Stage { downsample, blocks });
@@ -171,7 +185,10 @@ impl Swin {
 
 impl PatchMerging {
     fn new(dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { norm: layer_norm(4 * dim, vb.pp("norm"))?, reduction: dense(4 * dim, out_dim, false, vb.pp("reduction"))? })
+        Ok(Self {
+            norm: layer_norm(4 * dim, vb.pp("norm"))?,
+            reduction: dense(4 * dim, out_dim, false, vb.pp("reduction"))?,
+        })
     }
 
     /// # Shapes
@@ -238,7 +255,11 @@ impl Block {
 /// `[B, H, W, C]` (`H`, `W` multiples of `ws`) → `[B · nW, ws², C]`, windows row by row.
 fn window_partition(xs: &Tensor, ws: usize) -> Result<Tensor> {
     let (b, h, w, c) = xs.dims4()?;
-    xs.reshape((b, h / ws, ws, w / ws, ws, c))?.permute((0, 1, 3, 2, 4, 5))?.reshape((b * (h / ws) * (w / ws), ws * ws, c))
+    xs.reshape((b, h / ws, ws, w / ws, ws, c))?.permute((0, 1, 3, 2, 4, 5))?.reshape((
+        b * (h / ws) * (w / ws),
+        ws * ws,
+        c,
+    ))
 }
 
 /// The inverse of [`window_partition`]: `[B · nW, ws², C]` → `[B, H, W, C]`.
@@ -325,7 +346,8 @@ impl WindowAttention {
             Some(mask) => {
                 // As [B, nW, heads, N, N]: the bias plus each window's mask, broadcast over the batch.
                 let nw = mask.dim(0)?;
-                let bias = bias.unsqueeze(0)?.broadcast_add(&mask.to_dtype(bias.dtype())?.unsqueeze(1)?)?.unsqueeze(0)?;
+                let bias =
+                    bias.unsqueeze(0)?.broadcast_add(&mask.to_dtype(bias.dtype())?.unsqueeze(1)?)?.unsqueeze(0)?;
                 let fold = |t: &Tensor| t.reshape((bw / nw, nw, heads, n, head_dim));
                 attention(&fold(&q)?, &fold(&k)?, &fold(&v)?, scale, Some(&bias))?.reshape((bw, heads, n, head_dim))?
             }

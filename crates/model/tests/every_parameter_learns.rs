@@ -19,7 +19,35 @@ fn backbones() -> Vec<BackboneSpec> {
         // Two blocks in the first stage exercise the hierarchical (non-first) Res2Net block too.
         BackboneSpec::Custom(CustomBackbone::Sk2res2net { layers: vec![2, 1, 1, 1], width: 64 }),
         BackboneSpec::Custom(CustomBackbone::Sk2res2net { layers: vec![1, 1, 1, 1], width: 16 }),
+        // 16×16 then 8×8 maps under 4×4 windows: plain and shifted blocks, patch merging.
+        BackboneSpec::Custom(CustomBackbone::Swin {
+            img_size: 32,
+            patch_size: 2,
+            window_size: 4,
+            embed_dim: 8,
+            depths: vec![2, 2],
+            num_heads: vec![1, 2],
+            mlp_ratio: 4.0,
+            drop_path_rate: 0.0,
+        }),
+        pvt_v2(false),
+        pvt_v2(true),
     ]
+}
+
+/// A small PVT v2 whose stages reduce keys and values (sr 8, 4, 2 on 16×16, 8×8, 4×4 maps of a
+/// 64×64 image: four keys each, so every query matters; a single key would leave `q` without a
+/// gradient, as it is in PyTorch).
+fn pvt_v2(linear: bool) -> BackboneSpec {
+    BackboneSpec::Custom(CustomBackbone::PvtV2 {
+        embed_dims: vec![8, 16, 24, 32],
+        depths: vec![1, 1, 1, 1],
+        num_heads: vec![1, 2, 3, 4],
+        sr_ratios: vec![8, 4, 2, 1],
+        mlp_ratios: vec![4.0, 4.0, 2.0, 2.0],
+        linear,
+        drop_path_rate: 0.0,
+    })
 }
 
 fn fusions() -> Vec<Option<FusionConfig>> {
@@ -31,6 +59,11 @@ fn fusions() -> Vec<Option<FusionConfig>> {
 }
 
 fn check_step(backbone: &BackboneSpec, fusion: Option<FusionConfig>) {
+    check_step_at(backbone, fusion, 32);
+}
+
+/// One step on `[4, 3, side, side]` images.
+fn check_step_at(backbone: &BackboneSpec, fusion: Option<FusionConfig>, side: usize) {
     let name = format!("{} + {}", backbone.name(), fusion.as_ref().map_or("image-only", |f| f.kind.as_str()));
     let config = ModelConfig {
         pretrained: None,
@@ -42,7 +75,7 @@ fn check_step(backbone: &BackboneSpec, fusion: Option<FusionConfig>) {
         dtype: ModelDType::F32,
     };
     let model = Classifier::new(&config, 11, &Device::Cpu).unwrap();
-    let images = Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &Device::Cpu).unwrap();
+    let images = Tensor::randn(0f32, 1.0, (4, 3, side, side), &Device::Cpu).unwrap();
     let loc = Tensor::rand(-1f32, 1.0, (4, 6), &Device::Cpu).unwrap();
     let targets = Tensor::new(&[0u32, 3, 1, 4], &Device::Cpu).unwrap();
     let out = model.forward_t(&images, Some(&loc), true).unwrap();
@@ -91,5 +124,26 @@ fn sk2res2net_every_fusion() {
 fn narrow_sk2res2net_every_fusion() {
     for fusion in fusions() {
         check_step(&backbones()[3], fusion);
+    }
+}
+
+#[test]
+fn swin_every_fusion() {
+    for fusion in fusions() {
+        check_step(&backbones()[4], fusion);
+    }
+}
+
+#[test]
+fn pvt_v2_every_fusion() {
+    for fusion in fusions() {
+        check_step_at(&backbones()[5], fusion, 64);
+    }
+}
+
+#[test]
+fn linear_pvt_v2_every_fusion() {
+    for fusion in fusions() {
+        check_step_at(&backbones()[6], fusion, 64);
     }
 }

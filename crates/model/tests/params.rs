@@ -147,3 +147,18 @@ fn attention_and_dagger_heads_have_the_documented_layers() {
     let extra = head_counts(FusionKind::AttentionImageQuery, 256, 64, 2).loc_att - c;
     assert!((690_000..=710_000).contains(&extra), "{extra}");
 }
+
+/// timm 1.0.31's counts (`sum(p.numel())` of `create_model(name, num_classes=0)`).
+#[test]
+fn transformer_presets_match_timm() {
+    for (preset, timm) in [
+        (BackbonePreset::SwinTiny, 27_519_354),
+        (BackbonePreset::PvtV2B0, 3_409_760),
+        (BackbonePreset::PvtV2B2, 24_849_856),
+        (BackbonePreset::PvtV2B2Li, 22_040_512),
+        (BackbonePreset::SwinLarge224, 194_995_476),
+        (BackbonePreset::SwinLarge384, 195_198_516),
+    ] {
+        assert_eq!(counts(preset, None, 10).backbone, timm, "{preset}");
+    }
+}

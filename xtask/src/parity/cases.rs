@@ -153,7 +153,7 @@ struct FusionCase {
     metadata: Metadata,
     fusion: FusionConfig,
     image_features_dim: usize,
-    weights: PathBuf,
+    weights: WeightFiles,
     inputs: PathBuf,
     expected: PathBuf,
     #[serde(default = "strict_keys")]
@@ -165,8 +165,37 @@ fn strict_keys() -> UnusedKeys {
     UnusedKeys::Error
 }
 
-fn load_weights(dir: &Path, file: &Path, store: &ParamStore, unused_keys: UnusedKeys) -> anyhow::Result<()> {
-    let weights = WeightsFile::read(&dir.join(file))?;
+/// A case's `weights`: one file, or several whose tensors together are the model's (so that
+/// committed cases can share a large part, such as a 256-wide `loc_net`). A name in two files is
+/// an error.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum WeightFiles {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl WeightFiles {
+    fn paths(&self) -> &[PathBuf] {
+        match self {
+            WeightFiles::One(path) => std::slice::from_ref(path),
+            WeightFiles::Many(paths) => paths,
+        }
+    }
+}
+
+fn load_weights(dir: &Path, files: &WeightFiles, store: &ParamStore, unused_keys: UnusedKeys) -> anyhow::Result<()> {
+    let mut paths = files.paths().iter();
+    let Some(first) = paths.next() else { bail!("\"weights\" names no file") };
+    let mut weights = WeightsFile::read(&dir.join(first))?;
+    for path in paths {
+        let more = WeightsFile::read(&dir.join(path))?;
+        for (name, tensor) in more.tensors {
+            if weights.tensors.insert(name.clone(), tensor).is_some() {
+                bail!("{name} is in {} and in an earlier weights file", path.display());
+            }
+        }
+    }
     weights.load_into(store, LoadPolicy { unused_keys, allow_missing: false })?;
     Ok(())
 }
@@ -197,7 +226,7 @@ struct ModelCase {
     fusion: Option<FusionConfig>,
     metadata: Option<Metadata>,
     num_classes: usize,
-    weights: PathBuf,
+    weights: WeightFiles,
     #[serde(default = "strict_keys")]
     unused_weight_keys: UnusedKeys,
     inputs: PathBuf,
@@ -402,7 +431,7 @@ struct TrainStepCase {
     fusion: Option<FusionConfig>,
     metadata: Option<Metadata>,
     num_classes: usize,
-    weights: PathBuf,
+    weights: WeightFiles,
     inputs: PathBuf,
     expected: PathBuf,
     #[serde(default = "strict_keys")]
@@ -536,7 +565,7 @@ struct PriorsNetStepCase {
     num_classes: usize,
     #[serde(default = "default_filts")]
     num_filts: usize,
-    weights: PathBuf,
+    weights: WeightFiles,
     inputs: PathBuf,
     expected: PathBuf,
     loss: String,

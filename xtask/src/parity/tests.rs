@@ -69,6 +69,12 @@ fn committed_parity_cases_pass() {
     assert_cases_pass(&cases);
 }
 
+/// Table S1's transformers (Swin, PVT v2), computed by timm.
+#[test]
+fn reference_transformer_cases_pass() {
+    assert_all_pass("model", |case| case.parent().is_some_and(|dir| dir.ends_with("parity-transformers")));
+}
+
 #[test]
 fn reference_priorsnet_step_cases_pass() {
     assert_all_pass("priorsnet_step", |_| true);

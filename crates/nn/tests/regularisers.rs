@@ -1,0 +1,48 @@
+//! Stochastic depth and adaptive pooling: the transformers' ops beyond the CNNs'.
+
+use candle_core::{DType, Device, Tensor, Var};
+use dmlp_nn::{DropoutRng, adaptive_avg_pool2d, drop_path};
+
+#[test]
+fn drop_path_drops_whole_samples_and_keeps_the_mean() {
+    let rng = DropoutRng::new(5);
+    let xs = Tensor::ones((4000, 3, 2), DType::F32, &Device::Cpu).unwrap();
+    let ys = drop_path(&xs, 0.25, true, &rng).unwrap();
+    let rows: Vec<Vec<f32>> = ys.reshape((4000, 6)).unwrap().to_vec2().unwrap();
+    let mut dropped = 0;
+    for row in &rows {
+        // A sample is dropped whole or kept whole, scaled by 1/(1 − p).
+        assert!(row.iter().all(|v| *v == row[0]), "{row:?}");
+        assert!(row[0] == 0.0 || (row[0] - 1.0 / 0.75).abs() < 1e-6, "{}", row[0]);
+        dropped += usize::from(row[0] == 0.0);
+    }
+    let fraction = dropped as f64 / 4000.0;
+    assert!((fraction - 0.25).abs() < 0.03, "dropped {fraction}");
+    // Evaluation and p = 0 are the identity.
+    assert_eq!(drop_path(&xs, 0.25, false, &rng).unwrap().to_vec3::<f32>().unwrap(), xs.to_vec3::<f32>().unwrap());
+    assert_eq!(drop_path(&xs, 0.0, true, &rng).unwrap().to_vec3::<f32>().unwrap(), xs.to_vec3::<f32>().unwrap());
+    // The same seed draws the same samples.
+    let again = drop_path(&xs, 0.25, true, &DropoutRng::new(5)).unwrap();
+    assert_eq!(again.reshape((4000, 6)).unwrap().to_vec2::<f32>().unwrap(), rows);
+}
+
+#[test]
+fn adaptive_pooling_uses_pytorchs_windows_and_differentiates() {
+    // 3 → 2: windows [0, 2) and [1, 3) (they overlap); 5 → 7: windows of one or two values.
+    let xs =
+        Var::from_tensor(&Tensor::arange(0f32, 15.0, &Device::Cpu).unwrap().reshape((1, 1, 3, 5)).unwrap()).unwrap();
+    let ys = adaptive_avg_pool2d(xs.as_tensor(), (2, 7)).unwrap();
+    let got: Vec<Vec<f32>> = ys.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+    // torch.nn.functional.adaptive_avg_pool2d(torch.arange(15.).reshape(1, 1, 3, 5), (2, 7)).
+    let want = [[2.5f32, 3.0, 4.0, 4.5, 5.0, 6.0, 6.5], [7.5, 8.0, 9.0, 9.5, 10.0, 11.0, 11.5]];
+    for (g, w) in got.iter().zip(want) {
+        for (a, b) in g.iter().zip(w) {
+            assert!((a - b).abs() < 1e-5, "{got:?}");
+        }
+    }
+    let grads = ys.sum_all().unwrap().backward().unwrap();
+    let grad: Vec<f32> = grads.get(xs.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    // Each output spreads 1 over its window: the gradient sums to the 14 outputs.
+    assert!((grad.iter().sum::<f32>() - 14.0).abs() < 1e-4, "{grad:?}");
+    assert!(grad.iter().all(|g| *g > 0.0));
+}

@@ -3,6 +3,8 @@
 Builds the reference's Dynamic MLP-C head (FCNet + FusionModule, models/dynamic_mlp.py) and a
 torchvision-layout ResNet-50 in plain PyTorch (no torchvision needed), then times forward +
 backward of each exactly as the Rust side does, and prints one JSON object on the last line.
+The transformers (`--only swin|pvt`, or all) are timm's own `swin_tiny_patch4_window7_224` and
+`pvt_v2_b2` (needs `timm`), stochastic depth off as in dmlp's presets.
 """
 import argparse
 import json
@@ -243,10 +245,11 @@ def main():
     parser.add_argument("--head-iters", type=int, default=5)
     parser.add_argument("--resnet-iters", type=int, default=3)
     parser.add_argument("--sk-iters", type=int, default=2)
+    parser.add_argument("--transformer-iters", type=int, default=2)
     parser.add_argument("--head-batch", type=int, default=512)
     parser.add_argument("--resnet-batch", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--only", choices=["head", "resnet", "sk"], default=None)
+    parser.add_argument("--only", choices=["head", "resnet", "sk", "swin", "pvt"], default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -276,12 +279,25 @@ def main():
         sk.zero_grad(set_to_none=True)
         sk(images).sum().backward()
 
+    def transformer_step(name):
+        import timm
+
+        model = timm.create_model(name, num_classes=0, drop_path_rate=0.0).train()
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            model(images).sum().backward()
+
+        return time_steps(step, args.transformer_iters)
+
     result = {
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
         "head_step_s": time_steps(head_step, args.head_iters) if args.only in (None, "head") else None,
         "resnet50_step_s": time_steps(resnet_step, args.resnet_iters) if args.only in (None, "resnet") else None,
         "sk2res2net101_step_s": time_steps(sk_step, args.sk_iters) if args.only in (None, "sk") else None,
+        "swin_tiny_step_s": transformer_step("swin_tiny_patch4_window7_224") if args.only in (None, "swin") else None,
+        "pvt_v2_b2_step_s": transformer_step("pvt_v2_b2") if args.only in (None, "pvt") else None,
     }
     print(json.dumps(result))
 

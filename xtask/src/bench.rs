@@ -1,6 +1,8 @@
-//! `cargo xtask bench model`: forward + backward timings of the Dynamic MLP-C head, ResNet-50 and
-//! SK-Res2Net-101, beside PyTorch's for the same work on the same machine and thread count.
+//! `cargo xtask bench model`: forward + backward timings of the Dynamic MLP-C head, ResNet-50,
+//! SK-Res2Net-101, Swin-T and PVT-v2-b2, beside PyTorch's (timm's, for the transformers) for the
+//! same work on the same machine and thread count.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -16,7 +18,8 @@ use dmlp_nn::ParamStore;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
-    /// Dynamic MLP-C head at batch 512, ResNet-50 and SK-Res2Net-101 at batch 8 × 224², forward +
+    /// Dynamic MLP-C head at batch 512, ResNet-50, SK-Res2Net-101, Swin-T and PVT-v2-b2 at batch
+    /// 8 × 224², forward +
     /// backward.
     Model(ModelBenchArgs),
     /// The training ops: conv2d GFLOP/s on ResNet-50's shapes, BatchNorm, whole training steps.
@@ -30,7 +33,8 @@ pub(crate) enum BenchCommand {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ModelBenchArgs {
-    /// A Python interpreter with PyTorch: runs the same work in PyTorch in the same run.
+    /// A Python interpreter with PyTorch (and timm, for `swin` and `pvt`): runs the same work in
+    /// PyTorch in the same run.
     #[arg(long)]
     python: Option<PathBuf>,
     /// Threads on both sides (default: every core).
@@ -45,11 +49,14 @@ pub(crate) struct ModelBenchArgs {
     /// Timed iterations of the SK-Res2Net-101 step (median reported, after one warm-up).
     #[arg(long, default_value_t = 2)]
     sk_iters: usize,
+    /// Timed iterations of the Swin-T and PVT-v2-b2 steps (median reported, after one warm-up).
+    #[arg(long, default_value_t = 2)]
+    transformer_iters: usize,
     /// Rounds of both sides in turn (dmlp, then PyTorch, again), so that both meet the same
     /// machine load; each round's ratio is printed and the JSON carries the best time of each side.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
-    /// Time only this step (`head`, `resnet` or `sk`), on both sides: for profiling one of them.
+    /// Time only this step (`head`, `resnet`, `sk`, `swin` or `pvt`), on both sides.
     #[arg(long, value_enum)]
     only: Option<ModelStep>,
     /// Print one JSON object as the last line of standard output.
@@ -62,19 +69,66 @@ pub(crate) struct ModelBenchArgs {
 }
 
 /// The steps `bench model` times.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub(crate) enum ModelStep {
     Head,
     Resnet,
     Sk,
+    Swin,
+    Pvt,
 }
 
 impl ModelStep {
+    const ALL: [ModelStep; 5] = [ModelStep::Head, ModelStep::Resnet, ModelStep::Sk, ModelStep::Swin, ModelStep::Pvt];
+
     fn name(self) -> &'static str {
         match self {
             ModelStep::Head => "head",
             ModelStep::Resnet => "resnet",
             ModelStep::Sk => "sk",
+            ModelStep::Swin => "swin",
+            ModelStep::Pvt => "pvt",
+        }
+    }
+
+    /// What the step is, for the table.
+    fn title(self) -> &'static str {
+        match self {
+            ModelStep::Head => "Dynamic MLP-C head, batch 512",
+            ModelStep::Resnet => "ResNet-50, batch 8 × 224²",
+            ModelStep::Sk => "SK-Res2Net-101, batch 8 × 224²",
+            ModelStep::Swin => "Swin-T, batch 8 × 224²",
+            ModelStep::Pvt => "PVT-v2-b2, batch 8 × 224²",
+        }
+    }
+
+    /// The JSON key of its time (`torch_` prefixed for PyTorch's), as `bench_model.py` prints it.
+    fn key(self) -> &'static str {
+        match self {
+            ModelStep::Head => "head_step_s",
+            ModelStep::Resnet => "resnet50_step_s",
+            ModelStep::Sk => "sk2res2net101_step_s",
+            ModelStep::Swin => "swin_tiny_step_s",
+            ModelStep::Pvt => "pvt_v2_b2_step_s",
+        }
+    }
+
+    fn iters(self, args: &ModelBenchArgs) -> usize {
+        match self {
+            ModelStep::Head => args.head_iters,
+            ModelStep::Resnet => args.resnet_iters,
+            ModelStep::Sk => args.sk_iters,
+            ModelStep::Swin | ModelStep::Pvt => args.transformer_iters,
+        }
+    }
+
+    fn build(self, device: &Device) -> anyhow::Result<Step> {
+        match self {
+            ModelStep::Head => head_step(device),
+            ModelStep::Resnet => backbone_step(BackbonePreset::Resnet50, device),
+            ModelStep::Sk => backbone_step(BackbonePreset::Sk2res2net101, device),
+            ModelStep::Swin => backbone_step(BackbonePreset::SwinTiny, device),
+            ModelStep::Pvt => backbone_step(BackbonePreset::PvtV2B2, device),
         }
     }
 }
@@ -112,74 +166,59 @@ fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
     if !device.is_cpu() && args.python.is_some() {
         bail!("--python compares on the CPU; on a GPU, `cargo xtask gpu-check --python PY` runs PyTorch beside dmlp");
     }
-    let wanted = |step: ModelStep| args.only.is_none_or(|only| only == step);
-    let mut head = if wanted(ModelStep::Head) { Some(head_step(&device)?) } else { None };
-    let mut resnet =
-        if wanted(ModelStep::Resnet) { Some(backbone_step(BackbonePreset::Resnet50, &device)?) } else { None };
-    let mut sk =
-        if wanted(ModelStep::Sk) { Some(backbone_step(BackbonePreset::Sk2res2net101, &device)?) } else { None };
+    let wanted: Vec<ModelStep> =
+        ModelStep::ALL.into_iter().filter(|step| args.only.is_none_or(|only| only == *step)).collect();
+    let mut steps: Vec<(ModelStep, Step)> =
+        wanted.iter().map(|&kind| Ok((kind, kind.build(&device)?))).collect::<anyhow::Result<_>>()?;
     let mut rounds: Vec<Round> = Vec::new();
     for round in 1..=args.rounds.max(1) {
-        let head_s = head.as_mut().map(|step| time_steps(args.head_iters, step)).transpose()?;
-        if let Some(head_s) = head_s {
-            eprintln!("[round {round}] dmlp  head step (loc_net + loc_att C, batch {HEAD_BATCH}): {head_s:.3} s");
-        }
-        let resnet_s = resnet.as_mut().map(|step| time_steps(args.resnet_iters, step)).transpose()?;
-        if let Some(resnet_s) = resnet_s {
-            eprintln!("[round {round}] dmlp  ResNet-50 step (batch {RESNET_BATCH} × {IMAGE_SIZE}²): {resnet_s:.3} s");
-        }
-        let sk_s = sk.as_mut().map(|step| time_steps(args.sk_iters, step)).transpose()?;
-        if let Some(sk_s) = sk_s {
-            eprintln!("[round {round}] dmlp  SK-Res2Net-101 step (batch {RESNET_BATCH} × {IMAGE_SIZE}²): {sk_s:.3} s");
+        let mut ours = HashMap::new();
+        for (kind, step) in &mut steps {
+            let seconds = time_steps(kind.iters(args), step)?;
+            eprintln!("[round {round}] dmlp  {} step: {seconds:.3} s", kind.title());
+            ours.insert(*kind, seconds);
         }
         let torch = args.python.as_ref().map(|python| run_torch(python, threads, args)).transpose()?;
-        rounds.push(Round { head_s, resnet_s, sk_s, torch });
+        rounds.push(Round { ours, torch });
     }
 
-    println!("{:<34} {:>10} {:>10} {:>8}", "step (forward + backward)", "dmlp s", "torch s", "ratio");
+    println!("{:<38} {:>10} {:>10} {:>8}", "step (forward + backward)", "dmlp s", "torch s", "ratio");
     let row = |name: &str, ours: Option<f64>, theirs: Option<f64>| match (ours, theirs) {
-        (Some(ours), Some(t)) => println!("{name:<34} {ours:>10.3} {t:>10.3} {:>7.2}×", ours / t),
-        (Some(ours), None) => println!("{name:<34} {ours:>10.3} {:>10} {:>8}", "-", "-"),
+        (Some(ours), Some(t)) => println!("{name:<38} {ours:>10.3} {t:>10.3} {:>7.2}×", ours / t),
+        (Some(ours), None) => println!("{name:<38} {ours:>10.3} {:>10} {:>8}", "-", "-"),
         (None, _) => {}
     };
     let many = rounds.len() > 1;
     for (idx, r) in rounds.iter().enumerate() {
         let tag = if many { format!(" [round {}]", idx + 1) } else { String::new() };
-        row(&format!("Dynamic MLP-C head, batch 512{tag}"), r.head_s, r.torch.as_ref().and_then(|t| t.head_step_s));
-        row(&format!("ResNet-50, batch 8 × 224²{tag}"), r.resnet_s, r.torch.as_ref().and_then(|t| t.resnet50_step_s));
-        row(
-            &format!("SK-Res2Net-101, batch 8 × 224²{tag}"),
-            r.sk_s,
-            r.torch.as_ref().and_then(|t| t.sk2res2net101_step_s),
-        );
+        for &kind in &wanted {
+            row(&format!("{}{tag}", kind.title()), r.ours.get(&kind).copied(), r.theirs(kind));
+        }
     }
     let best = |f: &dyn Fn(&Round) -> Option<f64>| rounds.iter().filter_map(f).min_by(f64::total_cmp);
-    let (head_s, resnet_s, sk_s) = (best(&|r| r.head_s), best(&|r| r.resnet_s), best(&|r| r.sk_s));
-    let torch_head = best(&|r| r.torch.as_ref().and_then(|t| t.head_step_s));
-    let torch_resnet = best(&|r| r.torch.as_ref().and_then(|t| t.resnet50_step_s));
-    let torch_sk = best(&|r| r.torch.as_ref().and_then(|t| t.sk2res2net101_step_s));
     if many {
-        row("Dynamic MLP-C head, best of rounds", head_s, torch_head);
-        row("ResNet-50, best of rounds", resnet_s, torch_resnet);
-        row("SK-Res2Net-101, best of rounds", sk_s, torch_sk);
+        for &kind in &wanted {
+            row(
+                &format!("{}, best of rounds", kind.title()),
+                best(&|r| r.ours.get(&kind).copied()),
+                best(&|r| r.theirs(kind)),
+            );
+        }
     }
     let torch_version = rounds.iter().find_map(|r| r.torch.as_ref().map(|t| t.torch_version.clone()));
     if torch_version.is_some() {
         println!("(ratio = dmlp time / PyTorch time; below 1 means dmlp is faster)");
     }
     if args.json {
-        let mut json = serde_json::json!({
-            "threads": threads,
-            "rounds": rounds.len(),
-            "head_step_s": head_s,
-            "resnet50_step_s": resnet_s,
-            "sk2res2net101_step_s": sk_s,
-        });
+        let mut json = serde_json::json!({ "threads": threads, "rounds": rounds.len() });
+        for kind in ModelStep::ALL {
+            json[kind.key()] = best(&|r| r.ours.get(&kind).copied()).into();
+        }
         if let Some(version) = torch_version {
             json["torch_version"] = version.into();
-            json["torch_head_step_s"] = torch_head.into();
-            json["torch_resnet50_step_s"] = torch_resnet.into();
-            json["torch_sk2res2net101_step_s"] = torch_sk.into();
+            for kind in ModelStep::ALL {
+                json[format!("torch_{}", kind.key())] = best(&|r| r.theirs(kind)).into();
+            }
         }
         println!("{json}");
     }
@@ -188,10 +227,14 @@ fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
 
 /// One round of `bench model`: each side's median step times.
 struct Round {
-    head_s: Option<f64>,
-    resnet_s: Option<f64>,
-    sk_s: Option<f64>,
+    ours: HashMap<ModelStep, f64>,
     torch: Option<TorchTimes>,
+}
+
+impl Round {
+    fn theirs(&self, kind: ModelStep) -> Option<f64> {
+        self.torch.as_ref().and_then(|t| t.times.get(kind.key()).copied().flatten())
+    }
 }
 
 type Step = Box<dyn FnMut() -> anyhow::Result<()>>;
@@ -250,34 +293,30 @@ fn backbone_step(preset: BackbonePreset, device: &Device) -> anyhow::Result<Step
 #[derive(Debug, serde::Deserialize)]
 struct TorchTimes {
     torch_version: String,
-    head_step_s: Option<f64>,
-    resnet50_step_s: Option<f64>,
-    sk2res2net101_step_s: Option<f64>,
+    /// Step times by [`ModelStep::key`] (null for steps not run).
+    #[serde(flatten)]
+    times: HashMap<String, Option<f64>>,
 }
 
 fn run_torch(python: &Path, threads: usize, args: &ModelBenchArgs) -> anyhow::Result<TorchTimes> {
-    let mut script_args = vec![
-        "--threads".into(),
-        threads.to_string(),
-        "--head-iters".into(),
-        args.head_iters.to_string(),
-        "--resnet-iters".into(),
-        args.resnet_iters.to_string(),
-        "--sk-iters".into(),
-        args.sk_iters.to_string(),
-    ];
+    let mut script_args = vec!["--threads".into(), threads.to_string()];
+    for (flag, iters) in [
+        ("--head-iters", args.head_iters),
+        ("--resnet-iters", args.resnet_iters),
+        ("--sk-iters", args.sk_iters),
+        ("--transformer-iters", args.transformer_iters),
+    ] {
+        script_args.extend([flag.to_string(), iters.to_string()]);
+    }
     if let Some(only) = args.only {
         script_args.extend(["--only".into(), only.name().into()]);
     }
     let times: TorchTimes = run_python_json(python, "bench_model.py", &script_args)?;
-    let shown = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.3} s"));
-    eprintln!(
-        "torch {} head step: {}, ResNet-50 step: {}, SK-Res2Net-101 step: {}",
-        times.torch_version,
-        shown(times.head_step_s),
-        shown(times.resnet50_step_s),
-        shown(times.sk2res2net101_step_s)
-    );
+    let shown: Vec<String> = ModelStep::ALL
+        .iter()
+        .filter_map(|kind| times.times.get(kind.key()).copied().flatten().map(|t| format!("{}: {t:.3} s", kind.name())))
+        .collect();
+    eprintln!("torch {} {}", times.torch_version, shown.join(", "));
     Ok(times)
 }
 

@@ -15,7 +15,7 @@ use dmlp_nn::{
     layer_norm, layer_norm_with_eps,
 };
 
-use crate::transformer::{attention, check_stages, dense, drop_path_rates, gelu};
+use crate::transformer::{attention, check_stages, dense, drop_path_rates, gelu, split_projection};
 
 /// timm's `LayerNorm` default.
 const BLOCK_NORM_EPS: f64 = 1e-6;
@@ -248,8 +248,9 @@ impl Attention {
             }
         };
         let m = source.dim(1)?;
-        let kv = self.kv.forward(&source)?.reshape((b, m, 2, heads, head_dim))?.permute((2, 0, 3, 1, 4))?;
-        let out = attention(&q, &kv.get(0)?, &kv.get(1)?, (head_dim as f64).powf(-0.5), None)?;
+        let kv = split_projection(&self.kv, &source, 2)?;
+        let heads_first = |t: &Tensor| t.reshape((b, m, heads, head_dim))?.transpose(1, 2);
+        let out = attention(&q, &heads_first(&kv[0])?, &heads_first(&kv[1])?, (head_dim as f64).powf(-0.5), None)?;
         self.proj.forward(&out.transpose(1, 2)?.reshape((b, n, c))?)
     }
 }

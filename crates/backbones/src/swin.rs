@@ -13,7 +13,9 @@ use candle_core::{Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
 use dmlp_nn::{Conv2d, Conv2dConfig, DropoutRng, LayerNorm, Linear, conv2d, drop_path, init, layer_norm};
 
-use crate::transformer::{Mlp, TRUNC_NORMAL, attention, check_stages, dense, drop_path_rates, mean_tokens};
+use crate::transformer::{
+    Mlp, TRUNC_NORMAL, attention, check_stages, dense, drop_path_rates, mean_tokens, split_projection,
+};
 
 /// The explicit description of a Swin Transformer (timm's constructor arguments).
 #[derive(Debug, Clone, PartialEq)]
@@ -332,8 +334,9 @@ impl WindowAttention {
         let (bw, n, c) = xs.dims3()?;
         let heads = self.num_heads;
         let head_dim = c / heads;
-        let qkv = self.qkv.forward(xs)?.reshape((bw, n, 3, heads, head_dim))?.permute((2, 0, 3, 1, 4))?;
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let heads_first = |t: &Tensor| t.reshape((bw, n, heads, head_dim))?.transpose(1, 2);
+        let qkv = split_projection(&self.qkv, xs, 3)?;
+        let (q, k, v) = (heads_first(&qkv[0])?, heads_first(&qkv[1])?, heads_first(&qkv[2])?);
         // [N·N, heads] → [heads, N, N].
         let bias = self
             .relative_position_bias_table

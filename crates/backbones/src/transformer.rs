@@ -1,7 +1,7 @@
 //! What the transformer backbones share: timm's initialisation, the two-layer MLP, scaled
 //! dot-product attention, and the stochastic-depth schedule.
 
-use candle_core::{D, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use dmlp_nn::{Linear, linear_with_init};
 
@@ -17,7 +17,31 @@ pub(crate) fn dense(in_features: usize, out_features: usize, bias: bool, vb: Var
 
 /// `nn.GELU()`: the exact (erf) form.
 pub(crate) fn gelu(xs: &Tensor) -> Result<Tensor> {
-    xs.gelu_erf()
+    dmlp_nn::gelu(xs)
+}
+
+/// The `parts` equal slices of a fused projection's output (timm's `qkv`, PVT's `kv`), each
+/// computed from its own rows of the weight and bias: the same products as projecting once and
+/// splitting, without the split's backward, which builds a zero tensor the size of the whole
+/// output for every slice.
+///
+/// # Shapes
+/// `xs: [..., in]` → `parts` × `[..., out / parts]`.
+pub(crate) fn split_projection(layer: &Linear, xs: &Tensor, parts: usize) -> Result<Vec<Tensor>> {
+    let dims = xs.dims();
+    let Some((&in_features, leading)) = dims.split_last() else { candle_core::bail!("a projection of a scalar") };
+    let rows: usize = leading.iter().product();
+    let flat = xs.reshape((rows, in_features))?;
+    let width = layer.weight().dim(0)? / parts;
+    (0..parts)
+        .map(|part| {
+            let weight = layer.weight().narrow(0, part * width, width)?;
+            let bias = layer.bias().map(|b| b.narrow(0, part * width, width)).transpose()?;
+            let mut out_dims = leading.to_vec();
+            out_dims.push(width);
+            dmlp_nn::linear_forward(&flat, &weight, bias.as_ref())?.reshape(out_dims)
+        })
+        .collect()
 }
 
 /// timm's `Mlp`: `fc2(gelu(fc1(x)))`, keys `fc1`, `fc2`.
@@ -46,7 +70,7 @@ impl Mlp {
 /// `q: [..., N, d]`, `k, v: [..., M, d]` (the same leading dimensions, e.g. `[B, heads]`),
 /// `bias` broadcastable to `[..., N, M]` → `[..., N, d]`.
 pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: Option<&Tensor>) -> Result<Tensor> {
-    let scores = dmlp_nn::matmul(&(q * scale)?, &k.t()?)?;
+    let scores = dmlp_nn::matmul_nt(&(q * scale)?, k)?;
     let scores = match bias {
         Some(bias) => scores.broadcast_add(&bias.to_dtype(scores.dtype())?)?,
         None => scores,
@@ -58,8 +82,7 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: Op
 /// Softmax over the last dimension with a gradient (candle's fused `softmax_last_dim` has none),
 /// in f32 for half-precision inputs.
 pub(crate) fn softmax_last(xs: &Tensor) -> Result<Tensor> {
-    let dtype = xs.dtype();
-    candle_nn::ops::softmax(&xs.to_dtype(dmlp_nn::accumulation_dtype(xs))?, D::Minus1)?.to_dtype(dtype)
+    dmlp_nn::softmax_last_dim(xs)
 }
 
 /// timm's stochastic-depth rates: `linspace(0, rate, Σ depths)`, split by stage.

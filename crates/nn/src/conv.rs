@@ -3,6 +3,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 
 use crate::conv_op::Conv2dOp;
+use crate::depthwise_op::{Depthwise, DepthwiseOp};
 use candle_nn::{Init, VarBuilder};
 
 /// Hyper-parameters of a convolution, as `nn.Conv2d` takes them (square kernels).
@@ -94,6 +95,17 @@ pub fn conv2d_forward(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> Res
     if !crate::cpu::custom_cpu_ops(xs.device()) {
         return conv2d_generic(xs, weight, config);
     }
+    if is_depthwise(xs, weight, config)? {
+        let op = || DepthwiseOp(Depthwise { stride: config.stride, padding: config.padding });
+        return match xs.dtype() {
+            DType::F32 | DType::F64 => xs.contiguous()?.apply_op2(&weight.contiguous()?, op()),
+            dtype => xs
+                .to_dtype(DType::F32)?
+                .contiguous()?
+                .apply_op2(&weight.to_dtype(DType::F32)?.contiguous()?, op())?
+                .to_dtype(dtype),
+        };
+    }
     match xs.dtype() {
         DType::F32 | DType::F64 => xs.contiguous()?.apply_op2(&weight.contiguous()?, Conv2dOp(config)),
         dtype => {
@@ -102,6 +114,18 @@ pub fn conv2d_forward(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> Res
             xs.apply_op2(&weight, Conv2dOp(config))?.to_dtype(dtype)
         }
     }
+}
+
+/// One filter per channel (`groups` = input = output channels), no dilation: the depthwise op.
+fn is_depthwise(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> Result<bool> {
+    let (_, channels, _, _) = xs.dims4()?;
+    let (out, per_group, kh, kw) = weight.dims4()?;
+    Ok(config.groups > 1
+        && config.groups == channels
+        && out == channels
+        && per_group == 1
+        && kh == kw
+        && config.dilation == 1)
 }
 
 /// candle's convolution, on any device, with a correct backward. candle's backward gets the

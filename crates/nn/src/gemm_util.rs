@@ -34,14 +34,44 @@ pub(crate) fn matmul_strided<T: WithDType>(
     (lhs, lhs_rs, lhs_cs): (&[T], usize, usize),
     (rhs, rhs_rs, rhs_cs): (&[T], usize, usize),
 ) {
+    let threads = threads();
+    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    gemm_checked(
+        (m, n, k),
+        (dst, dst_rs, dst_cs),
+        accumulate,
+        (lhs, lhs_rs, lhs_cs),
+        (rhs, rhs_rs, rhs_cs),
+        parallelism,
+    );
+}
+
+/// [`matmul_strided`] on the calling thread only: for many small products run in parallel by
+/// the caller (attention's per-window matrices).
+pub(crate) fn matmul_serial<T: WithDType>(
+    (m, n, k): (usize, usize, usize),
+    dst: (&mut [T], usize, usize),
+    accumulate: bool,
+    lhs: (&[T], usize, usize),
+    rhs: (&[T], usize, usize),
+) {
+    gemm_checked((m, n, k), dst, accumulate, lhs, rhs, Parallelism::None);
+}
+
+fn gemm_checked<T: WithDType>(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs, dst_cs): (&mut [T], usize, usize),
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (&[T], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[T], usize, usize),
+    parallelism: Parallelism,
+) {
     if m == 0 || n == 0 {
         return;
     }
     assert!(dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs, "matmul destination too small");
     assert!(k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs, "matmul lhs too small");
     assert!(k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs, "matmul rhs too small");
-    let threads = threads();
-    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     // SAFETY: the asserts above keep every index gemm computes from these strides inside the
     // slices; dst does not alias lhs or rhs (it is a distinct &mut).
     unsafe {

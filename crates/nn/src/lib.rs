@@ -15,12 +15,15 @@
 //! candle and the libraries candle itself uses (gemm, rayon, rand).
 
 mod activation_op;
+mod attention_ops;
 mod autocast;
 mod batch_norm_op;
+mod bmm_op;
 mod conv;
 mod conv_op;
 mod cpu;
 mod cpu_threads;
+mod depthwise_op;
 mod gemm_util;
 pub mod init;
 mod layer_norm_op;
@@ -34,11 +37,12 @@ mod store;
 mod vecmat_op;
 
 pub use activation_op::{add_relu, relu};
+pub use attention_ops::{gelu, softmax_last_dim};
 pub use autocast::{accumulation_dtype, autocast_dtype, cat_promoted, with_autocast};
 pub use conv::{Conv2d, Conv2dConfig, conv2d, conv2d_forward, conv2d_zero_bias};
 pub use cpu::with_generic_ops;
 pub use cpu_threads::configure_cpu_threads;
-pub use linear::{Linear, linear, linear_forward, linear_with_init, matmul};
+pub use linear::{Linear, linear, linear_forward, linear_with_init, matmul, matmul_nt};
 pub use memory::keep_freed_memory;
 pub use norm::{BatchNorm, LayerNorm, batch_norm, layer_norm, layer_norm_with_eps};
 pub use pool::{AvgPool2d, MaxPool2d, adaptive_avg_pool2d, global_avg_pool};

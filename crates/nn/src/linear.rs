@@ -87,26 +87,45 @@ pub fn linear_forward(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Re
 }
 
 /// `a · b` over matching batch dimensions (`[..., M, K] · [..., K, N]` → `[..., M, N]`), the
-/// attention products of the transformers. Inside [`crate::with_autocast`] it computes in the
-/// autocast dtype; on the CPU, where candle has no half-precision matmul, through f32.
+/// attention products of the transformers. On the CPU the project's batched op (the batch split
+/// over threads, each small product whole on one); inside [`crate::with_autocast`] it computes
+/// in the autocast dtype, on the CPU through f32 (candle has no half-precision CPU matmul).
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    batched_product(a, b, false)
+}
+
+/// `a · bᵀ` over matching batch dimensions (`[..., M, K] · [..., N, K]ᵀ` → `[..., M, N]`):
+/// attention's `q · kᵀ`, reading `k` through strides instead of copying it transposed.
+pub fn matmul_nt(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    batched_product(a, b, true)
+}
+
+fn batched_product(a: &Tensor, b: &Tensor, transpose_b: bool) -> Result<Tensor> {
     let (a, b) = (crate::autocast::for_matmul(a)?, crate::autocast::for_matmul(b)?);
     let (a_dims, b_dims) = (a.dims(), b.dims());
-    if a_dims.len() < 2 || a_dims.len() != b_dims.len() || a_dims[..a_dims.len() - 2] != b_dims[..b_dims.len() - 2] {
+    let rank = a_dims.len();
+    if rank < 2 || b_dims.len() != rank || a_dims[..rank - 2] != b_dims[..rank - 2] {
         candle_core::bail!("matmul: {a_dims:?} · {b_dims:?} do not share their batch dimensions")
     }
-    // candle checks the batch strides of rank > 3 products dimension by dimension and refuses
-    // some contiguous layouts (a batch dimension of 1): multiply as one batch dimension.
-    let rank = a_dims.len();
-    let (m, k, n) = (a_dims[rank - 2], a_dims[rank - 1], b_dims[rank - 1]);
+    let (m, k) = (a_dims[rank - 2], a_dims[rank - 1]);
+    let (n, k2) = if transpose_b { (b_dims[rank - 2], b_dims[rank - 1]) } else { (b_dims[rank - 1], b_dims[rank - 2]) };
+    if k != k2 {
+        candle_core::bail!("matmul: {a_dims:?} · {b_dims:?}{} do not fit", if transpose_b { "ᵀ" } else { "" })
+    }
     let batch: usize = a_dims[..rank - 2].iter().product();
     let mut out_dims = a_dims[..rank - 1].to_vec();
     out_dims.push(n);
+    // One batch dimension: candle checks the batch strides of rank > 3 products dimension by
+    // dimension and refuses some contiguous layouts (a batch dimension of 1).
     let a = a.contiguous()?.reshape((batch, m, k))?;
-    let b = b.contiguous()?.reshape((batch, k, n))?;
+    let b = b.contiguous()?.reshape((batch, b_dims[rank - 2], b_dims[rank - 1]))?;
     let dtype = a.dtype();
-    let product = if a.device().is_cpu() && !matches!(dtype, DType::F32 | DType::F64) {
-        a.to_dtype(DType::F32)?.matmul(&b.to_dtype(DType::F32)?)?.to_dtype(dtype)?
+    let product = if crate::cpu::custom_cpu_ops(a.device()) {
+        let compute = if matches!(dtype, DType::F32 | DType::F64) { dtype } else { DType::F32 };
+        let op = crate::bmm_op::BmmOp { transpose_a: false, transpose_b };
+        a.to_dtype(compute)?.apply_op2(&b.to_dtype(compute)?, op)?.to_dtype(dtype)?
+    } else if transpose_b {
+        a.matmul(&b.transpose(1, 2)?.contiguous()?)?
     } else {
         a.matmul(&b)?
     };

@@ -11,19 +11,22 @@ use dmlp_nn::{Conv2dConfig, conv2d_forward};
 /// (batch, in, out, h, w, kernel, stride, padding, dilation, groups)
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize, usize, usize);
 
-const CASES: [Case; 12] = [
-    (2, 3, 4, 9, 7, 3, 1, 1, 1, 1),   // 3×3 same padding, odd sizes
-    (2, 3, 8, 17, 15, 7, 2, 3, 1, 1), // ResNet stem shape, odd sizes
-    (3, 8, 6, 6, 6, 1, 1, 0, 1, 1),   // pointwise: no im2col
-    (2, 8, 6, 7, 9, 1, 2, 0, 1, 1),   // strided 1×1 downsample
-    (2, 4, 4, 9, 9, 3, 1, 2, 2, 1),   // dilation 2
-    (2, 4, 6, 8, 7, 3, 2, 1, 1, 2),   // groups 2, stride 2
-    (1, 6, 6, 5, 5, 3, 1, 1, 1, 6),   // depthwise
-    (3, 2, 3, 24, 24, 3, 1, 1, 1, 1), // several batch blocks (24² outputs)
-    (40, 2, 3, 5, 5, 3, 1, 0, 1, 1),  // many images per block, 3² outputs
-    (2, 3, 2, 4, 4, 4, 1, 0, 1, 1),   // kernel as large as the input
-    (1, 2, 2, 5, 8, 3, 3, 1, 1, 1),   // stride 3, uneven
-    (2, 3, 5, 6, 5, 2, 2, 1, 1, 1),   // even kernel with padding
+const CASES: [Case; 15] = [
+    (2, 3, 4, 9, 7, 3, 1, 1, 1, 1),    // 3×3 same padding, odd sizes
+    (2, 3, 8, 17, 15, 7, 2, 3, 1, 1),  // ResNet stem shape, odd sizes
+    (3, 8, 6, 6, 6, 1, 1, 0, 1, 1),    // pointwise: no im2col
+    (2, 8, 6, 7, 9, 1, 2, 0, 1, 1),    // strided 1×1 downsample
+    (2, 4, 4, 9, 9, 3, 1, 2, 2, 1),    // dilation 2
+    (2, 4, 6, 8, 7, 3, 2, 1, 1, 2),    // groups 2, stride 2
+    (1, 6, 6, 5, 5, 3, 1, 1, 1, 6),    // depthwise (its own op)
+    (3, 16, 16, 7, 9, 3, 1, 1, 1, 16), // depthwise as in PVT v2's MLPs, non-square
+    (2, 5, 5, 8, 6, 5, 2, 2, 1, 5),    // depthwise 5×5, stride 2
+    (2, 4, 4, 6, 7, 3, 1, 0, 1, 4),    // depthwise without padding
+    (3, 2, 3, 24, 24, 3, 1, 1, 1, 1),  // several batch blocks (24² outputs)
+    (40, 2, 3, 5, 5, 3, 1, 0, 1, 1),   // many images per block, 3² outputs
+    (2, 3, 2, 4, 4, 4, 1, 0, 1, 1),    // kernel as large as the input
+    (1, 2, 2, 5, 8, 3, 3, 1, 1, 1),    // stride 3, uneven
+    (2, 3, 5, 6, 5, 2, 2, 1, 1, 1),    // even kernel with padding
 ];
 
 #[test]
@@ -103,6 +106,8 @@ fn gradients_match_finite_differences() {
     check_finite_differences((2, 4, 2, 5, 6, 3, 2, 1, 1, 2));
     // Dilation with stride.
     check_finite_differences((1, 2, 3, 9, 8, 3, 2, 2, 2, 1));
+    // Depthwise, stride 2 that does not divide, padding wider than a tap reaches.
+    check_finite_differences((2, 3, 3, 7, 6, 3, 2, 2, 1, 3));
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Stochastic depth and adaptive pooling: the transformers' ops beyond the CNNs'.
+//! The transformers' ops beyond the CNNs': stochastic depth, adaptive pooling, batched products.
 
 use candle_core::{DType, Device, Tensor, Var};
 use dmlp_nn::{DropoutRng, adaptive_avg_pool2d, drop_path};
@@ -45,4 +45,43 @@ fn adaptive_pooling_uses_pytorchs_windows_and_differentiates() {
     // Each output spreads 1 over its window: the gradient sums to the 14 outputs.
     assert!((grad.iter().sum::<f32>() - 14.0).abs() < 1e-4, "{grad:?}");
     assert!(grad.iter().all(|g| *g > 0.0));
+}
+
+/// The batched products against candle's matmul, values and both gradients, with the product's
+/// gradient weighted so every entry matters; `matmul_nt` reads its right operand transposed.
+#[test]
+fn batched_products_match_candles_matmul_with_gradients() {
+    let a = Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, 3, 5, 4), &Device::Cpu).unwrap()).unwrap();
+    let b = Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, 3, 4, 6), &Device::Cpu).unwrap()).unwrap();
+    let bt = Var::from_tensor(&b.as_tensor().transpose(2, 3).unwrap().contiguous().unwrap()).unwrap();
+    let mix = Tensor::randn(0f64, 1.0, (2, 3, 5, 6), &Device::Cpu).unwrap();
+    let theirs = a.as_tensor().matmul(b.as_tensor()).unwrap();
+    let g_theirs = (&theirs * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+    let values = |t: &Tensor| -> Vec<f64> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    let close = |what: &str, x: &[f64], y: &[f64]| {
+        assert_eq!(x.len(), y.len());
+        for (i, (p, q)) in x.iter().zip(y).enumerate() {
+            assert!((p - q).abs() < 1e-12, "{what}[{i}]: {p} vs {q}");
+        }
+    };
+    for (name, ours, right) in [
+        ("matmul", dmlp_nn::matmul(a.as_tensor(), b.as_tensor()).unwrap(), &b),
+        ("matmul_nt", dmlp_nn::matmul_nt(a.as_tensor(), bt.as_tensor()).unwrap(), &bt),
+    ] {
+        close(name, &values(&ours), &values(&theirs));
+        let grads = (&ours * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+        close(
+            &format!("{name} dA"),
+            &values(grads.get(a.as_tensor()).unwrap()),
+            &values(g_theirs.get(a.as_tensor()).unwrap()),
+        );
+        let mut db = grads.get(right.as_tensor()).unwrap().clone();
+        if name == "matmul_nt" {
+            db = db.transpose(2, 3).unwrap().contiguous().unwrap();
+        }
+        close(&format!("{name} dB"), &values(&db), &values(g_theirs.get(b.as_tensor()).unwrap()));
+    }
+    // The generic path (CUDA's) computes the same.
+    let generic = dmlp_nn::with_generic_ops(|| dmlp_nn::matmul_nt(a.as_tensor(), bt.as_tensor()).unwrap());
+    close("generic matmul_nt", &values(&generic), &values(&theirs));
 }

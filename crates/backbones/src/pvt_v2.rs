@@ -15,7 +15,7 @@ use dmlp_nn::{
     layer_norm, layer_norm_with_eps,
 };
 
-use crate::transformer::{attention, check_stages, dense, drop_path_rates, gelu, split_projection};
+use crate::transformer::{check_stages, dense, drop_path_rates, gelu};
 
 /// timm's `LayerNorm` default.
 const BLOCK_NORM_EPS: f64 = 1e-6;
@@ -231,9 +231,9 @@ impl Attention {
     /// # Shapes
     /// `xs: [B, N, C]`, `N = H·W` → `[B, N, C]`.
     fn forward(&self, xs: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
-        let (b, n, c) = xs.dims3()?;
+        let (b, _, c) = xs.dims3()?;
         let (heads, head_dim) = (self.num_heads, c / self.num_heads);
-        let q = self.q.forward(xs)?.reshape((b, n, heads, head_dim))?.permute((0, 2, 1, 3))?;
+        let q = self.q.forward(xs)?;
         let source = match &self.reduction {
             None => xs.clone(),
             Some((sr, norm)) => {
@@ -247,11 +247,9 @@ impl Attention {
                 if self.linear { gelu(&tokens)? } else { tokens }
             }
         };
-        let m = source.dim(1)?;
-        let kv = split_projection(&self.kv, &source, 2)?;
-        let heads_first = |t: &Tensor| t.reshape((b, m, heads, head_dim))?.transpose(1, 2);
-        let out = attention(&q, &heads_first(&kv[0])?, &heads_first(&kv[1])?, (head_dim as f64).powf(-0.5), None)?;
-        self.proj.forward(&out.transpose(1, 2)?.reshape((b, n, c))?)
+        let kv = self.kv.forward(&source)?;
+        let out = dmlp_nn::multi_head_attention(&q, &kv, None, heads, (head_dim as f64).powf(-0.5))?;
+        self.proj.forward(&out)
     }
 }
 

@@ -13,9 +13,7 @@ use candle_core::{Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
 use dmlp_nn::{Conv2d, Conv2dConfig, DropoutRng, LayerNorm, Linear, conv2d, drop_path, init, layer_norm};
 
-use crate::transformer::{
-    Mlp, TRUNC_NORMAL, attention, check_stages, dense, drop_path_rates, mean_tokens, split_projection,
-};
+use crate::transformer::{Mlp, TRUNC_NORMAL, check_stages, dense, drop_path_rates, mean_tokens, projection_slice};
 
 /// The explicit description of a Swin Transformer (timm's constructor arguments).
 #[derive(Debug, Clone, PartialEq)]
@@ -331,30 +329,23 @@ impl WindowAttention {
     /// # Shapes
     /// `xs: [B · nW, N, C]` (`N = ws²`), `mask: [nW, N, N]` → `[B · nW, N, C]`.
     fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (bw, n, c) = xs.dims3()?;
+        let (_, n, c) = xs.dims3()?;
         let heads = self.num_heads;
-        let head_dim = c / heads;
-        let heads_first = |t: &Tensor| t.reshape((bw, n, heads, head_dim))?.transpose(1, 2);
-        let qkv = split_projection(&self.qkv, xs, 3)?;
-        let (q, k, v) = (heads_first(&qkv[0])?, heads_first(&qkv[1])?, heads_first(&qkv[2])?);
-        // [N·N, heads] → [heads, N, N].
+        let q = projection_slice(&self.qkv, xs, 0, c)?;
+        let kv = projection_slice(&self.qkv, xs, c, 2 * c)?;
+        // [N·N, heads] → [1, heads, N, N], plus each window's mask → [nW, heads, N, N].
         let bias = self
             .relative_position_bias_table
             .index_select(&self.relative_position_index, 0)?
             .reshape((n, n, heads))?
-            .permute((2, 0, 1))?;
-        let scale = (head_dim as f64).powf(-0.5);
-        let out = match mask {
-            None => attention(&q, &k, &v, scale, Some(&bias.unsqueeze(0)?))?,
-            Some(mask) => {
-                // As [B, nW, heads, N, N]: the bias plus each window's mask, broadcast over the batch.
-                let nw = mask.dim(0)?;
-                let bias =
-                    bias.unsqueeze(0)?.broadcast_add(&mask.to_dtype(bias.dtype())?.unsqueeze(1)?)?.unsqueeze(0)?;
-                let fold = |t: &Tensor| t.reshape((bw / nw, nw, heads, n, head_dim));
-                attention(&fold(&q)?, &fold(&k)?, &fold(&v)?, scale, Some(&bias))?.reshape((bw, heads, n, head_dim))?
-            }
+            .permute((2, 0, 1))?
+            .unsqueeze(0)?;
+        let bias = match mask {
+            Some(mask) => bias.broadcast_add(&mask.to_dtype(bias.dtype())?.unsqueeze(1)?)?,
+            None => bias,
         };
-        self.proj.forward(&out.transpose(1, 2)?.reshape((bw, n, c))?)
+        let scale = ((c / heads) as f64).powf(-0.5);
+        let out = dmlp_nn::multi_head_attention(&q, &kv, Some(&bias), heads, scale)?;
+        self.proj.forward(&out)
     }
 }

@@ -20,28 +20,16 @@ pub(crate) fn gelu(xs: &Tensor) -> Result<Tensor> {
     dmlp_nn::gelu(xs)
 }
 
-/// The `parts` equal slices of a fused projection's output (timm's `qkv`, PVT's `kv`), each
-/// computed from its own rows of the weight and bias: the same products as projecting once and
-/// splitting, without the split's backward, which builds a zero tensor the size of the whole
-/// output for every slice.
+/// Output features `start .. start + len` of a projection, from those rows of its weight and
+/// bias: a slice of timm's fused `qkv` (queries, then keys and values together) without the
+/// split's backward, which builds a zero tensor the size of the whole output for every slice.
 ///
 /// # Shapes
-/// `xs: [..., in]` → `parts` × `[..., out / parts]`.
-pub(crate) fn split_projection(layer: &Linear, xs: &Tensor, parts: usize) -> Result<Vec<Tensor>> {
-    let dims = xs.dims();
-    let Some((&in_features, leading)) = dims.split_last() else { candle_core::bail!("a projection of a scalar") };
-    let rows: usize = leading.iter().product();
-    let flat = xs.reshape((rows, in_features))?;
-    let width = layer.weight().dim(0)? / parts;
-    (0..parts)
-        .map(|part| {
-            let weight = layer.weight().narrow(0, part * width, width)?;
-            let bias = layer.bias().map(|b| b.narrow(0, part * width, width)).transpose()?;
-            let mut out_dims = leading.to_vec();
-            out_dims.push(width);
-            dmlp_nn::linear_forward(&flat, &weight, bias.as_ref())?.reshape(out_dims)
-        })
-        .collect()
+/// `xs: [..., in]` → `[..., len]`.
+pub(crate) fn projection_slice(layer: &Linear, xs: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    let weight = layer.weight().narrow(0, start, len)?;
+    let bias = layer.bias().map(|b| b.narrow(0, start, len)).transpose()?;
+    dmlp_nn::linear_nd(xs, &weight, bias.as_ref())
 }
 
 /// timm's `Mlp`: `fc2(gelu(fc1(x)))`, keys `fc1`, `fc2`.
@@ -61,28 +49,6 @@ impl Mlp {
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.fc2.forward(&gelu(&self.fc1.forward(xs)?)?)
     }
-}
-
-/// `softmax(q·kᵀ·scale + bias)·v`, the softmax in f32 for half-precision inputs (PyTorch's
-/// autocast); timm's unfused path (`q = q * scale; attn = q @ k.transpose(-2, -1)`).
-///
-/// # Shapes
-/// `q: [..., N, d]`, `k, v: [..., M, d]` (the same leading dimensions, e.g. `[B, heads]`),
-/// `bias` broadcastable to `[..., N, M]` → `[..., N, d]`.
-pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: Option<&Tensor>) -> Result<Tensor> {
-    let scores = dmlp_nn::matmul_nt(&(q * scale)?, k)?;
-    let scores = match bias {
-        Some(bias) => scores.broadcast_add(&bias.to_dtype(scores.dtype())?)?,
-        None => scores,
-    };
-    let weights = softmax_last(&scores)?;
-    dmlp_nn::matmul(&weights.to_dtype(v.dtype())?, v)
-}
-
-/// Softmax over the last dimension with a gradient (candle's fused `softmax_last_dim` has none),
-/// in f32 for half-precision inputs.
-pub(crate) fn softmax_last(xs: &Tensor) -> Result<Tensor> {
-    dmlp_nn::softmax_last_dim(xs)
 }
 
 /// timm's stochastic-depth rates: `linspace(0, rate, Σ depths)`, split by stage.

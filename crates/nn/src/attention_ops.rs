@@ -17,7 +17,7 @@ use crate::cpu::{contiguous, dispatch_float};
 const CHUNK: usize = 1 << 15;
 
 /// What the passes need of f32 and f64.
-trait Real:
+pub(crate) trait Real:
     WithDType
     + Send
     + Sync
@@ -73,7 +73,7 @@ fn rows_per_task(row_len: usize) -> usize {
     (CHUNK / row_len.max(1)).max(1)
 }
 
-fn softmax_rows<T: Real>(x: &[T], row_len: usize) -> Vec<T> {
+pub(crate) fn softmax_rows<T: Real>(x: &[T], row_len: usize) -> Vec<T> {
     let mut y = vec![T::ZERO; x.len()];
     let task = rows_per_task(row_len) * row_len;
     y.par_chunks_mut(task).zip(x.par_chunks(task)).for_each(|(out, inp)| {

@@ -42,6 +42,7 @@ pub(crate) fn matmul_strided<T: WithDType>(
         accumulate,
         (lhs, lhs_rs, lhs_cs),
         (rhs, rhs_rs, rhs_cs),
+        T::one(),
         parallelism,
     );
 }
@@ -55,7 +56,19 @@ pub(crate) fn matmul_serial<T: WithDType>(
     lhs: (&[T], usize, usize),
     rhs: (&[T], usize, usize),
 ) {
-    gemm_checked((m, n, k), dst, accumulate, lhs, rhs, Parallelism::None);
+    gemm_checked((m, n, k), dst, accumulate, lhs, rhs, T::one(), Parallelism::None);
+}
+
+/// [`matmul_serial`] of `scale · lhs · rhs` (gemm's `beta`, so the scaling costs no pass).
+pub(crate) fn matmul_serial_scaled<T: WithDType>(
+    (m, n, k): (usize, usize, usize),
+    dst: (&mut [T], usize, usize),
+    accumulate: bool,
+    lhs: (&[T], usize, usize),
+    rhs: (&[T], usize, usize),
+    scale: T,
+) {
+    gemm_checked((m, n, k), dst, accumulate, lhs, rhs, scale, Parallelism::None);
 }
 
 fn gemm_checked<T: WithDType>(
@@ -64,6 +77,7 @@ fn gemm_checked<T: WithDType>(
     accumulate: bool,
     (lhs, lhs_rs, lhs_cs): (&[T], usize, usize),
     (rhs, rhs_rs, rhs_cs): (&[T], usize, usize),
+    scale: T,
     parallelism: Parallelism,
 ) {
     if m == 0 || n == 0 {
@@ -90,7 +104,7 @@ fn gemm_checked<T: WithDType>(
             rhs_cs as isize,
             rhs_rs as isize,
             T::one(),
-            T::one(),
+            scale,
             false,
             false,
             false,

@@ -30,6 +30,7 @@ mod layer_norm_op;
 mod linear;
 mod linear_op;
 mod memory;
+mod mha_op;
 mod norm;
 mod pool;
 mod projection_op;
@@ -42,8 +43,9 @@ pub use autocast::{accumulation_dtype, autocast_dtype, cat_promoted, with_autoca
 pub use conv::{Conv2d, Conv2dConfig, conv2d, conv2d_forward, conv2d_zero_bias};
 pub use cpu::with_generic_ops;
 pub use cpu_threads::configure_cpu_threads;
-pub use linear::{Linear, linear, linear_forward, linear_with_init, matmul, matmul_nt};
+pub use linear::{Linear, linear, linear_forward, linear_nd, linear_with_init, matmul, matmul_nt};
 pub use memory::keep_freed_memory;
+pub use mha_op::multi_head_attention;
 pub use norm::{BatchNorm, LayerNorm, batch_norm, layer_norm, layer_norm_with_eps};
 pub use pool::{AvgPool2d, MaxPool2d, adaptive_avg_pool2d, global_avg_pool};
 pub use projection_op::generated_projection;

@@ -49,20 +49,30 @@ impl Module for Linear {
     /// # Shapes
     /// `xs: [..., in]` → `[..., out]`.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let dims = xs.dims();
-        let Some((&in_features, leading)) = dims.split_last() else {
-            candle_core::bail!("linear expects at least one dimension, got a scalar")
-        };
-        let rows: usize = leading.iter().product();
-        let flat = xs.reshape((rows, in_features))?;
-        let ys = linear_forward(&flat, &self.weight, self.bias.as_ref())?;
-        let mut out_dims = leading.to_vec();
-        out_dims.push(self.weight.dim(0)?);
-        ys.reshape(out_dims)
+        linear_nd(xs, &self.weight, self.bias.as_ref())
     }
 }
 
-/// `x·Wᵀ + b` for `x: [B, in]`: on the CPU the project's op (direct gemm calls, bias folded
+/// `x·Wᵀ + b` over the last dimension of `x: [..., in]` → `[..., out]`.
+pub fn linear_nd(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = xs.dims();
+    let Some((&in_features, leading)) = dims.split_last() else {
+        candle_core::bail!("linear expects at least one dimension, got a scalar")
+    };
+    if crate::cpu::custom_cpu_ops(xs.device()) {
+        // The CPU op takes the leading dimensions as rows: no reshapes, whose backward would
+        // zero-fill and add a gradient the size of the activation each.
+        return linear_forward(xs, weight, bias);
+    }
+    let rows: usize = leading.iter().product();
+    let flat = xs.reshape((rows, in_features))?;
+    let ys = linear_forward(&flat, weight, bias)?;
+    let mut out_dims = leading.to_vec();
+    out_dims.push(weight.dim(0)?);
+    ys.reshape(out_dims)
+}
+
+/// `x·Wᵀ + b` for `x: [B, in]` (on the CPU any `[..., in]`): on the CPU the project's op (direct gemm calls, bias folded
 /// into the product; half precision through f32), elsewhere candle's matmul. Inside
 /// [`crate::with_autocast`] it computes in, and returns, the autocast dtype.
 pub fn linear_forward(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {

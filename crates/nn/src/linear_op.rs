@@ -14,11 +14,27 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use crate::cpu::{contiguous, dispatch_float};
 use crate::gemm_util::matmul;
 
-/// `(rows, in)` of `x` and `(out, in)` of `W`, checked against each other.
+/// `(rows, last)` of a `[..., last]` tensor: its leading dimensions are rows.
+fn rows_last(dims: &[usize], what: &str) -> Result<(usize, usize)> {
+    match dims.split_last() {
+        Some((&last, leading)) => Ok((leading.iter().product(), last)),
+        None => bail!("linear: {what} is a scalar"),
+    }
+}
+
+/// `dims` with the last dimension replaced by `last`.
+fn with_last(dims: &[usize], last: usize) -> Shape {
+    let mut out = dims.to_vec();
+    if let Some(end) = out.last_mut() {
+        *end = last;
+    }
+    Shape::from(out)
+}
+
+/// `(rows, in)` of `x [..., in]` and `(out, in)` of `W`, checked against each other.
 fn dims(x: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
-    let (&[rows, in_x], &[out, in_w]) = (x.dims(), w.dims()) else {
-        bail!("linear expects x [B, in] and W [out, in], got {:?} and {:?}", x.dims(), w.dims())
-    };
+    let (rows, in_x) = rows_last(x.dims(), "x")?;
+    let &[out, in_w] = w.dims() else { bail!("linear expects W [out, in], got {:?}", w.dims()) };
     if in_x != in_w {
         bail!("linear: x has {in_x} features, W expects {in_w}")
     }
@@ -37,10 +53,10 @@ fn forward<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, (rows, inp, out):
     y
 }
 
-/// `(x [B, in], W [out, in], b [out]) → [B, out]`.
+/// `(x [..., in], W [out, in], b [out]) → [..., out]` (leading dimensions are rows).
 pub(crate) struct LinearBiasOp;
 
-/// `(x [B, in], W [out, in]) → [B, out]`.
+/// `(x [..., in], W [out, in]) → [..., out]`.
 pub(crate) struct LinearOp;
 
 impl CustomOp3 for LinearBiasOp {
@@ -67,7 +83,7 @@ impl CustomOp3 for LinearBiasOp {
             Some(contiguous::<T>(s3, l3, self.name())?),
             dims
         )));
-        Ok((y, Shape::from((dims.0, dims.2))))
+        Ok((y, with_last(l1.dims(), dims.2)))
     }
 
     fn bwd(
@@ -97,7 +113,7 @@ impl CustomOp2 for LinearOp {
             None,
             dims
         )));
-        Ok((y, Shape::from((dims.0, dims.2))))
+        Ok((y, with_last(l1.dims(), dims.2)))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -114,7 +130,7 @@ fn backward(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Op
     Ok((dx, dw))
 }
 
-/// `dy [B, out] → Σ_b dy [out]`, row by row into one accumulator (candle's `sum(0)` reduces
+/// `dy [..., out] → Σ_rows dy [out]`, row by row into one accumulator (candle's `sum(0)` reduces
 /// each column with a strided walk, ten times slower on Dynamic MLP's [512, 16384] gradients).
 struct ColumnSumOp;
 
@@ -124,7 +140,7 @@ impl candle_core::CustomOp1 for ColumnSumOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let &[_, out] = l.dims() else { bail!("linear bias grad: expected [B, out], got {:?}", l.dims()) };
+        let (_, out) = rows_last(l.dims(), "the bias gradient")?;
         let db = dispatch_float!(s, self.name(), |T| {
             let dy = contiguous::<T>(s, l, self.name())?;
             let mut db = vec![T::from_f64(0.0); out];
@@ -139,7 +155,7 @@ impl candle_core::CustomOp1 for ColumnSumOp {
     }
 }
 
-/// `(dy [B, out], W [out, in]) → dx = dy · W`.
+/// `(dy [..., out], W [out, in]) → dx = dy · W`, `[..., in]`.
 struct InputGradOp;
 
 impl CustomOp2 for InputGradOp {
@@ -148,7 +164,8 @@ impl CustomOp2 for InputGradOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (&[rows, out], &[out_w, inp]) = (l1.dims(), l2.dims()) else { bail!("linear input grad: bad shapes") };
+        let (rows, out) = rows_last(l1.dims(), "the gradient")?;
+        let &[out_w, inp] = l2.dims() else { bail!("linear input grad: W {:?}", l2.dims()) };
         if out != out_w {
             bail!("linear input grad: gradient {:?} does not fit W {:?}", l1.dims(), l2.dims())
         }
@@ -158,11 +175,11 @@ impl CustomOp2 for InputGradOp {
             matmul((rows, inp, out), &mut dx, inp, false, (dy, out, 1), (w, inp, 1));
             T::to_cpu_storage_owned(dx)
         });
-        Ok((dx, Shape::from((rows, inp))))
+        Ok((dx, with_last(l1.dims(), inp)))
     }
 }
 
-/// `(dy [B, out], x [B, in]) → dW = dyᵀ · x`.
+/// `(dy [..., out], x [..., in]) → dW = dyᵀ · x` over all rows.
 struct WeightGradOp;
 
 impl CustomOp2 for WeightGradOp {
@@ -171,7 +188,7 @@ impl CustomOp2 for WeightGradOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (&[rows, out], &[rows_x, inp]) = (l1.dims(), l2.dims()) else { bail!("linear weight grad: bad shapes") };
+        let ((rows, out), (rows_x, inp)) = (rows_last(l1.dims(), "the gradient")?, rows_last(l2.dims(), "x")?);
         if rows != rows_x {
             bail!("linear weight grad: gradient {:?} does not fit x {:?}", l1.dims(), l2.dims())
         }

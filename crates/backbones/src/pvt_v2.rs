@@ -265,18 +265,17 @@ impl MlpWithDepthwiseConv {
     }
 
     /// `fc1`, (ReLU in the linear variant), 3×3 depthwise convolution over the map, GELU, `fc2`.
+    /// The tokens are the map channels-last, so the convolution reads them as they are.
     ///
     /// # Shapes
     /// `xs: [B, N, C]`, `N = H·W` → `[B, N, C]`.
     fn forward(&self, xs: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
-        let (b, n, _) = xs.dims3()?;
-        let hidden = self.fc1.forward(xs)?;
-        let hidden_c = hidden.dim(2)?;
-        let mut map = hidden.transpose(1, 2)?.reshape((b, hidden_c, h, w))?;
+        let mut hidden = self.fc1.forward(xs)?;
         if self.relu {
-            map = dmlp_nn::relu(&map)?;
+            hidden = dmlp_nn::relu(&hidden)?;
         }
-        let mixed = self.dwconv.forward(&map)?.reshape((b, hidden_c, n))?.transpose(1, 2)?;
+        let bias = self.dwconv.bias().ok_or_else(|| candle_core::Error::Msg("dwconv has a bias".into()))?;
+        let mixed = dmlp_nn::depthwise_conv2d_tokens(&hidden, (h, w), self.dwconv.weight(), bias, 1, 1)?;
         self.fc2.forward(&gelu(&mixed)?)
     }
 }

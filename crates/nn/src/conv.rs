@@ -67,6 +67,10 @@ impl Conv2d {
         &self.weight
     }
 
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     pub fn config(&self) -> Conv2dConfig {
         self.config
     }
@@ -113,6 +117,71 @@ pub fn conv2d_forward(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> Res
             let weight = weight.to_dtype(DType::F32)?.contiguous()?;
             xs.apply_op2(&weight, Conv2dOp(config))?.to_dtype(dtype)
         }
+    }
+}
+
+/// A depthwise convolution with bias (`weight: [C, 1, k, k]`, one filter per channel) on a
+/// channels-last map: PVT v2's MLP convolution, which timm runs on its tokens transposed to
+/// `[B, C, H, W]` and back. On the CPU one op with the bias folded in (no transposes, whose
+/// copies and backward cost as much as the convolution); elsewhere the transposes around
+/// [`conv2d_forward`].
+///
+/// # Shapes
+/// `xs: [B, H, W, C]` → `[B, H', W', C]`.
+pub fn depthwise_conv2d_nhwc(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    depthwise_channels_last(xs, None, weight, bias, stride, padding)
+}
+
+/// [`depthwise_conv2d_nhwc`] on the tokens of an `h × w` map, which need no reshape.
+///
+/// # Shapes
+/// `tokens: [B, h·w, C]` → `[B, h'·w', C]`.
+pub fn depthwise_conv2d_tokens(
+    tokens: &Tensor,
+    (h, w): (usize, usize),
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    depthwise_channels_last(tokens, Some((h, w)), weight, bias, stride, padding)
+}
+
+fn depthwise_channels_last(
+    xs: &Tensor,
+    size: Option<(usize, usize)>,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    if crate::cpu::custom_cpu_ops(xs.device()) {
+        let dtype = xs.dtype();
+        let compute = if matches!(dtype, DType::F32 | DType::F64) { dtype } else { DType::F32 };
+        let op = crate::depthwise_op::DepthwiseNhwcOp(Depthwise { stride, padding }, size);
+        let (x, w, b) = (xs.to_dtype(compute)?, weight.to_dtype(compute)?, bias.to_dtype(compute)?);
+        return x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)?.to_dtype(dtype);
+    }
+    let map = match size {
+        Some((h, w)) => xs.reshape((xs.dim(0)?, h, w, xs.dim(2)?))?,
+        None => xs.clone(),
+    };
+    let channels = map.dim(3)?;
+    let config = Conv2dConfig { stride, padding, dilation: 1, groups: channels };
+    let ys = conv2d_forward(&map.permute((0, 3, 1, 2))?, weight, config)?;
+    let ys = ys.broadcast_add(&bias.to_dtype(ys.dtype())?.reshape((1, (), 1, 1))?)?.permute((0, 2, 3, 1))?;
+    match size {
+        Some(_) => {
+            let (b, oh, ow, c) = ys.dims4()?;
+            ys.reshape((b, oh * ow, c))
+        }
+        None => Ok(ys),
     }
 }
 

@@ -42,6 +42,15 @@ pub(crate) fn contiguous<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Lay
     }
 }
 
+/// Runs `f` on the contiguous CPU slice of `t` (copied contiguous first if it is not): for a
+/// backward that computes several gradients in one pass outside candle's op interface.
+pub(crate) fn with_cpu_slice<T: WithDType, R>(t: &candle_core::Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else { bail!("a CPU op got a tensor on {:?}", t.device()) };
+    f(contiguous::<T>(cpu, layout, "a CPU op's backward")?)
+}
+
 /// Runs `$body` with the type `$ty` set to `f32` or `f64` after `$storage`'s dtype; any other
 /// dtype is an error naming the op `$op`.
 macro_rules! dispatch_float {

@@ -199,3 +199,229 @@ impl CustomOp2 for DepthwiseWeightGradOp {
         Ok((dw, Shape::from(self.1.to_vec())))
     }
 }
+
+/// Sizes of a channels-last depthwise convolution.
+#[derive(Debug, Clone, Copy)]
+struct Nhwc {
+    batch: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Depthwise {
+    /// `x` is `[B, H, W, C]`, or `[B, H·W, C]` tokens of a map of `size`.
+    fn nhwc(&self, x: &[usize], weight: &[usize], size: Option<(usize, usize)>) -> Result<Nhwc> {
+        let (batch, h, w, c) = match (x, size) {
+            (&[batch, h, w, c], None) => (batch, h, w, c),
+            (&[batch, n, c], Some((h, w))) if n == h * w => (batch, h, w, c),
+            _ => bail!("channels-last depthwise convolution: input {x:?} is not a map (of {size:?})"),
+        };
+        let &[wc, one, k, k2] = weight else { bail!("depthwise convolution: weight {weight:?} is not 4-D") };
+        let g = self.planes(&[batch, c, h, w], &[wc, one, k, k2])?;
+        Ok(Nhwc { batch, h, w, c, k, oh: g.oh, ow: g.ow })
+    }
+
+    /// Input row of output row `oy` under tap row `ky`, if inside the image.
+    fn input_row(&self, oy: usize, ky: usize, h: usize) -> Option<usize> {
+        (oy * self.stride + ky).checked_sub(self.padding).filter(|&iy| iy < h)
+    }
+
+    /// `y[b, oy, ox, c] = bias[c] + Σ_taps w[c, tap] · x[b, iy, ix, c]`, one output row per task.
+    fn forward_nhwc<T: WithDType + Send + Sync>(&self, g: &Nhwc, x: &[T], taps: &[T], bias: &[T]) -> Vec<T> {
+        let (s, p, c) = (self.stride, self.padding, g.c);
+        let mut y = vec![T::from_f64(0.0); g.batch * g.oh * g.ow * c];
+        y.par_chunks_mut(g.ow * c).enumerate().for_each(|(row, out)| {
+            let (b, oy) = (row / g.oh, row % g.oh);
+            for px in out.chunks_mut(c) {
+                px.copy_from_slice(bias);
+            }
+            for ky in 0..g.k {
+                let Some(iy) = self.input_row(oy, ky, g.h) else { continue };
+                let input = &x[(b * g.h + iy) * g.w * c..][..g.w * c];
+                for kx in 0..g.k {
+                    let tap = &taps[(ky * g.k + kx) * c..][..c];
+                    for ox in self.columns(kx, g.w, g.ow) {
+                        let src = &input[(ox * s + kx - p) * c..][..c];
+                        for ((o, &v), &wv) in out[ox * c..][..c].iter_mut().zip(src).zip(tap) {
+                            *o += wv * v;
+                        }
+                    }
+                }
+            }
+        });
+        y
+    }
+
+    /// `dx[b, iy, ix, c] = Σ_taps w[c, tap] · dy[b, oy, ox, c]` over the outputs that read it,
+    /// one input row per task (gathered, so tasks never write the same row).
+    fn input_grad_nhwc<T: WithDType + Send + Sync>(&self, g: &Nhwc, taps: &[T], dy: &[T]) -> Vec<T> {
+        let (s, p, c) = (self.stride, self.padding, g.c);
+        let mut dx = vec![T::from_f64(0.0); g.batch * g.h * g.w * c];
+        dx.par_chunks_mut(g.w * c).enumerate().for_each(|(row, grad_in)| {
+            let (b, iy) = (row / g.h, row % g.h);
+            for ky in 0..g.k {
+                // oy·s + ky − p = iy.
+                let Some(num) = (iy + p).checked_sub(ky) else { continue };
+                if num % s != 0 || num / s >= g.oh {
+                    continue;
+                }
+                let grad_out = &dy[(b * g.oh + num / s) * g.ow * c..][..g.ow * c];
+                for kx in 0..g.k {
+                    let tap = &taps[(ky * g.k + kx) * c..][..c];
+                    for ox in self.columns(kx, g.w, g.ow) {
+                        let dst = &mut grad_in[(ox * s + kx - p) * c..][..c];
+                        for ((d, &gv), &wv) in dst.iter_mut().zip(&grad_out[ox * c..][..c]).zip(tap) {
+                            *d += wv * gv;
+                        }
+                    }
+                }
+            }
+        });
+        dx
+    }
+
+    /// `(dW as [taps, C], db)`: per-task partial sums over output rows, added together.
+    fn param_grads_nhwc<T: WithDType + Send + Sync>(&self, g: &Nhwc, x: &[T], dy: &[T]) -> (Vec<T>, Vec<T>) {
+        let (s, p, c) = (self.stride, self.padding, g.c);
+        let zero = || (vec![T::from_f64(0.0); g.k * g.k * c], vec![T::from_f64(0.0); c]);
+        (0..g.batch * g.oh)
+            .into_par_iter()
+            .fold(zero, |(mut dw, mut db), row| {
+                let (b, oy) = (row / g.oh, row % g.oh);
+                let grad_out = &dy[row * g.ow * c..][..g.ow * c];
+                for px in grad_out.chunks(c) {
+                    for (acc, &gv) in db.iter_mut().zip(px) {
+                        *acc += gv;
+                    }
+                }
+                for ky in 0..g.k {
+                    let Some(iy) = self.input_row(oy, ky, g.h) else { continue };
+                    let input = &x[(b * g.h + iy) * g.w * c..][..g.w * c];
+                    for kx in 0..g.k {
+                        let acc = &mut dw[(ky * g.k + kx) * c..][..c];
+                        for ox in self.columns(kx, g.w, g.ow) {
+                            let src = &input[(ox * s + kx - p) * c..][..c];
+                            for ((a, &gv), &v) in acc.iter_mut().zip(&grad_out[ox * c..][..c]).zip(src) {
+                                *a += gv * v;
+                            }
+                        }
+                    }
+                }
+                (dw, db)
+            })
+            .reduce(zero, |(mut dw, mut db), (dw2, db2)| {
+                dw.iter_mut().zip(dw2).for_each(|(a, b)| *a += b);
+                db.iter_mut().zip(db2).for_each(|(a, b)| *a += b);
+                (dw, db)
+            })
+    }
+}
+
+/// `[C, 1, k, k]` weights as `[k·k, C]` (a tap's weights for every channel contiguous), and back.
+fn taps_last<T: WithDType>(weight: &[T], c: usize, k2: usize) -> Vec<T> {
+    (0..k2 * c).map(|i| weight[(i % c) * k2 + i / c]).collect()
+}
+
+fn taps_first<T: WithDType>(taps: &[T], c: usize, k2: usize) -> Vec<T> {
+    (0..c * k2).map(|i| taps[(i % k2) * c + i / k2]).collect()
+}
+
+/// `(x [B, H, W, C], weight [C, 1, k, k], bias [C]) → [B, OH, OW, C]`; with a map size, tokens
+/// `[B, H·W, C]` → `[B, OH·OW, C]`.
+pub(crate) struct DepthwiseNhwcOp(pub(crate) Depthwise, pub(crate) Option<(usize, usize)>);
+/// `(weight, dy) → dx` with the input's dims (and map size).
+struct DepthwiseNhwcInputGradOp(Depthwise, Vec<usize>, Option<(usize, usize)>);
+
+impl Nhwc {
+    /// The output's shape in the input's form (a map, or tokens).
+    fn output_shape(&self, tokens: bool) -> Shape {
+        if tokens {
+            Shape::from((self.batch, self.oh * self.ow, self.c))
+        } else {
+            Shape::from((self.batch, self.oh, self.ow, self.c))
+        }
+    }
+}
+
+impl candle_core::CustomOp3 for DepthwiseNhwcOp {
+    fn name(&self) -> &'static str {
+        "dmlp-depthwise-conv2d-nhwc"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0.nhwc(l1.dims(), l2.dims(), self.1)?;
+        if l3.dims() != [g.c] {
+            bail!("depthwise convolution: bias {:?} for {} channels", l3.dims(), g.c)
+        }
+        let y = dispatch_float!(s1, self.name(), |T| {
+            let taps = taps_last(contiguous::<T>(s2, l2, self.name())?, g.c, g.k * g.k);
+            T::to_cpu_storage_owned(self.0.forward_nhwc(
+                &g,
+                contiguous::<T>(s1, l1, self.name())?,
+                &taps,
+                contiguous::<T>(s3, l3, self.name())?,
+            ))
+        });
+        Ok((y, g.output_shape(self.1.is_some())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = weight.apply_op2_no_bwd(&grad, &DepthwiseNhwcInputGradOp(self.0, x.dims().to_vec(), self.1))?;
+        let g = self.0.nhwc(x.dims(), weight.dims(), self.1)?;
+        macro_rules! typed {
+            ($t:ty) => {
+                crate::cpu::with_cpu_slice::<$t, _>(x, |xs| {
+                    crate::cpu::with_cpu_slice::<$t, _>(&grad, |dy| {
+                        let (taps, db) = self.0.param_grads_nhwc(&g, xs, dy);
+                        let dw = Tensor::from_vec(taps_first(&taps, g.c, g.k * g.k), weight.shape(), weight.device())?;
+                        Ok((dw, Tensor::from_vec(db, bias.shape(), bias.device())?))
+                    })
+                })?
+            };
+        }
+        let (dw, db) = match x.dtype() {
+            candle_core::DType::F32 => typed!(f32),
+            candle_core::DType::F64 => typed!(f64),
+            other => bail!("depthwise convolution supports f32 and f64 on the CPU, got {other:?}"),
+        };
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+impl CustomOp2 for DepthwiseNhwcInputGradOp {
+    fn name(&self) -> &'static str {
+        "dmlp-depthwise-conv2d-nhwc-input-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.0.nhwc(&self.1, l1.dims(), self.2)?;
+        if l2.dims() != g.output_shape(self.2.is_some()).dims() {
+            bail!("depthwise convolution backward: gradient {:?} for output {:?}", l2.dims(), (g.oh, g.ow))
+        }
+        let dx = dispatch_float!(s1, self.name(), |T| {
+            let taps = taps_last(contiguous::<T>(s1, l1, self.name())?, g.c, g.k * g.k);
+            T::to_cpu_storage_owned(self.0.input_grad_nhwc(&g, &taps, contiguous::<T>(s2, l2, self.name())?))
+        });
+        Ok((dx, Shape::from(self.1.clone())))
+    }
+}

@@ -40,7 +40,9 @@ mod vecmat_op;
 pub use activation_op::{add_relu, relu};
 pub use attention_ops::{gelu, softmax_last_dim};
 pub use autocast::{accumulation_dtype, autocast_dtype, cat_promoted, with_autocast};
-pub use conv::{Conv2d, Conv2dConfig, conv2d, conv2d_forward, conv2d_zero_bias};
+pub use conv::{
+    Conv2d, Conv2dConfig, conv2d, conv2d_forward, conv2d_zero_bias, depthwise_conv2d_nhwc, depthwise_conv2d_tokens,
+};
 pub use cpu::with_generic_ops;
 pub use cpu_threads::configure_cpu_threads;
 pub use linear::{Linear, linear, linear_forward, linear_nd, linear_with_init, matmul, matmul_nt};

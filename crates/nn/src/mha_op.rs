@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use crate::attention_ops::Real;
-use crate::cpu::{contiguous, dispatch_float};
+use crate::cpu::{contiguous, dispatch_float, with_cpu_slice};
 use crate::gemm_util::{matmul_serial, matmul_serial_scaled};
 
 /// Sizes of one attention call.
@@ -198,16 +198,6 @@ fn run_forward(op: &Mha, name: &str, inputs: &[(&CpuStorage, &Layout)]) -> Resul
     Ok((out, Shape::from((sizes.g, sizes.n, sizes.c))))
 }
 
-/// Runs `f` on the contiguous CPU slice of `t`.
-fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        bail!("attention's CPU op got a tensor on {:?}", t.device())
-    };
-    f(contiguous::<T>(cpu, layout, "attention backward")?)
-}
-
 /// `(dq, dkv, dbias)` as tensors on the CPU.
 fn run_backward(
     op: &Mha,
@@ -220,12 +210,12 @@ fn run_backward(
     let dev = q.device();
     macro_rules! typed {
         ($t:ty) => {{
-            with_slice::<$t, _>(q, |q_s| {
-                with_slice::<$t, _>(kv, |kv_s| {
-                    with_slice::<$t, _>(grad, |g_s| {
+            with_cpu_slice::<$t, _>(q, |q_s| {
+                with_cpu_slice::<$t, _>(kv, |kv_s| {
+                    with_cpu_slice::<$t, _>(grad, |g_s| {
                         let run = |b_s: Option<&[$t]>| backward(&sizes, q_s, kv_s, b_s, op.scale as $t, g_s);
                         let (dq, dkv, dbias) = match bias {
-                            Some(b) => with_slice::<$t, _>(b, |b_s| Ok(run(Some(b_s))))?,
+                            Some(b) => with_cpu_slice::<$t, _>(b, |b_s| Ok(run(Some(b_s))))?,
                             None => run(None),
                         };
                         let dq = Tensor::from_vec(dq, q.shape(), dev)?;

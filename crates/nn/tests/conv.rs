@@ -154,3 +154,44 @@ fn untracked_operands_get_no_gradient_and_change_nothing_else() {
     assert!(frozen_weight.get(&w).is_none(), "an untracked weight got a gradient");
     assert_eq!(values(frozen_weight.get(xv.as_tensor()).unwrap()), values(both.get(xv.as_tensor()).unwrap()));
 }
+
+/// The channels-last depthwise op (bias folded in) against the transposes around the NCHW
+/// convolution that CUDA runs, values and all three gradients, in float64.
+#[test]
+fn channels_last_depthwise_matches_the_generic_path() {
+    // (batch, h, w, channels, kernel, stride, padding)
+    for (b, h, w, c, k, s, p) in
+        [(2, 7, 9, 5, 3, 1, 1), (3, 8, 6, 4, 5, 2, 2), (1, 6, 7, 3, 3, 2, 0), (2, 4, 4, 6, 3, 1, 2)]
+    {
+        let case = format!("{b}×{h}×{w}×{c} k{k} s{s} p{p}");
+        let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (b, h, w, c), &Device::Cpu).unwrap()).unwrap();
+        let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (c, 1, k, k), &Device::Cpu).unwrap()).unwrap();
+        let bias = Var::from_tensor(&Tensor::randn(0f64, 1.0, c, &Device::Cpu).unwrap()).unwrap();
+        let run = || dmlp_nn::depthwise_conv2d_nhwc(x.as_tensor(), wt.as_tensor(), bias.as_tensor(), s, p).unwrap();
+        let ours = run();
+        let theirs = dmlp_nn::with_generic_ops(run);
+        assert_eq!(ours.dims(), theirs.dims(), "{case}");
+        assert_close(&format!("{case} forward"), &values(&ours), &values(&theirs), 1e-12);
+        let mix = Tensor::randn(0f64, 1.0, ours.dims(), &Device::Cpu).unwrap();
+        let ga = (ours * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (theirs * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, var) in [("dx", &x), ("dw", &wt), ("db", &bias)] {
+            let (a, b) = (values(ga.get(var.as_tensor()).unwrap()), values(gb.get(var.as_tensor()).unwrap()));
+            assert_close(&format!("{case} {name}"), &a, &b, 1e-11);
+        }
+        // The same on the map's tokens [B, h·w, C].
+        let tokens = x.as_tensor().reshape((b, h * w, c)).unwrap();
+        let run_tokens =
+            || dmlp_nn::depthwise_conv2d_tokens(&tokens, (h, w), wt.as_tensor(), bias.as_tensor(), s, p).unwrap();
+        let (ours, theirs) = (run_tokens(), dmlp_nn::with_generic_ops(run_tokens));
+        assert_eq!(ours.rank(), 3, "{case}");
+        assert_close(&format!("{case} tokens"), &values(&ours), &values(&theirs), 1e-12);
+        let ga = (ours * &mix.flatten_from(1).unwrap().reshape(theirs.dims()).unwrap()).unwrap();
+        let gb = (theirs * &mix.flatten_from(1).unwrap().reshape(ga.dims()).unwrap()).unwrap();
+        let (ga, gb) = (ga.sum_all().unwrap().backward().unwrap(), gb.sum_all().unwrap().backward().unwrap());
+        for (name, var) in [("dx", &x), ("dw", &wt), ("db", &bias)] {
+            let (a, b) = (values(ga.get(var.as_tensor()).unwrap()), values(gb.get(var.as_tensor()).unwrap()));
+            assert_close(&format!("{case} tokens {name}"), &a, &b, 1e-11);
+        }
+    }
+}

@@ -17,7 +17,11 @@ inputs, references computed in float64 and stored as float32. The cases cover wh
 - `train-step-swin-adamw`: three AdamW steps (lr 1e-3, weight decay 0.05: the supplement's
   transformer optimiser at a rate that moves the weights measurably) of a Swin + Dynamic MLP-C with mixup and label smoothing as the
   reference's train.py applies them.
-The three share one `loc_net` (FCNet, 256 wide as in the reference: 1 MB of the 1.2 MB a case
+- `model-pvt-v1-dmlp-c` (with `--pvt PATH/TO/PVT`, a checkout of whai362/PVT): the PVT
+  authors' own `PyramidVisionTransformer` (classification/pvt.py) laid out for 64x64 images,
+  run on 80x72 images, so every stage's position embedding is resized bilinearly, and the class
+  token joins the last stage; Dynamic MLP-C on top.
+The cases share one `loc_net` (FCNet, 256 wide as in the reference: 1 MB of the 1.2 MB a case
 would weigh), stored once in `transformer-loc-net.safetensors` beside the cases; each case's
 `weights` lists that file and its own.
 """
@@ -117,7 +121,7 @@ def write_case(out, name, case, tensors):
         f.write("\n")
 
 
-def model_case(a, gen, dynamic_mlp, name, backbone_cfg, backbone, fusion, image_hw):
+def model_case(a, gen, dynamic_mlp, name, backbone_cfg, backbone, fusion, image_hw, backbone_by=None):
     model = Fused(backbone, dynamic_mlp, fusion["type"][-1], fusion["mlp_d"], fusion["mlp_h"], fusion["mlp_n"])
     randomise(model, gen)
     share_loc_net(model, a.loc_net)
@@ -132,8 +136,8 @@ def model_case(a, gen, dynamic_mlp, name, backbone_cfg, backbone, fusion, image_
         name,
         {
             "kind": "model",
-            "computed_by": f"timm {timm.__version__} and the official Dynamic MLP code, float64, "
-            "by xtask/python/make_transformer_parity.py",
+            "computed_by": f"{backbone_by or 'timm ' + timm.__version__} and the official Dynamic MLP code, "
+            "float64, by xtask/python/make_transformer_parity.py",
             "backbone": backbone_cfg,
             "fusion": fusion,
             "metadata": "geo_temporal",
@@ -167,11 +171,37 @@ def swin(cfg):
     )
 
 
+def pvt_v1_case(a, gen, dynamic_mlp):
+    """The PVT authors' own v1 (classification/pvt.py), Dynamic MLP-C on top."""
+    sys.path.insert(0, os.path.join(a.pvt, "classification"))
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import pvt as pvt_v1  # noqa: E402
+    from functools import partial
+
+    pvt_cfg = {
+        "type": "pvt", "img_size": 64, "patch_size": 4, "embed_dims": [8, 16, 24, 32], "depths": [1, 2, 1, 1],
+        "num_heads": [1, 2, 3, 4], "sr_ratios": [4, 2, 2, 1], "mlp_ratios": [4, 4, 2, 2],
+    }
+    backbone = pvt_v1.PyramidVisionTransformer(
+        img_size=64, patch_size=4, embed_dims=pvt_cfg["embed_dims"], num_heads=pvt_cfg["num_heads"],
+        mlp_ratios=pvt_cfg["mlp_ratios"], qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        depths=pvt_cfg["depths"], sr_ratios=pvt_cfg["sr_ratios"], num_classes=0,
+    )
+    backbone.num_features = pvt_cfg["embed_dims"][-1]
+    backbone.forward_head = lambda x, pre_logits=True: x
+    model_case(a, gen, dynamic_mlp, "model-pvt-v1-dmlp-c", pvt_cfg, backbone,
+               {"type": "dynamic_mlp_c", "mlp_d": 16, "mlp_h": 8, "mlp_n": 2}, (80, 72),
+               backbone_by="the PVT authors' classification/pvt.py (whai362/PVT)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reference", required=True, help="a checkout of the official DynamicMLP repository")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=2023)
+    ap.add_argument("--pvt", help="a checkout of whai362/PVT (for the PVT v1 case)")
     a = ap.parse_args()
     dynamic_mlp, utils = reference_modules(a.reference)
     gen = torch.Generator().manual_seed(a.seed)
@@ -267,6 +297,10 @@ def main():
             "expected.safetensors": f32({"losses": torch.tensor(losses), **after}),
         },
     )
+
+    # Last, so the cases above keep their random draws.
+    if a.pvt:
+        pvt_v1_case(a, gen, dynamic_mlp)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@
 //! Architecture invariant: backbones see images only; nothing here knows locations, fusion heads
 //! or datasets.
 
+mod pvt;
 mod pvt_v2;
 mod resnet;
 mod sk2res2net;
@@ -26,6 +27,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use dmlp_nn::DropoutRng;
 
+pub use pvt::{Pvt, PvtConfig};
 pub use pvt_v2::{PvtV2, PvtV2Config};
 pub use resnet::{BlockKind, ResNet};
 pub use sk2res2net::Sk2Res2Net;
@@ -39,6 +41,7 @@ pub enum Backbone {
     Sk2Res2Net(Sk2Res2Net),
     Swin(Swin),
     PvtV2(PvtV2),
+    Pvt(Pvt),
 }
 
 impl Backbone {
@@ -52,6 +55,9 @@ impl Backbone {
         if let Some(config) = custom.pvt_v2_config() {
             return Ok(Backbone::PvtV2(PvtV2::new(&config, rng, vb)?));
         }
+        if let Some(config) = custom.pvt_config() {
+            return Ok(Backbone::Pvt(Pvt::new(&config, rng, vb)?));
+        }
         match custom {
             CustomBackbone::Resnet { block, layers, width } => {
                 Ok(Backbone::ResNet(ResNet::new(block, &layers, width, vb)?))
@@ -59,7 +65,9 @@ impl Backbone {
             CustomBackbone::Sk2res2net { layers, width } => {
                 Ok(Backbone::Sk2Res2Net(Sk2Res2Net::new(&layers, width, vb)?))
             }
-            CustomBackbone::Swin { .. } | CustomBackbone::PvtV2 { .. } => unreachable!("built above"),
+            CustomBackbone::Swin { .. } | CustomBackbone::PvtV2 { .. } | CustomBackbone::Pvt { .. } => {
+                unreachable!("built above")
+            }
         }
     }
 
@@ -70,6 +78,7 @@ impl Backbone {
             Backbone::Sk2Res2Net(net) => net.num_features(),
             Backbone::Swin(net) => net.num_features(),
             Backbone::PvtV2(net) => net.num_features(),
+            Backbone::Pvt(net) => net.num_features(),
         }
     }
 
@@ -81,6 +90,7 @@ impl Backbone {
             Backbone::Sk2Res2Net(net) => net.forward_features(images, train),
             Backbone::Swin(net) => net.forward_features(images, train),
             Backbone::PvtV2(net) => net.forward_features(images, train),
+            Backbone::Pvt(net) => net.forward_features(images, train),
         }
     }
 }

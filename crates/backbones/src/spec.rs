@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BlockKind, PvtV2Config, SwinConfig};
+use crate::{BlockKind, PvtConfig, PvtV2Config, SwinConfig};
 
 /// A backbone in a config: a preset name (`"resnet50"`) or an explicit table
 /// (`{ type = "resnet", block = "basic", layers = [1, 1, 1, 1] }`).
@@ -48,6 +48,14 @@ pub enum BackbonePreset {
     PvtV2B4,
     #[serde(rename = "pvt_v2_b5")]
     PvtV2B5,
+    #[serde(rename = "pvt_tiny")]
+    PvtTiny,
+    #[serde(rename = "pvt_small")]
+    PvtSmall,
+    #[serde(rename = "pvt_medium")]
+    PvtMedium,
+    #[serde(rename = "pvt_large")]
+    PvtLarge,
 }
 
 /// An explicit backbone description.
@@ -98,6 +106,37 @@ pub enum CustomBackbone {
         #[serde(default)]
         drop_path_rate: f64,
     },
+    /// PVT v1 in its authors' layout ([`PvtConfig`]); image size 224, patch 4, sr ratios
+    /// 8-4-2-1, MLP ratios 8-8-4-4 and `q`/`kv` biases unless given.
+    Pvt {
+        #[serde(default = "default_img_size")]
+        img_size: usize,
+        #[serde(default = "default_patch_size")]
+        patch_size: usize,
+        embed_dims: Vec<usize>,
+        depths: Vec<usize>,
+        num_heads: Vec<usize>,
+        #[serde(default = "default_sr_ratios")]
+        sr_ratios: Vec<usize>,
+        #[serde(default = "default_mlp_ratios")]
+        mlp_ratios: Vec<f64>,
+        #[serde(default = "default_true")]
+        qkv_bias: bool,
+        #[serde(default)]
+        drop_path_rate: f64,
+    },
+}
+
+fn default_img_size() -> usize {
+    224
+}
+
+fn default_patch_size() -> usize {
+    4
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_width() -> usize {
@@ -143,6 +182,34 @@ impl CustomBackbone {
         }
     }
 
+    /// The PVT v1 description, if this is one.
+    pub fn pvt_config(&self) -> Option<PvtConfig> {
+        match self {
+            CustomBackbone::Pvt {
+                img_size,
+                patch_size,
+                embed_dims,
+                depths,
+                num_heads,
+                sr_ratios,
+                mlp_ratios,
+                qkv_bias,
+                drop_path_rate,
+            } => Some(PvtConfig {
+                img_size: *img_size,
+                patch_size: *patch_size,
+                embed_dims: embed_dims.clone(),
+                depths: depths.clone(),
+                num_heads: num_heads.clone(),
+                sr_ratios: sr_ratios.clone(),
+                mlp_ratios: mlp_ratios.clone(),
+                qkv_bias: *qkv_bias,
+                drop_path_rate: *drop_path_rate,
+            }),
+            _ => None,
+        }
+    }
+
     /// The PVT v2 description, if this is one.
     pub fn pvt_v2_config(&self) -> Option<PvtV2Config> {
         match self {
@@ -163,7 +230,7 @@ impl CustomBackbone {
 }
 
 impl BackbonePreset {
-    pub const ALL: [BackbonePreset; 19] = [
+    pub const ALL: [BackbonePreset; 23] = [
         BackbonePreset::Resnet18,
         BackbonePreset::Resnet34,
         BackbonePreset::Resnet50,
@@ -183,6 +250,10 @@ impl BackbonePreset {
         BackbonePreset::PvtV2B3,
         BackbonePreset::PvtV2B4,
         BackbonePreset::PvtV2B5,
+        BackbonePreset::PvtTiny,
+        BackbonePreset::PvtSmall,
+        BackbonePreset::PvtMedium,
+        BackbonePreset::PvtLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -206,6 +277,10 @@ impl BackbonePreset {
             BackbonePreset::PvtV2B3 => "pvt_v2_b3",
             BackbonePreset::PvtV2B4 => "pvt_v2_b4",
             BackbonePreset::PvtV2B5 => "pvt_v2_b5",
+            BackbonePreset::PvtTiny => "pvt_tiny",
+            BackbonePreset::PvtSmall => "pvt_small",
+            BackbonePreset::PvtMedium => "pvt_medium",
+            BackbonePreset::PvtLarge => "pvt_large",
         }
     }
 
@@ -232,6 +307,17 @@ impl BackbonePreset {
             linear,
             drop_path_rate: 0.0,
         };
+        let pvt1 = |depths: [usize; 4]| CustomBackbone::Pvt {
+            img_size: 224,
+            patch_size: 4,
+            embed_dims: vec![64, 128, 320, 512],
+            depths: depths.to_vec(),
+            num_heads: vec![1, 2, 5, 8],
+            sr_ratios: default_sr_ratios(),
+            mlp_ratios: default_mlp_ratios(),
+            qkv_bias: true,
+            drop_path_rate: 0.0,
+        };
         let wide = [64, 128, 320, 512];
         let mlp = [8.0, 8.0, 4.0, 4.0];
         match self {
@@ -254,6 +340,10 @@ impl BackbonePreset {
             BackbonePreset::PvtV2B3 => pvt(wide, [3, 4, 18, 3], mlp, false),
             BackbonePreset::PvtV2B4 => pvt(wide, [3, 8, 27, 3], mlp, false),
             BackbonePreset::PvtV2B5 => pvt(wide, [3, 6, 40, 3], [4.0; 4], false),
+            BackbonePreset::PvtTiny => pvt1([2, 2, 2, 2]),
+            BackbonePreset::PvtSmall => pvt1([3, 4, 6, 3]),
+            BackbonePreset::PvtMedium => pvt1([3, 4, 18, 3]),
+            BackbonePreset::PvtLarge => pvt1([3, 8, 27, 3]),
         }
     }
 }
@@ -297,6 +387,9 @@ impl BackboneSpec {
             }
             BackboneSpec::Custom(CustomBackbone::Swin { embed_dim, depths, window_size, .. }) => {
                 format!("swin-{}-e{embed_dim}-win{window_size}", joined(depths))
+            }
+            BackboneSpec::Custom(CustomBackbone::Pvt { embed_dims, depths, .. }) => {
+                format!("pvt-{}-e{}", joined(depths), embed_dims[0])
             }
             BackboneSpec::Custom(CustomBackbone::PvtV2 { embed_dims, depths, linear, .. }) => {
                 format!("pvt_v2{}-{}-e{}", if *linear { "_li" } else { "" }, joined(depths), embed_dims[0])

@@ -32,6 +32,20 @@ fn backbones() -> Vec<BackboneSpec> {
         }),
         pvt_v2(false),
         pvt_v2(true),
+        // PVT v1 laid out for 64×64 images; the test runs it on 80×80, so every stage's position
+        // embedding is resized (its gradient goes through the resize), and the class token joins
+        // the last stage.
+        BackboneSpec::Custom(CustomBackbone::Pvt {
+            img_size: 64,
+            patch_size: 4,
+            embed_dims: vec![8, 16, 24, 32],
+            depths: vec![1, 1, 1, 1],
+            num_heads: vec![1, 2, 3, 4],
+            sr_ratios: vec![4, 2, 2, 1],
+            mlp_ratios: vec![4.0, 4.0, 2.0, 2.0],
+            qkv_bias: true,
+            drop_path_rate: 0.0,
+        }),
     ]
 }
 
@@ -145,5 +159,12 @@ fn pvt_v2_every_fusion() {
 fn linear_pvt_v2_every_fusion() {
     for fusion in fusions() {
         check_step_at(&backbones()[6], fusion, 64);
+    }
+}
+
+#[test]
+fn pvt_v1_every_fusion() {
+    for fusion in fusions() {
+        check_step_at(&backbones()[7], fusion, 80);
     }
 }

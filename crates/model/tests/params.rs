@@ -148,7 +148,8 @@ fn attention_and_dagger_heads_have_the_documented_layers() {
     assert!((690_000..=710_000).contains(&extra), "{extra}");
 }
 
-/// timm 1.0.31's counts (`sum(p.numel())` of `create_model(name, num_classes=0)`).
+/// timm 1.0.31's counts (`sum(p.numel())` of `create_model(name, num_classes=0)`), and the PVT
+/// authors' for PVT v1.
 #[test]
 fn transformer_presets_match_timm() {
     for (preset, timm) in [
@@ -158,6 +159,9 @@ fn transformer_presets_match_timm() {
         (BackbonePreset::PvtV2B2Li, 22_040_512),
         (BackbonePreset::SwinLarge224, 194_995_476),
         (BackbonePreset::SwinLarge384, 195_198_516),
+        // The PVT authors' classification code (whai362/PVT, `pvt_tiny`, `pvt_large`).
+        (BackbonePreset::PvtTiny, 12_716_288),
+        (BackbonePreset::PvtLarge, 60_856_320),
     ] {
         assert_eq!(counts(preset, None, 10).backbone, timm, "{preset}");
     }

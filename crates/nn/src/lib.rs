@@ -49,7 +49,7 @@ pub use linear::{Linear, linear, linear_forward, linear_nd, linear_with_init, ma
 pub use memory::keep_freed_memory;
 pub use mha_op::multi_head_attention;
 pub use norm::{BatchNorm, LayerNorm, batch_norm, layer_norm, layer_norm_with_eps};
-pub use pool::{AvgPool2d, MaxPool2d, adaptive_avg_pool2d, global_avg_pool};
+pub use pool::{AvgPool2d, MaxPool2d, adaptive_avg_pool2d, global_avg_pool, resize_bilinear, resize_linear_rows};
 pub use projection_op::generated_projection;
 pub use store::ParamStore;
 pub use vecmat_op::batched_vecmat;

@@ -464,6 +464,59 @@ pub fn adaptive_avg_pool2d(xs: &Tensor, (out_h, out_w): (usize, usize)) -> Resul
     rows.transpose(2, 3)?.contiguous()?.to_dtype(dtype)
 }
 
+/// PyTorch's linear interpolation weights (`align_corners=False`) from `len` samples to `out`, as a
+/// `[len, out]` matrix: output `i` reads source position `max((i + ½)·len/out − ½, 0)`, split
+/// between its two neighbours.
+fn linear_resize_matrix(len: usize, out: usize) -> Vec<f32> {
+    let mut m = vec![0f32; len * out];
+    let scale = len as f64 / out as f64;
+    for i in 0..out {
+        let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
+        let lo = (src.floor() as usize).min(len - 1);
+        let hi = (lo + 1).min(len - 1);
+        let frac = (src - lo as f64) as f32;
+        m[lo * out + i] += 1.0 - frac;
+        m[hi * out + i] += frac;
+    }
+    m
+}
+
+/// `F.interpolate(xs, size, mode="bilinear", align_corners=False)` (no antialiasing), as two
+/// products with fixed interpolation matrices, so it differentiates on any device.
+///
+/// # Shapes
+/// `xs: [B, C, H, W]` → `[B, C, out_h, out_w]`.
+pub fn resize_bilinear(xs: &Tensor, (out_h, out_w): (usize, usize)) -> Result<Tensor> {
+    let (_, _, h, w) = xs.dims4()?;
+    if out_h == 0 || out_w == 0 || h == 0 || w == 0 {
+        candle_core::bail!("bilinear resize of {h}×{w} to {out_h}×{out_w}: sizes must be positive")
+    }
+    if (h, w) == (out_h, out_w) {
+        return Ok(xs.clone());
+    }
+    let compute = crate::accumulation_dtype(xs);
+    let matrix =
+        |len, out| Tensor::from_vec(linear_resize_matrix(len, out), (len, out), xs.device())?.to_dtype(compute);
+    let dtype = xs.dtype();
+    let cols = xs.to_dtype(compute)?.broadcast_matmul(&matrix(w, out_w)?)?;
+    let rows = cols.transpose(2, 3)?.contiguous()?.broadcast_matmul(&matrix(h, out_h)?)?;
+    rows.transpose(2, 3)?.contiguous()?.to_dtype(dtype)
+}
+
+/// `F.interpolate(table.T[None], out, mode="linear", align_corners=False)`: each column of a
+/// `[len, d]` table resized to `out` rows (a relative position table for another map size).
+///
+/// # Shapes
+/// `table: [len, d]` → `[out, d]`.
+pub fn resize_linear_rows(table: &Tensor, out: usize) -> Result<Tensor> {
+    let (len, _) = table.dims2()?;
+    if len == out {
+        return Ok(table.clone());
+    }
+    let m = Tensor::from_vec(linear_resize_matrix(len, out), (len, out), table.device())?.to_dtype(table.dtype())?;
+    m.t()?.matmul(table)
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::Device;

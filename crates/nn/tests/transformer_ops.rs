@@ -85,3 +85,27 @@ fn batched_products_match_candles_matmul_with_gradients() {
     let generic = dmlp_nn::with_generic_ops(|| dmlp_nn::matmul_nt(a.as_tensor(), bt.as_tensor()).unwrap());
     close("generic matmul_nt", &values(&generic), &values(&theirs));
 }
+
+/// Bilinear and linear resizing against PyTorch's `F.interpolate(..., align_corners=False)`.
+#[test]
+fn resizing_matches_pytorchs_interpolate() {
+    let xs = Tensor::arange(0f32, 12.0, &Device::Cpu).unwrap().reshape((1, 1, 3, 4)).unwrap();
+    let ys: Vec<Vec<f32>> =
+        dmlp_nn::resize_bilinear(&xs, (2, 5)).unwrap().squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+    // F.interpolate(torch.arange(12.).reshape(1, 1, 3, 4), size=(2, 5), mode="bilinear").
+    let want = [[1.0f32, 1.7, 2.5, 3.3, 4.0], [7.0, 7.7, 8.5, 9.3, 10.0]];
+    for (row, w) in ys.iter().zip(want) {
+        for (a, b) in row.iter().zip(w) {
+            assert!((a - b).abs() < 1e-5, "{ys:?}");
+        }
+    }
+    let table = Tensor::new(&[[0f32, 1.0], [2.0, 3.0], [4.0, 5.0]], &Device::Cpu).unwrap();
+    let up: Vec<Vec<f32>> = dmlp_nn::resize_linear_rows(&table, 5).unwrap().to_vec2().unwrap();
+    // F.interpolate(t.T[None], 5, mode="linear")[0].T for t = [[0, 1], [2, 3], [4, 5]].
+    let want = [[0f32, 1.0], [0.8, 1.8], [2.0, 3.0], [3.2, 4.2], [4.0, 5.0]];
+    for (row, w) in up.iter().zip(want) {
+        for (a, b) in row.iter().zip(w) {
+            assert!((a - b).abs() < 1e-5, "{up:?}");
+        }
+    }
+}

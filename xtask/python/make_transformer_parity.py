@@ -96,7 +96,7 @@ def weights_of(model):
         k = k.removeprefix("backbone.")
         if k.startswith(("head.", "loc_net.")):
             continue  # timm's own classifier is unused (pre_logits); loc_net is shared
-        out[k] = v.detach().clone().half()
+        out[k] = v.detach().clone().half() if v.is_floating_point() else v.detach().clone()
     return out
 
 
@@ -194,6 +194,126 @@ def pvt_v1_case(a, gen, dynamic_mlp):
     model_case(a, gen, dynamic_mlp, "model-pvt-v1-dmlp-c", pvt_cfg, backbone,
                {"type": "dynamic_mlp_c", "mlp_d": 16, "mlp_h": 8, "mlp_n": 2}, (80, 72),
                backbone_by="the PVT authors' classification/pvt.py (whai362/PVT)")
+
+
+def botnet(cfg, resize_tables=False):
+    """BoTNet as dmlp reconstructs it: torchvision's ResNet (its `Bottleneck`, names and stem)
+    whose last stage has timm's `BottleneckAttn` as `self_attn` in place of `conv2`. With
+    `resize_tables`, each relative table is resized linearly (`F.interpolate`) to the map it
+    meets and the 2x2 pool rounds up: dmlp's own choices where timm asserts the map size."""
+    import math
+
+    import torch.nn.functional as F
+    from timm.layers.bottleneck_attn import BottleneckAttn, rel_logits_1d
+    from torchvision.models.resnet import Bottleneck, conv1x1
+
+    width, layers, heads, img = cfg["width"], cfg["layers"], cfg["heads"], cfg["img_size"]
+
+    def resized(table, rows):
+        if table.shape[0] == rows:
+            return table
+        return F.interpolate(table.t()[None], size=rows, mode="linear", align_corners=False)[0].t()
+
+    def pos_embed_forward(self, q):
+        b, hw, _ = q.shape
+        h, w = self.runtime_hw
+        q = q.reshape(b, h, w, -1)
+        rel_w = rel_logits_1d(q, resized(self.width_rel, 2 * w - 1), permute_mask=(0, 1, 3, 2, 4))
+        q = q.transpose(1, 2)
+        rel_h = rel_logits_1d(q, resized(self.height_rel, 2 * h - 1), permute_mask=(0, 3, 1, 4, 2))
+        return (rel_h + rel_w).reshape(b, hw, hw)
+
+    class AttnBlock(nn.Module):
+        def __init__(self, inplanes, planes, stride, side):
+            super().__init__()
+            self.conv1 = conv1x1(inplanes, planes)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.self_attn = BottleneckAttn(planes, planes, feat_size=(side, side), stride=stride, num_heads=heads)
+            if resize_tables and stride == 2:
+                self.self_attn.pool = nn.AvgPool2d(2, 2, ceil_mode=True)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.conv3 = conv1x1(planes, planes * 4)
+            self.bn3 = nn.BatchNorm2d(planes * 4)
+            self.relu = nn.ReLU()
+            self.downsample = None
+            if stride != 1 or inplanes != planes * 4:
+                self.downsample = nn.Sequential(conv1x1(inplanes, planes * 4, stride), nn.BatchNorm2d(planes * 4))
+
+        def forward(self, x):
+            out = self.relu(self.bn1(self.conv1(x)))
+            attn = self.self_attn
+            if resize_tables:
+                _, _, h, w = out.shape
+                attn.pos_embed.height, attn.pos_embed.width = h, w
+                attn.pos_embed.runtime_hw = (h, w)
+                attn.pos_embed.forward = types.MethodType(pos_embed_forward, attn.pos_embed)
+            out = self.relu(self.bn2(attn(out)))
+            out = self.bn3(self.conv3(out))
+            identity = x if self.downsample is None else self.downsample(x)
+            return self.relu(out + identity)
+
+    class BotNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(width)
+            self.relu = nn.ReLU()
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            inplanes, side = width, math.ceil(math.ceil(img / 2) / 2)
+            for i, n in enumerate(layers):
+                planes = width << i
+                last = i == len(layers) - 1
+                blocks = []
+                for j in range(n):
+                    stride = 2 if i > 0 and j == 0 else 1
+                    if last:
+                        blocks.append(AttnBlock(inplanes, planes, stride, side if j == 0 else math.ceil(side / 2)))
+                    else:
+                        ds = None
+                        if stride != 1 or inplanes != planes * 4:
+                            ds = nn.Sequential(conv1x1(inplanes, planes * 4, stride), nn.BatchNorm2d(planes * 4))
+                        blocks.append(Bottleneck(inplanes, planes, stride, ds))
+                    inplanes = planes * 4
+                if 0 < i < len(layers) - 1:
+                    side = math.ceil(side / 2)
+                setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            self.num_features = inplanes
+
+        def forward_features(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            for i in range(len(layers)):
+                x = getattr(self, f"layer{i + 1}")(x)
+            return x
+
+        def forward_head(self, x, pre_logits=True):
+            return x.mean((2, 3))
+
+    return BotNet()
+
+
+def randomise_batch_norm(model, gen):
+    """Random running statistics, so that evaluation-mode BatchNorm is checked too."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_((0.1 * torch.randn(m.running_mean.shape, generator=gen)).half().float())
+                m.running_var.copy_((0.5 + torch.rand(m.running_var.shape, generator=gen)).half().float())
+
+
+def botnet_cases(a, gen, dynamic_mlp):
+    """BoTNet (dmlp's reconstruction) from torchvision's blocks and timm's BottleneckAttn: at the
+    size its tables are laid out for (timm's own computation), and at a larger size where dmlp
+    resizes them (the same model with the tables interpolated)."""
+    cfg = {"type": "botnet", "layers": [1, 1, 1, 2], "width": 8, "heads": 2, "img_size": 64}
+    by = f"torchvision's Bottleneck and timm {timm.__version__}'s BottleneckAttn"
+    for name, resize, hw, fusion in (
+        ("model-botnet-dmlp-c", False, (64, 64), "c"),
+        ("model-botnet-resized-tables-dmlp-b", True, (96, 80), "b"),
+    ):
+        backbone = botnet(cfg, resize_tables=resize)
+        randomise_batch_norm(backbone, gen)
+        model_case(a, gen, dynamic_mlp, name, cfg, backbone,
+                   {"type": f"dynamic_mlp_{fusion}", "mlp_d": 16, "mlp_h": 8, "mlp_n": 2}, hw, backbone_by=by)
 
 
 def main():
@@ -301,6 +421,7 @@ def main():
     # Last, so the cases above keep their random draws.
     if a.pvt:
         pvt_v1_case(a, gen, dynamic_mlp)
+    botnet_cases(a, gen, dynamic_mlp)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@
 //! Architecture invariant: backbones see images only; nothing here knows locations, fusion heads
 //! or datasets.
 
+mod botnet;
 mod pvt;
 mod pvt_v2;
 mod resnet;
@@ -27,6 +28,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use dmlp_nn::DropoutRng;
 
+pub use botnet::{BotNet, BotNetConfig};
 pub use pvt::{Pvt, PvtConfig};
 pub use pvt_v2::{PvtV2, PvtV2Config};
 pub use resnet::{BlockKind, ResNet};
@@ -42,6 +44,7 @@ pub enum Backbone {
     Swin(Swin),
     PvtV2(PvtV2),
     Pvt(Pvt),
+    BotNet(BotNet),
 }
 
 impl Backbone {
@@ -58,6 +61,9 @@ impl Backbone {
         if let Some(config) = custom.pvt_config() {
             return Ok(Backbone::Pvt(Pvt::new(&config, rng, vb)?));
         }
+        if let Some(config) = custom.botnet_config() {
+            return Ok(Backbone::BotNet(BotNet::new(&config, vb)?));
+        }
         match custom {
             CustomBackbone::Resnet { block, layers, width } => {
                 Ok(Backbone::ResNet(ResNet::new(block, &layers, width, vb)?))
@@ -65,7 +71,10 @@ impl Backbone {
             CustomBackbone::Sk2res2net { layers, width } => {
                 Ok(Backbone::Sk2Res2Net(Sk2Res2Net::new(&layers, width, vb)?))
             }
-            CustomBackbone::Swin { .. } | CustomBackbone::PvtV2 { .. } | CustomBackbone::Pvt { .. } => {
+            CustomBackbone::Swin { .. }
+            | CustomBackbone::PvtV2 { .. }
+            | CustomBackbone::Pvt { .. }
+            | CustomBackbone::Botnet { .. } => {
                 unreachable!("built above")
             }
         }
@@ -79,6 +88,7 @@ impl Backbone {
             Backbone::Swin(net) => net.num_features(),
             Backbone::PvtV2(net) => net.num_features(),
             Backbone::Pvt(net) => net.num_features(),
+            Backbone::BotNet(net) => net.num_features(),
         }
     }
 
@@ -91,6 +101,7 @@ impl Backbone {
             Backbone::Swin(net) => net.forward_features(images, train),
             Backbone::PvtV2(net) => net.forward_features(images, train),
             Backbone::Pvt(net) => net.forward_features(images, train),
+            Backbone::BotNet(net) => net.forward_features(images, train),
         }
     }
 }

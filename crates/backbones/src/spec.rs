@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BlockKind, PvtConfig, PvtV2Config, SwinConfig};
+use crate::{BlockKind, BotNetConfig, PvtConfig, PvtV2Config, SwinConfig};
 
 /// A backbone in a config: a preset name (`"resnet50"`) or an explicit table
 /// (`{ type = "resnet", block = "basic", layers = [1, 1, 1, 1] }`).
@@ -56,6 +56,8 @@ pub enum BackbonePreset {
     PvtMedium,
     #[serde(rename = "pvt_large")]
     PvtLarge,
+    Botnet50,
+    Botnet152,
 }
 
 /// An explicit backbone description.
@@ -125,6 +127,21 @@ pub enum CustomBackbone {
         #[serde(default)]
         drop_path_rate: f64,
     },
+    /// BoTNet, a reconstruction ([`BotNetConfig`]): torchvision's bottleneck ResNet whose last
+    /// stage attends; stem width 64, 4 heads and relative tables for 224×224 inputs unless given.
+    Botnet {
+        layers: Vec<usize>,
+        #[serde(default = "default_width")]
+        width: usize,
+        #[serde(default = "default_heads")]
+        heads: usize,
+        #[serde(default = "default_img_size")]
+        img_size: usize,
+    },
+}
+
+fn default_heads() -> usize {
+    4
 }
 
 fn default_img_size() -> usize {
@@ -210,6 +227,16 @@ impl CustomBackbone {
         }
     }
 
+    /// The BoTNet description, if this is one.
+    pub fn botnet_config(&self) -> Option<BotNetConfig> {
+        match self {
+            CustomBackbone::Botnet { layers, width, heads, img_size } => {
+                Some(BotNetConfig { layers: layers.clone(), width: *width, heads: *heads, img_size: *img_size })
+            }
+            _ => None,
+        }
+    }
+
     /// The PVT v2 description, if this is one.
     pub fn pvt_v2_config(&self) -> Option<PvtV2Config> {
         match self {
@@ -230,7 +257,7 @@ impl CustomBackbone {
 }
 
 impl BackbonePreset {
-    pub const ALL: [BackbonePreset; 23] = [
+    pub const ALL: [BackbonePreset; 25] = [
         BackbonePreset::Resnet18,
         BackbonePreset::Resnet34,
         BackbonePreset::Resnet50,
@@ -254,6 +281,8 @@ impl BackbonePreset {
         BackbonePreset::PvtSmall,
         BackbonePreset::PvtMedium,
         BackbonePreset::PvtLarge,
+        BackbonePreset::Botnet50,
+        BackbonePreset::Botnet152,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -281,6 +310,8 @@ impl BackbonePreset {
             BackbonePreset::PvtSmall => "pvt_small",
             BackbonePreset::PvtMedium => "pvt_medium",
             BackbonePreset::PvtLarge => "pvt_large",
+            BackbonePreset::Botnet50 => "botnet50",
+            BackbonePreset::Botnet152 => "botnet152",
         }
     }
 
@@ -318,6 +349,8 @@ impl BackbonePreset {
             qkv_bias: true,
             drop_path_rate: 0.0,
         };
+        let botnet =
+            |layers: [usize; 4]| CustomBackbone::Botnet { layers: layers.to_vec(), width: 64, heads: 4, img_size: 224 };
         let wide = [64, 128, 320, 512];
         let mlp = [8.0, 8.0, 4.0, 4.0];
         match self {
@@ -344,6 +377,8 @@ impl BackbonePreset {
             BackbonePreset::PvtSmall => pvt1([3, 4, 6, 3]),
             BackbonePreset::PvtMedium => pvt1([3, 4, 18, 3]),
             BackbonePreset::PvtLarge => pvt1([3, 8, 27, 3]),
+            BackbonePreset::Botnet50 => botnet([3, 4, 6, 3]),
+            BackbonePreset::Botnet152 => botnet([3, 8, 36, 3]),
         }
     }
 }
@@ -390,6 +425,9 @@ impl BackboneSpec {
             }
             BackboneSpec::Custom(CustomBackbone::Pvt { embed_dims, depths, .. }) => {
                 format!("pvt-{}-e{}", joined(depths), embed_dims[0])
+            }
+            BackboneSpec::Custom(CustomBackbone::Botnet { layers, width, img_size, .. }) => {
+                format!("botnet-{}-w{width}-{img_size}", joined(layers))
             }
             BackboneSpec::Custom(CustomBackbone::PvtV2 { embed_dims, depths, linear, .. }) => {
                 format!("pvt_v2{}-{}-e{}", if *linear { "_li" } else { "" }, joined(depths), embed_dims[0])

@@ -46,6 +46,9 @@ fn backbones() -> Vec<BackboneSpec> {
             qkv_bias: true,
             drop_path_rate: 0.0,
         }),
+        // BoTNet laid out for 64×64 images, run on 96×96: its last stage attends over 6×6 then
+        // 3×3 maps (odd: the pool rounds up) with the relative tables resized.
+        BackboneSpec::Custom(CustomBackbone::Botnet { layers: vec![1, 1, 1, 2], width: 8, heads: 2, img_size: 64 }),
     ]
 }
 
@@ -166,5 +169,12 @@ fn linear_pvt_v2_every_fusion() {
 fn pvt_v1_every_fusion() {
     for fusion in fusions() {
         check_step_at(&backbones()[7], fusion, 80);
+    }
+}
+
+#[test]
+fn botnet_every_fusion() {
+    for fusion in fusions() {
+        check_step_at(&backbones()[8], fusion, 96);
     }
 }

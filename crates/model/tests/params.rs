@@ -148,8 +148,8 @@ fn attention_and_dagger_heads_have_the_documented_layers() {
     assert!((690_000..=710_000).contains(&extra), "{extra}");
 }
 
-/// timm 1.0.31's counts (`sum(p.numel())` of `create_model(name, num_classes=0)`), and the PVT
-/// authors' for PVT v1.
+/// timm 1.0.31's counts (`sum(p.numel())` of `create_model(name, num_classes=0)`), the PVT
+/// authors' for PVT v1, PyTorch's for the BoTNet reconstruction.
 #[test]
 fn transformer_presets_match_timm() {
     for (preset, timm) in [
@@ -162,6 +162,10 @@ fn transformer_presets_match_timm() {
         // The PVT authors' classification code (whai362/PVT, `pvt_tiny`, `pvt_large`).
         (BackbonePreset::PvtTiny, 12_716_288),
         (BackbonePreset::PvtLarge, 60_856_320),
+        // BoTNet, a reconstruction: torchvision's blocks with timm's BottleneckAttn in the last
+        // stage, built in PyTorch (`botnet()` in xtask/python/make_transformer_parity.py).
+        (BackbonePreset::Botnet50, 18_803_008),
+        (BackbonePreset::Botnet152, 53_438_784),
     ] {
         assert_eq!(counts(preset, None, 10).backbone, timm, "{preset}");
     }

@@ -93,7 +93,7 @@ impl Ours {
     fn pass(&mut self, files: &[&(String, Vec<u8>)], work: Work) -> anyhow::Result<f64> {
         let norm = Normalization { mean: IMAGENET_MEAN, std: IMAGENET_STD };
         let transform = match work {
-            Work::Train => Transform::Train { size: SIZE },
+            Work::Train => Transform::train(SIZE),
             _ => Transform::eval_for(SIZE),
         };
         self.out.resize(transform.floats_per_image(), 0.0);

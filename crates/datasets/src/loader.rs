@@ -21,7 +21,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::{DatasetError, Split};
-use dmlp_vision::{Normalization, Renderer, Transform, read_bytes};
+use dmlp_vision::{Interpolation, Normalization, Renderer, Transform, read_bytes};
 
 /// How to batch a split.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +31,8 @@ pub struct LoaderConfig {
     /// centre crop or a ten-crop).
     pub transforms: Vec<Transform>,
     pub normalization: Normalization,
+    /// The resize filter of every view.
+    pub interpolation: Interpolation,
     /// Which metadata to encode into `Batch::loc` (none for image-only models).
     pub metadata: Option<Metadata>,
     pub shuffle: bool,
@@ -241,7 +243,7 @@ impl EpochBatches {
             let (sender, receiver): (SyncSender<_>, _) = sync_channel(config.prefetch.max(1));
             let (split, order, config) = (split.clone(), order.clone(), config.clone());
             workers.push(std::thread::spawn(move || {
-                let mut renderer = Renderer::new();
+                let mut renderer = Renderer::with_interpolation(config.interpolation);
                 for k in (worker..total).step_by(n_workers) {
                     let first = k * config.batch_size;
                     let last = (first + config.batch_size).min(order.len());

@@ -29,8 +29,9 @@ fn config(seed: u64, with_dates: bool) -> SynthConfig {
 fn loader(workers: usize, metadata: Option<Metadata>) -> LoaderConfig {
     LoaderConfig {
         batch_size: 7,
-        transforms: vec![Transform::Train { size: 16 }],
+        transforms: vec![Transform::train(16)],
         normalization: Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
+        interpolation: Default::default(),
         metadata,
         shuffle: true,
         drop_last: false,

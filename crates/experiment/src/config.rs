@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use dmlp_datasets::{DatasetName, SplitScheme};
 use dmlp_model::ModelConfig;
 use dmlp_train::TrainConfig;
+use dmlp_vision::Interpolation;
 use serde::{Deserialize, Serialize};
 
 use crate::ExperimentError;
@@ -50,6 +51,18 @@ pub struct DataConfig {
     /// Ten-crop at every test scale (the reference's `--tencrop`): corners, centre and mirrors.
     #[serde(default)]
     pub ten_crop: bool,
+    /// The resize filter of training and evaluation views: `"bilinear"` (torchvision's default,
+    /// the reference's) or `"bicubic"` (timm's transformer recipes, DeiT's and PVT's).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub interpolation: Interpolation,
+    /// timm's RandAugment string for training views (`"rand-m9-mstd0.5-inc1"`, DeiT's and PVT's
+    /// "augmentation"; see `dmlp_vision::augment`). Off when absent (the reference's recipe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rand_augment: Option<String>,
+    /// Random erasing's probability per training image (0.25 in DeiT's recipe; timm's pixel mode:
+    /// one box of 2–33 % of the image filled with N(0, 1) noise after normalisation). 0 = off.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub random_erasing: f64,
     /// Loader threads.
     #[serde(default = "DataConfig::default_workers")]
     pub workers: usize,
@@ -85,7 +98,25 @@ impl BadImagesPolicy {
     }
 }
 
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
 impl DataConfig {
+    /// The training transform: the crop and flip, then the configured augmentations.
+    pub fn train_transform(&self) -> Result<dmlp_vision::Transform, String> {
+        let rand_augment = self
+            .rand_augment
+            .as_deref()
+            .map(dmlp_vision::RandAugment::parse)
+            .transpose()
+            .map_err(|e| format!("data.{e}"))?;
+        let random_erasing =
+            (self.random_erasing > 0.0).then_some(dmlp_vision::RandomErasing { probability: self.random_erasing });
+        let augment = dmlp_vision::Augment { rand_augment, random_erasing };
+        Ok(dmlp_vision::Transform::Train { size: self.image_size, augment })
+    }
+
     /// The evaluation transforms: one per test scale, each a centre crop or a ten-crop.
     pub fn eval_transforms(&self) -> Vec<dmlp_vision::Transform> {
         use dmlp_vision::transform::{Transform, eval_resize_for};
@@ -198,6 +229,10 @@ impl RunConfig {
                 return Err("data.eval_resize applies to a single test scale; drop it or list one scale".into());
             }
         }
+        if !(0.0..=1.0).contains(&self.data.random_erasing) {
+            return Err(format!("data.random_erasing is a probability, got {}", self.data.random_erasing));
+        }
+        self.data.train_transform()?;
         if self.model.backbone.is_none() {
             return Err("training from images needs a [model] backbone".into());
         }

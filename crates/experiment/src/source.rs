@@ -26,7 +26,9 @@ impl LoaderSource {
     pub fn train(split: Arc<Split>, run: &RunConfig, device: Device) -> Result<Self, ExperimentError> {
         // Training keeps its batch size (BatchNorm, the schedule): a skipped image's row takes
         // the batch's next good sample.
-        let transforms = vec![Transform::Train { size: run.data.image_size }];
+        let transform =
+            run.data.train_transform().map_err(|message| ExperimentError::Config { path: "[data]".into(), message })?;
+        let transforms = vec![transform];
         let mut config = Self::config(run, transforms, run.train.batch_size, true, BadImages::Replace);
         config.drop_last = Self::drops_last_image(split.records.len(), run.train.batch_size);
         Ok(Self { split, config, device, skipped: Arc::default() })
@@ -75,6 +77,7 @@ impl LoaderSource {
             batch_size,
             transforms,
             normalization: Normalization { mean: IMAGENET_MEAN, std: IMAGENET_STD },
+            interpolation: run.data.interpolation,
             metadata: run.model.fusion.as_ref().and(run.model.metadata),
             shuffle,
             drop_last: false,

@@ -7,8 +7,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use dmlp_eval::{Accuracy, EvalError, ScoreKind, TensorBatch, evaluate_batches, view_mean_logits};
 use dmlp_model::{Classifier, LoadPolicy, WeightsFile};
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution};
 
@@ -18,11 +18,23 @@ use crate::{
     Optimizer, SeedStream, TrainConfig, TrainError, label_smoothing_loss, mixup, mixup_loss_permuted, mixup_loss_share,
 };
 
-/// One step's mixup: `λ` and the permutation `[B]` (u32) that pairs each sample with another.
+/// One step's mixup: `λ` and the permutation `[B]` (u32) that pairs each sample with another;
+/// with `cut`, CutMix: the box `[y0, y1, x0, x1)` of each image comes from its partner (`λ` is
+/// then the area kept) and the metadata blend with `λ`.
 #[derive(Debug, Clone)]
 pub struct Mixup {
     pub lambda: f64,
     pub perm: Tensor,
+    pub cut: Option<[usize; 4]>,
+}
+
+/// One step's draw from the mixing stream ([`draw_mixup`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MixDraw {
+    pub lambda: f64,
+    pub perm: Vec<u32>,
+    /// CutMix's box `[y0, y1, x0, x1)`, when this batch takes CutMix.
+    pub cut: Option<[usize; 4]>,
 }
 
 /// What the classifier's step reads for images: pixels through the backbone, or pooled features
@@ -238,7 +250,10 @@ fn mixed_gradients(
         StepInput::Images(xs) => (xs, true),
         StepInput::Features(xs) => (xs, false),
     };
-    let mixed = mixup(xs, &mix.perm, mix.lambda)?;
+    let mixed = match mix.cut {
+        Some(cut) if images => cutmix(xs, &mix.perm, cut)?,
+        _ => mixup(xs, &mix.perm, mix.lambda)?,
+    };
     let input = if images { StepInput::Images(&mixed) } else { StepInput::Features(&mixed) };
     let permuted = targets.index_select(&mix.perm.to_dtype(DType::U32)?, 0)?;
     let n = mixed.dim(0)?;
@@ -258,19 +273,69 @@ fn mixed_gradients(
 }
 
 /// λ and the permutation of one step, drawn from the mixup stream (λ = 1 and the identity when
-/// mixup is off).
-pub fn draw_mixup(config: &TrainConfig, n: usize, step: &StepContext) -> Result<(f64, Vec<u32>), TrainError> {
+/// mixing is off); with CutMix on, its box for `(height, width)` images. With mixup alone the
+/// draws are the same as before CutMix existed, so earlier runs resume exactly.
+pub fn draw_mixup(
+    config: &TrainConfig,
+    n: usize,
+    (height, width): (usize, usize),
+    step: &StepContext,
+) -> Result<MixDraw, TrainError> {
     let mut perm: Vec<u32> = (0..n as u32).collect();
-    if config.mixup_alpha <= 0.0 {
-        return Ok((1.0, perm));
+    let (mixup_on, cutmix_on) = (config.mixup_alpha > 0.0, config.cutmix_alpha > 0.0);
+    if !mixup_on && !cutmix_on {
+        return Ok(MixDraw { lambda: 1.0, perm, cut: None });
     }
     let seed = SeedStream::Mixup.seed(config.seed, &[step.epoch as u64, step.iteration as u64]);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let beta = Beta::new(config.mixup_alpha, config.mixup_alpha)
-        .map_err(|e| TrainError::Config(format!("mixup_alpha: {e}")))?;
+    let use_cutmix = match (mixup_on, cutmix_on) {
+        (true, true) => rng.random::<f64>() < config.mix_switch_prob,
+        (false, true) => true,
+        _ => false,
+    };
+    let alpha = if use_cutmix { config.cutmix_alpha } else { config.mixup_alpha };
+    let name = if use_cutmix { "cutmix_alpha" } else { "mixup_alpha" };
+    let beta = Beta::new(alpha, alpha).map_err(|e| TrainError::Config(format!("{name}: {e}")))?;
     let lambda = beta.sample(&mut rng);
     perm.shuffle(&mut rng);
-    Ok((lambda, perm))
+    if !use_cutmix {
+        return Ok(MixDraw { lambda, perm, cut: None });
+    }
+    let (cut, kept) = cutmix_box(lambda, (height, width), &mut rng);
+    Ok(MixDraw { lambda: kept, perm, cut: Some(cut) })
+}
+
+/// timm's `rand_bbox` and `correct_lam`: a box of `√(1 − λ)` of each side centred uniformly
+/// (clipped to the image), and the fraction of the image outside it.
+fn cutmix_box(lambda: f64, (h, w): (usize, usize), rng: &mut ChaCha8Rng) -> ([usize; 4], f64) {
+    let ratio = (1.0 - lambda).max(0.0).sqrt();
+    let (cut_h, cut_w) = ((h as f64 * ratio) as usize, (w as f64 * ratio) as usize);
+    let (cy, cx) = (rng.random_range(0..h.max(1)), rng.random_range(0..w.max(1)));
+    let (y0, y1) = (cy.saturating_sub(cut_h / 2), (cy + cut_h / 2).min(h));
+    let (x0, x1) = (cx.saturating_sub(cut_w / 2), (cx + cut_w / 2).min(w));
+    let kept = 1.0 - ((y1 - y0) * (x1 - x0)) as f64 / (h * w).max(1) as f64;
+    ([y0, y1, x0, x1], kept)
+}
+
+/// CutMix of a batch of images: the box `[y0, y1, x0, x1)` of each image replaced by its
+/// partner's (`perm`).
+///
+/// # Shapes
+/// `xs: [B, C, H, W]`, `perm: [B]` → `[B, C, H, W]`.
+pub fn cutmix(xs: &Tensor, perm: &Tensor, cut: [usize; 4]) -> candle_core::Result<Tensor> {
+    cutmix_pairs(xs, &xs.index_select(&perm.to_dtype(DType::U32)?, 0)?, cut)
+}
+
+/// [`cutmix`] with each image's partner given: `own` outside the box, `partner` inside.
+///
+/// # Shapes
+/// `own: [B, C, H, W]`, `partner: [B, C, H, W]` → `[B, C, H, W]`.
+pub fn cutmix_pairs(own: &Tensor, partner: &Tensor, [y0, y1, x0, x1]: [usize; 4]) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = own.dims4()?;
+    let inside = |i: usize| (y0..y1).contains(&(i / w)) && (x0..x1).contains(&(i % w));
+    let mask: Vec<f32> = (0..h * w).map(|i| if inside(i) { 1.0 } else { 0.0 }).collect();
+    let mask = Tensor::from_vec(mask, (1, 1, h, w), own.device())?.to_dtype(own.dtype())?;
+    own.broadcast_add(&(partner - own)?.broadcast_mul(&mask)?)
 }
 
 /// A classifier, its optimiser and its recipe.
@@ -385,8 +450,10 @@ impl Trainable for ClassifierTrainer<'_> {
     fn train_step(&mut self, batch: TensorBatch, step: &StepContext) -> Result<StepOutcome, TrainError> {
         let images = batch.single_view()?;
         let n = images.dim(0)?;
-        let (lambda, perm_ids) = draw_mixup(&self.config, n, step)?;
-        let mix = Mixup { lambda, perm: Tensor::from_slice(&perm_ids, n, images.device())? };
+        let hw = if images.rank() == 4 { (images.dim(2)?, images.dim(3)?) } else { (1, 1) };
+        let draw = draw_mixup(&self.config, n, hw, step)?;
+        let lambda = draw.lambda;
+        let mix = Mixup { lambda, perm: Tensor::from_slice(&draw.perm, n, images.device())?, cut: draw.cut };
         let dropout = SeedStream::Dropout.seed(self.config.seed, &[step.epoch as u64, step.iteration as u64]);
         self.model.reseed_dropout(dropout);
         let (gradients, permuted) = mixed_gradients(

@@ -43,6 +43,24 @@ pub struct TrainConfig {
     /// Beta(α, α) of mixup (0.4); 0 switches mixup off.
     #[serde(default = "TrainConfig::default_mixup_alpha")]
     pub mixup_alpha: f64,
+    /// Beta(α, α) of CutMix (1.0 in DeiT's recipe; 0, the default, switches it off): a box of
+    /// the partner image pasted in, λ corrected to the area kept (timm's `correct_lam`), the
+    /// metadata and the targets mixed with that λ. With mixup on too, each batch takes one of
+    /// the two ([`TrainConfig::mix_switch_prob`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cutmix_alpha: f64,
+    /// With mixup and CutMix both on, the probability that a batch takes CutMix (timm's
+    /// `mixup_switch_prob`, 0.5).
+    #[serde(default = "TrainConfig::default_mix_switch_prob")]
+    pub mix_switch_prob: f64,
+    /// `"reference"` (the default: linear warm-up per iteration, then cosine per epoch, as the
+    /// reference's `adjust_learning_rate`) or `"step_cosine"` (linear warm-up, then cosine, both
+    /// per step, down to `min_lr`: the transformer recipe).
+    #[serde(default)]
+    pub lr_schedule: LrScheduleKind,
+    /// The floor of `step_cosine` (timm's `min_lr`; 0 by default).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_lr: f64,
     /// The seed every random stream derives from (the reference's 37).
     #[serde(default = "TrainConfig::default_seed")]
     pub seed: u64,
@@ -84,6 +102,10 @@ impl TrainConfig {
             warmup_epochs: Self::default_warmup_epochs(),
             label_smoothing: Self::default_label_smoothing(),
             mixup_alpha: Self::default_mixup_alpha(),
+            cutmix_alpha: 0.0,
+            mix_switch_prob: Self::default_mix_switch_prob(),
+            lr_schedule: LrScheduleKind::Reference,
+            min_lr: 0.0,
             seed: Self::default_seed(),
             eval_batch_size: None,
             accumulate: Self::default_accumulate(),
@@ -94,11 +116,11 @@ impl TrainConfig {
 
     /// The learning-rate schedule of this recipe.
     pub fn schedule(&self) -> crate::Schedule {
-        crate::Schedule::WarmupCosine(crate::LrSchedule {
-            base_lr: self.lr,
-            warmup_epochs: self.warmup_epochs,
-            epochs: self.epochs,
-        })
+        let schedule = crate::LrSchedule { base_lr: self.lr, warmup_epochs: self.warmup_epochs, epochs: self.epochs };
+        match self.lr_schedule {
+            LrScheduleKind::Reference => crate::Schedule::WarmupCosine(schedule),
+            LrScheduleKind::StepCosine => crate::Schedule::StepCosine { schedule, min_lr: self.min_lr },
+        }
     }
 
     fn default_momentum() -> f64 {
@@ -119,6 +141,10 @@ impl TrainConfig {
 
     fn default_mixup_alpha() -> f64 {
         0.4
+    }
+
+    fn default_mix_switch_prob() -> f64 {
+        0.5
     }
 
     fn default_seed() -> u64 {
@@ -169,6 +195,15 @@ impl TrainConfig {
                 self.label_smoothing, self.mixup_alpha, self.momentum, self.weight_decay
             ));
         }
+        if !non_negative(self.cutmix_alpha) || !(0.0..=1.0).contains(&self.mix_switch_prob) {
+            return Err(format!(
+                "cutmix_alpha must be finite and non-negative, mix_switch_prob in [0, 1] (got {}, {})",
+                self.cutmix_alpha, self.mix_switch_prob
+            ));
+        }
+        if !non_negative(self.min_lr) || self.min_lr > self.lr {
+            return Err(format!("min_lr must be between 0 and lr ({}), got {}", self.lr, self.min_lr));
+        }
         if self.optimizer == OptimizerKind::Adamw && self.momentum >= 1.0 {
             return Err(format!("AdamW's β₁ (momentum) must be below 1, got {}", self.momentum));
         }
@@ -178,4 +213,19 @@ impl TrainConfig {
     pub fn eval_batch_size(&self) -> usize {
         self.eval_batch_size.unwrap_or(self.batch_size)
     }
+}
+
+/// The learning-rate schedule's shape ([`TrainConfig::lr_schedule`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrScheduleKind {
+    /// The reference's: linear warm-up per iteration, cosine per epoch.
+    #[default]
+    Reference,
+    /// Linear warm-up and cosine decay, both per step, to `min_lr`.
+    StepCosine,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }

@@ -178,6 +178,11 @@ impl StepSums {
 pub enum Schedule {
     /// The reference's linear warm-up per iteration, then cosine per epoch.
     WarmupCosine(LrSchedule),
+    /// Linear warm-up and cosine, both per step, down to `min_lr` (the transformer recipe).
+    StepCosine {
+        schedule: LrSchedule,
+        min_lr: f64,
+    },
     /// `lr · decay^(epoch − 1)` (PriorsNet).
     Exponential {
         lr: f64,
@@ -191,6 +196,9 @@ impl Schedule {
     pub fn lr(&self, epoch: usize, iteration: usize, iters_per_epoch: usize) -> f64 {
         match *self {
             Schedule::WarmupCosine(s) => lr_at(s, epoch, iteration, iters_per_epoch),
+            Schedule::StepCosine { schedule, min_lr } => {
+                crate::schedule::step_cosine_lr_at(schedule, min_lr, epoch, iteration, iters_per_epoch)
+            }
             Schedule::Exponential { lr, decay } => lr * decay.powi(epoch.saturating_sub(1) as i32),
             Schedule::Constant(lr) => lr,
         }

@@ -41,10 +41,10 @@ use std::path::PathBuf;
 
 pub use adam::{Adam, AdamConfig, AdamState};
 pub use classifier::{
-    BatchGradients, ClassifierStep, ClassifierTrainer, Mixup, StepInput, apply_gradients, classifier_gradients,
-    classifier_scores, classifier_step, draw_mixup, evaluate_classifier,
+    BatchGradients, ClassifierStep, ClassifierTrainer, MixDraw, Mixup, StepInput, apply_gradients,
+    classifier_gradients, classifier_scores, classifier_step, cutmix, cutmix_pairs, draw_mixup, evaluate_classifier,
 };
-pub use config::{OptimizerKind, TrainConfig};
+pub use config::{LrScheduleKind, OptimizerKind, TrainConfig};
 pub use fit::{
     Batches, BestBy, FitObserver, FitPlan, FitSummary, Schedule, Silent, StepContext, StepOutcome, Trainable, fit,
 };
@@ -56,7 +56,7 @@ pub use optimizer::Optimizer;
 pub use parallel::{Collective, DataParallelTrainer, LocalCollective, shards};
 pub use precision::{Amp, LossScaler, Precision};
 pub use run_dir::{Checkpoint, CheckpointState, EpochMetrics, RunDir, Which, write_atomic};
-pub use schedule::{LrSchedule, lr_at};
+pub use schedule::{LrSchedule, lr_at, step_cosine_lr_at};
 pub use streams::{SeedStream, stream_seed};
 
 /// What can stop a run.

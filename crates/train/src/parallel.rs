@@ -214,6 +214,7 @@ struct StepShare<'b> {
     targets: &'b Tensor,
     perm: &'b [u32],
     lambda: f64,
+    cut: Option<[usize; 4]>,
 }
 
 /// What one replica measured: the loss, whether the update was skipped, and its top-1 hits.
@@ -246,7 +247,13 @@ impl Replica<'_> {
         let mix = |t: &Tensor| -> Result<Tensor, TrainError> {
             Ok(((rows(t)? * share.lambda)? + (paired(t)? * (1.0 - share.lambda))?)?)
         };
-        let images = mix(share.images)?;
+        let images = match share.cut {
+            // CutMix pastes the partner's box; the rows and partners as for mixup.
+            Some(cut) if share.images.rank() == 4 => {
+                crate::classifier::cutmix_pairs(&rows(share.images)?, &paired(share.images)?, cut)?
+            }
+            _ => mix(share.images)?,
+        };
         let loc = share.loc.map(&mix).transpose()?;
         let (targets, permuted) = (rows(share.targets)?, paired(share.targets)?);
         let rank = self.collective.rank() as u64;
@@ -391,8 +398,16 @@ impl Trainable for DataParallelTrainer<'_> {
     fn train_step(&mut self, batch: TensorBatch, step: &StepContext) -> Result<StepOutcome, TrainError> {
         let images = batch.single_view()?;
         let n = images.dim(0)?;
-        let (lambda, perm) = draw_mixup(&self.config, n, step)?;
-        let share = StepShare { images, loc: batch.loc.as_ref(), targets: &batch.targets, perm: &perm, lambda };
+        let hw = if images.rank() == 4 { (images.dim(2)?, images.dim(3)?) } else { (1, 1) };
+        let draw = draw_mixup(&self.config, n, hw, step)?;
+        let share = StepShare {
+            images,
+            loc: batch.loc.as_ref(),
+            targets: &batch.targets,
+            perm: &draw.perm,
+            lambda: draw.lambda,
+            cut: draw.cut,
+        };
         let config = &self.config;
         let shards = shards(n, self.replicas.len());
         let outcomes: Vec<Result<ReplicaOutcome, TrainError>> = std::thread::scope(|scope| {

@@ -25,6 +25,32 @@ pub fn lr_at(schedule: LrSchedule, epoch: usize, iteration: usize, iters_per_epo
     }
 }
 
+/// Warm-up then cosine, both per step (the transformer recipe's shape): at global step
+/// `t = (epoch − 1)·n + iteration` of `T = epochs·n`, with `T_w = warmup_epochs·n`,
+///
+/// ```text
+/// t < T_w : lr0 · t / T_w
+/// t ≥ T_w : min + (lr0 − min) · ½ · (1 + cos(π · (t − T_w) / (T − T_w)))
+/// ```
+pub fn step_cosine_lr_at(
+    schedule: LrSchedule,
+    min_lr: f64,
+    epoch: usize,
+    iteration: usize,
+    iters_per_epoch: usize,
+) -> f64 {
+    let LrSchedule { base_lr, warmup_epochs, epochs } = schedule;
+    let n = iters_per_epoch.max(1) as f64;
+    let t = (epoch.max(1) - 1) as f64 * n + iteration as f64;
+    let warmup = warmup_epochs as f64 * n;
+    let total = (epochs.max(1) as f64 * n).max(warmup + 1.0);
+    if t < warmup {
+        return base_lr * t / warmup;
+    }
+    let progress = ((t - warmup) / (total - warmup)).min(1.0);
+    min_lr + (base_lr - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,5 +72,20 @@ mod tests {
         // The official log's peak: lr0 = 0.5 gives 0.25 at epoch 2's start (0-indexed e1 in the log).
         let log = LrSchedule { base_lr: 0.5, warmup_epochs: 2, epochs: 90 };
         assert!((lr_at(log, 2, 0, 488) - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn step_cosine_warms_up_then_decays_every_step_to_its_floor() {
+        let s = LrSchedule { base_lr: 2e-4, warmup_epochs: 2, epochs: 10 };
+        let at = |e, i| step_cosine_lr_at(s, 1e-5, e, i, 100);
+        assert_eq!(at(1, 0), 0.0);
+        assert!((at(1, 50) - 0.5e-4).abs() < 1e-15);
+        assert!((at(2, 99) - 2e-4 * 199.0 / 200.0).abs() < 1e-15);
+        assert!((at(3, 0) - 2e-4).abs() < 1e-15, "the peak as warm-up ends");
+        // Half-way through the decay: the mean of peak and floor.
+        assert!((at(7, 0) - (2e-4 + 1e-5) / 2.0).abs() < 1e-12);
+        // Strictly decreasing within an epoch (per step, not per epoch) and never under the floor.
+        assert!(at(5, 10) < at(5, 9));
+        assert!((at(10, 99) - 1e-5).abs() < 1e-8 && at(10, 99) >= 1e-5);
     }
 }

@@ -17,7 +17,7 @@ fn train(parts: usize, n: usize) -> (Vec<f64>, Vec<Vec<f32>>) {
     let mut optimizer = Optimizer::from_config(model.store().trainable_vars(), &config);
     let (features, loc, targets) = batch(n);
     let perm = permutation(n);
-    let mix = Mixup { lambda: 0.7, perm: Tensor::from_vec(perm, n, &Device::Cpu).unwrap() };
+    let mix = Mixup { lambda: 0.7, perm: Tensor::from_vec(perm, n, &Device::Cpu).unwrap(), cut: None };
     let mut losses = Vec::new();
     for iteration in 0..2 {
         let step = StepContext { epoch: 1, iteration, lr: 0.1 };

@@ -19,7 +19,7 @@ fn train(amp: &mut Amp) -> (Classifier, Vec<f64>, Vec<bool>) {
     let config = TrainConfig::recipe(1, n, 0.1);
     let mut optimizer = Optimizer::from_config(model.store().trainable_vars(), &config);
     let (features, loc, targets) = batch(n);
-    let mix = Mixup { lambda: 0.7, perm: Tensor::from_vec(permutation(n), n, &Device::Cpu).unwrap() };
+    let mix = Mixup { lambda: 0.7, perm: Tensor::from_vec(permutation(n), n, &Device::Cpu).unwrap(), cut: None };
     let (mut losses, mut skipped) = (Vec::new(), Vec::new());
     for iteration in 0..STEPS {
         let step = StepContext { epoch: 1, iteration, lr: 0.1 };

@@ -7,6 +7,8 @@
 //! - [`transform`]: torchvision's `RandomResizedCrop` + flip, `Resize` + `CenterCrop` and
 //!   `TenCrop`, several views per image for multi-scale tests, resized with Pillow's filter and
 //!   normalised straight into a batch buffer.
+//! - [`augment`]: DeiT's training augmentations (timm's RandAugment and random erasing), for
+//!   the transformer recipe.
 //! - [`orient`]: pixels turned as an EXIF orientation says (for photos shown as a gallery shows
 //!   them; training reads pixels as stored, as PIL and the reference do).
 //!
@@ -14,6 +16,7 @@
 //! labels or locations (those are `dmlp-datasets`, which builds batches on top of this), no
 //! tensor library. Errors name the file.
 
+pub mod augment;
 pub mod decode;
 mod jpeg;
 mod orientation;
@@ -21,9 +24,10 @@ pub mod transform;
 
 use std::path::PathBuf;
 
+pub use augment::{RandAugment, RandomErasing};
 pub use decode::{decode_rgb, decode_rgb_checked, read_bytes};
 pub use orientation::orient;
-pub use transform::{Normalization, Renderer, Transform};
+pub use transform::{Augment, Interpolation, Normalization, Renderer, Transform};
 
 /// What can be wrong with an image or a transform.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,8 @@
 //! batch buffer as normalised CHW floats.
 //!
 //! - [`Transform::Train`]: `RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3))`, then a
-//!   horizontal flip with probability ½;
+//!   horizontal flip with probability ½, then, with an [`Augment`], DeiT's RandAugment on the
+//!   pixels and random erasing on the normalised floats ([`crate::augment`]);
 //! - [`Transform::Eval`]: `Resize(resize)` (shorter side to `resize`, the longer to
 //!   `int(resize · long / short)`), then `CenterCrop(size)` (offsets rounded half to even, as
 //!   Python's `round`);
@@ -12,7 +13,8 @@
 //! A multi-scale test is several eval transforms of one image ([`Renderer::render`] takes a list:
 //! the file is decoded once, at the resolution the largest view needs). Resizing is Pillow's
 //! antialiased bilinear filter (fast_image_resize's `Convolution(Bilinear)`, written after
-//! Pillow's), computed only over the output window: a centre crop resizes just the pixels it
+//! Pillow's), or its bicubic one ([`Interpolation::Bicubic`]: `CatmullRom`, Pillow's cubic with
+//! a = −0.5, the transformers' `interpolation="bicubic"`), computed only over the output window: a centre crop resizes just the pixels it
 //! keeps, with the filter reaching across the window's edges as a full resize would; a
 //! ten-crop resizes the whole image once, unless that is larger than its ten crops together
 //! (an extreme aspect ratio), when each crop is resized from its window alone.
@@ -22,6 +24,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use rand::Rng;
 
 use crate::VisionError;
+use crate::augment::{RandAugment, RandomErasing};
 use crate::decode::{Decoded, dct_scale_for, decode_region, dimensions};
 
 /// Per-channel normalisation of images scaled to [0, 1].
@@ -31,11 +34,37 @@ pub struct Normalization {
     pub std: [f32; 3],
 }
 
+/// The resampling filter of every resize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    /// torchvision's default (`InterpolationMode.BILINEAR`, PIL's antialiased bilinear).
+    #[default]
+    Bilinear,
+    /// `InterpolationMode.BICUBIC` (timm's transformer recipes).
+    Bicubic,
+}
+
+/// The training augmentations after the crop and flip (none by default: the reference's recipe).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Augment {
+    pub rand_augment: Option<RandAugment>,
+    pub random_erasing: Option<RandomErasing>,
+}
+
+impl Augment {
+    pub const NONE: Augment = Augment { rand_augment: None, random_erasing: None };
+
+    fn is_none(&self) -> bool {
+        self.rand_augment.is_none() && self.random_erasing.is_none()
+    }
+}
+
 /// What to do to an image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Transform {
-    /// RandomResizedCrop to `size` and a random horizontal flip.
-    Train { size: u32 },
+    /// RandomResizedCrop to `size`, a random horizontal flip, then `augment`.
+    Train { size: u32, augment: Augment },
     /// Resize the shorter side to `resize`, centre-crop `size`.
     Eval { size: u32, resize: u32 },
     /// Resize the shorter side to `resize`, then ten `size` crops.
@@ -48,6 +77,11 @@ pub fn eval_resize_for(size: u32) -> u32 {
 }
 
 impl Transform {
+    /// The reference's training transform (crop and flip, no further augmentation).
+    pub fn train(size: u32) -> Self {
+        Transform::Train { size, augment: Augment::NONE }
+    }
+
     /// The evaluation transform for `size` with the reference's ratio (`256 / 224`).
     pub fn eval_for(size: u32) -> Self {
         Transform::Eval { size, resize: eval_resize_for(size) }
@@ -60,7 +94,7 @@ impl Transform {
 
     pub fn size(&self) -> u32 {
         match *self {
-            Transform::Train { size } | Transform::Eval { size, .. } | Transform::TenCrop { size, .. } => size,
+            Transform::Train { size, .. } | Transform::Eval { size, .. } | Transform::TenCrop { size, .. } => size,
         }
     }
 
@@ -126,7 +160,7 @@ enum Plan {
     /// Resize the region `(left, top, width, height)` to `size²`, maybe mirrored. `confine`: the
     /// filter sees only the region, as torchvision's `resized_crop` (crop, then resize) does;
     /// otherwise it reaches past the edges, as a whole-image `Resize` followed by a crop does.
-    Region { region: [f64; 4], size: u32, flip: bool, confine: bool },
+    Region { region: [f64; 4], size: u32, flip: bool, confine: bool, augment: Augment },
     /// Resize the whole image to `resized`, then take `size²` crops at `(x, y, mirrored)`.
     Crops { resized: (u32, u32), size: u32, crops: Vec<(u32, u32, bool)> },
     /// The same crops, each resized on its own from its window of the file (`Region`s that
@@ -186,10 +220,10 @@ fn footprint(plans: &[Plan], full: (u32, u32), scale: u32) -> (u32, u32, u32, u3
 
 fn plan(transform: Transform, (width, height): (u32, u32), rng: &mut impl Rng) -> Plan {
     match transform {
-        Transform::Train { size } => {
+        Transform::Train { size, augment } => {
             let (left, top, w, h) = random_resized_crop_box(width, height, rng);
             let flip = rng.random_bool(0.5);
-            Plan::Region { region: [left, top, w, h].map(f64::from), size, flip, confine: true }
+            Plan::Region { region: [left, top, w, h].map(f64::from), size, flip, confine: true, augment }
         }
         Transform::Eval { size, resize } => {
             let (rw, rh) = resized_dims(width, height, resize.max(size));
@@ -197,7 +231,7 @@ fn plan(transform: Transform, (width, height): (u32, u32), rng: &mut impl Rng) -
             // Only the window the crop keeps is resized: source pixels per resized pixel.
             let (fx, fy) = (f64::from(width) / f64::from(rw), f64::from(height) / f64::from(rh));
             let region = [f64::from(left) * fx, f64::from(top) * fy, f64::from(size) * fx, f64::from(size) * fy];
-            Plan::Region { region, size, flip: false, confine: false }
+            Plan::Region { region, size, flip: false, confine: false, augment: Augment::NONE }
         }
         Transform::TenCrop { size, resize } => {
             let (rw, rh) = resized_dims(width, height, resize.max(size));
@@ -223,7 +257,7 @@ fn ten_crop_plan((width, height): (u32, u32), (rw, rh): (u32, u32), size: u32, w
     let (fx, fy) = (f64::from(width) / f64::from(rw), f64::from(height) / f64::from(rh));
     let window = |(x, y, flip): (u32, u32, bool)| {
         let region = [f64::from(x) * fx, f64::from(y) * fy, f64::from(size) * fx, f64::from(size) * fy];
-        Plan::Region { region, size, flip, confine: false }
+        Plan::Region { region, size, flip, confine: false, augment: Augment::NONE }
     };
     Plan::Windows(crops.into_iter().map(window).collect())
 }
@@ -247,17 +281,23 @@ pub struct Renderer {
     resizer: Resizer,
     resized: Vec<u8>,
     dct_scaling: bool,
+    interpolation: Interpolation,
 }
 
 impl Default for Renderer {
     fn default() -> Self {
-        Self { resizer: Resizer::new(), resized: Vec::new(), dct_scaling: true }
+        Self { resizer: Resizer::new(), resized: Vec::new(), dct_scaling: true, interpolation: Interpolation::Bilinear }
     }
 }
 
 impl Renderer {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A renderer that resizes with `interpolation`.
+    pub fn with_interpolation(interpolation: Interpolation) -> Self {
+        Self { interpolation, ..Self::default() }
     }
 
     /// A renderer that always decodes at full resolution (to compare against).
@@ -287,11 +327,12 @@ impl Renderer {
                 path.display()
             )));
         }
-        let plan = Plan::Region { region: [left, top, width, height].map(f64::from), size, flip, confine: true };
+        let region = [left, top, width, height].map(f64::from);
+        let plan = Plan::Region { region, size, flip, confine: true, augment: Augment::NONE };
         let plans = std::slice::from_ref(&plan);
         let scale = self.scale_for(plans, full);
         let decoded = decode_region(bytes, path, footprint(plans, full, scale), scale)?;
-        self.render_plan(&decoded, &plan, norm, out, path)
+        self.render_plan(&decoded, &plan, norm, out, path, None)
     }
 
     /// The DCT scale that keeps every plan's region at full detail.
@@ -332,7 +373,7 @@ impl Renderer {
         let scale = self.scale_for(&plans, full);
         let decoded = decode_region(bytes, path, footprint(&plans, full, scale), scale)?;
         for (plan, slot) in plans.iter().zip(out.iter_mut()) {
-            self.render_plan(&decoded, plan, norm, slot, path)?;
+            self.render_plan(&decoded, plan, norm, slot, path, Some(&mut *rng))?;
         }
         Ok(())
     }
@@ -355,11 +396,13 @@ impl Renderer {
         }
         let decoded = Decoded { image, full_size: full, scale: 1, origin: (0, 0), scaled_size: full, damage: None };
         for (t, slot) in transforms.iter().zip(out.iter_mut()) {
-            self.render_plan(&decoded, &plan(*t, full, rng), norm, slot, path)?;
+            let plan = plan(*t, full, rng);
+            self.render_plan(&decoded, &plan, norm, slot, path, Some(&mut *rng))?;
         }
         Ok(())
     }
 
+    /// Renders one plan into `out`; `rng` draws the augmentations (a plan with any needs one).
     fn render_plan(
         &mut self,
         decoded: &Decoded,
@@ -367,6 +410,7 @@ impl Renderer {
         norm: &Normalization,
         out: &mut [f32],
         path: &std::path::Path,
+        rng: Option<&mut dyn rand::RngCore>,
     ) -> Result<(), VisionError> {
         let lut = Lut::new(norm);
         // Full-resolution coordinates to the decoded pixels' (scaled, and offset by the origin
@@ -380,9 +424,28 @@ impl Renderer {
         let (ox, oy) = (f64::from(decoded.origin.0), f64::from(decoded.origin.1));
         let to_decoded = |r: [f64; 4]| [r[0] / s - ox, r[1] / s - oy, r[2] / s, r[3] / s];
         match plan {
-            Plan::Region { region, size, flip, confine } => {
+            Plan::Region { region, size, flip, confine, augment } => {
                 self.resize(decoded, to_decoded(*region), *confine, (*size, *size), path)?;
-                lut.write(&self.resized, *size as usize, (0, 0), *size as usize, *flip, out);
+                let side = *size as usize;
+                match (augment.is_none(), rng) {
+                    (true, _) => lut.write(&self.resized, side, (0, 0), side, *flip, out),
+                    (false, Some(rng)) => {
+                        // timm's order: crop, flip, RandAugment, normalise, erase.
+                        if *flip {
+                            for row in self.resized.chunks_exact_mut(3 * side) {
+                                mirror_row(row);
+                            }
+                        }
+                        if let Some(ra) = &augment.rand_augment {
+                            ra.apply(&mut self.resized, side, side, rng);
+                        }
+                        lut.write(&self.resized, side, (0, 0), side, false, out);
+                        if let Some(erasing) = &augment.random_erasing {
+                            erasing.apply(out, side, rng);
+                        }
+                    }
+                    (false, None) => unreachable!("augmented plans are drawn with a random stream"),
+                }
             }
             Plan::Crops { resized, size, crops } => {
                 let whole = [0.0, 0.0, f64::from(decoded.full_size.0), f64::from(decoded.full_size.1)];
@@ -396,7 +459,7 @@ impl Renderer {
             Plan::Windows(windows) => {
                 let slot = out.len() / windows.len().max(1);
                 for (window, view) in windows.iter().zip(out.chunks_exact_mut(slot)) {
-                    self.render_plan(decoded, window, norm, view, path)?;
+                    self.render_plan(decoded, window, norm, view, path, None)?;
                 }
             }
         }
@@ -420,7 +483,11 @@ impl Renderer {
         let mut buffer = std::mem::take(&mut self.resized);
         buffer.resize(dst.0 as usize * dst.1 as usize * 3, 0);
         let mut target = Image::from_vec_u8(dst.0, dst.1, buffer, PixelType::U8x3).map_err(|e| err(&e))?;
-        let alg = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+        let filter = match self.interpolation {
+            Interpolation::Bilinear => FilterType::Bilinear,
+            Interpolation::Bicubic => FilterType::CatmullRom,
+        };
+        let alg = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter));
         let result = if confine {
             // The whole pixels the region touches (all of them, unless decoded scaled down).
             let x0 = region[0].floor().max(0.0);
@@ -437,6 +504,16 @@ impl Renderer {
         result.map_err(|e| err(&e))?;
         self.resized = target.into_vec();
         Ok(())
+    }
+}
+
+/// Mirrors one row of RGB pixels in place.
+fn mirror_row(row: &mut [u8]) {
+    let n = row.len() / 3;
+    for x in 0..n / 2 {
+        for c in 0..3 {
+            row.swap(3 * x + c, 3 * (n - 1 - x) + c);
+        }
     }
 }
 
@@ -594,7 +671,7 @@ mod tests {
             let mut out = vec![0f32; 10 * 3 * 32 * 32];
             let plan = ten_crop_plan((97, 61), (rw, rh), 32, windows);
             assert_eq!(matches!(plan, Plan::Windows(_)), windows);
-            renderer.render_plan(&decoded, &plan, &norm, &mut out, std::path::Path::new("x")).unwrap();
+            renderer.render_plan(&decoded, &plan, &norm, &mut out, std::path::Path::new("x"), None).unwrap();
             out
         };
         let (whole, windows) = (render(&mut renderer, false), render(&mut renderer, true));

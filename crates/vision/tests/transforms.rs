@@ -139,7 +139,7 @@ fn views_under_four_times_the_target_are_decoded_at_full_scale() {
     // the full decode's, bit for bit.
     let bytes = large_jpeg(800, 600);
     let path = Path::new("photo.jpg");
-    for transform in [Transform::eval_for(224), Transform::Train { size: 224 }] {
+    for transform in [Transform::eval_for(224), Transform::train(224)] {
         let n = transform.floats_per_image();
         let (mut ours, mut full) = (vec![0f32; n], vec![0f32; n]);
         Renderer::new()
@@ -180,7 +180,7 @@ fn small_views_of_a_photo_whose_sides_are_not_multiples_of_8_decode_scaled() {
     let path = std::path::Path::new("odd.jpg");
     let norm = dmlp_vision::Normalization { mean: [0.5; 3], std: [0.25; 3] };
     let mut renderer = dmlp_vision::Renderer::new();
-    for transform in [dmlp_vision::Transform::Train { size: 16 }, dmlp_vision::Transform::eval_for(16)] {
+    for transform in [dmlp_vision::Transform::train(16), dmlp_vision::Transform::eval_for(16)] {
         let mut out = vec![0f32; transform.floats_per_image()];
         for seed in 0..300u64 {
             let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);

@@ -490,7 +490,7 @@ fn run_train_step(dir: &Path, case: &TrainStepCase, device: &Device) -> anyhow::
         Ok(optimizer) => optimizer,
         Err(why) => return Ok(Outcome::Unsupported(why)),
     };
-    let mix = Mixup { lambda: case.mixup_lambda, perm };
+    let mix = Mixup { lambda: case.mixup_lambda, perm, cut: None };
     // The trainer's own step, with the case's λ and permutation instead of drawn ones.
     let mut losses = Vec::with_capacity(case.steps);
     for iteration in 0..case.steps {

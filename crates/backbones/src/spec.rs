@@ -237,6 +237,14 @@ impl CustomBackbone {
         }
     }
 
+    /// Whether the backbone tensor `name` is one that no ImageNet checkpoint of this layout has,
+    /// so that a pretrained load leaves it at its initialisation: BoTNet's attention
+    /// (`layer{n}.{j}.self_attn.*`), which starts from a torchvision ResNet of the same depths
+    /// (its `conv2` in that stage is skipped). No other backbone has any.
+    pub fn fresh_when_pretrained(&self, name: &str) -> bool {
+        matches!(self, CustomBackbone::Botnet { .. }) && name.contains(".self_attn.")
+    }
+
     /// The PVT v2 description, if this is one.
     pub fn pvt_v2_config(&self) -> Option<PvtV2Config> {
         match self {

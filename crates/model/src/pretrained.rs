@@ -12,7 +12,13 @@
 //! - nothing outside the backbone is taken: the classifier's `fc` (ImageNet's 1000 classes, or
 //!   any other) keeps its initialisation, as do the location encoder and the fusion head;
 //! - the report counts what was taken and lists, with a reason, what was not. BatchNorm's
-//!   `num_batches_tracked` is counted apart (PyTorch uses it only without a momentum).
+//!   `num_batches_tracked` is counted apart (PyTorch uses it only without a momentum);
+//! - a classifier head is never taken: `fc.*` (torchvision, the reference), `head.*` (timm's
+//!   transformers);
+//! - the one exception to "every tensor": a backbone may name tensors no ImageNet checkpoint of
+//!   its layout has ([`dmlp_backbones::CustomBackbone::fresh_when_pretrained`]: BoTNet's
+//!   attention, started from a torchvision ResNet of the same depths). Those keep their
+//!   initialisation and the report lists them.
 
 use std::collections::BTreeMap;
 
@@ -29,7 +35,7 @@ const WRAPPER_PREFIXES: [&str; 1] = ["backbone."];
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
-    /// `fc.*`: a pretrained file's classifier is never loaded; the model's `fc` is new.
+    /// `fc.*` or `head.*`: a pretrained file's classifier is never loaded; the model's `fc` is new.
     ClassifierHead,
     /// A tensor the backbone does not have (a fusion head of a Dynamic MLP checkpoint, an
     /// auxiliary head, a different architecture's extra layer).
@@ -57,6 +63,9 @@ pub struct PretrainedLoad {
     /// The wrapper prefix removed from the file's keys, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stripped_prefix: Option<String>,
+    /// Backbone tensors the file cannot have by design, left at their initialisation.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fresh: Vec<String>,
 }
 
 impl PretrainedLoad {
@@ -75,6 +84,14 @@ impl PretrainedLoad {
                     if names.len() > shown.len() { format!(", … {} in all", names.len()) } else { String::new() };
                 text.push_str(&format!("; skipped {}{more}: {}", shown.join(", "), reason.describe()));
             }
+        }
+        if !self.fresh.is_empty() {
+            text.push_str(&format!(
+                "; {} backbone tensors left at their initialisation (no ImageNet checkpoint of this layout has them: {}{})",
+                self.fresh.len(),
+                self.fresh.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                if self.fresh.len() > 3 { ", …" } else { "" }
+            ));
         }
         text
     }
@@ -124,10 +141,19 @@ impl Classifier {
         let Some(backbone_names) = self.backbone_names() else {
             return Err(ModelError::Config("pretrained weights need a [model] backbone".into()));
         };
-        let backbone = self.config().backbone.as_ref().map(|b| b.name()).unwrap_or_default();
+        let spec = self.config().backbone.as_ref();
+        let backbone = spec.map(|b| b.name()).unwrap_or_default();
+        let custom = spec.map(|b| b.resolve());
+        let fresh_by_design = |name: &str| custom.as_ref().is_some_and(|c| c.fresh_when_pretrained(name));
         let (keyed, stripped_prefix) = backbone_keyed(file);
         let vars = self.store().vars();
-        let backbone_vars = vars.iter().filter(|(name, _)| backbone_names.contains(name));
+        let fresh: Vec<String> = vars
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| backbone_names.contains(*name) && fresh_by_design(name) && !keyed.contains_key(*name))
+            .cloned()
+            .collect();
+        let backbone_vars = vars.iter().filter(|(name, _)| backbone_names.contains(name) && !fresh.contains(name));
         let Matched { pairs, missing, misshapen } =
             match_by_name(backbone_vars, |name| keyed.get(name).copied(), &backbone);
         if !missing.is_empty() || !misshapen.is_empty() {
@@ -151,13 +177,13 @@ impl Classifier {
         for name in keyed.keys() {
             if is_num_batches_tracked(name) {
                 num_batches_tracked += 1;
-            } else if name.starts_with("fc.") {
+            } else if name.starts_with("fc.") || name.starts_with("head.") {
                 skipped.insert(name.clone(), SkipReason::ClassifierHead);
             } else if !backbone_names.contains(name) {
                 skipped.insert(name.clone(), SkipReason::NotInBackbone);
             }
         }
-        let load = PretrainedLoad { loaded: pairs.len(), skipped, num_batches_tracked, stripped_prefix };
+        let load = PretrainedLoad { loaded: pairs.len(), skipped, num_batches_tracked, stripped_prefix, fresh };
         Ok((load, pairs))
     }
 }

@@ -6,6 +6,17 @@
 //! - [`Sk2Res2Net`]: the reference's SK-Res2Net (`models/sk2res2net.py`, spec §5.2): deep stem,
 //!   average-pool downsampling, Res2Net scales 4 and base width 26, selective-kernel fusion with
 //!   ratio 4, and pooling after the SK layer in the first block of a stage.
+//! - [`Swin`]: timm's `SwinTransformer` (names, window clamping and shifting, padding to whole
+//!   windows with the shift mask, patch merging); presets Swin-T/S/B/L.
+//! - [`PvtV2`]: timm's `PyramidVisionTransformerV2` (spatial-reduction attention, overlapping
+//!   patch embeddings, the `linear` variant); presets b0–b5 and b2-li.
+//! - [`Pvt`]: PVT v1 in its authors' layout (`whai362/PVT`), position embeddings resized at other
+//!   sizes; presets tiny–large.
+//! - [`BotNet`]: a **reconstruction** of BoTNet (ResNet with multi-head self-attention and 2-D
+//!   relative position logits in its last stage, timm's `BottleneckAttn`); presets BoT-50/152.
+//!
+//! Stochastic depth (`drop_path_rate`) draws from the model's dropout stream and is off in the
+//! presets, as in parity.
 //!
 //! Every backbone implements [`Backbone::forward_features`] with a `train` flag: BatchNorm uses
 //! batch statistics and updates its running statistics while training, and running statistics in

@@ -70,6 +70,7 @@ pub fn evaluate_ensemble(
             config.data.eval_resize = m.config.data.eval_resize;
             config.data.test_scales.clone_from(&m.config.data.test_scales);
             config.data.ten_crop = m.config.data.ten_crop;
+            config.data.interpolation = m.config.data.interpolation;
             LoaderSource::eval(val_split.clone(), &config, device.clone())
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -31,9 +31,15 @@ pub(super) fn write_figures(
     device: &candle_core::Device,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
     for backbone in &table.backbones {
+        // Rows sharing a training run (Table S1's test variants) share its figures.
+        if seen.contains(&backbone.run_key()) {
+            continue;
+        }
+        seen.push(backbone.run_key());
         for dataset in &table.datasets {
-            let runs = column_runs(table, runs_root, &backbone.key, &dataset.key);
+            let runs = column_runs(table, runs_root, backbone.run_key(), &dataset.key);
             if runs.len() < 2 {
                 continue;
             }
@@ -56,7 +62,7 @@ pub(super) fn write_figures(
             }
             let classes = per_class[0].len();
             let window = (classes / 10).clamp(1, 100);
-            let stem = format!("{}-{{}}-{}-{}.png", table.name, backbone.key, dataset.key);
+            let stem = format!("{}-{{}}-{}-{}.png", table.name, backbone.run_key(), dataset.key);
             let path = results_dir.join(stem.replace("{}", "per-class"));
             let title = format!(
                 "{}, {} on {}: top-1 per category, {window} per step",

@@ -22,7 +22,8 @@ use dmlp_baselines::geonet::GeoNet;
 use dmlp_baselines::priorsnet::{PriorsNet, Sampler};
 use dmlp_datasets::{DatasetName, SplitScheme};
 use dmlp_experiment::{
-    BaselineConfig, BaselineType, DataConfig, PriorData, ProgressBars, Provenance, RunConfig, RunOptions, train_run,
+    BaselineConfig, BaselineType, DataConfig, EnsembleMember, PriorData, ProgressBars, Provenance, RunConfig,
+    RunOptions, evaluate_checkpoint, evaluate_ensemble, train_run,
 };
 use dmlp_fusion::FusionConfig;
 use dmlp_model::{Classifier, ModelConfig, ModelDType};
@@ -97,6 +98,25 @@ fn train_config(recipe: &Recipe) -> TrainConfig {
         seed: recipe.seed,
         ..TrainConfig::recipe(recipe.epochs, recipe.batch_size, recipe.lr)
     }
+}
+
+/// `value` with the keys of each `layer` set on top (a row's `[train]` or `[data]` overrides),
+/// through its TOML form, so that any key of the config can be set and a wrong one is refused.
+fn with_overrides<T: serde::Serialize + serde::de::DeserializeOwned>(
+    value: &T,
+    layers: &[&toml::Table],
+    what: &str,
+) -> anyhow::Result<T> {
+    if layers.iter().all(|l| l.is_empty()) {
+        return Ok(toml::from_str(&toml::to_string(value)?)?);
+    }
+    let mut table: toml::Table = toml::from_str(&toml::to_string(value)?)?;
+    for layer in layers {
+        for (key, v) in layer.iter() {
+            table.insert(key.clone(), v.clone());
+        }
+    }
+    table.try_into().with_context(|| format!("a row's [{what}] overrides"))
 }
 
 /// The best epoch's top-1 of a finished run folder (its last checkpoint at `epochs`), if finished.
@@ -201,7 +221,22 @@ impl Matrix<'_> {
     }
 
     fn backbone(&self, row: &table::BackboneRow) -> BackboneSpec {
-        if self.args.smoke { row.smoke_backbone.clone() } else { BackboneSpec::Preset(row.backbone) }
+        if self.args.smoke { row.smoke_backbone.clone() } else { full_backbone(row) }
+    }
+
+    /// The row's training resolution at this run's scale.
+    fn image_size(&self, row: &table::BackboneRow) -> u32 {
+        let size = if self.args.smoke { row.smoke_image_size } else { row.image_size };
+        size.unwrap_or(self.recipe.image_size)
+    }
+
+    /// The recipe's `[train]` with the row's overrides.
+    fn train(&self, row: &table::BackboneRow) -> anyhow::Result<TrainConfig> {
+        let mut layers = vec![&row.train];
+        if self.args.smoke {
+            layers.push(&row.smoke_train);
+        }
+        with_overrides(&train_config(&self.recipe), &layers, "train")
     }
 
     /// The row's pretrained source, a relative file path resolved against the repository's root.
@@ -214,7 +249,18 @@ impl Matrix<'_> {
         }
     }
 
-    fn data(&self, dataset: &DatasetColumn, d: usize) -> DataConfig {
+    /// The column's `[data]` at the row's resolution, with the row's overrides.
+    fn data(&self, dataset: &DatasetColumn, d: usize, row: &table::BackboneRow) -> anyhow::Result<DataConfig> {
+        let mut data = self.column_data(dataset, d);
+        data.image_size = self.image_size(row);
+        let mut layers = vec![&row.data];
+        if self.args.smoke {
+            layers.push(&row.smoke_data);
+        }
+        with_overrides(&data, &layers, "data")
+    }
+
+    fn column_data(&self, dataset: &DatasetColumn, d: usize) -> DataConfig {
         let smoke = self.args.smoke;
         DataConfig {
             dataset: if smoke { DatasetName::Inat2021 } else { dataset.name },
@@ -244,21 +290,18 @@ impl Matrix<'_> {
         if !self.args.smoke {
             model.pretrained = Some(self.pretrained(cell.backbone));
         }
-        let full = model_config(
-            BackboneSpec::Preset(cell.backbone.backbone),
-            method,
-            dataset,
-            dataset.num_classes,
-            &self.table.full,
-        );
+        let full = model_config(full_backbone(cell.backbone), method, dataset, dataset.num_classes, &self.table.full);
         (model, full)
     }
 
-    /// An image-only or fused cell: trained (or resumed) unless finished earlier.
+    /// An image-only or fused cell: trained (or resumed) unless finished earlier (by this row or
+    /// another row of the same run), then measured on the row's test views if it has its own.
     fn model_cell(&self, cell: &Cell<'_>) -> anyhow::Result<Measured> {
         let (model, full_model) = self.models(cell, cell.method);
         let run_dir = self.run_dir(&cell.name);
-        let top1 = match finished_top1(&run_dir, self.recipe.epochs)? {
+        let data = self.data(&self.table.datasets[cell.dataset], cell.dataset, cell.backbone)?;
+        let config = RunConfig { model: model.clone(), data, train: self.train(cell.backbone)? };
+        let trained = match finished_top1(&run_dir, config.train.epochs)? {
             Some(top1) => {
                 eprintln!("{}: finished earlier, top-1 {top1:.2}", cell.tag);
                 top1
@@ -266,8 +309,6 @@ impl Matrix<'_> {
             None => {
                 let resume = has_checkpoint(&run_dir)?;
                 eprintln!("{}: {}", cell.tag, if resume { "resuming" } else { "training" });
-                let data = self.data(&self.table.datasets[cell.dataset], cell.dataset);
-                let config = RunConfig { model: model.clone(), data, train: train_config(&self.recipe) };
                 let options = RunOptions { resume, stop_after: None, hub: None, allow_config_change: false };
                 let mut observer = ProgressBars::new("");
                 train_run(
@@ -282,7 +323,82 @@ impl Matrix<'_> {
                 .best_top1()
             }
         };
+        let top1 = match self.test_config(cell.backbone, &config) {
+            Some(test) => {
+                let weights = RunDir::open(&run_dir)?.weights(Which::Best)?;
+                let (evaluation, _) = evaluate_checkpoint(&test, &weights, &self.device, 0)
+                    .with_context(|| format!("cell {}: its test", cell.name))?;
+                let top1 = evaluation.accuracy.top1;
+                eprintln!(
+                    "{}: test {} top-1 {top1:.2} (the run's own views {trained:.2})",
+                    cell.tag,
+                    describe_test(&test)
+                );
+                top1
+            }
+            None => trained,
+        };
         Ok(Measured { top1, params: count_params(&model)?, full_params: count_params(&full_model)? })
+    }
+
+    /// The run's config with the row's test views, if the row has its own.
+    fn test_config(&self, row: &table::BackboneRow, config: &RunConfig) -> Option<RunConfig> {
+        let test = row.test.as_ref()?;
+        let mut config = config.clone();
+        config.data.test_scales = Some(if self.args.smoke { test.smoke_scales.clone() } else { test.scales.clone() });
+        config.data.ten_crop = test.ten_crop;
+        config.data.eval_resize = None;
+        Some(config)
+    }
+
+    /// The ensemble row: the ensemble method's model of every distinct run (at full scale, those
+    /// whose row has a paper top-1 above the threshold), each with its last row's test views.
+    fn ensemble(&self, spec: &table::EnsembleRow) -> anyhow::Result<Vec<CellResult>> {
+        let method = self.table.methods.iter().find(|m| m.key == spec.method).context("the ensemble's method")?;
+        let mut out = Vec::new();
+        for (d, dataset) in self.table.datasets.iter().enumerate() {
+            let started = Instant::now();
+            let mut members = Vec::new();
+            let (mut params, mut full_params) = (0, 0);
+            let mut runs: Vec<&str> = Vec::new();
+            for row in self.table.backbones.iter().rev() {
+                if runs.contains(&row.run_key()) {
+                    continue;
+                }
+                let paper =
+                    self.table.paper.get(&row.key).and_then(|m| m.get(&spec.method)).and_then(|p| p.get(&dataset.key));
+                if !self.args.smoke && spec.paper_above.is_some_and(|t| paper.is_none_or(|p| *p < t)) {
+                    continue;
+                }
+                runs.push(row.run_key());
+                let cell = Cell { backbone: row, method, dataset: d, name: String::new(), tag: String::new() };
+                let (model, full_model) = self.models(&cell, method);
+                let data = self.data(dataset, d, row)?;
+                let config = RunConfig { model: model.clone(), data, train: self.train(row)? };
+                let config = self.test_config(row, &config).unwrap_or(config);
+                let run_dir = self.run_dir(&format!("{}-{}-{}", row.run_key(), method.key, dataset.key));
+                let weights = RunDir::open(&run_dir)?.weights(Which::Best)?;
+                params += count_params(&model)?;
+                full_params += count_params(&full_model)?;
+                members.push(EnsembleMember { config, weights });
+            }
+            members.reverse();
+            eprintln!("{}: the ensemble of {} models", spec.label, members.len());
+            let evaluation = evaluate_ensemble(&members[0].config, &members, &self.device)?;
+            for (member, accuracy) in members.iter().zip(&evaluation.members) {
+                eprintln!("  {}: top-1 {:.2}", member.weights.display(), accuracy.top1);
+            }
+            out.push(CellResult {
+                backbone: ENSEMBLE.into(),
+                method: spec.method.clone(),
+                dataset: dataset.key.clone(),
+                top1: evaluation.ensemble.top1,
+                params,
+                full_params,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        Ok(out)
     }
 
     /// A baseline cell over the image-only cell of its backbone and dataset (which ran first).
@@ -300,9 +416,9 @@ impl Matrix<'_> {
                 summary.top1
             }
             None => {
-                let image_dir = self.run_dir(&format!("{}-image-only-{}", cell.backbone.key, dataset.key));
-                let data = self.data(dataset, cell.dataset);
-                let image_config = RunConfig { model: image_model.clone(), data, train: train_config(&self.recipe) };
+                let image_dir = self.run_dir(&format!("{}-image-only-{}", cell.backbone.run_key(), dataset.key));
+                let data = self.data(dataset, cell.dataset, cell.backbone)?;
+                let image_config = RunConfig { model: image_model.clone(), data, train: self.train(cell.backbone)? };
                 let weights = RunDir::open(&image_dir)
                     .and_then(|run| run.weights(Which::Best))
                     .with_context(|| format!("cell {}: its image-only run", cell.name))?;
@@ -377,7 +493,7 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<ExitCode> {
     for backbone in &table.backbones {
         for method in &order {
             for (d, dataset) in table.datasets.iter().enumerate() {
-                let name = format!("{}-{}-{}", backbone.key, method.key, dataset.key);
+                let name = format!("{}-{}-{}", backbone.run_key(), method.key, dataset.key);
                 cells.push(Cell { backbone, method, dataset: d, tag: String::new(), name });
             }
         }
@@ -401,6 +517,9 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<ExitCode> {
             full_params: measured.full_params,
             seconds: cell_started.elapsed().as_secs_f64(),
         });
+    }
+    if let Some(spec) = &table.ensemble {
+        results.extend(matrix.ensemble(spec)?);
     }
     std::fs::create_dir_all(&results_dir)?;
     let markdown = render_markdown(&table, &results, args.smoke, &matrix.recipe);
@@ -430,6 +549,33 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `backbone` of result rows that are an ensemble.
+pub(crate) const ENSEMBLE: &str = "ensemble";
+
+/// The row's backbone at full scale: its preset, with BoTNet's relative tables laid out for the
+/// row's training resolution (the other presets keep the layout of their ImageNet weights).
+fn full_backbone(row: &table::BackboneRow) -> BackboneSpec {
+    let preset = BackboneSpec::Preset(row.backbone);
+    match (preset.resolve(), row.image_size) {
+        (dmlp_backbones::CustomBackbone::Botnet { layers, width, heads, .. }, Some(img_size)) => {
+            BackboneSpec::Custom(dmlp_backbones::CustomBackbone::Botnet {
+                layers,
+                width,
+                heads,
+                img_size: img_size as usize,
+            })
+        }
+        _ => preset,
+    }
+}
+
+/// "256, 288 px, ten-crop" for logs.
+fn describe_test(config: &RunConfig) -> String {
+    let scales = config.data.test_scales.clone().unwrap_or_else(|| vec![config.data.image_size]);
+    let scales: Vec<String> = scales.iter().map(ToString::to_string).collect();
+    format!("{} px{}", scales.join(", "), if config.data.ten_crop { ", ten-crop" } else { "" })
 }
 
 fn git_commit(root: &Path) -> Option<String> {

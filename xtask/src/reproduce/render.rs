@@ -13,6 +13,9 @@ pub(crate) fn find<'a>(
 }
 
 fn paper(table: &TableSpec, backbone: &str, method: &str, dataset: &str) -> Option<f64> {
+    if backbone == super::ENSEMBLE {
+        return table.ensemble.as_ref().filter(|e| e.method == method)?.paper.get(dataset).copied();
+    }
     table.paper.get(backbone)?.get(method)?.get(dataset).copied()
 }
 
@@ -105,6 +108,25 @@ pub(crate) fn render_markdown(table: &TableSpec, results: &[CellResult], smoke: 
             md.push('\n');
         }
     }
+    if let Some(ensemble) = &table.ensemble {
+        let mut row = format!("| {} | |", ensemble.label);
+        for d in &table.datasets {
+            let cell = find(results, super::ENSEMBLE, &ensemble.method, &d.key);
+            let top1 = cell.map_or("—".into(), |c| format!("{:.2}", c.top1));
+            let paper =
+                paper(table, super::ENSEMBLE, &ensemble.method, &d.key).map_or("—".into(), |p| format!("{p:.3}"));
+            let params = cell.map_or("—".into(), |c| {
+                if smoke {
+                    format!("{:.2} M (full scale {:.1} M)", c.params as f64 / 1e6, c.full_params as f64 / 1e6)
+                } else {
+                    format!("{:.1} M", c.params as f64 / 1e6)
+                }
+            });
+            row.push_str(&format!(" {top1} | {paper} | — | {params} |"));
+        }
+        md.push_str(&row);
+        md.push('\n');
+    }
     let gaps = claims(table, results);
     let over_image: Vec<f64> = gaps.iter().filter(|g| g.over_image_only).map(|g| g.gap).collect();
     if let (Some(min), Some(max)) =
@@ -117,7 +139,7 @@ pub(crate) fn render_markdown(table: &TableSpec, results: &[CellResult], smoke: 
     }
     let seconds: f64 = results.iter().map(|r| r.seconds).sum();
     md.push_str(&format!(
-        "\nRuns: `runs/{}{}/<backbone>-<method>-<dataset>/`; this invocation spent {:.1} min.\n",
+        "\nRuns: `runs/{}{}/<backbone or run>-<method>-<dataset>/`; this invocation spent {:.1} min.\n",
         if smoke { "smoke/" } else { "" },
         table.name,
         seconds / 60.0

@@ -31,6 +31,9 @@ pub(crate) struct TableSpec {
     /// Beyond "every method beats image-only": pairs `(better, worse)` the smoke data must show.
     #[serde(default)]
     pub smoke_claims: Vec<Claim>,
+    /// A last row: the ensemble of one method's trained models (Table S1's).
+    #[serde(default)]
+    pub ensemble: Option<EnsembleRow>,
     pub full: Recipe,
     pub smoke: SmokeRecipe,
 }
@@ -52,6 +55,62 @@ pub(crate) struct BackboneRow {
     /// resolves against the repository's root); `--smoke` runs start from random weights.
     pub pretrained: String,
     pub smoke_backbone: BackboneSpec,
+    /// The training run this row evaluates, shared by rows that differ only in their test
+    /// (Table S1's rows of one backbone at one training resolution); default: the row's key.
+    #[serde(default)]
+    pub run: Option<String>,
+    /// The training (and default test) resolution, if not the recipe's.
+    #[serde(default)]
+    pub image_size: Option<u32>,
+    #[serde(default)]
+    pub smoke_image_size: Option<u32>,
+    /// How the row's top-1 is measured, if not on the run's own validation views: the best
+    /// checkpoint evaluated at these test scales, with or without ten-crop.
+    #[serde(default)]
+    pub test: Option<TestViews>,
+    /// `[train]` and `[data]` keys set for this row's runs (the transformer recipe), then for
+    /// smoke runs only (`smoke_train`, `smoke_data`, on top).
+    #[serde(default)]
+    pub train: toml::Table,
+    #[serde(default)]
+    pub data: toml::Table,
+    #[serde(default)]
+    pub smoke_train: toml::Table,
+    #[serde(default)]
+    pub smoke_data: toml::Table,
+}
+
+impl BackboneRow {
+    /// The training run's key: rows sharing it share one run folder per method and dataset.
+    pub(crate) fn run_key(&self) -> &str {
+        self.run.as_deref().unwrap_or(&self.key)
+    }
+}
+
+/// A row's test: crop sides (several: a multi-scale test) and ten-crop, at full and smoke scale.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TestViews {
+    pub scales: Vec<u32>,
+    pub smoke_scales: Vec<u32>,
+    #[serde(default)]
+    pub ten_crop: bool,
+}
+
+/// The ensemble row: `method`'s trained models of every distinct run, each with the test of the
+/// last row that evaluates it, their softmax probabilities averaged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnsembleRow {
+    pub label: String,
+    pub method: String,
+    /// Members at full scale: the rows whose paper top-1 is at least this (Table S1: "models
+    /// above 91.00"); smoke runs take every run.
+    #[serde(default)]
+    pub paper_above: Option<f64>,
+    /// The paper's top-1 for each dataset column.
+    #[serde(default)]
+    pub paper: BTreeMap<String, f64>,
 }
 
 /// One row: image-only (neither `fusion` nor `baseline`), a fused model, or a baseline over the
@@ -169,6 +228,23 @@ pub(crate) fn read_table(path: &Path) -> anyhow::Result<TableSpec> {
                 "{}: {} asks for a full prior that a dataset column does not name",
                 path.display(),
                 method.key
+            );
+        }
+    }
+    if let Some(ensemble) = &table.ensemble
+        && !table.methods.iter().any(|m| m.key == ensemble.method && m.baseline.is_none())
+    {
+        anyhow::bail!("{}: the ensemble names no trained method {}", path.display(), ensemble.method);
+    }
+    for row in &table.backbones {
+        let same_run: Vec<_> = table.backbones.iter().filter(|b| b.run_key() == row.run_key()).collect();
+        if same_run.iter().any(|b| {
+            b.backbone != row.backbone || b.image_size != row.image_size || b.train != row.train || b.data != row.data
+        }) {
+            anyhow::bail!(
+                "{}: rows sharing run {} must share their backbone, image size and recipe",
+                path.display(),
+                row.run_key()
             );
         }
     }

@@ -4,8 +4,8 @@ small random image, written to crates/vision/tests/fixtures/augment-ops.json.
     python xtask/python/make_augment_cases.py --out crates/vision/tests/fixtures/augment-ops.json
 
 Needs Pillow and timm (PyPI). The photometric ops are timm's own functions
-(`timm.data.auto_augment`); the geometric ones are called with `resample=BILINEAR`, the filter
-dmlp interpolates with (timm's recipe asks Pillow for bicubic).
+(`timm.data.auto_augment`); the geometric ones are called with `resample=BILINEAR`
+and again with `resample=BICUBIC` (DeiT's recipe: timm passes the transform's interpolation).
 """
 
 import argparse
@@ -32,6 +32,7 @@ def main():
     pixels = np.clip(base + rng.integers(-10, 10, size=base.shape), 0, 255).astype(np.uint8)
     img = Image.fromarray(pixels, "RGB")
     geo = dict(fillcolor=FILL, resample=Image.BILINEAR)
+    cubic = dict(fillcolor=FILL, resample=Image.BICUBIC)
     cases = [
         ("auto_contrast", [], aa.auto_contrast(img)),
         ("equalize", [], aa.equalize(img)),
@@ -53,12 +54,24 @@ def main():
         ("translate_x_rel", [0.3], aa.translate_x_rel(img, 0.3, **geo)),
         ("translate_y_rel", [-0.25], aa.translate_y_rel(img, -0.25, **geo)),
     ]
+    cases = [(n, a, o, "bilinear") for n, a, o in cases]
+    cases += [
+        ("rotate", [17.0], aa.rotate(img, 17.0, **cubic), "bicubic"),
+        ("rotate", [-23.0], aa.rotate(img, -23.0, **cubic), "bicubic"),
+        ("shear_x", [0.21], aa.shear_x(img, 0.21, **cubic), "bicubic"),
+        ("shear_y", [-0.27], aa.shear_y(img, -0.27, **cubic), "bicubic"),
+        ("translate_x_rel", [0.3], aa.translate_x_rel(img, 0.3, **cubic), "bicubic"),
+        ("translate_y_rel", [-0.25], aa.translate_y_rel(img, -0.25, **cubic), "bicubic"),
+    ]
     out = {
         "computed_by": f"Pillow {Image.__version__ if hasattr(Image, '__version__') else ''} through timm.data.auto_augment",
         "width": w,
         "height": h,
         "input": pixels.flatten().tolist(),
-        "cases": [{"op": name, "args": args, "expected": np.asarray(o).flatten().tolist()} for name, args, o in cases],
+        "cases": [
+            {"op": name, "args": args, "resample": resample, "expected": np.asarray(o).flatten().tolist()}
+            for name, args, o, resample in cases
+        ],
     }
     with open(a.out, "w") as f:
         json.dump(out, f)

@@ -110,7 +110,9 @@ impl DataConfig {
             .as_deref()
             .map(dmlp_vision::RandAugment::parse)
             .transpose()
-            .map_err(|e| format!("data.{e}"))?;
+            .map_err(|e| format!("data.{e}"))?
+            // timm hands the transform's interpolation to RandAugment's geometric ops.
+            .map(|ra| dmlp_vision::RandAugment { interpolation: self.interpolation, ..ra });
         let random_erasing =
             (self.random_erasing > 0.0).then_some(dmlp_vision::RandomErasing { probability: self.random_erasing });
         let augment = dmlp_vision::Augment { rand_augment, random_erasing };

@@ -421,7 +421,7 @@ fn affine(image: &mut [u8], width: usize, height: usize, [a, b, c, d, e, f]: [f6
                 }
                 rows
             };
-            for ch in 0..3 {
+            for (ch, value) in out.iter_mut().enumerate() {
                 let v = match filter {
                     crate::Interpolation::Bilinear => {
                         let (xa, xb) = (clip_x(x0), clip_x(x0 + 1));
@@ -444,7 +444,7 @@ fn affine(image: &mut [u8], width: usize, height: usize, [a, b, c, d, e, f]: [f6
                         cubic([along(r[0]), along(r[1]), along(r[2]), along(r[3])], dy)
                     }
                 };
-                out[ch] = if v <= 0.0 {
+                *value = if v <= 0.0 {
                     0
                 } else if v >= 255.0 {
                     255

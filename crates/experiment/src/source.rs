@@ -18,9 +18,68 @@ pub struct LoaderSource {
     device: Device,
     /// Files the batches skipped since the last `take_skipped`.
     skipped: Arc<Mutex<Vec<SkippedItem>>>,
+    /// With `Some`, the workers write raw pixel values and the batch crosses to the device as u8
+    /// (a quarter of f32's bytes), normalised there with this ([`LoaderSource::pixels_as_u8`]).
+    device_normalization: Option<Normalization>,
+}
+
+/// The loader's normalisation that writes each pixel's value (0–255) unchanged: `v · 1/(255·std)
+/// − mean/std` with `std = 1/255` (`255 · std` rounds to exactly 1 in f32) and `mean = 0`.
+const RAW_PIXELS: Normalization = Normalization { mean: [0.0; 3], std: [1.0 / 255.0; 3] };
+
+/// Normalises u8 pixels on their device as the loader's table does on the host:
+/// `v · 1/(255·std) − mean/std` in f32, per channel (the same operations in the same order, so the
+/// values are the same).
+///
+/// # Shapes
+/// `pixels: [N, 3, H, W]` (u8) → `[N, 3, H, W]` (f32).
+fn normalise_on_device(pixels: &Tensor, norm: &Normalization) -> candle_core::Result<Tensor> {
+    let scale: Vec<f32> = (0..3).map(|c| 1.0 / (255.0 * norm.std[c])).collect();
+    let offset: Vec<f32> = (0..3).map(|c| norm.mean[c] / norm.std[c]).collect();
+    let device = pixels.device();
+    let scale = Tensor::from_vec(scale, (1, 3, 1, 1), device)?;
+    let offset = Tensor::from_vec(offset, (1, 3, 1, 1), device)?;
+    pixels.to_dtype(candle_core::DType::F32)?.broadcast_mul(&scale)?.broadcast_sub(&offset)
 }
 
 impl LoaderSource {
+    /// A source over `split`; on a GPU the images cross as u8 unless a view writes values that
+    /// are not pixels (random erasing's noise).
+    fn with(split: Arc<Split>, config: LoaderConfig, device: Device) -> Self {
+        let mut source = Self { split, config, device, skipped: Arc::default(), device_normalization: None };
+        if !source.device.is_cpu() {
+            source.set_pixels_as_u8(true);
+        }
+        source
+    }
+
+    /// Sends the images to the device as u8 pixels and normalises them there (the default on a
+    /// GPU; on the CPU the workers' normalised floats are already where the model reads them).
+    /// Views with random erasing stay f32: its noise is written after normalisation.
+    pub fn set_pixels_as_u8(&mut self, on: bool) {
+        let erasing = self
+            .config
+            .transforms
+            .iter()
+            .any(|t| matches!(t, Transform::Train { augment, .. } if augment.random_erasing.is_some()));
+        match (on && !erasing, self.device_normalization) {
+            (true, None) => {
+                self.device_normalization = Some(self.config.normalization);
+                self.config.normalization = RAW_PIXELS;
+            }
+            (false, Some(norm)) => {
+                self.config.normalization = norm;
+                self.device_normalization = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the images cross to the device as u8.
+    pub fn pixels_as_u8(&self) -> bool {
+        self.device_normalization.is_some()
+    }
+
     /// The training loader: RandomResizedCrop + flip, shuffled per epoch, last partial batch kept
     /// (as the reference's `drop_last=False`) unless it would hold a single image.
     pub fn train(split: Arc<Split>, run: &RunConfig, device: Device) -> Result<Self, ExperimentError> {
@@ -31,7 +90,7 @@ impl LoaderSource {
         let transforms = vec![transform];
         let mut config = Self::config(run, transforms, run.train.batch_size, true, BadImages::Replace);
         config.drop_last = Self::drops_last_image(split.records.len(), run.train.batch_size);
-        Ok(Self { split, config, device, skipped: Arc::default() })
+        Ok(Self::with(split, config, device))
     }
 
     /// Whether a training split of `n` images ends with a batch of one image, which training
@@ -45,7 +104,7 @@ impl LoaderSource {
     pub fn eval(split: Arc<Split>, run: &RunConfig, device: Device) -> Result<Self, ExperimentError> {
         let config =
             Self::config(run, run.data.eval_transforms(), run.train.eval_batch_size(), false, BadImages::LeaveOut);
-        Ok(Self { split, config, device, skipped: Arc::default() })
+        Ok(Self::with(split, config, device))
     }
 
     /// A loader for the baselines over a frozen image model: the centre crop (no augmentation),
@@ -61,7 +120,7 @@ impl LoaderSource {
         let transforms = vec![Transform::eval_for(run.data.image_size)];
         let mut config = Self::config(run, transforms, batch_size, shuffle, BadImages::LeaveOut);
         config.metadata = Some(metadata);
-        Self { split, config, device, skipped: Arc::default() }
+        Self::with(split, config, device)
     }
 
     /// The loader config; `skip` is what a bad image does under `bad_images = "skip"` (outside
@@ -105,6 +164,7 @@ impl BatchSource for LoaderSource {
         let batches = EpochBatches::new(self.split.clone(), self.config.clone(), epoch)
             .map_err(|e| EvalError::Data(e.to_string()))?;
         let device = self.device.clone();
+        let device_normalization = self.device_normalization;
         let cin = self.config.metadata.map_or(0, dmlp_geo::Metadata::n_inputs);
         let skipped = self.skipped.clone();
         Ok(Box::new(batches.map(move |batch| {
@@ -122,7 +182,15 @@ impl BatchSource for LoaderSource {
                 .views
                 .into_iter()
                 .map(|v| {
-                    let images = Tensor::from_vec(v.images, (batch.len * v.crops, 3, v.size, v.size), &device)?;
+                    let shape = (batch.len * v.crops, 3, v.size, v.size);
+                    let images = match &device_normalization {
+                        // Raw pixel values, whole numbers in 0–255: exact as u8.
+                        Some(norm) => {
+                            let pixels: Vec<u8> = v.images.iter().map(|&p| p as u8).collect();
+                            normalise_on_device(&Tensor::from_vec(pixels, shape, &device)?, norm)?
+                        }
+                        None => Tensor::from_vec(v.images, shape, &device)?,
+                    };
                     Ok(ImageView { images, crops: v.crops })
                 })
                 .collect::<Result<Vec<_>, EvalError>>()?;

@@ -408,24 +408,19 @@ fn affine(image: &mut [u8], width: usize, height: usize, [a, b, c, d, e, f]: [f6
             let (fx, fy) = (xi - 0.5, yi - 0.5);
             let (x0, y0) = (fx.floor() as i64, fy.floor() as i64);
             let (dx, dy) = (fx - x0 as f64, fy - y0 as f64);
-            // Rows past the bottom repeat the last row read, as Pillow's filters do; the first
-            // row is clipped.
-            let rows = |taps: i64| -> Vec<usize> {
-                let mut rows = Vec::with_capacity(taps as usize);
-                let first = if taps == 4 { y0 - 1 } else { y0 };
-                rows.push(first.clamp(0, height as i64 - 1) as usize);
-                for k in 1..taps {
-                    let row = first + k;
-                    let previous = rows[k as usize - 1];
-                    rows.push(if (0..height as i64).contains(&row) { row as usize } else { previous });
-                }
-                rows
-            };
+            // The filter's rows, once per pixel: the first clipped, those past the bottom
+            // repeating the last one read, as Pillow's filters do.
+            let taps = if filter == crate::Interpolation::Bicubic { 4 } else { 2 };
+            let first = if taps == 4 { y0 - 1 } else { y0 };
+            let mut r = [first.clamp(0, height as i64 - 1) as usize; 4];
+            for k in 1..taps {
+                let row = first + k as i64;
+                r[k] = if (0..height as i64).contains(&row) { row as usize } else { r[k - 1] };
+            }
             for (ch, value) in out.iter_mut().enumerate() {
                 let v = match filter {
                     crate::Interpolation::Bilinear => {
                         let (xa, xb) = (clip_x(x0), clip_x(x0 + 1));
-                        let r = rows(2);
                         let lerp = |p: f64, q: f64, t: f64| p + (q - p) * t;
                         let top = lerp(pixel(xa, r[0], ch), pixel(xb, r[0], ch), dx);
                         let bottom = lerp(pixel(xa, r[1], ch), pixel(xb, r[1], ch), dx);
@@ -439,7 +434,6 @@ fn affine(image: &mut [u8], width: usize, height: usize, [a, b, c, d, e, f]: [f6
                             let p4 = -v[0] + v[1] - v[2] + v[3];
                             p1 + t * (p2 + t * (p3 + t * p4))
                         };
-                        let r = rows(4);
                         let along = |row: usize| cubic(xs.map(|xx| pixel(xx, row, ch)), dx);
                         cubic([along(r[0]), along(r[1]), along(r[2]), along(r[3])], dy)
                     }

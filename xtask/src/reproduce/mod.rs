@@ -103,14 +103,14 @@ fn train_config(recipe: &Recipe) -> TrainConfig {
 /// `value` with the keys of each `layer` set on top (a row's `[train]` or `[data]` overrides),
 /// through its TOML form, so that any key of the config can be set and a wrong one is refused.
 fn with_overrides<T: serde::Serialize + serde::de::DeserializeOwned>(
-    value: &T,
+    value: T,
     layers: &[&toml::Table],
     what: &str,
 ) -> anyhow::Result<T> {
     if layers.iter().all(|l| l.is_empty()) {
-        return Ok(toml::from_str(&toml::to_string(value)?)?);
+        return Ok(value);
     }
-    let mut table: toml::Table = toml::from_str(&toml::to_string(value)?)?;
+    let mut table: toml::Table = toml::from_str(&toml::to_string(&value)?)?;
     for layer in layers {
         for (key, v) in layer.iter() {
             table.insert(key.clone(), v.clone());
@@ -236,7 +236,7 @@ impl Matrix<'_> {
         if self.args.smoke {
             layers.push(&row.smoke_train);
         }
-        with_overrides(&train_config(&self.recipe), &layers, "train")
+        with_overrides(train_config(&self.recipe), &layers, "train")
     }
 
     /// The row's pretrained source, a relative file path resolved against the repository's root.
@@ -257,7 +257,7 @@ impl Matrix<'_> {
         if self.args.smoke {
             layers.push(&row.smoke_data);
         }
-        with_overrides(&data, &layers, "data")
+        with_overrides(data, &layers, "data")
     }
 
     fn column_data(&self, dataset: &DatasetColumn, d: usize) -> DataConfig {

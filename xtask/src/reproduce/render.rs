@@ -59,6 +59,20 @@ pub(crate) fn claims(table: &TableSpec, results: &[CellResult]) -> Vec<Claimed> 
     out
 }
 
+/// One dataset's columns of a row: ` top-1 | paper | gap | params |`.
+fn columns(cell: Option<&CellResult>, paper: Option<f64>, gap: &str, smoke: bool) -> String {
+    let top1 = cell.map_or("—".into(), |c| format!("{:.2}", c.top1));
+    let paper = paper.map_or("—".into(), |p| format!("{p:.3}"));
+    let params = cell.map_or("—".into(), |c| {
+        if smoke {
+            format!("{:.2} M (full scale {:.1} M)", c.params as f64 / 1e6, c.full_params as f64 / 1e6)
+        } else {
+            format!("{:.1} M", c.params as f64 / 1e6)
+        }
+    });
+    format!(" {top1} | {paper} | {gap} | {params} |")
+}
+
 pub(crate) fn render_markdown(table: &TableSpec, results: &[CellResult], smoke: bool, recipe: &Recipe) -> String {
     let mut md = format!("# {}{}\n\n", table.title, if smoke { " — SMOKE RUN (synthetic data)" } else { "" });
     if smoke {
@@ -89,20 +103,11 @@ pub(crate) fn render_markdown(table: &TableSpec, results: &[CellResult], smoke: 
             for d in &table.datasets {
                 let cell = find(results, &b.key, &m.key, &d.key);
                 let base = find(results, &b.key, "image-only", &d.key);
-                let top1 = cell.map_or("—".into(), |c| format!("{:.2}", c.top1));
-                let paper = paper(table, &b.key, &m.key, &d.key).map_or("—".into(), |p| format!("{p:.3}"));
                 let gap = match (cell, base) {
                     (Some(c), Some(base)) if m.key != "image-only" => format!("{:+.2}", c.top1 - base.top1),
                     _ => "—".into(),
                 };
-                let params = cell.map_or("—".into(), |c| {
-                    if smoke {
-                        format!("{:.2} M (full scale {:.1} M)", c.params as f64 / 1e6, c.full_params as f64 / 1e6)
-                    } else {
-                        format!("{:.1} M", c.params as f64 / 1e6)
-                    }
-                });
-                row.push_str(&format!(" {top1} | {paper} | {gap} | {params} |"));
+                row.push_str(&columns(cell, paper(table, &b.key, &m.key, &d.key), &gap, smoke));
             }
             md.push_str(&row);
             md.push('\n');
@@ -112,17 +117,7 @@ pub(crate) fn render_markdown(table: &TableSpec, results: &[CellResult], smoke: 
         let mut row = format!("| {} | |", ensemble.label);
         for d in &table.datasets {
             let cell = find(results, super::ENSEMBLE, &ensemble.method, &d.key);
-            let top1 = cell.map_or("—".into(), |c| format!("{:.2}", c.top1));
-            let paper =
-                paper(table, super::ENSEMBLE, &ensemble.method, &d.key).map_or("—".into(), |p| format!("{p:.3}"));
-            let params = cell.map_or("—".into(), |c| {
-                if smoke {
-                    format!("{:.2} M (full scale {:.1} M)", c.params as f64 / 1e6, c.full_params as f64 / 1e6)
-                } else {
-                    format!("{:.1} M", c.params as f64 / 1e6)
-                }
-            });
-            row.push_str(&format!(" {top1} | {paper} | — | {params} |"));
+            row.push_str(&columns(cell, paper(table, super::ENSEMBLE, &ensemble.method, &d.key), "—", smoke));
         }
         md.push_str(&row);
         md.push('\n');

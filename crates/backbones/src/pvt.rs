@@ -17,7 +17,7 @@ use dmlp_nn::{
     Conv2d, Conv2dConfig, DropoutRng, LayerNorm, Linear, conv2d, drop_path, init, layer_norm, layer_norm_with_eps,
 };
 
-use crate::transformer::{Mlp, TRUNC_NORMAL, check_stages, dense, drop_path_rates};
+use crate::transformer::{Mlp, TRUNC_NORMAL, check_sr_stage, check_stages, dense, drop_path_rates};
 
 const BLOCK_NORM_EPS: f64 = 1e-6;
 
@@ -114,26 +114,13 @@ impl Pvt {
             let n = i + 1;
             let dim = c.embed_dims[i];
             let (heads, sr, ratio) = (c.num_heads[i], c.sr_ratios[i], c.mlp_ratios[i]);
-            if dim == 0 || heads == 0 || !dim.is_multiple_of(heads) || sr == 0 || ratio.is_nan() || ratio <= 0.0 {
-                bail!(
-                    "pvt: stage {i} ({dim} wide, {heads} heads, sr_ratio {sr}, mlp_ratio {ratio}) is not a valid stage"
-                )
-            }
+            check_sr_stage("pvt", i, dim, heads, sr, ratio)?;
             let (in_c, patch) = if i == 0 { (3, c.patch_size) } else { (c.embed_dims[i - 1], 2) };
             if i > 0 {
                 // The authors' `img_size // 2**(i+1)` over a patch of 2.
                 grid = c.img_size / (1 << (i + 1)) / 2;
             }
-            let fan_in = in_c * patch * patch;
-            let proj = conv2d(
-                in_c,
-                dim,
-                patch,
-                Conv2dConfig::new(patch, 0),
-                true,
-                init::pytorch_default(fan_in),
-                vb.pp(format!("patch_embed{n}.proj")),
-            )?;
+            let proj = patch_conv(in_c, dim, patch, vb.pp(format!("patch_embed{n}.proj")))?;
             let proj_norm = layer_norm(dim, vb.pp(format!("patch_embed{n}.norm")))?;
             let tokens = grid * grid + usize::from(i == stages - 1);
             let pos_embed = vb.get_with_hints((1, tokens, dim), &format!("pos_embed{n}"), TRUNC_NORMAL)?;
@@ -228,19 +215,16 @@ impl Block {
     }
 }
 
+/// A `k`×`k` convolution with stride `k` (a patch embedding, a spatial reduction), with bias and
+/// PyTorch's default initialisation, as the authors' code leaves them.
+fn patch_conv(in_c: usize, out_c: usize, k: usize, vb: VarBuilder) -> Result<Conv2d> {
+    conv2d(in_c, out_c, k, Conv2dConfig::new(k, 0), true, init::pytorch_default(in_c * k * k), vb)
+}
+
 impl Attention {
     fn new(dim: usize, num_heads: usize, sr_ratio: usize, qkv_bias: bool, vb: VarBuilder) -> Result<Self> {
         let reduction = if sr_ratio > 1 {
-            let fan_in = dim * sr_ratio * sr_ratio;
-            let conv = conv2d(
-                dim,
-                dim,
-                sr_ratio,
-                Conv2dConfig::new(sr_ratio, 0),
-                true,
-                init::pytorch_default(fan_in),
-                vb.pp("sr"),
-            )?;
+            let conv = patch_conv(dim, dim, sr_ratio, vb.pp("sr"))?;
             Some((conv, layer_norm(dim, vb.pp("norm"))?))
         } else {
             None

@@ -15,7 +15,7 @@ use dmlp_nn::{
     layer_norm, layer_norm_with_eps,
 };
 
-use crate::transformer::{check_stages, dense, drop_path_rates, gelu};
+use crate::transformer::{check_sr_stage, check_stages, dense, drop_path_rates, gelu};
 
 /// timm's `LayerNorm` default.
 const BLOCK_NORM_EPS: f64 = 1e-6;
@@ -123,11 +123,7 @@ impl PvtV2 {
             let vb = vb.pp(format!("stages.{i}"));
             let dim = c.embed_dims[i];
             let (heads, sr, ratio) = (c.num_heads[i], c.sr_ratios[i], c.mlp_ratios[i]);
-            if dim == 0 || heads == 0 || !dim.is_multiple_of(heads) || sr == 0 || ratio.is_nan() || ratio <= 0.0 {
-                bail!(
-                    "pvt_v2: stage {i} ({dim} wide, {heads} heads, sr_ratio {sr}, mlp_ratio {ratio}) is not a valid stage"
-                )
-            }
+            check_sr_stage("pvt_v2", i, dim, heads, sr, ratio)?;
             let downsample = if i > 0 {
                 Some(OverlapPatchEmbed::new(c.embed_dims[i - 1], dim, 3, 2, vb.pp("downsample"))?)
             } else {

@@ -90,6 +90,17 @@ pub(crate) fn check_stages(name: &str, lists: &[(&str, usize)]) -> Result<usize>
     Ok(stages)
 }
 
+/// A spatial-reduction stage's settings (PVT v1 and v2): a positive width that the heads
+/// divide, a positive reduction and a positive MLP ratio.
+pub(crate) fn check_sr_stage(name: &str, i: usize, dim: usize, heads: usize, sr: usize, ratio: f64) -> Result<()> {
+    if dim == 0 || heads == 0 || !dim.is_multiple_of(heads) || sr == 0 || ratio.is_nan() || ratio <= 0.0 {
+        candle_core::bail!(
+            "{name}: stage {i} ({dim} wide, {heads} heads, sr_ratio {sr}, mlp_ratio {ratio}) is not a valid stage"
+        )
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

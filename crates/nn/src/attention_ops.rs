@@ -266,16 +266,7 @@ mod tests {
 
     use super::*;
 
-    fn values(t: &Tensor) -> Vec<f64> {
-        t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
-    }
-
-    fn close(what: &str, a: &[f64], b: &[f64], tol: f64) {
-        assert_eq!(a.len(), b.len(), "{what}");
-        for (idx, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{idx}]: {x} vs {y}");
-        }
-    }
+    use crate::test_util::{close, values};
 
     /// The CPU ops equal candle's composed ones, values and gradients, in f64 and f32.
     #[test]

@@ -35,6 +35,8 @@ mod norm;
 mod pool;
 mod projection_op;
 mod store;
+#[cfg(test)]
+mod test_util;
 mod vecmat_op;
 
 pub use activation_op::{add_relu, relu};

@@ -345,16 +345,7 @@ mod tests {
 
     use super::*;
 
-    fn values(t: &Tensor) -> Vec<f64> {
-        t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
-    }
-
-    fn close(what: &str, a: &[f64], b: &[f64], tol: f64) {
-        assert_eq!(a.len(), b.len(), "{what}");
-        for (idx, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{idx}]: {x} vs {y}");
-        }
-    }
+    use crate::test_util::{close, values};
 
     /// The op against the composed path, values and every gradient: with a bias repeating over
     /// items (Swin's shifted windows), with one shared bias, and without (PVT's reduced keys).

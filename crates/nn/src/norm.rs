@@ -226,16 +226,7 @@ mod tests {
     use super::*;
     use crate::ParamStore;
 
-    fn values(t: &Tensor) -> Vec<f64> {
-        t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
-    }
-
-    fn close(what: &str, a: &[f64], b: &[f64], tol: f64) {
-        assert_eq!(a.len(), b.len());
-        for (idx, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{idx}]: {x} vs {y}");
-        }
-    }
+    use crate::test_util::{close, values};
 
     /// A BatchNorm over `channels` with non-trivial affine parameters and running statistics,
     /// the same for the same `seed`.

@@ -100,7 +100,7 @@ pub(crate) fn run(args: &SmokeTrainArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&config_path, CONFIG)?;
     let config = RunConfig::from_file(&config_path, &[])?;
     let provenance = Provenance { git_commit: None, device: "cpu".into(), command: "cargo xtask smoke-train".into() };
-    let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false };
+    let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false, cluster: None };
     let train = |dir: &Path, options| train_run(&config, dir, &[Device::Cpu], options, &provenance, &mut Silent);
 
     let whole = train(&out.join("whole"), options.clone())?;

@@ -35,6 +35,20 @@ pub(crate) struct TrainArgs {
     /// Stop after this epoch (the schedule still spans the configured epochs).
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Processes (nodes) in a data-parallel job, each with its --devices; start one per node
+    /// with the same --nodes and --rendezvous and its own --node-rank.
+    #[arg(long, default_value_t = 1, requires = "rendezvous")]
+    nodes: usize,
+    /// This process's place in the job, 0..nodes; node 0 evaluates and writes the run folder
+    /// (the others write nothing: their --run-dir is not used).
+    #[arg(long, default_value_t = 0, requires = "rendezvous")]
+    node_rank: usize,
+    /// host:port that node 0 listens on and the other nodes connect to (e.g. node0:29500).
+    #[arg(long, value_name = "HOST:PORT")]
+    rendezvous: Option<String>,
+    /// Seconds to wait for every node to join.
+    #[arg(long, default_value_t = 600)]
+    rendezvous_timeout: u64,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -123,12 +137,36 @@ pub(crate) fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         device: args.device.join(","),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
+    let cluster = match &args.rendezvous {
+        Some(address) => {
+            let spec = dmlp_train::ClusterSpec {
+                nodes: args.nodes,
+                node_rank: args.node_rank,
+                address: address.clone(),
+                timeout: std::time::Duration::from_secs(args.rendezvous_timeout),
+            };
+            spec.validate()?;
+            Some(spec)
+        }
+        None => None,
+    };
+    if let Some(cluster) = cluster.as_ref().filter(|c| c.node_rank > 0) {
+        if args.resume || args.stop_after.is_some() {
+            anyhow::bail!("--resume and --stop-after are node 0's to give: the other nodes follow it");
+        }
+        let epochs =
+            dmlp_experiment::follow_run(&config, &devices, cluster, &provenance, observer(args.quiet, "").as_mut())
+                .with_context(|| format!("node {} of {}", cluster.node_rank, cluster.nodes))?;
+        println!("done: node {} trained epochs {:?} beside node 0", cluster.node_rank, epochs);
+        return Ok(());
+    }
     let hub = crate::weights::hub_settings(args.quiet);
     let options = RunOptions {
         resume: args.resume,
         stop_after: args.stop_after,
         hub: Some(hub),
         allow_config_change: args.allow_config_change,
+        cluster,
     };
     let summary = train_run(&config, &args.run_dir, &devices, options, &provenance, observer(args.quiet, "").as_mut())
         .with_context(|| format!("training into {}", args.run_dir.display()))?;
@@ -267,7 +305,8 @@ pub(crate) fn run_baseline(args: &BaselineArgs) -> anyhow::Result<()> {
         device: args.device.clone(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    let options = RunOptions { resume: args.resume, stop_after: None, hub: None, allow_config_change: false };
+    let options =
+        RunOptions { resume: args.resume, stop_after: None, hub: None, allow_config_change: false, cluster: None };
     let label = format!("{:?}", baseline.kind).to_lowercase();
     let mut observer = observer(args.quiet, &label);
     let summary = dmlp_experiment::baseline_run(

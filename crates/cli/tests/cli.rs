@@ -464,3 +464,45 @@ fn data_decode_writes_what_training_decodes_and_names_the_files_it_cannot() {
     assert!(stderr.contains("warning") && stderr.contains("damaged.jpg") && stderr.contains("ends early"), "{stderr}");
     assert!(out.join("damaged.png").exists());
 }
+
+#[test]
+fn two_processes_train_one_job_and_node_0_alone_writes_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, config) = tiny_run(tmp.path(), 4, 2, "");
+    let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (run, follower_dir) = (tmp.path().join("run"), tmp.path().join("node1"));
+    let node = |rank: &str, dir: &std::path::Path, extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dmlp"));
+        command.args(["train", "--config", config.to_str().unwrap(), "--run-dir", dir.to_str().unwrap(), "--quiet"]);
+        command.args(["--nodes", "2", "--node-rank", rank, "--rendezvous", &address, "--rendezvous-timeout", "60"]);
+        command.args(extra);
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
+    let (leader, follower) = (node("0", &run, &[]), node("1", &follower_dir, &[]));
+    let (leader, follower) = (leader.wait_with_output().unwrap(), follower.wait_with_output().unwrap());
+    let text = |out: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    assert!(leader.status.success(), "{}", text(&leader));
+    assert!(follower.status.success(), "{}", text(&follower));
+    assert!(text(&follower).contains("done: node 1 trained epochs [1] beside node 0"), "{}", text(&follower));
+    assert!(run.join("checkpoints").join("last").exists());
+    assert!(!follower_dir.exists(), "node 1 writes nothing");
+
+    // Resuming is node 0's to decide.
+    let (ok, _, stderr) = dmlp(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--resume",
+        "--nodes",
+        "2",
+        "--node-rank",
+        "1",
+        "--rendezvous",
+        &address,
+    ]);
+    assert!(!ok && stderr.contains("node 0's to give"), "{stderr}");
+}

@@ -81,6 +81,9 @@ pub struct RunOptions {
     /// Resume even though the config differs from the run's own `config.toml` (the differences
     /// are recorded in `provenance-resume.json`); without it they are an error naming each.
     pub allow_config_change: bool,
+    /// A job spanning processes or nodes: this process is `node_rank` of `nodes`. [`train_run`]
+    /// is node 0's part (it evaluates and writes the run folder); the others run [`follow_run`].
+    pub cluster: Option<dmlp_train::ClusterSpec>,
 }
 
 /// Facts about a run that are not in its config, written to `provenance.json`.
@@ -240,22 +243,71 @@ pub fn train_run(
         stop_after: options.stop_after,
         sync_every: config.train.sync_every,
     };
-    if devices.len() == 1 {
+    if devices.len() == 1 && options.cluster.is_none() {
         let train_source = LoaderSource::train(Arc::new(train_split), config, device.clone())?;
         let mut trainer = ClassifierTrainer::new(&model, &config.train)?;
         return Ok(dmlp_train::fit(&mut trainer, &plan, &train_source, &val_source, &run, options.resume, observer)?);
     }
     // Data parallel: batches stay on the host and each replica takes its rows.
+    let job = options.cluster.as_ref().map(|_| parallel::job_description(config, &train_split, provenance));
     let train_source = LoaderSource::train(Arc::new(train_split), config, Device::Cpu)?;
     let others = devices[1..]
         .iter()
         .map(|device| Classifier::new(&config.model, config.train.seed, device))
         .collect::<Result<Vec<_>, _>>()?;
-    let (collectives, note) = parallel::collectives(devices)?;
-    observer.note(&format!("data parallel over {} devices: {note}", devices.len()));
+    let (collectives, note) = match (&options.cluster, &job) {
+        (Some(cluster), Some(job)) => parallel::cluster_collectives(devices, cluster, job)?,
+        _ => parallel::collectives(devices)?,
+    };
+    observer.note(&format!("data parallel: {note}"));
     let models: Vec<&Classifier> = std::iter::once(&model).chain(&others).collect();
     let mut trainer = DataParallelTrainer::new(models, collectives, &config.train)?;
     Ok(dmlp_train::fit(&mut trainer, &plan, &train_source, &val_source, &run, options.resume, observer)?)
+}
+
+/// A node other than node 0 of a job spanning processes (`cluster.node_rank > 0`): trains its
+/// devices' share of every batch beside node 0, which evaluates and writes the run folder. It
+/// reads the same data (under its own `data.root`), takes node 0's weights, epochs and resumed
+/// state at the start (so it needs neither the pretrained weights nor the run folder) and
+/// writes nothing. Returns the epochs trained.
+pub fn follow_run(
+    config: &RunConfig,
+    devices: &[Device],
+    cluster: &dmlp_train::ClusterSpec,
+    provenance: &Provenance,
+    observer: &mut dyn FitObserver,
+) -> Result<Vec<usize>, ExperimentError> {
+    if cluster.node_rank == 0 {
+        return Err(ExperimentError::Config {
+            path: config.data.root.clone(),
+            message: "node 0 leads the job: run it with train_run".into(),
+        });
+    }
+    if devices.is_empty() {
+        return Err(ExperimentError::Config {
+            path: config.data.root.clone(),
+            message: "no device to train on".into(),
+        });
+    }
+    let (train_split, _) = read_splits(config)?;
+    check_metadata_coverage(config, &train_split)?;
+    let job = parallel::job_description(config, &train_split, provenance);
+    let train_source = LoaderSource::train(Arc::new(train_split), config, Device::Cpu)?;
+    let models = devices
+        .iter()
+        .map(|device| Classifier::new(&config.model, config.train.seed, device))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (collectives, note) = parallel::cluster_collectives(devices, cluster, &job)?;
+    observer.note(&format!("data parallel: {note}"));
+    let mut trainer = DataParallelTrainer::new(models.iter().collect(), collectives, &config.train)?;
+    let plan = FitPlan {
+        epochs: config.train.epochs,
+        schedule: config.train.schedule(),
+        best_by: BestBy::ValTop1,
+        stop_after: None,
+        sync_every: config.train.sync_every,
+    };
+    Ok(dmlp_train::follow(&mut trainer, &plan, &train_source, observer)?)
 }
 
 /// Keys whose value may change between a run and its resumption without changing what it computes.

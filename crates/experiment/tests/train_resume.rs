@@ -100,7 +100,7 @@ fn resumes_exactly(overrides: &[String], devices: &[Device]) {
     let synth = SynthConfig { missing_fraction: 0.05, ..eight_classes(12, 4, 9) };
     generate(&synth, &data).unwrap();
     let config = RunConfig::from_file(&write_config(tmp.path(), &data), overrides).unwrap();
-    let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false };
+    let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false, cluster: None };
 
     let whole = tmp.path().join("whole");
     let summary = train_run(&config, &whole, devices, options.clone(), &provenance(), &mut Silent).unwrap();
@@ -142,7 +142,7 @@ fn resume_without_a_checkpoint_and_bad_overrides_are_errors() {
     let path = write_config(tmp.path(), &data);
     // The config says 8 classes; this data has 3.
     let config = RunConfig::from_file(&path, &[]).unwrap();
-    let options = RunOptions { resume: true, stop_after: None, hub: None, allow_config_change: false };
+    let options = RunOptions { resume: true, stop_after: None, hub: None, allow_config_change: false, cluster: None };
     let err = train_run(&config, &tmp.path().join("run"), &[Device::Cpu], options.clone(), &provenance(), &mut Silent)
         .unwrap_err()
         .to_string();
@@ -178,7 +178,8 @@ fn a_diverging_loss_stops_the_run_naming_the_step() {
             let overrides =
                 ["train.lr=1e30".into(), "train.warmup_epochs=0".into(), format!("train.sync_every={every}")];
             let config = RunConfig::from_file(&write_config(tmp.path(), &data), &overrides).unwrap();
-            let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false };
+            let options =
+                RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false, cluster: None };
             let run = tmp.path().join(format!("run-{every}"));
             let err = train_run(&config, &run, &[Device::Cpu], options, &provenance(), &mut Silent).unwrap_err();
             assert!(!run.join("checkpoints").join("last").exists(), "no checkpoint from a diverged run");
@@ -197,7 +198,7 @@ fn reading_the_loss_back_every_few_steps_changes_nothing_but_when() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     generate(&eight_classes(12, 4, 9), &data).unwrap();
-    let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false };
+    let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false, cluster: None };
     let run = |name: &str, overrides: &[String]| {
         let config = RunConfig::from_file(&write_config(tmp.path(), &data), overrides).unwrap();
         let dir = tmp.path().join(name);
@@ -355,7 +356,7 @@ fn a_run_that_skips_bad_images_completes_names_them_and_resumes_exactly() {
         })
         .collect();
     let config = RunConfig::from_file(&write_config(tmp.path(), &data), &[]).unwrap();
-    let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false };
+    let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false, cluster: None };
     // By default a damaged file stops the run, naming it.
     let err =
         train_run(&config, &tmp.path().join("strict"), &[Device::Cpu], options.clone(), &provenance(), &mut Silent)
@@ -398,4 +399,97 @@ fn a_run_that_skips_bad_images_completes_names_them_and_resumes_exactly() {
         std::fs::read(run.join("checkpoints").join(last.trim()).join("model.safetensors")).unwrap()
     };
     assert!(weights(&whole) == weights(&split), "the resumed run's final weights differ");
+}
+
+/// A free loopback address (bound, read and released: the test's node 0 binds it again).
+fn free_address() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
+/// Node 0 (`train_run`) and node 1 (`follow_run`) of a job, each with one CPU device, as two
+/// threads talking through the rendezvous over TCP (as two processes would).
+fn two_nodes(
+    config: &RunConfig,
+    node1_config: &RunConfig,
+    run: &Path,
+    options: &RunOptions,
+) -> (Result<(), String>, Result<Vec<usize>, String>) {
+    let address = free_address();
+    let cluster = |node_rank| dmlp_train::ClusterSpec {
+        nodes: 2,
+        node_rank,
+        address: address.clone(),
+        timeout: std::time::Duration::from_secs(60),
+    };
+    std::thread::scope(|scope| {
+        let leader = scope.spawn(|| {
+            let options = RunOptions { cluster: Some(cluster(0)), ..options.clone() };
+            train_run(config, run, &[Device::Cpu], options, &provenance(), &mut Silent)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        let follower = scope.spawn(|| {
+            dmlp_experiment::follow_run(node1_config, &[Device::Cpu], &cluster(1), &provenance(), &mut Silent)
+                .map_err(|e| e.to_string())
+        });
+        (leader.join().unwrap(), follower.join().unwrap())
+    })
+}
+
+#[test]
+fn two_nodes_train_and_resume_as_one_process_with_two_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let synth = SynthConfig { missing_fraction: 0.05, ..eight_classes(12, 4, 9) };
+    generate(&synth, &data).unwrap();
+    let config = RunConfig::from_file(&write_config(tmp.path(), &data), &[]).unwrap();
+    let options = RunOptions::default();
+
+    let whole = tmp.path().join("whole");
+    train_run(&config, &whole, &[Device::Cpu, Device::Cpu], options.clone(), &provenance(), &mut Silent).unwrap();
+
+    // Node 0 stops after epoch 1 (node 1 follows it), then resumes: node 1 starts afresh and
+    // takes node 0's weights and momentum from the rendezvous, or its steps would differ.
+    let nodes = tmp.path().join("nodes");
+    let (leader, follower) =
+        two_nodes(&config, &config, &nodes, &RunOptions { stop_after: Some(1), ..options.clone() });
+    leader.unwrap();
+    assert_eq!(follower.unwrap(), [1]);
+    let (leader, follower) = two_nodes(&config, &config, &nodes, &RunOptions { resume: true, ..options });
+    leader.unwrap();
+    assert_eq!(follower.unwrap(), [2, 3]);
+
+    assert_eq!(deterministic_lines(&whole.join("metrics.jsonl")), deterministic_lines(&nodes.join("metrics.jsonl")));
+    let weights = |run: &Path| {
+        let last = std::fs::read_to_string(run.join("checkpoints/last")).unwrap();
+        std::fs::read(run.join("checkpoints").join(last.trim()).join("model.safetensors")).unwrap()
+    };
+    assert!(weights(&whole) == weights(&nodes), "two nodes end with other weights than two devices of one process");
+}
+
+#[test]
+fn a_node_with_another_config_or_data_is_refused_naming_the_difference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    generate(&eight_classes(4, 1, 3), &data).unwrap();
+    let other_data = tmp.path().join("other");
+    generate(&eight_classes(4, 1, 4), &other_data).unwrap();
+    let path = write_config(tmp.path(), &data);
+    let config = RunConfig::from_file(&path, &[]).unwrap();
+    for (node1, expected) in [
+        (RunConfig::from_file(&path, &["train.lr=0.1".into()]).unwrap(), "train.lr: 0.05 → 0.1"),
+        // Another root is fine, other images are not.
+        (
+            RunConfig::from_file(&path, &[format!("data.root={}", other_data.display())]).unwrap(),
+            "split.train.records_fnv1a64",
+        ),
+    ] {
+        let run = tmp.path().join("run");
+        let (leader, follower) = two_nodes(&config, &node1, &run, &RunOptions::default());
+        for error in [leader.unwrap_err(), follower.unwrap_err()] {
+            assert!(error.contains("node 1 differs from node 0") && error.contains(expected), "{error}");
+        }
+        assert!(!run.join("checkpoints").join("last").exists());
+        std::fs::remove_dir_all(&run).ok();
+    }
 }

@@ -384,9 +384,20 @@ pub(crate) fn restore_replica(
     optimizer: &mut Optimizer,
     amp: &mut Amp,
     weights: &Path,
-    mut state: HashMap<String, Tensor>,
+    state: HashMap<String, Tensor>,
 ) -> Result<(), TrainError> {
     WeightsFile::read(weights)?.load_into(model.store(), LoadPolicy::STRICT)?;
+    load_replica_state(model, optimizer, amp, state)
+}
+
+/// Loads an optimiser's and a precision's state (as [`replica_state`] gives it) into a
+/// replica, moved to the model's device and dtype.
+pub(crate) fn load_replica_state(
+    model: &Classifier,
+    optimizer: &mut Optimizer,
+    amp: &mut Amp,
+    mut state: HashMap<String, Tensor>,
+) -> Result<(), TrainError> {
     amp.take_state(&mut state)?;
     let state = state
         .into_iter()

@@ -11,6 +11,7 @@
 //! Progress goes to a [`FitObserver`] that the binaries attach; this crate prints nothing.
 
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Instant;
 
@@ -87,6 +88,14 @@ pub trait Trainable {
 
     /// Loads a checkpoint's model file and optimiser state (on the CPU; move them to the device).
     fn restore(&mut self, model: &Path, optimizer: HashMap<String, Tensor>) -> Result<(), TrainError>;
+
+    /// Called once before the first step with the epochs this process would train (by [`fit`]
+    /// after any resume, by [`follow`] with an empty span); returns the epochs to train. A
+    /// trainer spanning processes gives every process the leader's span and state; the default,
+    /// one process, returns `epochs`.
+    fn synchronise_start(&mut self, epochs: RangeInclusive<usize>) -> Result<RangeInclusive<usize>, TrainError> {
+        Ok(epochs)
+    }
 }
 
 /// A split as epochs of batches of any kind (the same batches for the same epoch).
@@ -286,6 +295,74 @@ impl FitSummary {
     }
 }
 
+/// One epoch's steps: the running figures and the last step's learning rate.
+fn train_epoch<T: Trainable>(
+    model: &mut T,
+    plan: &FitPlan,
+    train: &dyn Batches<T::Batch>,
+    epoch: usize,
+    observer: &mut dyn FitObserver,
+) -> Result<(StepSums, f64), TrainError> {
+    let iters = train.batches_per_epoch();
+    observer.epoch_started(epoch, plan.epochs, train.len());
+    let mut sums = StepSums::default();
+    let mut lr = 0.0;
+    let mut pending: Vec<(StepContext, usize, Tensor)> = Vec::new();
+    for (iteration, batch) in train.epoch(epoch)?.enumerate() {
+        lr = plan.schedule.lr(epoch, iteration, iters);
+        let step = StepContext { epoch, iteration, lr };
+        let outcome = model.train_step(batch?, &step)?;
+        match outcome.pending {
+            Some(figures) => {
+                pending.push((step, outcome.images, figures));
+                if pending.len() >= plan.sync_every.max(1) {
+                    sums.read_back(&mut pending, observer)?;
+                }
+            }
+            None => sums.add(&step, outcome.images, outcome.loss, outcome.top1_hits, observer)?,
+        }
+    }
+    sums.read_back(&mut pending, observer)?;
+    Ok((sums, lr))
+}
+
+/// A node of a job spanning processes other than the leader's: trains the leader's epochs
+/// (from [`Trainable::synchronise_start`]) step for step beside it, and neither evaluates nor
+/// writes anything (the leader's run folder is the run). Returns the epochs trained.
+pub fn follow<T: Trainable>(
+    model: &mut T,
+    plan: &FitPlan,
+    train: &dyn Batches<T::Batch>,
+    observer: &mut dyn FitObserver,
+) -> Result<Vec<usize>, TrainError> {
+    let mut epochs = || -> Result<Vec<usize>, TrainError> {
+        if train.batches_per_epoch() == 0 {
+            return Err(TrainError::Data("the training split gives no batch".into()));
+        }
+        let mut trained = Vec::new();
+        #[allow(clippy::reversed_empty_ranges)] // empty on purpose: the leader's span replaces it
+        for epoch in model.synchronise_start(1..=0)? {
+            let started = Instant::now();
+            let (sums, lr) = train_epoch(model, plan, train, epoch, observer)?;
+            let skipped = train.take_skipped().len();
+            observer.note(&format!(
+                "epoch {epoch}: {} images, train loss {:.4}, lr {lr:.3e}, {:.1} images/s{} (node 0 evaluates)",
+                sums.seen,
+                sums.loss_sum / sums.seen.max(1) as f64,
+                sums.seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                if skipped > 0 { format!(", {skipped} unreadable images skipped") } else { String::new() }
+            ));
+            trained.push(epoch);
+        }
+        Ok(trained)
+    };
+    let result = epochs();
+    if result.is_err() {
+        observer.failed();
+    }
+    result
+}
+
 /// Trains `model` on `train`, evaluating on `val` after every epoch, writing `run`.
 pub fn fit<T: Trainable>(
     model: &mut T,
@@ -339,34 +416,14 @@ pub fn fit<T: Trainable>(
             ));
             run.write_metrics(&[])?;
         }
-        let iters = train.batches_per_epoch();
-        if iters == 0 {
+        if train.batches_per_epoch() == 0 {
             return Err(TrainError::Data("the training split gives no batch".into()));
         }
         let start_epoch = metrics.last().map_or(1, |m| m.epoch + 1);
         let last_epoch = plan.stop_after.map_or(plan.epochs, |stop| stop.min(plan.epochs));
-        for epoch in start_epoch..=last_epoch {
+        for epoch in model.synchronise_start(start_epoch..=last_epoch)? {
             let started = Instant::now();
-            observer.epoch_started(epoch, plan.epochs, train.len());
-            let mut sums = StepSums::default();
-            let mut lr = 0.0;
-            let mut pending: Vec<(StepContext, usize, Tensor)> = Vec::new();
-            for (iteration, batch) in train.epoch(epoch)?.enumerate() {
-                lr = plan.schedule.lr(epoch, iteration, iters);
-                let step = StepContext { epoch, iteration, lr };
-                let outcome = model.train_step(batch?, &step)?;
-                match outcome.pending {
-                    Some(figures) => {
-                        pending.push((step, outcome.images, figures));
-                        if pending.len() >= plan.sync_every.max(1) {
-                            sums.read_back(&mut pending, observer)?;
-                        }
-                    }
-                    None => sums.add(&step, outcome.images, outcome.loss, outcome.top1_hits, observer)?,
-                }
-            }
-            sums.read_back(&mut pending, observer)?;
-            let StepSums { loss_sum, hits, seen } = sums;
+            let (StepSums { loss_sum, hits, seen }, lr) = train_epoch(model, plan, train, epoch, observer)?;
             let train_seconds = started.elapsed().as_secs_f64();
             let train_skipped = train.take_skipped();
             let accuracy = model.evaluate(val)?;

@@ -16,6 +16,8 @@
 //!   [`RunDir`] with metrics and atomic checkpoints that a resume continues exactly.
 //! - [`classifier_step`]: the classifier's step (mixup → label-smoothed loss → backward →
 //!   optimiser), which [`ClassifierTrainer`] runs and `cargo xtask parity` checks.
+//! - [`DataParallelTrainer`]: one replica per device, gradients summed through a [`Collective`];
+//!   [`join`] and [`follow`] spread it over processes and nodes (a TCP rendezvous at node 0).
 //! - [`SeedStream`]: the named random streams one seed fans out into.
 //!
 //! Architecture invariant: the loop is generic over what it trains and what it reads; it never
@@ -24,6 +26,7 @@
 
 mod adam;
 mod classifier;
+mod cluster;
 mod config;
 mod fit;
 mod loss;
@@ -44,13 +47,15 @@ pub use classifier::{
     BatchGradients, ClassifierStep, ClassifierTrainer, MixDraw, Mixup, StepInput, apply_gradients,
     classifier_gradients, classifier_scores, classifier_step, cutmix, cutmix_pairs, draw_mixup, evaluate_classifier,
 };
+pub use cluster::{ClusterSpec, HubCollective, Membership, NcclIdMaker, join};
 pub use config::{LrScheduleKind, OptimizerKind, TrainConfig};
 pub use fit::{
     Batches, BestBy, FitObserver, FitPlan, FitSummary, Schedule, Silent, StepContext, StepOutcome, Trainable, fit,
+    follow,
 };
 pub use loss::{label_smoothing_loss, mixup, mixup_loss, mixup_loss_permuted, mixup_loss_share};
 #[cfg(feature = "nccl")]
-pub use nccl::NcclCollective;
+pub use nccl::{NcclCollective, nccl_unique_id};
 pub use optim::{Sgd, SgdConfig};
 pub use optimizer::Optimizer;
 pub use parallel::{Collective, DataParallelTrainer, LocalCollective, shards};

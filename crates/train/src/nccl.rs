@@ -1,15 +1,14 @@
-//! Gradients summed between GPUs by NCCL (feature `nccl`): one communicator per device of one
-//! process (`ncclCommInitAll`), each owned by its replica's thread.
-//!
-//! Multi-node training would create each rank's communicator from a shared NCCL unique id
-//! (`Comm::from_rank`), the id written by rank 0 to a file every node reads or sent to an address
-//! given on the command line; that is not built (nothing here can test it).
+//! Gradients summed between GPUs by NCCL (feature `nccl`): one communicator per device, each
+//! owned by its replica's thread. Within one process `ncclCommInitAll`; across processes and
+//! nodes `ncclCommInitRank` from the unique id node 0 made and its rendezvous handed out
+//! (`crate::cluster`), a process's devices initialised inside one NCCL group. No GPU has run
+//! the multi-process path (none with two nodes was available).
 
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorage;
-use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, ReduceOp};
+use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp, group_end, group_start};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
 use crate::TrainError;
@@ -54,6 +53,54 @@ impl NcclCollective {
             .enumerate()
             .map(|(rank, comm)| NcclCollective { comm: Arc::new(SharedComm(comm)), rank, world })
             .collect())
+    }
+}
+
+/// NCCL's unique id for a job spanning processes (node 0 makes it; see [`crate::join`]).
+pub fn nccl_unique_id() -> Result<Vec<u8>, String> {
+    let id = Id::new().map_err(|e| format!("{e:?}"))?;
+    Ok(id.internal().iter().map(|&c| c as u8).collect())
+}
+
+impl NcclCollective {
+    /// This process's devices as global ranks `first_rank..` of `world`, joined through the
+    /// unique id `id` (128 bytes, from [`nccl_unique_id`] on node 0).
+    pub fn group_of_ranks(
+        devices: &[Device],
+        first_rank: usize,
+        world: usize,
+        id: &[u8],
+    ) -> Result<Vec<Self>, TrainError> {
+        let internal: [std::ffi::c_char; 128] = id
+            .iter()
+            .map(|&b| b as std::ffi::c_char)
+            .collect::<Vec<_>>()
+            .try_into()
+            .map_err(|_| TrainError::Parallel(format!("an NCCL unique id has 128 bytes, not {}", id.len())))?;
+        let id = Id::uninit(internal);
+        let nccl = |e| TrainError::Parallel(format!("NCCL: {e:?}"));
+        // One thread initialising several devices' ranks does so inside one group.
+        group_start().map_err(nccl)?;
+        let comms = devices
+            .iter()
+            .enumerate()
+            .map(|(index, device)| match device {
+                Device::Cuda(cuda) => {
+                    let stream = cuda.cuda_stream();
+                    stream.context().bind_to_thread().map_err(|e| TrainError::Parallel(format!("CUDA: {e:?}")))?;
+                    Comm::from_rank(stream, first_rank + index, world, id).map_err(nccl)
+                }
+                other => Err(TrainError::Parallel(format!("NCCL sums between CUDA devices, not {other:?}"))),
+            })
+            .collect::<Vec<_>>();
+        group_end().map_err(nccl)?;
+        Ok(comms
+            .into_iter()
+            .enumerate()
+            .map(|(index, comm)| {
+                comm.map(|comm| NcclCollective { comm: Arc::new(SharedComm(comm)), rank: first_rank + index, world })
+            })
+            .collect::<Result<Vec<_>, _>>()?)
     }
 }
 

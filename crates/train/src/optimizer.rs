@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use crate::{Adam, AdamConfig, OptimizerKind, Sgd, SgdConfig, TrainConfig, TrainError};
 
@@ -45,28 +45,43 @@ impl Optimizer {
         })
     }
 
-    /// Restores a checkpoint's optimiser state, which must be complete: after a step every
-    /// parameter has its momentum buffer (SGD with momentum) or its two moments and step count
-    /// (Adam), of its parameter's shape. A missing entry would restart that parameter's momentum
-    /// silently, so it is an error naming it, as is an entry for no parameter.
-    pub fn load_state(&mut self, tensors: HashMap<String, Tensor>) -> Result<(), TrainError> {
-        let expected: Vec<(String, Option<Vec<usize>>)> = match self {
+    /// The entries of a complete state (after a first step, or restored), in a fixed order:
+    /// name, shape and dtype. Momentum buffers and moments take their parameter's shape and
+    /// dtype; Adam's step counts are one-element u32 tensors.
+    pub fn state_layout(&self) -> Vec<(String, Vec<usize>, DType)> {
+        match self {
             Optimizer::Sgd(sgd) if sgd.config().momentum == 0.0 => Vec::new(),
             Optimizer::Sgd(sgd) => {
-                sgd.vars().iter().map(|(name, var)| (name.clone(), Some(var.dims().to_vec()))).collect()
+                sgd.vars().iter().map(|(name, var)| (name.clone(), var.dims().to_vec(), var.dtype())).collect()
             }
             Optimizer::Adam(adam) => adam
                 .vars()
                 .iter()
                 .flat_map(|(name, var)| {
                     [
-                        (format!("{name}.exp_avg"), Some(var.dims().to_vec())),
-                        (format!("{name}.exp_avg_sq"), Some(var.dims().to_vec())),
-                        (format!("{name}.step"), None),
+                        (format!("{name}.exp_avg"), var.dims().to_vec(), var.dtype()),
+                        (format!("{name}.exp_avg_sq"), var.dims().to_vec(), var.dtype()),
+                        (format!("{name}.step"), vec![1], DType::U32),
                     ]
                 })
                 .collect(),
-        };
+        }
+    }
+
+    /// Restores a checkpoint's optimiser state, which must be complete: after a step every
+    /// parameter has its momentum buffer (SGD with momentum) or its two moments and step count
+    /// (Adam), of its parameter's shape. A missing entry would restart that parameter's momentum
+    /// silently, so it is an error naming it, as is an entry for no parameter.
+    pub fn load_state(&mut self, tensors: HashMap<String, Tensor>) -> Result<(), TrainError> {
+        // A step count's shape is not checked (one value however it is laid out).
+        let expected: Vec<(String, Option<Vec<usize>>)> = self
+            .state_layout()
+            .into_iter()
+            .map(|(name, dims, dtype)| {
+                let dims = (dtype != DType::U32).then_some(dims);
+                (name, dims)
+            })
+            .collect();
         let mut problems = Vec::new();
         let missing: Vec<&str> =
             expected.iter().filter(|(name, _)| !tensors.contains_key(name)).map(|(name, _)| name.as_str()).collect();

@@ -9,7 +9,15 @@
 //! dataset index), one run folder writer (replica 0 evaluates and checkpoints) and an exact
 //! resume; the price, the host side of all replicas in one process, is small next to a GPU step.
 //! The collective is a trait: [`LocalCollective`] sums on the host between threads (the CPU, and
-//! the tests), `NcclCollective` (feature `nccl`) sums on the GPUs.
+//! the tests), `NcclCollective` (feature `nccl`) sums on the GPUs, and
+//! [`HubCollective`](crate::cluster::HubCollective) sums between processes over TCP.
+//!
+//! A job may span processes (nodes, `crate::cluster`): each process holds consecutive global
+//! ranks, decodes the whole batch (same seed, same order) and keeps its ranks' rows. Global rank
+//! 0's process leads: it alone evaluates and writes the run folder, and its epochs, weights and
+//! resumed optimiser state reach every rank before the first step
+//! ([`Trainable::synchronise_start`]), so the other nodes need neither the pretrained weights
+//! nor the run folder.
 //!
 //! A batch of `n` images is split into near-equal contiguous shards in rank order; every rank's
 //! share of the loss is divided by `n`, so the summed gradients are the whole batch's, and
@@ -21,6 +29,7 @@
 //! the step's seed and the rank.
 
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -28,7 +37,9 @@ use candle_core::{DType, Device, Tensor};
 use dmlp_eval::{Accuracy, TensorBatch};
 use dmlp_model::Classifier;
 
-use crate::classifier::{check_master_dtype, classifier_evaluation, replica_state, restore_replica, train_top1_hits};
+use crate::classifier::{
+    check_master_dtype, classifier_evaluation, load_replica_state, replica_state, restore_replica, train_top1_hits,
+};
 use crate::fit::{Batches, StepContext, StepOutcome, Trainable};
 use crate::precision::Amp;
 use crate::{
@@ -149,16 +160,17 @@ impl Collective for LocalCollective {
 }
 
 /// Sums `gradients` over the group: every parameter's gradient (zeros where this rank has
-/// none), and one vector holding which ranks had each gradient, the loss shares and how many
-/// ranks failed. So a rank without images this step (a last batch smaller than two per rank)
+/// none), and one vector holding which ranks had each gradient, the loss shares, how many ranks
+/// failed and the top-1 hits (`hits`, this rank's). So a rank without images this step (a last batch smaller than two per rank)
 /// still takes part, and so does a rank whose forward or backward failed (`failed`): no rank
 /// waits for one that will never come, and each learns that the step failed.
 fn all_reduce_gradients(
     collective: &mut dyn Collective,
     model: &Classifier,
     gradients: Option<BatchGradients>,
+    hits: Option<Tensor>,
     failed: bool,
-) -> Result<(BatchGradients, usize), TrainError> {
+) -> Result<(BatchGradients, usize, f64), TrainError> {
     let vars = model.store().trainable_vars();
     let device = model.device();
     let (grads, loss, logits) = match gradients {
@@ -172,15 +184,20 @@ fn all_reduce_gradients(
             None => Tensor::zeros(var.dims(), DType::F32, device)?,
         });
     }
-    // [presence of each gradient…, loss share, failed]: one copy to the device, one tensor.
+    // [presence of each gradient…, loss share, failed, top-1 hits]: one copy to the device, one
+    // tensor.
     let presence: Vec<f32> = grads.iter().map(|g| f32::from(u8::from(g.is_some()))).collect();
     let flags = Tensor::from_vec(presence, vars.len(), device)?;
     let failed = Tensor::new(&[f32::from(u8::from(failed))], device)?;
-    tensors.push(Tensor::cat(&[flags, loss.to_dtype(DType::F32)?.reshape(1)?, failed], 0)?);
+    let hits = match hits {
+        Some(hits) => hits.to_dtype(DType::F32)?.reshape(1)?,
+        None => Tensor::zeros(1, DType::F32, device)?,
+    };
+    tensors.push(Tensor::cat(&[flags, loss.to_dtype(DType::F32)?.reshape(1)?, failed, hits], 0)?);
     let mut reduced = collective.all_reduce_sum(&tensors)?;
     let meta = reduced.pop().ok_or_else(|| TrainError::Parallel("the all-reduce returned nothing".into()))?;
     let flags = meta.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
-    let (present, failures) = (&flags[..vars.len()], flags[vars.len() + 1] as usize);
+    let (present, failures, hits) = (&flags[..vars.len()], flags[vars.len() + 1] as usize, flags[vars.len() + 2]);
     let loss = meta.narrow(0, vars.len(), 1)?.reshape(())?;
     let grads = reduced
         .into_iter()
@@ -194,7 +211,7 @@ fn all_reduce_gradients(
         Some(logits) => logits,
         None => Tensor::zeros((0, model.num_classes()), DType::F32, device)?,
     };
-    Ok((BatchGradients { grads, loss, logits }, failures))
+    Ok((BatchGradients { grads, loss, logits }, failures, f64::from(hits)))
 }
 
 /// One model replica on its device, with its own optimiser state (kept identical to the
@@ -217,7 +234,8 @@ struct StepShare<'b> {
     cut: Option<[usize; 4]>,
 }
 
-/// What one replica measured: the loss, whether the update was skipped, and its top-1 hits.
+/// What one replica measured: the whole batch's loss (over every rank), whether the update was
+/// skipped, and the whole batch's top-1 hits.
 type ReplicaOutcome = (f64, bool, f64);
 
 /// What a replica reports when another one failed the step (the failed one reports why).
@@ -293,8 +311,8 @@ impl Replica<'_> {
             Ok(None) => (None, None, None),
             Err(e) => (None, None, Some(e)),
         };
-        let (reduced, failures) =
-            all_reduce_gradients(self.collective.as_mut(), self.model, gradients, failure.is_some())?;
+        let (reduced, failures, hits) =
+            all_reduce_gradients(self.collective.as_mut(), self.model, gradients, hits, failure.is_some())?;
         if let Some(e) = failure {
             return Err(e);
         }
@@ -302,11 +320,58 @@ impl Replica<'_> {
             return Err(TrainError::Parallel(ANOTHER_FAILED.into()));
         }
         let (loss, skipped) = apply_gradients(self.model, &mut self.optimizer, &reduced, &mut self.amp, step)?;
-        let hits = match hits {
-            Some(hits) => hits.to_dtype(DType::F64)?.to_scalar::<f64>()?,
-            None => 0.0,
-        };
         Ok((loss, skipped, hits))
+    }
+
+    /// Takes the leader's (global rank 0's) epochs, weights and, when `epochs` continue a run,
+    /// its optimiser and precision state: every rank contributes negative zeros but rank 0, so
+    /// the sum is rank 0's values bit for bit (`x + −0 = x` for every `x`, `+0` included).
+    fn take_leaders_start(&mut self, epochs: &RangeInclusive<usize>) -> Result<RangeInclusive<usize>, TrainError> {
+        let leader = self.collective.rank() == 0;
+        let device = self.model.device().clone();
+        let own = |tensor: Tensor| -> Result<Tensor, TrainError> {
+            Ok(if leader { tensor.to_dtype(DType::F32)? } else { Tensor::full(-0.0f32, tensor.dims(), &device)? })
+        };
+        let span = Tensor::new(&[*epochs.start() as f32, *epochs.end() as f32], &device)?;
+        let span =
+            self.collective.all_reduce_sum(&[own(span)?])?.remove(0).to_device(&Device::Cpu)?.to_vec1::<f32>()?;
+        let (first, last) = (span[0] as usize, span[1] as usize);
+
+        let vars = self.model.store().vars();
+        let weights = vars.iter().map(|(_, var)| own(var.as_tensor().clone())).collect::<Result<Vec<_>, _>>()?;
+        let weights = self.collective.all_reduce_sum(&weights)?;
+        if !leader {
+            for ((_, var), value) in vars.iter().zip(weights) {
+                var.set(&value.to_dtype(var.dtype())?)?;
+            }
+        }
+        if first > 1 {
+            // A resumed run: the optimiser's and the precision's state, in one fixed order.
+            let mut state = replica_state(&self.optimizer, &self.amp)?;
+            let mut layout = self.optimizer.state_layout();
+            let mut precision: Vec<(String, Vec<usize>, DType)> =
+                self.amp.state()?.iter().map(|(name, t)| (name.clone(), t.dims().to_vec(), t.dtype())).collect();
+            precision.sort_by(|a, b| a.0.cmp(&b.0));
+            layout.extend(precision);
+            let tensors = layout
+                .iter()
+                .map(|(name, dims, _)| match state.remove(name) {
+                    Some(tensor) => own(tensor.to_device(&device)?),
+                    None if !leader => Ok(Tensor::full(-0.0f32, dims.as_slice(), &device)?),
+                    None => Err(TrainError::Checkpoint(format!("the resumed optimiser state has no `{name}`"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let summed = self.collective.all_reduce_sum(&tensors)?;
+            if !leader {
+                let state = layout
+                    .into_iter()
+                    .zip(summed)
+                    .map(|((name, _, dtype), value)| Ok((name, value.to_dtype(dtype)?)))
+                    .collect::<Result<HashMap<_, _>, TrainError>>()?;
+                load_replica_state(self.model, &mut self.optimizer, &mut self.amp, state)?;
+            }
+        }
+        Ok(first..=last)
     }
 }
 
@@ -327,7 +392,10 @@ pub fn shards(n: usize, world: usize) -> Vec<(usize, usize)> {
 
 /// The classifier trained on several devices at once: see the module docs.
 pub struct DataParallelTrainer<'a> {
+    /// This process's replicas, global ranks `first_rank..first_rank + len` of `world`.
     replicas: Vec<Replica<'a>>,
+    first_rank: usize,
+    world: usize,
     config: TrainConfig,
 }
 
@@ -341,20 +409,26 @@ impl std::fmt::Debug for DataParallelTrainer<'_> {
 impl<'a> DataParallelTrainer<'a> {
     /// One replica per model (rank order), each with its rank's collective. Replica 0's weights
     /// are copied into the others, so they start equal whatever each was initialised with.
+    ///
+    /// In a job spanning processes the collectives hold consecutive global ranks of a larger
+    /// world (`crate::cluster`); the process holding rank 0 is the leader, and
+    /// [`Trainable::synchronise_start`] gives every rank its weights.
     pub fn new(
         models: Vec<&'a Classifier>,
         collectives: Vec<Box<dyn Collective>>,
         config: &TrainConfig,
     ) -> Result<Self, TrainError> {
         config.validate().map_err(TrainError::Config)?;
-        let world = models.len();
-        if world == 0 || collectives.len() != world {
-            return Err(TrainError::Config(format!("{world} replicas for {} collectives", collectives.len())));
+        let local = models.len();
+        if local == 0 || collectives.len() != local {
+            return Err(TrainError::Config(format!("{local} replicas for {} collectives", collectives.len())));
         }
-        for (rank, collective) in collectives.iter().enumerate() {
-            if collective.rank() != rank || collective.world_size() != world {
+        let (first_rank, world) = (collectives[0].rank(), collectives[0].world_size());
+        for (index, collective) in collectives.iter().enumerate() {
+            let rank = first_rank + index;
+            if collective.rank() != rank || collective.world_size() != world || first_rank + local > world {
                 return Err(TrainError::Config(format!(
-                    "collective {rank} is rank {} of {}, expected rank {rank} of {world}",
+                    "collective {index} is rank {} of {}, expected rank {rank} of {world}",
                     collective.rank(),
                     collective.world_size()
                 )));
@@ -388,7 +462,7 @@ impl<'a> DataParallelTrainer<'a> {
                 collective,
             })
             .collect();
-        Ok(Self { replicas, config: config.clone() })
+        Ok(Self { replicas, first_rank, world, config: config.clone() })
     }
 }
 
@@ -409,12 +483,12 @@ impl Trainable for DataParallelTrainer<'_> {
             cut: draw.cut,
         };
         let config = &self.config;
-        let shards = shards(n, self.replicas.len());
+        let shards = &shards(n, self.world)[self.first_rank..self.first_rank + self.replicas.len()];
         let outcomes: Vec<Result<ReplicaOutcome, TrainError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = self
                 .replicas
                 .iter_mut()
-                .zip(&shards)
+                .zip(shards)
                 .map(|(replica, &shard)| {
                     let share = &share;
                     scope.spawn(move || replica.step(share, shard, config, step))
@@ -436,9 +510,33 @@ impl Trainable for DataParallelTrainer<'_> {
                 .unwrap_or_else(|| TrainError::Parallel(ANOTHER_FAILED.into())));
         }
         let results = outcomes.into_iter().collect::<Result<Vec<_>, TrainError>>()?;
-        let (loss, _, _) = results[0];
-        let top1_hits = results.iter().map(|(_, _, hits)| hits).sum();
+        // Every replica holds the whole batch's figures.
+        let (loss, _, top1_hits) = results[0];
         Ok(StepOutcome::measured(loss, n, top1_hits))
+    }
+
+    /// In a job spanning processes, every rank takes global rank 0's epochs, weights and (when
+    /// it resumed) optimiser state; within one process the replicas already start equal.
+    fn synchronise_start(&mut self, epochs: RangeInclusive<usize>) -> Result<RangeInclusive<usize>, TrainError> {
+        if self.replicas.len() == self.world {
+            return Ok(epochs);
+        }
+        let outcomes: Vec<Result<RangeInclusive<usize>, TrainError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .replicas
+                .iter_mut()
+                .map(|replica| {
+                    let epochs = &epochs;
+                    scope.spawn(move || replica.take_leaders_start(epochs))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(TrainError::Parallel("a replica's thread panicked".into()))))
+                .collect()
+        });
+        let spans = outcomes.into_iter().collect::<Result<Vec<_>, TrainError>>()?;
+        Ok(spans.into_iter().next().unwrap_or(epochs))
     }
 
     fn evaluate(&self, val: &dyn Batches<TensorBatch>) -> Result<Accuracy, TrainError> {

@@ -309,7 +309,8 @@ impl Matrix<'_> {
             None => {
                 let resume = has_checkpoint(&run_dir)?;
                 eprintln!("{}: {}", cell.tag, if resume { "resuming" } else { "training" });
-                let options = RunOptions { resume, stop_after: None, hub: None, allow_config_change: false };
+                let options =
+                    RunOptions { resume, stop_after: None, hub: None, allow_config_change: false, cluster: None };
                 let mut observer = ProgressBars::new("");
                 train_run(
                     &config,
@@ -425,7 +426,8 @@ impl Matrix<'_> {
                 let resume = has_checkpoint(&run_dir)?;
                 let doing = if resume { "resuming" } else { "training" };
                 eprintln!("{}: {doing} over {}", cell.tag, image_dir.display());
-                let options = RunOptions { resume, stop_after: None, hub: None, allow_config_change: false };
+                let options =
+                    RunOptions { resume, stop_after: None, hub: None, allow_config_change: false, cluster: None };
                 let mut observer = ProgressBars::new(&format!("{:?}", baseline.kind).to_lowercase());
                 let summary = dmlp_experiment::baseline_run(
                     &image_config,

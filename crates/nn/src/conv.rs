@@ -197,12 +197,14 @@ fn is_depthwise(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> Result<bo
         && config.dilation == 1)
 }
 
-/// candle's convolution, on any device, with a correct backward. candle's backward gets the
-/// input gradient from a transposed convolution whose output padding (the input rows after the
-/// last window: the remainder of `(len + 2p − reach) / stride`) it derives from the height alone,
-/// and it fails whenever a remainder is not zero (`crates/nn/tests/conv.rs`). So then the input is
-/// padded explicitly and cut to the rows and columns the windows read, which makes both remainders
-/// zero; the cut ones, which no window reads, get the zero gradient they should.
+/// candle's convolution, on any device, with a correct and fast backward.
+///
+/// The value is candle's `conv2d` (im2col and one matrix product on CUDA). Its backward is not
+/// used: candle gets the input gradient from a transposed convolution whose output padding (the
+/// input rows after the last window: the remainder of `(len + 2p − reach) / stride`) it derives
+/// from the height alone, failing whenever a remainder is not zero (`crates/nn/tests/conv.rs`),
+/// and whose CUDA kernel is a direct loop. So the forward runs detached, and `conv_grad`
+/// computes both gradients as forward convolutions.
 ///
 /// # Shapes
 /// As [`conv2d_forward`].
@@ -213,6 +215,16 @@ pub(crate) fn conv2d_generic(xs: &Tensor, weight: &Tensor, config: Conv2dConfig)
         let widened = conv2d_generic(&xs.to_dtype(DType::F32)?, &weight.to_dtype(DType::F32)?, config)?;
         return widened.to_dtype(DType::BF16);
     }
+    if !xs.track_op() && !weight.track_op() {
+        return conv2d_value(xs, weight, config);
+    }
+    let value = conv2d_value(&xs.detach(), &weight.detach(), config)?;
+    crate::conv_grad::with_gradients(&value, xs, weight, config)
+}
+
+/// candle's `conv2d`, with the input cut to the rows and columns the windows read (candle's own
+/// backward, were it used, would then be right; the forward is the same either way).
+fn conv2d_value(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> Result<Tensor> {
     let c = config;
     let (_, _, h, w) = xs.dims4()?;
     let (_, _, kh, kw) = weight.dims4()?;

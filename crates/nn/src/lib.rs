@@ -20,6 +20,7 @@ mod autocast;
 mod batch_norm_op;
 mod bmm_op;
 mod conv;
+mod conv_grad;
 mod conv_op;
 mod cpu;
 mod cpu_threads;

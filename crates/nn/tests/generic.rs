@@ -56,6 +56,12 @@ fn convolutions_agree_on_square_and_non_square_inputs() {
         (1, 2, 2, 5, 8, 3, 3, 1, 1, 1),
         (2, 4, 4, 9, 8, 3, 1, 2, 2, 1),
         (2, 3, 4, 9, 7, 3, 1, 1, 1, 1),
+        // Padding beyond the kernel's reach (the transposed padding is a cut), a stride beyond
+        // the kernel (rows no window reads), depthwise, dilation with stride and a remainder.
+        (2, 3, 5, 6, 5, 1, 1, 1, 1, 1),
+        (2, 4, 3, 9, 11, 1, 3, 0, 1, 1),
+        (2, 6, 6, 8, 9, 3, 2, 1, 1, 6),
+        (1, 2, 4, 12, 10, 3, 2, 2, 2, 1),
     ];
     for (b, c, o, h, w, k, s, p, d, g) in cases {
         let config = Conv2dConfig { stride: s, padding: p, dilation: d, groups: g };

@@ -89,7 +89,8 @@ impl Module for Conv2d {
 }
 
 /// The convolution itself: on the CPU the project's op (im2col + gemm, forward and backward as
-/// matrix products; half precision goes through f32), elsewhere [`conv2d_generic`]. Inside
+/// matrix products; half precision goes through f32), on CUDA cuDNN where it is loaded
+/// (`cudnn.rs`), elsewhere [`conv2d_generic`]. Inside
 /// [`crate::with_autocast`] it computes in, and returns, the autocast dtype.
 ///
 /// # Shapes
@@ -97,6 +98,10 @@ impl Module for Conv2d {
 pub fn conv2d_forward(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> Result<Tensor> {
     let (xs, weight) = (&crate::autocast::for_matmul(xs)?, &crate::autocast::for_matmul(weight)?);
     if !crate::cpu::custom_cpu_ops(xs.device()) {
+        #[cfg(feature = "cuda")]
+        if crate::cudnn::takes(xs, weight, config) {
+            return crate::cudnn::conv2d(xs, weight, config);
+        }
         return conv2d_generic(xs, weight, config);
     }
     if is_depthwise(xs, weight, config)? {

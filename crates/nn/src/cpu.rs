@@ -20,8 +20,14 @@ pub(crate) fn custom_cpu_ops(device: &Device) -> bool {
     device.is_cpu() && !GENERIC_OPS.with(Cell::get)
 }
 
-/// Runs `f` with every op of this crate built on its device-generic path (the path CUDA takes),
-/// even for CPU tensors. An op's path is chosen when its forward runs, so a backward may run
+/// Whether the calling thread is inside [`with_generic_ops`] (which also keeps cuDNN out).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn generic_forced() -> bool {
+    GENERIC_OPS.with(Cell::get)
+}
+
+/// Runs `f` with every op of this crate built on its device-generic path (the path CUDA takes
+/// where cuDNN does not), even for CPU tensors, and on CUDA without cuDNN. An op's path is chosen when its forward runs, so a backward may run
 /// outside. The setting is per thread and restored when `f` returns or panics.
 pub fn with_generic_ops<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(bool);

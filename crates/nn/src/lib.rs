@@ -6,13 +6,15 @@
 //! layer here is one that trains: [`LayerNorm`] is composed from differentiable primitives, the
 //! pooling ops and the convolution are custom ops with their own backward (the convolution's as
 //! large matrix products, several times faster than candle's on the CPU), [`BatchNorm`] updates running statistics
-//! the way PyTorch does.
+//! the way PyTorch does. Off the CPU every op takes a device-generic path built from candle
+//! primitives with a correct backward; on CUDA the convolutions go through cuDNN where it can be
+//! loaded at run time ([`cudnn_status`]).
 //!
 //! Initialisation follows PyTorch's defaults ([`init`]), and parameter names follow PyTorch's
 //! (`weight`, `bias`, `running_mean`, `running_var`), so reference checkpoints load unchanged.
 //!
 //! Architecture invariant: knows nothing of images, locations, datasets or models; depends on
-//! candle and the libraries candle itself uses (gemm, rayon, rand).
+//! candle and the libraries candle itself uses (gemm, rayon, rand; libc, for `dlopen` of cuDNN).
 
 mod activation_op;
 mod attention_ops;
@@ -24,6 +26,10 @@ mod conv_grad;
 mod conv_op;
 mod cpu;
 mod cpu_threads;
+#[cfg(feature = "cuda")]
+mod cudnn;
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod cudnn_library;
 mod depthwise_op;
 mod gemm_util;
 pub mod init;
@@ -48,6 +54,8 @@ pub use conv::{
 };
 pub use cpu::with_generic_ops;
 pub use cpu_threads::configure_cpu_threads;
+#[cfg(feature = "cuda")]
+pub use cudnn::{cudnn_status, set_cudnn};
 pub use linear::{Linear, linear, linear_forward, linear_nd, linear_with_init, matmul, matmul_nt};
 pub use memory::keep_freed_memory;
 pub use mha_op::multi_head_attention;
@@ -130,3 +138,14 @@ impl DropoutRng {
         *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = rand::SeedableRng::seed_from_u64(seed);
     }
 }
+
+/// Why convolutions take the generic path: this build has no CUDA (see the `cuda` feature's
+/// `cudnn_status`).
+#[cfg(not(feature = "cuda"))]
+pub fn cudnn_status() -> Result<usize, String> {
+    Err("built without the `cuda` feature".into())
+}
+
+/// Nothing to turn on or off without CUDA.
+#[cfg(not(feature = "cuda"))]
+pub fn set_cudnn(_enabled: bool) {}

@@ -94,13 +94,13 @@ impl NcclCollective {
             })
             .collect::<Vec<_>>();
         group_end().map_err(nccl)?;
-        Ok(comms
+        comms
             .into_iter()
             .enumerate()
             .map(|(index, comm)| {
                 comm.map(|comm| NcclCollective { comm: Arc::new(SharedComm(comm)), rank: first_rank + index, world })
             })
-            .collect::<Result<Vec<_>, _>>()?)
+            .collect()
     }
 }
 

@@ -1,9 +1,10 @@
 //! `cargo xtask gpu-check`: everything a GPU machine should run, as one prepared command that
 //! prints one report and writes it as JSON: the device; every parity case on the device; every
-//! op and two whole training steps against the CPU (`ops`); ResNet-50 and SK-Res2Net-101
-//! training steps at batch 64 × 224² in f32 and bf16 (images/s, the device synchronised inside
-//! the timer, peak memory from `nvidia-smi`), beside PyTorch's on the same GPU in the same run
-//! (`xtask/python/gpu_check.py`: f32 with TF32 off, and AMP bf16).
+//! op and two whole training steps against the CPU (`ops`; on CUDA with cuDNN's convolutions,
+//! and again on the generic path); ResNet-50 and SK-Res2Net-101 training steps at batch
+//! 64 × 224² in f32 and bf16 (images/s, the device synchronised inside the timer, peak memory
+//! from `nvidia-smi`), and ResNet-50 bf16 with the generic convolutions, beside PyTorch's on the
+//! same GPU in the same run (`xtask/python/gpu_check.py`: f32 with TF32 off, and AMP bf16).
 //!
 //! It runs on the CPU too (`--device cpu`, small `--batch`/`--size`), which is how it is tested.
 
@@ -84,6 +85,8 @@ struct BuildInfo {
     release: bool,
     cuda: bool,
     nccl: bool,
+    /// cuDNN's version where convolutions go through it, or why they take the generic path.
+    cudnn: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -121,10 +124,23 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
             release: !cfg!(debug_assertions),
             cuda: cfg!(feature = "cuda"),
             nccl: cfg!(feature = "nccl"),
+            cudnn: match dmlp_nn::cudnn_status() {
+                Ok(version) if device.is_cuda() => format!("cuDNN {version}"),
+                Ok(_) => "not used off CUDA".into(),
+                Err(why) => format!("not used: {why}"),
+            },
         },
         ..Report::default()
     };
     println!("gpu-check on {} ({})", args.device, report.device.name);
+    let cudnn = device.is_cuda() && dmlp_nn::cudnn_status().is_ok();
+    println!(
+        "convolutions: {}",
+        if cudnn { &report.build.cudnn } else { "the generic path (im2col + matrix products)" }
+    );
+    if device.is_cuda() && !cudnn {
+        println!("  cuDNN {}", report.build.cudnn);
+    }
     let mut healthy = true;
 
     if !skip("parity") {
@@ -140,7 +156,14 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
         report.parity = Some(summary);
     }
     if !skip("ops") {
-        let checks = ops::check(&device)?;
+        // On CUDA with cuDNN both convolution paths, each against the CPU.
+        let mut checks = ops::check(&device, false)?;
+        if cudnn {
+            for mut check in ops::check(&device, true)? {
+                check.op.push_str(" [generic path]");
+                checks.push(check);
+            }
+        }
         let failed: Vec<ops::OpCheck> = checks.iter().filter(|c| !c.ok()).cloned().collect();
         let worst = checks.iter().max_by(|a, b| (a.rel_l2 / a.tol).total_cmp(&(b.rel_l2 / b.tol))).cloned();
         println!("ops against the CPU: {} tensors, {} out of tolerance", checks.len(), failed.len());
@@ -162,27 +185,42 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
             budget_s: args.budget_s,
         };
         let memory = MemoryWatch::start(&device);
+        let mut configurations: Vec<(BackbonePreset, Precision, bool)> = Vec::new();
         for preset in [BackbonePreset::Resnet50, BackbonePreset::Sk2res2net101] {
             for precision in [Precision::F32, Precision::Bf16] {
-                let timing = steps::time_training(preset, precision, &device, plan);
-                match (&timing.images_per_s, &timing.error) {
-                    (_, Some(error)) => println!("dmlp  {} {}: ERROR {error}", timing.model, timing.precision),
-                    (Some(rate), None) => println!(
-                        "dmlp  {} {} batch {} × {}²: {:.1} images/s ({} steps, {:.3} s/step, loss {:.3})",
-                        timing.model,
-                        timing.precision,
-                        timing.batch,
-                        timing.size,
-                        rate,
-                        timing.steps,
-                        timing.step_s.unwrap_or(0.0),
-                        timing.last_loss.unwrap_or(f64::NAN)
-                    ),
-                    _ => {}
-                }
-                healthy &= timing.error.is_none();
-                report.steps.push(timing);
+                configurations.push((preset, precision, false));
             }
+        }
+        if cudnn {
+            // What cuDNN brings: the same step with the generic convolutions.
+            configurations.push((BackbonePreset::Resnet50, Precision::Bf16, true));
+        }
+        for (preset, precision, generic) in configurations {
+            let mut timing = if generic {
+                dmlp_nn::with_generic_ops(|| steps::time_training(preset, precision, &device, plan))
+            } else {
+                steps::time_training(preset, precision, &device, plan)
+            };
+            if generic {
+                timing.precision.push_str(" (generic convolutions)");
+            }
+            match (&timing.images_per_s, &timing.error) {
+                (_, Some(error)) => println!("dmlp  {} {}: ERROR {error}", timing.model, timing.precision),
+                (Some(rate), None) => println!(
+                    "dmlp  {} {} batch {} × {}²: {:.1} images/s ({} steps, {:.3} s/step, loss {:.3})",
+                    timing.model,
+                    timing.precision,
+                    timing.batch,
+                    timing.size,
+                    rate,
+                    timing.steps,
+                    timing.step_s.unwrap_or(0.0),
+                    timing.last_loss.unwrap_or(f64::NAN)
+                ),
+                _ => {}
+            }
+            healthy &= timing.error.is_none();
+            report.steps.push(timing);
         }
         report.peak_memory_mib = memory.stop();
         if let Some(peak) = report.peak_memory_mib {

@@ -208,9 +208,11 @@ fn compare(op: &str, reference: &[(String, Vec<f64>)], got: &[(String, Vec<f64>)
         .collect()
 }
 
-/// Every op and both model steps on `target` against the CPU custom ops.
-pub(crate) fn check(target: &Device) -> anyhow::Result<Vec<OpCheck>> {
-    let generic = target.is_cpu();
+/// Every op and both model steps on `target` against the CPU custom ops: on the device-generic
+/// path when `generic` (always on the CPU), otherwise on the device's own (cuDNN's convolutions
+/// on CUDA where it is loaded).
+pub(crate) fn check(target: &Device, generic: bool) -> anyhow::Result<Vec<OpCheck>> {
+    let generic = generic || target.is_cpu();
     let mut checks = Vec::new();
     for case in cases() {
         let reference = run_case(&case, &Device::Cpu, false)?;
@@ -242,7 +244,7 @@ pub(crate) fn check(target: &Device) -> anyhow::Result<Vec<OpCheck>> {
 mod tests {
     #[test]
     fn the_generic_path_on_the_cpu_passes_the_device_check() {
-        let checks = super::check(&candle_core::Device::Cpu).unwrap();
+        let checks = super::check(&candle_core::Device::Cpu, true).unwrap();
         assert!(checks.len() > 100, "{} checks", checks.len());
         let failed: Vec<_> = checks.iter().filter(|c| !c.ok()).collect();
         assert!(failed.is_empty(), "{failed:#?}");

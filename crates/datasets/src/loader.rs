@@ -42,6 +42,27 @@ pub struct LoaderConfig {
     pub seed: u64,
     /// What a file that cannot be read or decoded does.
     pub bad_images: BadImages,
+    /// With `Some`, only the rows it flags are read and decoded; the others stay zero (label 0,
+    /// no location). Needs `bad_images = Error`: a skipped image would change which rows other
+    /// readers of the same batches decode.
+    pub rows: Option<RowFilter>,
+}
+
+/// Which rows of each batch to decode: `(epoch, batch index in the epoch, batch length)` → one
+/// flag per row. A node of a multi-node job decodes the rows its devices read.
+#[derive(Clone)]
+pub struct RowFilter(pub Arc<dyn Fn(usize, usize, usize) -> Vec<bool> + Send + Sync>);
+
+impl std::fmt::Debug for RowFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RowFilter")
+    }
+}
+
+impl PartialEq for RowFilter {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// What a batch does with a file that cannot be read or decoded.
@@ -144,7 +165,20 @@ fn build_batch(
         skipped: Vec::new(),
     };
     let mut bad_rows = Vec::new();
+    let wanted = config.rows.as_ref().map(|filter| (filter.0)(epoch, first / config.batch_size, indices.len()));
+    if let Some(wanted) = &wanted
+        && wanted.len() != indices.len()
+    {
+        return Err(DatasetError::Config(format!(
+            "a row filter gave {} flags for {} rows",
+            wanted.len(),
+            indices.len()
+        )));
+    }
     for (row, &idx) in indices.iter().enumerate() {
+        if wanted.as_ref().is_some_and(|w| !w[row]) {
+            continue;
+        }
         let record = &split.records[idx];
         let mut rng =
             ChaCha8Rng::seed_from_u64(derive_seed(&[config.seed, AUGMENT_STREAM, epoch as u64, (first + row) as u64]));
@@ -233,6 +267,11 @@ impl EpochBatches {
     pub fn new(split: Arc<Split>, config: LoaderConfig, epoch: usize) -> Result<Self, DatasetError> {
         if config.batch_size == 0 || config.workers == 0 || config.transforms.is_empty() {
             return Err(DatasetError::Config("batch_size, workers and transforms must be at least 1".into()));
+        }
+        if config.rows.is_some() && config.bad_images != BadImages::Error {
+            return Err(DatasetError::Config(
+                "decoding some rows of each batch needs bad_images = error (a skipped image moves rows)".into(),
+            ));
         }
         let order = Arc::new(epoch_order(split.records.len(), &config, epoch));
         let total = batches_per_epoch(order.len(), &config);

@@ -39,6 +39,7 @@ fn loader(workers: usize, metadata: Option<Metadata>) -> LoaderConfig {
         prefetch: 2,
         seed: 3,
         bad_images: BadImages::Error,
+        rows: None,
     }
 }
 
@@ -221,4 +222,43 @@ fn missing_images_are_named_before_any_batch_is_built() {
     std::fs::remove_file(&split.records[5].path).unwrap();
     let err = split.check_images_exist().unwrap_err().to_string();
     assert!(err.contains("2 of the 16 images") && err.contains(&split.records[2].path.display().to_string()), "{err}");
+}
+
+#[test]
+fn a_row_filter_decodes_the_rows_it_flags_and_leaves_the_others_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    generate(&config(1, true), tmp.path()).unwrap();
+    let split = Arc::new(read_inat2021(tmp.path(), "train").unwrap());
+    // Odd rows of even batches, every row of odd batches.
+    let filter = dmlp_datasets::loader::RowFilter(Arc::new(|_epoch, batch, n| {
+        (0..n).map(|row| batch % 2 == 1 || row % 2 == 1).collect()
+    }));
+    let whole: Vec<_> = EpochBatches::new(split.clone(), loader(2, Some(Metadata::GeoTemporal)), 2)
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect();
+    let config = LoaderConfig { rows: Some(filter.clone()), ..loader(2, Some(Metadata::GeoTemporal)) };
+    let some: Vec<_> = EpochBatches::new(split.clone(), config, 2).unwrap().map(|b| b.unwrap()).collect();
+    assert_eq!(whole.len(), some.len());
+    let per_image = whole[0].views[0].images.len() / whole[0].len;
+    let cin = whole[0].loc.len() / whole[0].len;
+    for (k, (a, b)) in whole.iter().zip(&some).enumerate() {
+        assert_eq!(a.records, b.records, "the same rows in the same order");
+        for row in 0..a.len {
+            let image = |batch: &dmlp_datasets::loader::Batch| {
+                batch.views[0].images[row * per_image..(row + 1) * per_image].to_vec()
+            };
+            let loc = |batch: &dmlp_datasets::loader::Batch| batch.loc[row * cin..(row + 1) * cin].to_vec();
+            if k % 2 == 1 || row % 2 == 1 {
+                assert_eq!(image(a), image(b), "batch {k} row {row}");
+                assert_eq!((loc(a), a.targets[row]), (loc(b), b.targets[row]));
+            } else {
+                assert!(image(b).iter().all(|&v| v == 0.0) && loc(b).iter().all(|&v| v == 0.0));
+                assert!(image(a).iter().any(|&v| v != 0.0), "a decoded row is not all zeros");
+            }
+        }
+    }
+    // With bad images skipped a filter is refused.
+    let skipping = LoaderConfig { rows: Some(filter), bad_images: BadImages::Replace, ..loader(2, None) };
+    assert!(EpochBatches::new(split, skipping, 1).is_err());
 }

@@ -250,7 +250,7 @@ pub fn train_run(
     }
     // Data parallel: batches stay on the host and each replica takes its rows.
     let job = options.cluster.as_ref().map(|_| parallel::job_description(config, &train_split, provenance));
-    let train_source = LoaderSource::train(Arc::new(train_split), config, Device::Cpu)?;
+    let mut train_source = LoaderSource::train(Arc::new(train_split), config, Device::Cpu)?;
     let others = devices[1..]
         .iter()
         .map(|device| Classifier::new(&config.model, config.train.seed, device))
@@ -260,6 +260,9 @@ pub fn train_run(
         _ => parallel::collectives(devices)?,
     };
     observer.note(&format!("data parallel: {note}"));
+    if options.cluster.is_some() {
+        observer.note(&parallel::decode_own_rows(&mut train_source, &config.train, &collectives));
+    }
     let models: Vec<&Classifier> = std::iter::once(&model).chain(&others).collect();
     let mut trainer = DataParallelTrainer::new(models, collectives, &config.train)?;
     Ok(dmlp_train::fit(&mut trainer, &plan, &train_source, &val_source, &run, options.resume, observer)?)
@@ -292,13 +295,14 @@ pub fn follow_run(
     let (train_split, _) = read_splits(config)?;
     check_metadata_coverage(config, &train_split)?;
     let job = parallel::job_description(config, &train_split, provenance);
-    let train_source = LoaderSource::train(Arc::new(train_split), config, Device::Cpu)?;
+    let mut train_source = LoaderSource::train(Arc::new(train_split), config, Device::Cpu)?;
     let models = devices
         .iter()
         .map(|device| Classifier::new(&config.model, config.train.seed, device))
         .collect::<Result<Vec<_>, _>>()?;
     let (collectives, note) = parallel::cluster_collectives(devices, cluster, &job)?;
     observer.note(&format!("data parallel: {note}"));
+    observer.note(&parallel::decode_own_rows(&mut train_source, &config.train, &collectives));
     let mut trainer = DataParallelTrainer::new(models.iter().collect(), collectives, &config.train)?;
     let plan = FitPlan {
         epochs: config.train.epochs,

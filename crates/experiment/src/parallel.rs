@@ -3,10 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::Device;
-use dmlp_train::{ClusterSpec, Collective, LocalCollective};
+use std::sync::Arc;
 
-use crate::{ExperimentError, Provenance, RunConfig, flatten};
+use candle_core::Device;
+use dmlp_datasets::loader::RowFilter;
+use dmlp_train::{ClusterSpec, Collective, LocalCollective, StepContext, TrainConfig, draw_mixup, shards};
+
+use crate::{ExperimentError, LoaderSource, Provenance, RunConfig, flatten};
 
 /// Config keys each node may set for itself: where its data and cache lie, its loader threads,
 /// how often it reads the loss back, where its pretrained weights come from (node 0's are
@@ -111,4 +114,67 @@ pub(crate) fn collectives(devices: &[Device]) -> Result<(Vec<Box<dyn Collective>
     };
     let group = LocalCollective::group(devices.len());
     Ok((group.into_iter().map(|c| Box::new(c) as Box<dyn Collective>).collect(), how))
+}
+
+/// The rows of a batch of `n` that ranks `ranks` of `world` read: their shards and, under mixup
+/// or CutMix, those rows' partners (the step's draw, made here as the trainer makes it).
+fn rows_read(
+    train: &TrainConfig,
+    (first, count): (usize, usize),
+    world: usize,
+    size: usize,
+    epoch: usize,
+    batch: usize,
+    n: usize,
+) -> Vec<bool> {
+    let all = shards(n, world);
+    let start = all[first].0;
+    let end = all[first + count - 1].0 + all[first + count - 1].1;
+    let mut wanted = vec![false; n];
+    wanted[start..end].iter_mut().for_each(|w| *w = true);
+    match draw_mixup(train, n, (size, size), &StepContext { epoch, iteration: batch, lr: 0.0 }) {
+        Ok(draw) => draw.perm[start..end].iter().for_each(|&p| wanted[p as usize] = true),
+        // The trainer will fail on the same draw; decode everything meanwhile.
+        Err(_) => wanted.iter_mut().for_each(|w| *w = true),
+    }
+    wanted
+}
+
+/// Lets this node decode only the rows its ranks read ([`rows_read`]) when its collectives span
+/// processes; a line saying what it decodes.
+pub(crate) fn decode_own_rows(
+    source: &mut LoaderSource,
+    train: &TrainConfig,
+    collectives: &[Box<dyn Collective>],
+) -> String {
+    let (Some(first), count) = (collectives.first(), collectives.len()) else { return String::new() };
+    let (first, world) = (first.rank(), first.world_size());
+    let (train, size) = (train.clone(), source.view_size());
+    let filter =
+        RowFilter(Arc::new(move |epoch, batch, n| rows_read(&train, (first, count), world, size, epoch, batch, n)));
+    if source.set_row_filter(filter) {
+        "this node decodes its ranks' rows of each batch and their mixup partners".into()
+    } else {
+        "this node decodes every row of each batch (bad_images = \"skip\" moves rows)".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_reads_its_shards_and_their_partners_only() {
+        let plain = TrainConfig { mixup_alpha: 0.0, cutmix_alpha: 0.0, ..TrainConfig::recipe(1, 8, 0.1) };
+        // 8 rows over 4 ranks; this node holds ranks 2 and 3: rows 4..8.
+        let wanted = rows_read(&plain, (2, 2), 4, 16, 1, 0, 8);
+        assert_eq!(wanted, [false, false, false, false, true, true, true, true]);
+        let mixed = TrainConfig { mixup_alpha: 0.4, ..plain };
+        let draw = draw_mixup(&mixed, 8, (16, 16), &StepContext { epoch: 3, iteration: 5, lr: 0.0 }).unwrap();
+        let wanted = rows_read(&mixed, (2, 2), 4, 16, 3, 5, 8);
+        for (row, &wanted) in wanted.iter().enumerate() {
+            let needed = row >= 4 || draw.perm[4..].contains(&(row as u32));
+            assert_eq!(wanted, needed, "row {row} (perm {:?})", draw.perm);
+        }
+    }
 }

@@ -75,6 +75,22 @@ impl LoaderSource {
         }
     }
 
+    /// Decodes only the rows `filter` flags in each batch (the others stay zero): a node of a
+    /// multi-node job reads the rows its devices train on. `false` (and nothing changes) when
+    /// bad images are skipped, since a skipped image moves rows.
+    pub fn set_row_filter(&mut self, filter: dmlp_datasets::loader::RowFilter) -> bool {
+        if self.config.bad_images != BadImages::Error {
+            return false;
+        }
+        self.config.rows = Some(filter);
+        true
+    }
+
+    /// The side of the training view's images (0 for a source without a single-size view).
+    pub fn view_size(&self) -> usize {
+        self.config.transforms.first().map_or(0, |t| t.size() as usize)
+    }
+
     /// Whether the images cross to the device as u8.
     pub fn pixels_as_u8(&self) -> bool {
         self.device_normalization.is_some()
@@ -147,6 +163,7 @@ impl LoaderSource {
                 crate::config::BadImagesPolicy::Error => BadImages::Error,
                 crate::config::BadImagesPolicy::Skip => skip,
             },
+            rows: None,
         }
     }
 }

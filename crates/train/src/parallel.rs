@@ -13,7 +13,8 @@
 //! [`HubCollective`](crate::cluster::HubCollective) sums between processes over TCP.
 //!
 //! A job may span processes (nodes, `crate::cluster`): each process holds consecutive global
-//! ranks, decodes the whole batch (same seed, same order) and keeps its ranks' rows. Global rank
+//! ranks, reads the same batches (same seed, same order; the loader may decode only the rows
+//! its ranks read) and keeps its ranks' rows. Global rank
 //! 0's process leads: it alone evaluates and writes the run folder, and its epochs, weights and
 //! resumed optimiser state reach every rank before the first step
 //! ([`Trainable::synchronise_start`]), so the other nodes need neither the pretrained weights

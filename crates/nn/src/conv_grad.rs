@@ -72,11 +72,13 @@ impl CustomOp3 for ConvGradients {
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (wants_dx, wants_dw) = (xs.track_op(), weight.track_op());
         let grad = grad.to_dtype(xs.dtype())?;
         let weight = weight.to_dtype(xs.dtype())?;
-        let dx = input_gradient(&grad, &weight, xs.dims4()?, self.0)?;
-        let dw = weight_gradient(xs, &grad, weight.dims4()?, self.0)?;
-        Ok((None, Some(dx), Some(dw)))
+        // The images entering the first convolution want no gradient: none is computed.
+        let dx = wants_dx.then(|| input_gradient(&grad, &weight, xs.dims4()?, self.0)).transpose()?;
+        let dw = wants_dw.then(|| weight_gradient(xs, &grad, weight.dims4()?, self.0)).transpose()?;
+        Ok((None, dx, dw))
     }
 }
 

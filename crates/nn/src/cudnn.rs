@@ -356,9 +356,16 @@ impl CustomOp2 for CudnnConv {
         }
         let (x, w, dy) = (a, b, grad.to_dtype(a.dtype())?.contiguous()?);
         let geometry = self.geometry;
-        let dx = w.apply_op2_no_bwd(&dy, &CudnnConv { pass: Pass::InputGradient, geometry })?;
-        let dw = x.apply_op2_no_bwd(&dy, &CudnnConv { pass: Pass::WeightGradient, geometry })?;
-        Ok((Some(dx), Some(dw)))
+        // The images entering the first convolution want no gradient: none is computed.
+        let dx = x
+            .track_op()
+            .then(|| w.apply_op2_no_bwd(&dy, &CudnnConv { pass: Pass::InputGradient, geometry }))
+            .transpose()?;
+        let dw = w
+            .track_op()
+            .then(|| x.apply_op2_no_bwd(&dy, &CudnnConv { pass: Pass::WeightGradient, geometry }))
+            .transpose()?;
+        Ok((dx, dw))
     }
 }
 

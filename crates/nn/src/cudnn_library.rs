@@ -144,7 +144,8 @@ fn load(candidates: &[&CStr]) -> Result<Api, String> {
             }
         }
         if library.is_null() {
-            return Err(format!("libcudnn.so.9 not found ({})", dl_error()));
+            let tried: Vec<String> = candidates.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+            return Err(format!("libcudnn.so.9 not found (tried {}; last: {})", tried.join(", "), dl_error()));
         }
         macro_rules! symbol {
             ($name:literal) => {{

@@ -183,6 +183,9 @@ fn connect(address: SocketAddr, deadline: Instant) -> Result<TcpStream, TrainErr
     }
 }
 
+/// The most devices a node may bring (a hello claiming more is not from a node of this job).
+const MAX_DEVICES_PER_NODE: usize = 1024;
+
 /// Frames larger than this are refused (a stray connection, not a gradient).
 const MAX_FRAME: u64 = 1 << 38;
 
@@ -270,6 +273,8 @@ fn hub(listener: TcpListener, nodes: usize, deadline: Instant, nccl: Option<Nccl
         if let Ok(Control::NodeHello { node_rank, nodes: theirs, local_ranks, job, nccl }) = read_control(&mut stream) {
             if theirs != nodes {
                 refusal = Some(format!("node {node_rank} was started with --nodes {theirs}, node 0 with {nodes}"));
+            } else if !(1..=MAX_DEVICES_PER_NODE).contains(&local_ranks) {
+                refusal = Some(format!("node {node_rank} has {local_ranks} devices (1 to {MAX_DEVICES_PER_NODE})"));
             } else if node_rank >= nodes || joined.iter().any(|j| j.1 == node_rank) {
                 refusal = Some(format!("node rank {node_rank} joined twice or is not in 0..{nodes}"));
             }

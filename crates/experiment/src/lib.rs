@@ -4,7 +4,9 @@
 //! ([`DataConfig`]) and `[train]` ([`dmlp_train::TrainConfig`]). `--set table.key=value`
 //! overrides one key ([`apply_override`]). [`train_run`] writes the run folder: the resolved
 //! config (`config.toml`), `provenance.json` (git commit, seed, device, data), the class list
-//! (`classes.json`), metrics and checkpoints. [`Predictor`] runs a trained model on photos
+//! (`classes.json`), metrics and checkpoints, on one device or data parallel over several (and
+//! over nodes: node 0 runs [`train_run`], the others [`follow_run`]). [`Predictor`] runs a
+//! trained model on photos
 //! (their EXIF location and date, their evaluation views).
 //!
 //! Architecture invariant: composition only; no model layers, no file formats of its own beyond

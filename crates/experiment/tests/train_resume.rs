@@ -60,6 +60,12 @@ fn provenance() -> Provenance {
     Provenance { git_commit: None, device: "cpu".into(), command: "test".into() }
 }
 
+/// The model file of a run's last checkpoint.
+fn final_weights(run: &Path) -> Vec<u8> {
+    let last = std::fs::read_to_string(run.join("checkpoints/last")).unwrap();
+    std::fs::read(run.join("checkpoints").join(last.trim()).join("model.safetensors")).unwrap()
+}
+
 fn deterministic_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -126,11 +132,7 @@ fn resumes_exactly(overrides: &[String], devices: &[Device]) {
     train_run(&config, &split, devices, resumed, &provenance(), &mut Silent).unwrap();
 
     assert_eq!(deterministic_lines(&whole.join("metrics.jsonl")), deterministic_lines(&split.join("metrics.jsonl")));
-    let weights = |run: &Path| {
-        let last = std::fs::read_to_string(run.join("checkpoints/last")).unwrap();
-        std::fs::read(run.join("checkpoints").join(last.trim()).join("model.safetensors")).unwrap()
-    };
-    assert_eq!(weights(&whole), weights(&split), "the resumed run's final weights differ");
+    assert_eq!(final_weights(&whole), final_weights(&split), "the resumed run's final weights differ");
 }
 
 #[test]
@@ -394,11 +396,7 @@ fn a_run_that_skips_bad_images_completes_names_them_and_resumes_exactly() {
         .unwrap();
     assert_eq!(metrics, deterministic_lines(&split.join("metrics.jsonl")));
     assert_eq!(listed, std::fs::read_to_string(split.join("bad_images.txt")).unwrap());
-    let weights = |run: &Path| {
-        let last = std::fs::read_to_string(run.join("checkpoints/last")).unwrap();
-        std::fs::read(run.join("checkpoints").join(last.trim()).join("model.safetensors")).unwrap()
-    };
-    assert!(weights(&whole) == weights(&split), "the resumed run's final weights differ");
+    assert!(final_weights(&whole) == final_weights(&split), "the resumed run's final weights differ");
 }
 
 /// A free loopback address (bound, read and released: the test's node 0 binds it again).
@@ -406,11 +404,12 @@ fn free_address() -> String {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
 }
 
-/// Node 0 (`train_run`) and node 1 (`follow_run`) of a job, each with one CPU device, as two
-/// threads talking through the rendezvous over TCP (as two processes would).
+/// Node 0 (`train_run`, one CPU device) and node 1 (`follow_run`, `node1_devices`) of a job, as
+/// two threads talking through the rendezvous over TCP (as two processes would).
 fn two_nodes(
     config: &RunConfig,
     node1_config: &RunConfig,
+    node1_devices: &[Device],
     run: &Path,
     options: &RunOptions,
 ) -> (Result<(), String>, Result<Vec<usize>, String>) {
@@ -429,7 +428,7 @@ fn two_nodes(
                 .map_err(|e| e.to_string())
         });
         let follower = scope.spawn(|| {
-            dmlp_experiment::follow_run(node1_config, &[Device::Cpu], &cluster(1), &provenance(), &mut Silent)
+            dmlp_experiment::follow_run(node1_config, node1_devices, &cluster(1), &provenance(), &mut Silent)
                 .map_err(|e| e.to_string())
         });
         (leader.join().unwrap(), follower.join().unwrap())
@@ -452,19 +451,19 @@ fn two_nodes_train_and_resume_as_one_process_with_two_devices() {
     // takes node 0's weights and momentum from the rendezvous, or its steps would differ.
     let nodes = tmp.path().join("nodes");
     let (leader, follower) =
-        two_nodes(&config, &config, &nodes, &RunOptions { stop_after: Some(1), ..options.clone() });
+        two_nodes(&config, &config, &[Device::Cpu], &nodes, &RunOptions { stop_after: Some(1), ..options.clone() });
     leader.unwrap();
     assert_eq!(follower.unwrap(), [1]);
-    let (leader, follower) = two_nodes(&config, &config, &nodes, &RunOptions { resume: true, ..options });
+    let (leader, follower) =
+        two_nodes(&config, &config, &[Device::Cpu], &nodes, &RunOptions { resume: true, ..options });
     leader.unwrap();
     assert_eq!(follower.unwrap(), [2, 3]);
 
     assert_eq!(deterministic_lines(&whole.join("metrics.jsonl")), deterministic_lines(&nodes.join("metrics.jsonl")));
-    let weights = |run: &Path| {
-        let last = std::fs::read_to_string(run.join("checkpoints/last")).unwrap();
-        std::fs::read(run.join("checkpoints").join(last.trim()).join("model.safetensors")).unwrap()
-    };
-    assert!(weights(&whole) == weights(&nodes), "two nodes end with other weights than two devices of one process");
+    assert!(
+        final_weights(&whole) == final_weights(&nodes),
+        "two nodes end with other weights than two devices of one process"
+    );
 }
 
 #[test]
@@ -485,11 +484,32 @@ fn a_node_with_another_config_or_data_is_refused_naming_the_difference() {
         ),
     ] {
         let run = tmp.path().join("run");
-        let (leader, follower) = two_nodes(&config, &node1, &run, &RunOptions::default());
+        let (leader, follower) = two_nodes(&config, &node1, &[Device::Cpu], &run, &RunOptions::default());
         for error in [leader.unwrap_err(), follower.unwrap_err()] {
             assert!(error.contains("node 1 differs from node 0") && error.contains(expected), "{error}");
         }
         assert!(!run.join("checkpoints").join("last").exists());
         std::fs::remove_dir_all(&run).ok();
     }
+}
+
+#[test]
+fn a_node_with_two_devices_beside_one_with_one_trains_as_three_devices_of_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    generate(&eight_classes(12, 4, 9), &data).unwrap();
+    let config = RunConfig::from_file(&write_config(tmp.path(), &data), &["train.epochs=2".into()]).unwrap();
+    let whole = tmp.path().join("whole");
+    let three = [Device::Cpu, Device::Cpu, Device::Cpu];
+    train_run(&config, &whole, &three, RunOptions::default(), &provenance(), &mut Silent).unwrap();
+    // Ranks 0 | 1, 2: node 1 holds two shards of each batch and decodes their rows and partners.
+    let nodes = tmp.path().join("nodes");
+    let (leader, follower) = two_nodes(&config, &config, &[Device::Cpu, Device::Cpu], &nodes, &RunOptions::default());
+    leader.unwrap();
+    assert_eq!(follower.unwrap(), [1, 2]);
+    assert_eq!(deterministic_lines(&whole.join("metrics.jsonl")), deterministic_lines(&nodes.join("metrics.jsonl")));
+    assert!(
+        final_weights(&whole) == final_weights(&nodes),
+        "1 + 2 devices over two nodes end with other weights than 3 in one process"
+    );
 }

@@ -60,6 +60,16 @@ fn provenance() -> Provenance {
     Provenance { git_commit: None, device: "cpu".into(), command: "test".into() }
 }
 
+/// `run` recorded the metrics of `reference` (wall-clock fields aside) and ended with its weights.
+fn assert_same_run(reference: &Path, run: &Path, what: &str) {
+    assert_eq!(
+        deterministic_lines(&reference.join("metrics.jsonl")),
+        deterministic_lines(&run.join("metrics.jsonl")),
+        "{what}: other metrics"
+    );
+    assert!(final_weights(reference) == final_weights(run), "{what}: other final weights");
+}
+
 /// The model file of a run's last checkpoint.
 fn final_weights(run: &Path) -> Vec<u8> {
     let last = std::fs::read_to_string(run.join("checkpoints/last")).unwrap();
@@ -131,8 +141,7 @@ fn resumes_exactly(overrides: &[String], devices: &[Device]) {
     let resumed = RunOptions { resume: true, ..options };
     train_run(&config, &split, devices, resumed, &provenance(), &mut Silent).unwrap();
 
-    assert_eq!(deterministic_lines(&whole.join("metrics.jsonl")), deterministic_lines(&split.join("metrics.jsonl")));
-    assert_eq!(final_weights(&whole), final_weights(&split), "the resumed run's final weights differ");
+    assert_same_run(&whole, &split, "the resumed run");
 }
 
 #[test]
@@ -459,11 +468,7 @@ fn two_nodes_train_and_resume_as_one_process_with_two_devices() {
     leader.unwrap();
     assert_eq!(follower.unwrap(), [2, 3]);
 
-    assert_eq!(deterministic_lines(&whole.join("metrics.jsonl")), deterministic_lines(&nodes.join("metrics.jsonl")));
-    assert!(
-        final_weights(&whole) == final_weights(&nodes),
-        "two nodes end with other weights than two devices of one process"
-    );
+    assert_same_run(&whole, &nodes, "two nodes (against two devices of one process)");
 }
 
 #[test]
@@ -507,9 +512,5 @@ fn a_node_with_two_devices_beside_one_with_one_trains_as_three_devices_of_one_pr
     let (leader, follower) = two_nodes(&config, &config, &[Device::Cpu, Device::Cpu], &nodes, &RunOptions::default());
     leader.unwrap();
     assert_eq!(follower.unwrap(), [1, 2]);
-    assert_eq!(deterministic_lines(&whole.join("metrics.jsonl")), deterministic_lines(&nodes.join("metrics.jsonl")));
-    assert!(
-        final_weights(&whole) == final_weights(&nodes),
-        "1 + 2 devices over two nodes end with other weights than 3 in one process"
-    );
+    assert_same_run(&whole, &nodes, "1 + 2 devices over two nodes (against 3 in one process)");
 }

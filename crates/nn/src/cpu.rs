@@ -17,11 +17,10 @@ thread_local! {
 /// Whether this crate's CPU custom ops run for tensors on `device`: on the CPU, unless the
 /// calling thread is inside [`with_generic_ops`].
 pub(crate) fn custom_cpu_ops(device: &Device) -> bool {
-    device.is_cpu() && !GENERIC_OPS.with(Cell::get)
+    device.is_cpu() && !generic_forced()
 }
 
 /// Whether the calling thread is inside [`with_generic_ops`] (which also keeps cuDNN out).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn generic_forced() -> bool {
     GENERIC_OPS.with(Cell::get)
 }

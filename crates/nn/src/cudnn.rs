@@ -269,10 +269,17 @@ fn supported(xs: &Tensor, weight: &Tensor, config: Conv2dConfig, passes: &[Pass]
     if data_type(xs.dtype()).is_err() {
         return Ok(false);
     }
+    let keys: Vec<PlanKey> =
+        passes.iter().map(|&pass| PlanKey { pass, dtype: xs.dtype(), geometry, device: device.id() }).collect();
+    // Every step after the first finds its plans cached: no handle, no descriptors.
+    let cached: Option<Vec<Option<(c_int, usize)>>> =
+        PLANS.with(|plans| keys.iter().map(|key| plans.borrow().get(key).copied()).collect());
+    if let Some(plans) = cached {
+        return Ok(plans.iter().all(Option::is_some));
+    }
     let handle = handle(api, device)?;
     let descriptors = Descriptors::new(api, xs.dtype(), &geometry)?;
-    for &pass in passes {
-        let key = PlanKey { pass, dtype: xs.dtype(), geometry, device: device.id() };
+    for key in keys {
         if plan(api, handle, key, &descriptors)?.is_none() {
             return Ok(false);
         }

@@ -1,6 +1,6 @@
 //! Repository checks that run under `cargo test`: every Rust file opens with `//!` docs, no
-//! `should_panic` or `ignore` attributes (assert the behaviour instead), no trailing whitespace, and
-//! every crate takes the workspace lints.
+//! `should_panic` or `ignore` attributes (assert the behaviour instead), no trailing whitespace,
+//! every crate takes the workspace lints, and every integration test file is compiled.
 
 #[cfg(test)]
 mod tests {
@@ -74,6 +74,53 @@ mod tests {
                 manifest.display()
             );
         }
+    }
+
+    /// A crate with several integration test files builds them as one binary (`tests/main.rs`,
+    /// `autotests = false`): each test binary links candle and often polars, and a clean CI build
+    /// once ran out of disk with one binary per file. A file that `tests/main.rs` does not declare
+    /// would never compile nor run, so every one must be declared.
+    #[test]
+    fn every_integration_test_file_is_compiled() {
+        let root = crate::paths::project_root();
+        let mut checked = 0;
+        for entry in std::fs::read_dir(root.join("crates")).unwrap().flatten() {
+            let tests = entry.path().join("tests");
+            let main = tests.join("main.rs");
+            let manifest = std::fs::read_to_string(entry.path().join("Cargo.toml")).unwrap_or_default();
+            if !main.exists() {
+                assert!(
+                    !manifest.contains("autotests = false"),
+                    "{}: autotests off without tests/main.rs",
+                    entry.path().display()
+                );
+                continue;
+            }
+            assert!(
+                manifest.contains("autotests = false") && manifest.contains("path = \"tests/main.rs\""),
+                "{}: tests/main.rs needs `autotests = false` and a [[test]] with that path",
+                entry.path().display()
+            );
+            let declared = std::fs::read_to_string(&main).unwrap();
+            for test in std::fs::read_dir(&tests).unwrap().flatten() {
+                let path = test.path();
+                let module = if path.is_dir() && path.join("mod.rs").exists() {
+                    test.file_name().to_string_lossy().into_owned()
+                } else if path.extension().is_some_and(|e| e == "rs") && path != main {
+                    path.file_stem().unwrap().to_string_lossy().into_owned()
+                } else {
+                    continue;
+                };
+                assert!(
+                    declared.lines().any(|line| line.trim() == format!("mod {module};")),
+                    "{} is not declared in {} (`mod {module};`): it would never run",
+                    path.display(),
+                    main.display()
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "checked only {checked} test modules");
     }
 
     #[test]

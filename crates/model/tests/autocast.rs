@@ -9,7 +9,7 @@
 //! 2 %, measured), so half precision's rounding moves it by tens of per cent. Each op's own
 //! half-precision error is held to rounding bounds in `crates/nn/tests/autocast.rs`.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device};
 use common::{model_config, step_inputs, values};

@@ -3,7 +3,7 @@
 //! gradient and BatchNorm's updated running statistics. Images are odd and non-square, so every
 //! strided convolution and pooling meets uneven remainders.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device};
 use common::{model_config, step_inputs, values};

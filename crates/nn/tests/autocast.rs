@@ -3,7 +3,7 @@
 //! custom ops and on the device-generic path; convolutions and products return the half dtype,
 //! LayerNorm returns f32 (as PyTorch's autocast does), parameter gradients arrive in f32.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Module, ModuleT, Tensor, Var};
 use common::values;

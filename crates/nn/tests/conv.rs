@@ -1,7 +1,7 @@
 //! The convolution op against candle's own convolution (forward and both gradients, which candle
 //! computes correctly, only slowly) and against central finite differences in float64.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, values};
 

@@ -1,7 +1,7 @@
 //! The device-generic path of every op (what CUDA runs) against the CPU custom ops, values and
 //! gradients, in float64 on the CPU: [`dmlp_nn::with_generic_ops`] forces the generic path.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, values};
 

@@ -2,7 +2,7 @@
 //! without BatchNorm (the Dynamic MLP head on pooled features, dropout off), and a batch too
 //! small for its parts takes fewer.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use common::{batch, head, params, permutation};

@@ -4,7 +4,7 @@
 //! differently are made equal first; and a small last batch leaves a replica idle as
 //! accumulation takes fewer parts.
 
-mod common;
+use crate::common;
 
 use candle_core::Device;
 use common::{batch, head, params};

@@ -2,7 +2,7 @@
 //! way the f32 step moves them), and f16's loss scaler skips an update whose scaled gradients
 //! overflow, halving its scale and leaving every weight as it was.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

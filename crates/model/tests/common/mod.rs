@@ -1,6 +1,5 @@
 //! What the whole-model step tests share: a fixed batch of odd, non-square images with
 //! locations, and a model config from a backbone and an optional fusion head.
-#![allow(dead_code)] // each test binary uses some of these
 
 use candle_core::{DType, Device, Tensor};
 use dmlp_backbones::BackboneSpec;

@@ -1,5 +1,4 @@
 //! Helpers shared by the op tests.
-#![allow(dead_code)] // each test binary uses some of these
 
 use candle_core::{DType, Tensor};
 

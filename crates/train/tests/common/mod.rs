@@ -1,6 +1,5 @@
 //! The Dynamic MLP head on pooled features (no BatchNorm, dropout off) and a fixed batch: what
 //! the step tests train.
-#![allow(dead_code)] // each test binary uses some of these
 
 use candle_core::{DType, Device, Tensor};
 use dmlp_fusion::{FusionConfig, FusionKind};

@@ -11,8 +11,9 @@
 //! Float32 computes with FMA math (no TF32, as PyTorch with `allow_tf32 = False`); bf16 and f16
 //! on tensor cores with float32 accumulation. Among the algorithms cuDNN's heuristics offer
 //! (`cudnnGet*Algorithm_v7`, as PyTorch without `benchmark`), the first deterministic one that
-//! needs at most 1 GiB of workspace is taken, so a run repeats itself on one GPU; the choice is
-//! cached per shape.
+//! needs at most 1 GiB of workspace is taken, so a run repeats itself on one GPU, and it runs
+//! with the math type it was offered with (for float32 only FMA's); the choice is cached per
+//! shape.
 //!
 //! **Not yet run on a GPU** (none was available when it was written): `cargo xtask gpu-check`
 //! compares it with the CPU ops, values and gradients, and times it beside the generic path.
@@ -64,8 +65,8 @@ fn check(api: &Api, status: Status, what: &str) -> Result<()> {
 thread_local! {
     /// One handle per device per thread (a handle must not be used by two threads at once).
     static HANDLES: RefCell<HashMap<DeviceId, usize>> = RefCell::new(HashMap::new());
-    /// The algorithm and workspace chosen per operation and shape.
-    static PLANS: RefCell<HashMap<PlanKey, Option<(c_int, usize)>>> = RefCell::new(HashMap::new());
+    /// The algorithm chosen per operation and shape (`None`: cuDNN offers none).
+    static PLANS: RefCell<HashMap<PlanKey, Option<Plan>>> = RefCell::new(HashMap::new());
 }
 
 fn handle(api: &Api, device: &CudaDevice) -> Result<Opaque> {
@@ -126,16 +127,34 @@ struct PlanKey {
     device: DeviceId,
 }
 
+/// An algorithm of one pass, the math it was offered with, and the workspace it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    algo: c_int,
+    math: c_int,
+    workspace: usize,
+}
+
+/// `cudnnMathType_t`'s FMA_MATH: float32 without TF32.
+const FMA_MATH: c_int = 3;
+
 /// cuDNN's data type, and the math it computes in, for `dtype`.
 fn data_type(dtype: DType) -> Result<(c_int, c_int, c_int)> {
     // (data, compute, math): FLOAT 0, DOUBLE 1, HALF 2, BFLOAT16 9; DEFAULT 0, TENSOR_OP 1, FMA 3.
     Ok(match dtype {
-        DType::F32 => (0, 0, 3),
+        DType::F32 => (0, 0, FMA_MATH),
         DType::F64 => (1, 1, 0),
         DType::F16 => (2, 0, 1),
         DType::BF16 => (9, 0, 1),
         other => bail!("cuDNN convolutions take f32, f64, f16 or bf16, not {other:?}"),
     })
+}
+
+/// Whether an algorithm offered with `math` may run on `dtype`: float32 only with FMA math (an
+/// algorithm offered with tensor-op or default math could compute in TF32, which PyTorch with
+/// `allow_tf32 = False`, the f32 reference, never does); the other types with any.
+fn math_allowed(dtype: DType, math: c_int) -> bool {
+    dtype != DType::F32 || math == FMA_MATH
 }
 
 /// The descriptors of one convolution, destroyed on drop.
@@ -219,8 +238,10 @@ impl<'a> Descriptors<'a> {
 /// The most workspace an algorithm may ask for.
 const WORKSPACE_LIMIT: usize = 1 << 30;
 
-/// The algorithm and workspace for `pass` (cached); `None` when cuDNN offers none.
-fn plan(api: &Api, handle: Opaque, key: PlanKey, d: &Descriptors<'_>) -> Result<Option<(c_int, usize)>> {
+/// The algorithm for `pass` (cached); `None` when cuDNN offers none. As PyTorch does, the first
+/// deterministic one of cuDNN's heuristics (`cudnnGet*Algorithm_v7`) that fits the workspace
+/// limit, run with the math type it was offered with (the descriptor's is set to it).
+fn plan(api: &Api, handle: Opaque, key: PlanKey, d: &Descriptors<'_>) -> Result<Option<Plan>> {
     if let Some(plan) = PLANS.with(|plans| plans.borrow().get(&key).copied()) {
         return Ok(plan);
     }
@@ -240,11 +261,13 @@ fn plan(api: &Api, handle: Opaque, key: PlanKey, d: &Descriptors<'_>) -> Result<
     )?;
     let usable: Vec<&AlgoPerf> = found[..count.clamp(0, found.len() as c_int) as usize]
         .iter()
-        .filter(|p| p.status == 0 && p.memory <= WORKSPACE_LIMIT)
+        .filter(|p| p.status == 0 && p.memory <= WORKSPACE_LIMIT && math_allowed(key.dtype, p.math_type))
         .collect();
-    let chosen = usable.iter().find(|p| p.determinism == 1).or_else(|| usable.first()).map(|p| p.algo);
+    let chosen = usable.iter().find(|p| p.determinism == 1).or_else(|| usable.first());
     let plan = match chosen {
-        Some(algo) => {
+        Some(&&AlgoPerf { algo, math_type: math, .. }) => {
+            // SAFETY: the descriptor is live; the workspace depends on the math type.
+            check(api, unsafe { (api.set_math_type)(d.conv, math) }, "math type")?;
             let workspace = match key.pass {
                 Pass::Forward => api.workspace_forward,
                 Pass::InputGradient => api.workspace_backward_data,
@@ -253,7 +276,7 @@ fn plan(api: &Api, handle: Opaque, key: PlanKey, d: &Descriptors<'_>) -> Result<
             let mut bytes = 0usize;
             // SAFETY: writes one size.
             check(api, unsafe { workspace(handle, a, b, d.conv, out, algo, &mut bytes) }, "workspace size")?;
-            Some((algo, bytes))
+            Some(Plan { algo, math, workspace: bytes })
         }
         None => None,
     };
@@ -272,7 +295,7 @@ fn supported(xs: &Tensor, weight: &Tensor, config: Conv2dConfig, passes: &[Pass]
     let keys: Vec<PlanKey> =
         passes.iter().map(|&pass| PlanKey { pass, dtype: xs.dtype(), geometry, device: device.id() }).collect();
     // Every step after the first finds its plans cached: no handle, no descriptors.
-    let cached: Option<Vec<Option<(c_int, usize)>>> =
+    let cached: Option<Vec<Option<Plan>>> =
         PLANS.with(|plans| keys.iter().map(|key| plans.borrow().get(key).copied()).collect());
     if let Some(plans) = cached {
         return Ok(plans.iter().all(Option::is_some));
@@ -389,9 +412,11 @@ impl CudnnConv {
         let handle = handle(api, device)?;
         let descriptors = Descriptors::new(api, dtype, &self.geometry)?;
         let key = PlanKey { pass: self.pass, dtype, geometry: self.geometry, device: device.id() };
-        let Some((algo, workspace_bytes)) = plan(api, handle, key, &descriptors)? else {
+        let Some(Plan { algo, math, workspace: workspace_bytes }) = plan(api, handle, key, &descriptors)? else {
             bail!("cuDNN has no algorithm for {} of {:?}", self.name(), self.geometry)
         };
+        // SAFETY: the descriptor is live; the algorithm runs with the math it was offered with.
+        check(api, unsafe { (api.set_math_type)(descriptors.conv, math) }, "math type")?;
         let stream = device.cuda_stream();
         // SAFETY: every element of `result` is written by the convolution (β = 0); the workspace
         // is cuDNN's scratch.

@@ -5,7 +5,7 @@
 # build) from the NVIDIA wheels of the Python environment, which also runs PyTorch's side.
 # The report goes to $OUT/gpu-check.json (the device tool's output folder) or target/.
 #
-#   bash .ci/gpu-check.sh [extra gpu-check flags]   (WARMUP, BUDGET_S, DEVICE, PYTHON override)
+#   bash .ci/gpu-check.sh [extra gpu-check flags]   (WARMUP, BUDGET_S, DEVICE, PYTHON, LIMIT_S override)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
@@ -29,5 +29,22 @@ for group in target/gpu-carry/parity/*/; do
   [ -d "$group" ] && parity+=(--parity "$group")
 done
 out="${OUT:-target}"
-exec "$binary" gpu-check --device "${DEVICE:-cuda:0}" --python "$python" "${parity[@]}" \
-  --warmup "${WARMUP:-2}" --budget-s "${BUDGET_S:-45}" --out "$out/gpu-check.json" "$@"
+common=(gpu-check --device "${DEVICE:-cuda:0}" --python "$python" --warmup "${WARMUP:-2}" --budget-s "${BUDGET_S:-45}")
+# The report is rewritten after every part, so a run stopped by the time limit (LIMIT_S) or
+# killed by a fault in a library still leaves what it measured. A run killed by a signal (cuDNN
+# or the driver crashing the process) runs once more without cuDNN, while the time allows.
+limit="${LIMIT_S:-480}"
+started=$SECONDS
+status=0
+timeout -k 10 "$limit" "$binary" "${common[@]}" "${parity[@]}" --out "$out/gpu-check.json" "$@" || status=$?
+echo "gpu-check: exit status $status after $((SECONDS - started)) s"
+left=$((limit - (SECONDS - started)))
+if [ "$status" -gt 128 ] && [ "$status" -ne 137 ] && [ "$left" -gt 120 ]; then
+  echo "gpu-check: killed by signal $((status - 128)); once more without cuDNN (DMLP_CUDNN=0), parity left out"
+  again=0
+  DMLP_CUDNN=0 timeout -k 10 "$left" "$binary" "${common[@]}" --skip parity \
+    --out "$out/gpu-check-generic.json" "$@" || again=$?
+  echo "gpu-check (without cuDNN): exit status $again"
+fi
+# The first run's status: a crash stays a failure even when the run without cuDNN passed.
+exit "$status"

@@ -70,7 +70,43 @@ struct Report {
     /// dmlp images/s ÷ PyTorch images/s per (model, precision).
     ratios: Vec<Ratio>,
     peak_memory_mib: Option<u64>,
+    /// Parts that stopped on an error or a panic (the others still ran).
+    errors: Vec<String>,
     wall_s: f64,
+}
+
+impl Report {
+    /// Writes the report as it stands: after every part, so a run killed or crashed later
+    /// (a GPU machine's time limit, a fault in a library) still leaves what it measured.
+    fn save(&mut self, out: &std::path::Path, start: Instant) -> anyhow::Result<()> {
+        self.wall_s = start.elapsed().as_secs_f64();
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let partial = out.with_extension("json.partial");
+        std::fs::write(&partial, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", partial.display()))?;
+        std::fs::rename(&partial, out).with_context(|| format!("writing {}", out.display()))
+    }
+}
+
+/// A part of the check that stopped: printed, and kept in the report.
+fn part_failed(report: &mut Report, part: &str, error: anyhow::Error) {
+    println!("{part}: ERROR {error:#}");
+    report.errors.push(format!("{part}: {error:#}"));
+}
+
+/// `f`'s result, with a panic inside it turned into an error (candle panics on some device
+/// faults; one failing part must not take the rest of the check with it).
+pub(crate) fn caught<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic without a message");
+        Err(anyhow::anyhow!("panicked: {message}"))
+    })
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -141,27 +177,46 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
     if device.is_cuda() && !cudnn {
         println!("  cuDNN {}", report.build.cudnn);
     }
+    let out = args.out.clone().unwrap_or_else(|| crate::paths::project_root().join("target").join("gpu-check.json"));
+    report.save(&out, start)?;
     let mut healthy = true;
 
     if !skip("parity") {
-        let summary = parity(&args.parity, &device)?;
-        println!(
-            "parity on {}: {} passed, {} failed, {} unsupported",
-            args.device, summary.passed, summary.failed, summary.unsupported
-        );
-        for failure in &summary.failures {
-            println!("  FAILED {failure}");
+        match caught(|| parity(&args.parity, &device)) {
+            Ok(summary) => {
+                println!(
+                    "parity on {}: {} passed, {} failed, {} unsupported",
+                    args.device, summary.passed, summary.failed, summary.unsupported
+                );
+                for failure in &summary.failures {
+                    println!("  FAILED {failure}");
+                }
+                healthy &= summary.failed == 0;
+                report.parity = Some(summary);
+            }
+            Err(error) => {
+                healthy = false;
+                part_failed(&mut report, "parity", error);
+            }
         }
-        healthy &= summary.failed == 0;
-        report.parity = Some(summary);
+        report.save(&out, start)?;
     }
     if !skip("ops") {
         // On CUDA with cuDNN both convolution paths, each against the CPU.
-        let mut checks = ops::check(&device, false)?;
-        if cudnn {
-            for mut check in ops::check(&device, true)? {
-                check.op.push_str(" [generic path]");
-                checks.push(check);
+        let mut checks = Vec::new();
+        let paths: &[bool] = if cudnn { &[false, true] } else { &[false] };
+        for &generic in paths {
+            match caught(|| ops::check(&device, generic)) {
+                Ok(found) => checks.extend(found.into_iter().map(|mut check| {
+                    if cudnn && generic {
+                        check.op.push_str(" [generic path]");
+                    }
+                    check
+                })),
+                Err(error) => {
+                    healthy = false;
+                    part_failed(&mut report, if generic { "ops [generic path]" } else { "ops" }, error);
+                }
             }
         }
         let failed: Vec<ops::OpCheck> = checks.iter().filter(|c| !c.ok()).cloned().collect();
@@ -171,10 +226,14 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
             println!("  worst: {} / {}: rel_l2 {:.2e} (tol {:.0e})", w.op, w.tensor, w.rel_l2, w.tol);
         }
         for f in &failed {
-            println!("  FAILED {} / {}: rel_l2 {:.2e}", f.op, f.tensor, f.rel_l2);
+            match &f.error {
+                Some(error) => println!("  FAILED {}: {error}", f.op),
+                None => println!("  FAILED {} / {}: rel_l2 {:.2e}", f.op, f.tensor, f.rel_l2),
+            }
         }
         healthy &= failed.is_empty();
         report.ops = Some(OpsSummary { checked: checks.len(), failed, worst });
+        report.save(&out, start)?;
     }
     if !skip("steps") {
         let plan = StepPlan {
@@ -196,11 +255,9 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
             configurations.push((BackbonePreset::Resnet50, Precision::Bf16, true));
         }
         for (preset, precision, generic) in configurations {
-            let mut timing = if generic {
-                dmlp_nn::with_generic_ops(|| steps::time_training(preset, precision, &device, plan))
-            } else {
-                steps::time_training(preset, precision, &device, plan)
-            };
+            let time = || steps::time_training(preset, precision, &device, plan);
+            let mut timing = caught(|| Ok(if generic { dmlp_nn::with_generic_ops(time) } else { time() }))
+                .unwrap_or_else(|error| StepTiming::failed(preset, precision, plan, &error));
             if generic {
                 timing.precision.push_str(" (generic convolutions)");
             }
@@ -221,6 +278,7 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
             }
             healthy &= timing.error.is_none();
             report.steps.push(timing);
+            report.save(&out, start)?;
         }
         report.peak_memory_mib = memory.stop();
         if let Some(peak) = report.peak_memory_mib {
@@ -245,13 +303,7 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    report.wall_s = start.elapsed().as_secs_f64();
-    let out = args.out.clone().unwrap_or_else(|| crate::paths::project_root().join("target").join("gpu-check.json"));
-    if let Some(parent) = out.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    std::fs::write(&out, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("writing {}", out.display()))?;
+    report.save(&out, start)?;
     println!(
         "gpu-check: {} in {:.0} s; report {}",
         if healthy { "ok" } else { "FAILED" },
@@ -384,4 +436,85 @@ fn ratios(steps: &[StepTiming], torch: &serde_json::Value) -> Vec<Ratio> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_a_part_is_an_error_with_its_message() {
+        let error = caught::<()>(|| panic!("device fault {}", 7)).unwrap_err();
+        assert_eq!(error.to_string(), "panicked: device fault 7");
+        assert_eq!(caught(|| Ok(3)).unwrap(), 3);
+    }
+
+    /// The whole check on the CPU, as `cargo xtask gpu-check --device cpu` runs it (small):
+    /// every part reports, and the report on disk is whole JSON with no partial file beside it.
+    #[test]
+    fn the_check_runs_on_the_cpu_and_leaves_one_whole_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("gpu-check.json");
+        let args = GpuCheckArgs {
+            device: "cpu".into(),
+            python: None,
+            out: Some(out.clone()),
+            batch: 2,
+            size: 32,
+            steps: 1,
+            warmup: 0,
+            budget_s: 30.0,
+            parity: vec![crate::paths::committed_parity_dir()],
+            skip: vec![],
+        };
+        assert_eq!(run(&args).unwrap(), ExitCode::SUCCESS);
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        assert_eq!(report["errors"], serde_json::json!([]));
+        assert_eq!(report["parity"]["failed"], 0);
+        assert!(report["parity"]["passed"].as_u64().unwrap() > 0);
+        assert!(report["ops"]["checked"].as_u64().unwrap() > 100);
+        let steps = report["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 4, "ResNet-50 and SK-Res2Net-101, f32 and bf16");
+        for step in steps {
+            assert!(step["images_per_s"].as_f64().unwrap() > 0.0, "{step}");
+        }
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(files, ["gpu-check.json"]);
+    }
+
+    /// `.ci/gpu-check.sh` with a stand-in for the carried binary that crashes (SIGSEGV) unless
+    /// cuDNN is off: the script runs it again without cuDNN, parity left out, into its own
+    /// report, and exits with the crash's status.
+    #[test]
+    fn the_gpu_script_reruns_a_crashed_check_without_cudnn() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join(".ci")).unwrap();
+        std::fs::create_dir_all(root.join("target/gpu-carry")).unwrap();
+        let script = crate::paths::project_root().join(".ci/gpu-check.sh");
+        std::fs::copy(script, root.join(".ci/gpu-check.sh")).unwrap();
+        let fake = root.join("target/gpu-carry/xtask");
+        std::fs::write(
+            &fake,
+            "#!/usr/bin/env bash\necho \"run cudnn=${DMLP_CUDNN:-on} $*\"\n[ -n \"${DMLP_CUDNN:-}\" ] || kill -SEGV $$\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let output = std::process::Command::new("bash")
+            .arg(".ci/gpu-check.sh")
+            .current_dir(root)
+            .env("OUT", root.join("out"))
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(139), "{stdout}");
+        let runs: Vec<&str> = stdout.lines().filter(|l| l.starts_with("run ")).collect();
+        assert_eq!(runs.len(), 2, "{stdout}");
+        assert!(runs[0].starts_with("run cudnn=on gpu-check") && runs[0].contains("--parity"), "{stdout}");
+        assert!(runs[0].contains("out/gpu-check.json"), "{stdout}");
+        assert!(runs[1].starts_with("run cudnn=0 gpu-check") && runs[1].contains("--skip parity"), "{stdout}");
+        assert!(runs[1].contains("out/gpu-check-generic.json"), "{stdout}");
+    }
 }

@@ -20,11 +20,25 @@ pub(crate) struct OpCheck {
     pub(crate) tensor: String,
     pub(crate) rel_l2: f64,
     pub(crate) tol: f64,
+    /// Why the op gave no value on the device (an error or a panic), when it gave none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
 }
 
 impl OpCheck {
     pub(crate) fn ok(&self) -> bool {
-        self.rel_l2 <= self.tol
+        self.error.is_none() && self.rel_l2 <= self.tol
+    }
+
+    /// A case that failed on the device: one failed check naming why, and the others go on.
+    fn failed(op: &str, error: &anyhow::Error) -> Self {
+        OpCheck {
+            op: op.into(),
+            tensor: "(none)".into(),
+            rel_l2: f64::INFINITY,
+            tol: TOL,
+            error: Some(format!("{error:#}")),
+        }
     }
 }
 
@@ -201,11 +215,34 @@ fn model_step(config: &ModelConfig, device: &Device, generic: bool) -> anyhow::R
 }
 
 fn compare(op: &str, reference: &[(String, Vec<f64>)], got: &[(String, Vec<f64>)]) -> Vec<OpCheck> {
+    if reference.len() != got.len() {
+        let why = anyhow::anyhow!("{} tensors on the device, {} on the CPU", got.len(), reference.len());
+        return vec![OpCheck::failed(op, &why)];
+    }
     reference
         .iter()
         .zip(got)
-        .map(|((tensor, a), (_, b))| OpCheck { op: op.into(), tensor: tensor.clone(), rel_l2: rel_l2(b, a), tol: TOL })
+        .map(|((tensor, a), (_, b))| OpCheck {
+            op: op.into(),
+            tensor: tensor.clone(),
+            rel_l2: rel_l2(b, a),
+            tol: TOL,
+            error: None,
+        })
         .collect()
+}
+
+/// The device's result against the CPU's; a device that fails (an error or a panic) is one
+/// failed check, so the other cases still run. The CPU reference failing is the check's own bug.
+fn compare_on_device(
+    op: &str,
+    reference: &[(String, Vec<f64>)],
+    got: impl FnOnce() -> anyhow::Result<Vec<(String, Vec<f64>)>>,
+) -> Vec<OpCheck> {
+    match super::caught(got) {
+        Ok(got) => compare(op, reference, &got),
+        Err(error) => vec![OpCheck::failed(op, &error)],
+    }
 }
 
 /// Every op and both model steps on `target` against the CPU custom ops: on the device-generic
@@ -216,8 +253,7 @@ pub(crate) fn check(target: &Device, generic: bool) -> anyhow::Result<Vec<OpChec
     let mut checks = Vec::new();
     for case in cases() {
         let reference = run_case(&case, &Device::Cpu, false)?;
-        let got = run_case(&case, target, generic)?;
-        checks.extend(compare(case.name, &reference, &got));
+        checks.extend(compare_on_device(case.name, &reference, || run_case(&case, target, generic)));
     }
     let resnet = CustomBackbone::Resnet { block: BlockKind::Bottleneck, layers: vec![2, 1, 1, 1], width: 8 };
     let sk = CustomBackbone::Sk2res2net { layers: vec![2, 1, 1, 1], width: 16 };
@@ -234,8 +270,7 @@ pub(crate) fn check(target: &Device, generic: bool) -> anyhow::Result<Vec<OpChec
             ..ModelConfig::image_only(BackboneSpec::Custom(backbone), 5)
         };
         let reference = model_step(&config, &Device::Cpu, false)?;
-        let got = model_step(&config, target, generic)?;
-        checks.extend(compare(name, &reference, &got));
+        checks.extend(compare_on_device(name, &reference, || model_step(&config, target, generic)));
     }
     Ok(checks)
 }
@@ -248,5 +283,25 @@ mod tests {
         assert!(checks.len() > 100, "{} checks", checks.len());
         let failed: Vec<_> = checks.iter().filter(|c| !c.ok()).collect();
         assert!(failed.is_empty(), "{failed:#?}");
+    }
+
+    #[test]
+    fn a_device_that_fails_or_drops_a_tensor_is_a_failed_check_not_an_abort() {
+        let reference = vec![("y".to_string(), vec![1.0, 2.0]), ("dx".to_string(), vec![3.0])];
+        let good = super::compare_on_device("op", &reference, || Ok(reference.clone()));
+        assert!(good.len() == 2 && good.iter().all(super::OpCheck::ok), "{good:?}");
+        let error = super::compare_on_device("op", &reference, || anyhow::bail!("CUDA_ERROR_ILLEGAL_ADDRESS"));
+        let panic = super::compare_on_device("op", &reference, || panic!("cuDNN status 3"));
+        let short = super::compare_on_device("op", &reference, || Ok(reference[..1].to_vec()));
+        let nan = super::compare_on_device("op", &reference, || {
+            Ok(vec![reference[0].clone(), ("dx".into(), vec![f64::NAN])])
+        });
+        for (checks, why) in [(error, "ILLEGAL_ADDRESS"), (panic, "cuDNN status 3"), (short, "1 tensors on the device")]
+        {
+            assert_eq!(checks.len(), 1);
+            assert!(!checks[0].ok());
+            assert!(checks[0].error.as_deref().is_some_and(|e| e.contains(why)), "{checks:?}");
+        }
+        assert!(nan[0].ok() && !nan[1].ok(), "{nan:?}");
     }
 }

@@ -51,21 +51,32 @@ pub(crate) fn time_training(
     device: &Device,
     plan: StepPlan,
 ) -> StepTiming {
-    let mut timing = StepTiming {
-        model: preset_name(preset).into(),
-        precision: precision.as_str().into(),
-        batch: plan.batch,
-        size: plan.size,
-        steps: 0,
-        step_s: None,
-        images_per_s: None,
-        last_loss: None,
-        error: None,
-    };
+    let mut timing = StepTiming::untimed(preset, precision, plan);
     if let Err(e) = run(preset, precision, device, plan, &mut timing) {
         timing.error = Some(format!("{e:#}"));
     }
     timing
+}
+
+impl StepTiming {
+    fn untimed(preset: BackbonePreset, precision: Precision, plan: StepPlan) -> Self {
+        StepTiming {
+            model: preset_name(preset).into(),
+            precision: precision.as_str().into(),
+            batch: plan.batch,
+            size: plan.size,
+            steps: 0,
+            step_s: None,
+            images_per_s: None,
+            last_loss: None,
+            error: None,
+        }
+    }
+
+    /// A configuration that stopped before its timing (a panic inside it, say).
+    pub(crate) fn failed(preset: BackbonePreset, precision: Precision, plan: StepPlan, error: &anyhow::Error) -> Self {
+        StepTiming { error: Some(format!("{error:#}")), ..Self::untimed(preset, precision, plan) }
+    }
 }
 
 fn run(

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use dmlp_datasets::synth::{SynthConfig, generate};
 use dmlp_experiment::{
-    ProgressBars, Provenance, RunConfig, RunOptions, evaluate_checkpoint, train_run, write_split_predictions,
+    ProgressBars, Provenance, RunConfig, RunOptions, evaluate_checkpoint_on, train_run, write_split_predictions,
 };
 use dmlp_model::parse_device;
 use dmlp_train::{FitObserver, RunDir, Silent, Which};
@@ -65,8 +65,10 @@ pub(crate) struct EvalArgs {
     checkpoint: Vec<PathBuf>,
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// cpu or cuda:N; several, comma-separated (`--devices cuda:0,cuda:1`), split each batch's
+    /// images across them (one checkpoint; an ensemble evaluates on one device).
+    #[arg(long, visible_alias = "devices", value_delimiter = ',', default_value = "cpu")]
+    device: Vec<String>,
     /// Ten-crop (corners, centre and their mirrors) at each test scale; logits averaged.
     #[arg(long)]
     ten_crop: bool,
@@ -206,9 +208,12 @@ pub(crate) fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         overrides.push(format!("data.test_scales=[{}]", scales.join(", ")));
     }
     let config = read_config(&args.config, &overrides)?;
-    let device = parse_device(&args.device)?;
+    let devices = args.device.iter().map(|name| parse_device(name)).collect::<Result<Vec<_>, _>>()?;
     if args.checkpoint.len() > 1 {
-        return run_ensemble(args, &config, &overrides, &device);
+        let [device] = devices.as_slice() else {
+            anyhow::bail!("an ensemble evaluates on one device (--device), not {}", args.device.join(","));
+        };
+        return run_ensemble(args, &config, &overrides, device);
     }
     let weights = weights_path(&args.checkpoint[0])?;
     let views: Vec<String> = config.data.eval_transforms().iter().map(|t| format!("{t:?}")).collect();
@@ -216,7 +221,7 @@ pub(crate) fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         dmlp_eval::PredictionFormat::from_path(path)?;
     }
     let top_k = if args.predictions.is_some() { args.top_k.max(1) } else { 0 };
-    let (evaluation, split) = evaluate_checkpoint(&config, &weights, &device, top_k)?;
+    let (evaluation, split) = evaluate_checkpoint_on(&config, &weights, &devices, top_k)?;
     if let Some(path) = &args.predictions {
         write_split_predictions(path, &evaluation, &split, &config.data.root)
             .with_context(|| format!("writing predictions to {}", path.display()))?;

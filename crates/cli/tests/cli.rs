@@ -194,6 +194,26 @@ fn eval_with_ten_crop_and_several_scales_after_a_short_training_run() {
     assert_eq!(views, ["TenCrop { size: 16, resize: 18 }", "TenCrop { size: 20, resize: 23 }"]);
     assert_ne!(plain["loss"], tta["loss"], "test-time views must change the averaged logits");
 
+    // Two devices split each batch's images (every crop of every scale) and count as one.
+    let split = eval(&["--ten-crop", "--test-scales", "16,20", "--devices", "cpu,cpu"]);
+    for key in ["images", "top1", "top5", "mean_class_top1"] {
+        assert_eq!(split[key], tta[key], "{key}");
+    }
+    let (split_loss, tta_loss) = (split["loss"].as_f64().unwrap(), tta["loss"].as_f64().unwrap());
+    assert!((split_loss - tta_loss).abs() <= 1e-6 * tta_loss, "loss {split_loss} against {tta_loss}");
+    let ensemble = dmlp(&[
+        "eval",
+        "--config",
+        config.to_str().unwrap(),
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--devices",
+        "cpu,cpu",
+    ]);
+    assert!(!ensemble.0 && ensemble.2.contains("an ensemble evaluates on one device"), "{}", ensemble.2);
+
     // Per-class accuracy in the output, and a predictions file with a row per validation image.
     let per_class = plain["per_class"].as_array().unwrap();
     assert_eq!(per_class.iter().map(|c| c["images"].as_u64().unwrap()).sum::<u64>(), 6);

@@ -148,7 +148,7 @@ pub fn read_splits(config: &RunConfig) -> Result<(dmlp_datasets::Split, dmlp_dat
 
 /// Trains the model `config` describes into `run_dir` (or continues it with `resume`), on one
 /// device or, data parallel, on several: one replica per device, each batch split across them
-/// (`dmlp_train::DataParallelTrainer`; the first device evaluates and checkpoints).
+/// (`dmlp_train::DataParallelTrainer`; every device scores a share of each evaluation batch, the first checkpoints).
 pub fn train_run(
     config: &RunConfig,
     run_dir: &Path,
@@ -403,12 +403,36 @@ pub fn evaluate_checkpoint(
     device: &Device,
     top_k: usize,
 ) -> Result<(Evaluation, dmlp_datasets::Split), ExperimentError> {
+    evaluate_checkpoint_on(config, weights, std::slice::from_ref(device), top_k)
+}
+
+/// [`evaluate_checkpoint`] on several devices: one copy of the model per device, each batch's
+/// images split across them (`dmlp eval --devices cuda:0,cuda:1`); the batches are read and
+/// their metrics computed on the first.
+pub fn evaluate_checkpoint_on(
+    config: &RunConfig,
+    weights: &Path,
+    devices: &[Device],
+    top_k: usize,
+) -> Result<(Evaluation, dmlp_datasets::Split), ExperimentError> {
+    let Some(first) = devices.first() else {
+        return Err(ExperimentError::Config { path: weights.to_owned(), message: "no device to evaluate on".into() });
+    };
+    parallel::check_distinct_gpus(devices)?;
     let (_, val_split) = read_splits(config)?;
-    let model = Classifier::new_zeroed(&config.model, device)?;
-    dmlp_model::WeightsFile::read(weights)?.load_into(model.store(), dmlp_model::LoadPolicy::STRICT)?;
+    let file = dmlp_model::WeightsFile::read(weights)?;
+    let models = devices
+        .iter()
+        .map(|device| {
+            let model = Classifier::new_zeroed(&config.model, device)?;
+            file.load_into(model.store(), dmlp_model::LoadPolicy::STRICT)?;
+            Ok(model)
+        })
+        .collect::<Result<Vec<_>, ExperimentError>>()?;
     let val_split = Arc::new(val_split);
-    let val_source = LoaderSource::eval(val_split.clone(), config, device.clone())?;
-    let evaluation = dmlp_train::evaluate_classifier(&model, &val_source, config.train.label_smoothing, top_k)?;
+    let val_source = LoaderSource::eval(val_split.clone(), config, first.clone())?;
+    let models: Vec<&Classifier> = models.iter().collect();
+    let evaluation = dmlp_train::evaluate_sharded(&models, &val_source, config.train.label_smoothing, top_k)?;
     Ok((evaluation, Arc::unwrap_or_clone(val_split)))
 }
 

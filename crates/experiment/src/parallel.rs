@@ -78,7 +78,7 @@ pub(crate) fn cluster_collectives(
     ))
 }
 
-fn check_distinct_gpus(devices: &[Device]) -> Result<(), ExperimentError> {
+pub(crate) fn check_distinct_gpus(devices: &[Device]) -> Result<(), ExperimentError> {
     let mut seen = Vec::new();
     for device in devices.iter().filter(|d| d.is_cuda()) {
         let id = format!("{:?}", device.location());

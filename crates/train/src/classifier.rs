@@ -432,6 +432,63 @@ pub fn classifier_scores(model: &Classifier, batch: &TensorBatch) -> Result<Tens
     view_mean_logits(&|images, loc| Ok(model.forward_t(images, loc, false).map_err(EvalError::model)?.logits), batch)
 }
 
+/// `[B, C]` logits of `batch`, averaged over its views and crops as [`classifier_scores`], with
+/// every forward's rows split across `models` (copies of one model, one per device), each
+/// computing its share on its own thread and device under `autocast`; the shares come back to
+/// the batch's device in row order. One model computes alone, on the calling thread.
+pub fn sharded_classifier_scores(
+    models: &[&Classifier],
+    autocast: Option<DType>,
+    batch: &TensorBatch,
+) -> Result<Tensor, EvalError> {
+    let forward = |model: &Classifier, images: &Tensor, loc: Option<&Tensor>| -> Result<Tensor, EvalError> {
+        let logits = dmlp_nn::with_autocast(autocast, || model.forward_t(images, loc, false));
+        Ok(logits.map_err(EvalError::model)?.logits)
+    };
+    if let [model] = models {
+        return view_mean_logits(&|images, loc| forward(model, images, loc), batch);
+    }
+    view_mean_logits(
+        &|images: &Tensor, loc: Option<&Tensor>| {
+            let home = images.device();
+            let rows = images.dim(0)?;
+            let shares: Vec<Result<Tensor, EvalError>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = models
+                    .iter()
+                    .zip(row_shares(rows, models.len()))
+                    .filter(|(_, (_, len))| *len > 0)
+                    .map(|(&model, (start, len))| {
+                        scope.spawn(move || -> Result<Tensor, EvalError> {
+                            let device = model.device();
+                            let images = images.narrow(0, start, len)?.to_device(device)?;
+                            let loc = loc.map(|l| l.narrow(0, start, len)?.to_device(device)).transpose()?;
+                            Ok(forward(model, &images, loc.as_ref())?.to_device(home)?)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(EvalError::Data("an evaluation thread panicked".into()))))
+                    .collect()
+            });
+            Ok(Tensor::cat(&shares.into_iter().collect::<Result<Vec<_>, _>>()?, 0)?)
+        },
+        batch,
+    )
+}
+
+/// `rows` split into `parts` contiguous shares `(start, len)`, the first `rows % parts` one longer.
+fn row_shares(rows: usize, parts: usize) -> Vec<(usize, usize)> {
+    let mut start = 0;
+    (0..parts)
+        .map(|part| {
+            let len = rows / parts + usize::from(part < rows % parts);
+            start += len;
+            (start - len, len)
+        })
+        .collect()
+}
+
 /// Evaluates `model` on `val`: accuracy and the label-smoothed loss per image, with each image's
 /// `top_k` likeliest classes when `top_k > 0`.
 pub fn evaluate_classifier(
@@ -440,18 +497,33 @@ pub fn evaluate_classifier(
     smoothing: f64,
     top_k: usize,
 ) -> Result<dmlp_eval::Evaluation, TrainError> {
+    evaluate_sharded(&[model], val, smoothing, top_k)
+}
+
+/// [`evaluate_classifier`] with each batch's rows split across `models`, copies of one model on
+/// several devices ([`sharded_classifier_scores`]).
+pub fn evaluate_sharded(
+    models: &[&Classifier],
+    val: &dyn dmlp_eval::BatchSource,
+    smoothing: f64,
+    top_k: usize,
+) -> Result<dmlp_eval::Evaluation, TrainError> {
     let batches = val.epoch(0)?.map(|b| b.map_err(TrainError::from));
-    classifier_evaluation(model, batches, smoothing, top_k)
+    classifier_evaluation(models, None, batches, smoothing, top_k)
 }
 
 pub(crate) fn classifier_evaluation(
-    model: &Classifier,
+    models: &[&Classifier],
+    autocast: Option<DType>,
     batches: impl Iterator<Item = Result<TensorBatch, TrainError>>,
     smoothing: f64,
     top_k: usize,
 ) -> Result<dmlp_eval::Evaluation, TrainError> {
+    if models.is_empty() {
+        return Err(TrainError::Parallel("an evaluation needs a model".into()));
+    }
     let loss = move |logits: &Tensor, targets: &Tensor| label_smoothing_loss(logits, targets, smoothing);
-    let scorer = |batch: &TensorBatch| classifier_scores(model, batch);
+    let scorer = |batch: &TensorBatch| sharded_classifier_scores(models, autocast, batch);
     evaluate_batches(batches, &scorer, ScoreKind::Logits, Some(&loss), top_k)
 }
 
@@ -490,8 +562,8 @@ impl Trainable for ClassifierTrainer<'_> {
     }
 
     fn evaluate(&self, val: &dyn Batches<TensorBatch>) -> Result<Accuracy, TrainError> {
-        let evaluation =
-            self.amp.run(|| classifier_evaluation(self.model, val.epoch(0)?, self.config.label_smoothing, 0))?;
+        let autocast = self.config.precision.autocast();
+        let evaluation = classifier_evaluation(&[self.model], autocast, val.epoch(0)?, self.config.label_smoothing, 0)?;
         Ok(evaluation.accuracy)
     }
 

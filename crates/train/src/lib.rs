@@ -46,6 +46,7 @@ pub use adam::{Adam, AdamConfig, AdamState};
 pub use classifier::{
     BatchGradients, ClassifierStep, ClassifierTrainer, MixDraw, Mixup, StepInput, apply_gradients,
     classifier_gradients, classifier_scores, classifier_step, cutmix, cutmix_pairs, draw_mixup, evaluate_classifier,
+    evaluate_sharded, sharded_classifier_scores,
 };
 pub use cluster::{ClusterSpec, HubCollective, Membership, NcclIdMaker, join};
 pub use config::{LrScheduleKind, OptimizerKind, TrainConfig};

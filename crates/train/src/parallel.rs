@@ -6,7 +6,8 @@
 //! computes its gradients ([`classifier_gradients`]), sums them with the others' through its
 //! [`Collective`], and applies the same update as every other replica. One process keeps one
 //! data loader (images are decoded once and split, no launcher, no per-process copies of the
-//! dataset index), one run folder writer (replica 0 evaluates and checkpoints) and an exact
+//! dataset index), one run folder writer (replica 0 checkpoints; every replica scores a share of
+//! each evaluation batch on its device, `sharded_classifier_scores`) and an exact
 //! resume; the price, the host side of all replicas in one process, is small next to a GPU step.
 //! The collective is a trait: [`LocalCollective`] sums on the host between threads (the CPU, and
 //! the tests), `NcclCollective` (feature `nccl`) sums on the GPUs, and
@@ -15,7 +16,7 @@
 //! A job may span processes (nodes, `crate::cluster`): each process holds consecutive global
 //! ranks, reads the same batches (same seed, same order; the loader may decode only the rows
 //! its ranks read) and keeps its ranks' rows. Global rank
-//! 0's process leads: it alone evaluates and writes the run folder, and its epochs, weights and
+//! 0's process leads: its devices alone evaluate, it alone writes the run folder, and its epochs, weights and
 //! resumed optimiser state reach every rank before the first step
 //! ([`Trainable::synchronise_start`]), so the other nodes need neither the pretrained weights
 //! nor the run folder.
@@ -25,9 +26,10 @@
 //! **two ranks at batch `2B` update exactly as one device with `accumulate = 2` at `2B`**
 //! (tested bit for bit). BatchNorm normalises with each shard's statistics, as PyTorch's
 //! DistributedDataParallel does; each replica keeps its own running statistics and replica 0's
-//! are checkpointed (DDP broadcasts rank 0's). Mixup draws one λ and one permutation for the
-//! whole batch; a replica receives its rows and their partners. Dropout draws per replica from
-//! the step's seed and the rank.
+//! are checkpointed; before an evaluation every replica takes replica 0's (DDP broadcasts rank
+//! 0's), so every share of it is scored by the checkpointed model. Mixup draws one λ and one
+//! permutation for the whole batch; a replica receives its rows and their partners. Dropout
+//! draws per replica from the step's seed and the rank.
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -408,6 +410,25 @@ impl std::fmt::Debug for DataParallelTrainer<'_> {
 }
 
 impl<'a> DataParallelTrainer<'a> {
+    /// Every replica takes replica 0's BatchNorm running statistics (its own were updated from
+    /// its own shards), so each share of an evaluation is scored by the model replica 0 holds
+    /// and checkpoints: DistributedDataParallel's `broadcast_buffers`. Training never reads them.
+    fn share_leaders_buffers(&self) -> Result<(), TrainError> {
+        let leader = self.replicas[0].model.store();
+        for replica in &self.replicas[1..] {
+            let device = replica.model.device();
+            for (name, var) in replica.model.store().vars() {
+                if dmlp_nn::is_buffer_name(&name) {
+                    let source = leader
+                        .get(&name)
+                        .ok_or_else(|| TrainError::Parallel(format!("replica 0 has no buffer {name}")))?;
+                    var.set(&source.as_tensor().to_device(device)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One replica per model (rank order), each with its rank's collective. Replica 0's weights
     /// are copied into the others, so they start equal whatever each was initialised with.
     ///
@@ -540,10 +561,14 @@ impl Trainable for DataParallelTrainer<'_> {
         Ok(spans.into_iter().next().unwrap_or(epochs))
     }
 
+    /// Every replica of this process scores its share of each validation batch on its own
+    /// device (the weights are equal); the other nodes of a job spanning processes do not
+    /// evaluate.
     fn evaluate(&self, val: &dyn Batches<TensorBatch>) -> Result<Accuracy, TrainError> {
-        let first = &self.replicas[0];
-        let evaluation =
-            first.amp.run(|| classifier_evaluation(first.model, val.epoch(0)?, self.config.label_smoothing, 0))?;
+        self.share_leaders_buffers()?;
+        let models: Vec<&Classifier> = self.replicas.iter().map(|r| r.model).collect();
+        let autocast = self.config.precision.autocast();
+        let evaluation = classifier_evaluation(&models, autocast, val.epoch(0)?, self.config.label_smoothing, 0)?;
         Ok(evaluation.accuracy)
     }
 

@@ -23,7 +23,7 @@ use dmlp_baselines::priorsnet::{PriorsNet, Sampler};
 use dmlp_datasets::{DatasetName, SplitScheme};
 use dmlp_experiment::{
     BaselineConfig, BaselineType, DataConfig, EnsembleMember, PriorData, ProgressBars, Provenance, RunConfig,
-    RunOptions, evaluate_checkpoint, evaluate_ensemble, train_run,
+    RunOptions, evaluate_checkpoint_on, evaluate_ensemble, train_run,
 };
 use dmlp_fusion::FusionConfig;
 use dmlp_model::{Classifier, ModelConfig, ModelDType};
@@ -43,9 +43,11 @@ pub(crate) struct ReproduceArgs {
     /// Real data: R/<dataset name>/ for each dataset of the table.
     #[arg(long, conflicts_with = "smoke")]
     data_root: Option<PathBuf>,
-    /// cpu or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// cpu or cuda:N; several, comma-separated (`--devices cuda:0,cuda:1`), train and test each
+    /// Dynamic MLP and fusion cell data parallel across them (the baselines' PriorsNet and GeoNet
+    /// stages, ensembles and figures use the first).
+    #[arg(long, visible_alias = "devices", value_delimiter = ',', default_value = "cpu")]
+    device: Vec<String>,
 }
 
 /// One cell's outcome.
@@ -190,6 +192,8 @@ struct Matrix<'a> {
     recipe: Recipe,
     columns: Vec<ColumnData>,
     runs_root: PathBuf,
+    /// Every device; `device` is the first.
+    devices: Vec<candle_core::Device>,
     device: candle_core::Device,
     provenance: Provenance,
     smoke_baselines: Option<&'a SmokeBaselines>,
@@ -312,22 +316,15 @@ impl Matrix<'_> {
                 let options =
                     RunOptions { resume, stop_after: None, hub: None, allow_config_change: false, cluster: None };
                 let mut observer = ProgressBars::new("");
-                train_run(
-                    &config,
-                    &run_dir,
-                    std::slice::from_ref(&self.device),
-                    options,
-                    &self.provenance,
-                    &mut observer,
-                )
-                .with_context(|| format!("cell {}", cell.name))?
-                .best_top1()
+                train_run(&config, &run_dir, &self.devices, options, &self.provenance, &mut observer)
+                    .with_context(|| format!("cell {}", cell.name))?
+                    .best_top1()
             }
         };
         let top1 = match self.test_config(cell.backbone, &config) {
             Some(test) => {
                 let weights = RunDir::open(&run_dir)?.weights(Which::Best)?;
-                let (evaluation, _) = evaluate_checkpoint(&test, &weights, &self.device, 0)
+                let (evaluation, _) = evaluate_checkpoint_on(&test, &weights, &self.devices, 0)
                     .with_context(|| format!("cell {}: its test", cell.name))?;
                 let top1 = evaluation.accuracy.top1;
                 eprintln!(
@@ -462,16 +459,21 @@ pub(crate) fn run(args: &ReproduceArgs) -> anyhow::Result<ExitCode> {
     if args.smoke && table.methods.iter().any(|m| m.baseline.is_some()) && smoke_baselines.is_none() {
         bail!("{}: baselines need a [smoke.baselines] table", table_path.display());
     }
+    let devices = args.device.iter().map(|name| dmlp_model::parse_device(name)).collect::<Result<Vec<_>, _>>()?;
+    if devices.is_empty() {
+        bail!("--device names no device");
+    }
     let matrix = Matrix {
         args,
         table: &table,
         recipe: if args.smoke { table.smoke.recipe.clone() } else { table.full.clone() },
         columns: data::dataset_roots(&table, args, &root)?,
         runs_root: if args.smoke { root.join("runs").join("smoke") } else { root.join("runs") }.join(&table.name),
-        device: dmlp_model::parse_device(&args.device)?,
+        devices: devices.clone(),
+        device: devices[0].clone(),
         provenance: Provenance {
             git_commit: git_commit(&root),
-            device: args.device.clone(),
+            device: args.device.join(","),
             command: format!("cargo xtask reproduce {} ({mode})", table.name),
         },
         smoke_baselines,

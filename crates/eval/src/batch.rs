@@ -64,6 +64,25 @@ pub trait BatchSource {
     }
 }
 
+/// Batches already in memory, the same for every epoch: features or scores computed elsewhere,
+/// and the tests.
+#[derive(Debug, Clone, Default)]
+pub struct InMemoryBatches(pub Vec<TensorBatch>);
+
+impl BatchSource for InMemoryBatches {
+    fn batches_per_epoch(&self) -> usize {
+        self.0.len()
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|b| b.targets.dims().first().copied().unwrap_or(0)).sum()
+    }
+
+    fn epoch(&self, _: usize) -> Result<Box<dyn Iterator<Item = Result<TensorBatch, EvalError>> + '_>, EvalError> {
+        Ok(Box::new(self.0.iter().cloned().map(Ok)))
+    }
+}
+
 /// A file a source skipped, and why.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SkippedItem {

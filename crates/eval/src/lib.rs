@@ -25,7 +25,7 @@ mod views;
 use std::path::PathBuf;
 
 pub use accuracy::{Accuracy, AccuracyCounter, ClassAccuracy, top_k_hits};
-pub use batch::{BatchSource, ImageView, SkippedItem, TensorBatch};
+pub use batch::{BatchSource, ImageView, InMemoryBatches, SkippedItem, TensorBatch};
 pub use evaluate::{Evaluation, LossFn, ScoreKind, Scorer, evaluate, evaluate_batches, score_rows, to_u32};
 pub use predictions::{Prediction, PredictionFormat, PredictionRecord, write_predictions};
 pub use views::{Forward, view_mean_logits};

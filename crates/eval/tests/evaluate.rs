@@ -2,7 +2,7 @@
 //! evaluation pass counts what the scorer says, with predictions in source order.
 
 use candle_core::{Device, Tensor};
-use dmlp_eval::{BatchSource, EvalError, ImageView, ScoreKind, TensorBatch, evaluate, view_mean_logits};
+use dmlp_eval::{EvalError, ImageView, InMemoryBatches, ScoreKind, TensorBatch, evaluate, view_mean_logits};
 
 /// A toy "model": logit 0 is the image's pixel sum, logit 1 the location's sum, logit 2 zero.
 fn forward(images: &Tensor, loc: Option<&Tensor>) -> Result<Tensor, EvalError> {
@@ -44,23 +44,6 @@ fn test_time_views_average_logits_over_every_crop_with_locations_repeated() {
     assert_eq!(view_mean_logits(&forward, &single).unwrap().to_vec2::<f32>().unwrap(), direct);
 }
 
-/// Two batches of fixed scores.
-struct Fixed(Vec<TensorBatch>);
-
-impl BatchSource for Fixed {
-    fn batches_per_epoch(&self) -> usize {
-        self.0.len()
-    }
-
-    fn len(&self) -> usize {
-        self.0.iter().map(|b| b.targets.dim(0).unwrap()).sum()
-    }
-
-    fn epoch(&self, _: usize) -> Result<Box<dyn Iterator<Item = Result<TensorBatch, EvalError>> + '_>, EvalError> {
-        Ok(Box::new(self.0.iter().cloned().map(Ok)))
-    }
-}
-
 #[test]
 fn an_evaluation_counts_the_scorers_hits_and_lists_predictions_in_source_order() {
     let device = Device::Cpu;
@@ -73,7 +56,7 @@ fn an_evaluation_counts_the_scorers_hits_and_lists_predictions_in_source_order()
             Tensor::new(targets, &device).unwrap(),
         )
     };
-    let source = Fixed(vec![
+    let source = InMemoryBatches(vec![
         batch(&[[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]], &[0, 2], vec![5, 6]),
         batch(&[[0.0, 0.0, 9.0]], &[2], vec![7]),
     ]);
@@ -95,7 +78,7 @@ fn an_evaluation_counts_the_scorers_hits_and_lists_predictions_in_source_order()
     assert!((second.top_k[0].1 - expected).abs() < 1e-6);
 
     // A scorer that returns NaN for one image: an error, not a hit.
-    let nan = Fixed(vec![batch(&[[f32::NAN, 1.0, 0.0]], &[0], vec![0])]);
+    let nan = InMemoryBatches(vec![batch(&[[f32::NAN, 1.0, 0.0]], &[0], vec![0])]);
     let err = evaluate(&nan, &scorer, ScoreKind::Logits, None, 0).unwrap_err();
     assert!(matches!(err, EvalError::NonFinite { .. }), "{err}");
 }

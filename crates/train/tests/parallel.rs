@@ -10,7 +10,7 @@ use crate::common;
 use candle_core::{Device, Tensor};
 use common::{batch, head, params};
 use dmlp_backbones::{BackboneSpec, BlockKind, CustomBackbone};
-use dmlp_eval::{BatchSource, EvalError, ImageView, TensorBatch};
+use dmlp_eval::{ImageView, InMemoryBatches, TensorBatch};
 use dmlp_fusion::{FusionConfig, FusionKind};
 use dmlp_geo::Metadata;
 use dmlp_model::{Classifier, ModelConfig};
@@ -169,23 +169,6 @@ fn scores_with_rows_split_over_replicas_equal_one_models() {
     assert!(max_difference(&mixed[4..], &one[4..]) > 1e-2, "replica 1's share");
 }
 
-/// Validation batches of fixed tensors.
-struct Fixed(Vec<TensorBatch>);
-
-impl BatchSource for Fixed {
-    fn batches_per_epoch(&self) -> usize {
-        self.0.len()
-    }
-
-    fn len(&self) -> usize {
-        self.0.iter().map(|b| b.targets.dim(0).unwrap()).sum()
-    }
-
-    fn epoch(&self, _: usize) -> Result<Box<dyn Iterator<Item = Result<TensorBatch, EvalError>> + '_>, EvalError> {
-        Ok(Box::new(self.0.iter().cloned().map(Ok)))
-    }
-}
-
 /// BatchNorm's running statistics, by name.
 fn buffers(model: &Classifier) -> Vec<(String, Vec<f32>)> {
     let mut buffers: Vec<(String, Vec<f32>)> = model
@@ -203,7 +186,7 @@ fn buffers(model: &Classifier) -> Vec<(String, Vec<f32>)> {
 /// the evaluation is still the checkpointed model's (replica 0's) on one device.
 #[test]
 fn a_data_parallel_evaluation_equals_one_devices_in_f32_and_bf16() {
-    let val = Fixed(vec![two_view_batch(9), two_view_batch(4), two_view_batch(1)]);
+    let val = InMemoryBatches(vec![two_view_batch(9), two_view_batch(4), two_view_batch(1)]);
     for precision in [Precision::F32, Precision::Bf16] {
         let config = TrainConfig { precision, ..config(9, 1) };
         let models: Vec<Classifier> = (0..3).map(|_| small_model(3)).collect();

@@ -18,11 +18,10 @@
 //! **Not yet run on a GPU** (none was available when it was written): `cargo xtask gpu-check`
 //! compares it with the CPU ops, values and gradients, and times it beside the generic path.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{CStr, c_int, c_void};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
@@ -62,29 +61,50 @@ fn check(api: &Api, status: Status, what: &str) -> Result<()> {
     bail!("cuDNN {what}: {text} ({status})")
 }
 
-thread_local! {
-    /// One handle per device per thread (a handle must not be used by two threads at once).
-    static HANDLES: RefCell<HashMap<DeviceId, usize>> = RefCell::new(HashMap::new());
-    /// The algorithm chosen per operation and shape (`None`: cuDNN offers none).
-    static PLANS: RefCell<HashMap<PlanKey, Option<Plan>>> = RefCell::new(HashMap::new());
+/// cuDNN handles not in use, per device. A handle must not be used by two threads at once, and
+/// threads come and go (data parallelism and the sharded evaluation start one per device per
+/// step), so a convolution borrows one for its call and gives it back: a handle per thread would
+/// make a new one every step and never free it.
+static IDLE_HANDLES: LazyLock<Mutex<HashMap<DeviceId, Vec<usize>>>> = LazyLock::new(Default::default);
+
+/// The algorithm chosen per operation, shape and device (`None`: cuDNN offers none), for every
+/// thread.
+static PLANS: LazyLock<Mutex<HashMap<PlanKey, Option<Plan>>>> = LazyLock::new(Default::default);
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps stay whole whatever panicked while one was held: a plain insert or pop.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn handle(api: &Api, device: &CudaDevice) -> Result<Opaque> {
+/// A cuDNN handle lent to one call, on the device's stream; back to the pool on drop.
+struct Handle {
+    device: DeviceId,
+    raw: Opaque,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        lock(&IDLE_HANDLES).entry(self.device).or_default().push(self.raw as usize);
+    }
+}
+
+fn handle(api: &Api, device: &CudaDevice) -> Result<Handle> {
     let stream = device.cuda_stream();
     stream.context().bind_to_thread().map_err(|e| candle_core::Error::Msg(format!("CUDA: {e:?}")))?;
     let key = device.id();
-    let handle = HANDLES.with(|handles| -> Result<Opaque> {
-        if let Some(&handle) = handles.borrow().get(&key) {
-            return Ok(handle as Opaque);
+    let idle = lock(&IDLE_HANDLES).get_mut(&key).and_then(Vec::pop);
+    let raw = match idle {
+        Some(raw) => raw as Opaque,
+        None => {
+            let mut raw = std::ptr::null_mut();
+            // SAFETY: writes one handle; the device's context is current on this thread.
+            check(api, unsafe { (api.create)(&mut raw) }, "create")?;
+            raw
         }
-        let mut handle = std::ptr::null_mut();
-        // SAFETY: writes one handle; the device's context is current on this thread.
-        check(api, unsafe { (api.create)(&mut handle) }, "create")?;
-        handles.borrow_mut().insert(key, handle as usize);
-        Ok(handle)
-    })?;
+    };
+    let handle = Handle { device: key, raw };
     // SAFETY: the stream belongs to the device whose context the handle was made in.
-    check(api, unsafe { (api.set_stream)(handle, stream.cu_stream().cast()) }, "set stream")?;
+    check(api, unsafe { (api.set_stream)(handle.raw, stream.cu_stream().cast()) }, "set stream")?;
     Ok(handle)
 }
 
@@ -242,7 +262,7 @@ const WORKSPACE_LIMIT: usize = 1 << 30;
 /// deterministic one of cuDNN's heuristics (`cudnnGet*Algorithm_v7`) that fits the workspace
 /// limit, run with the math type it was offered with (the descriptor's is set to it).
 fn plan(api: &Api, handle: Opaque, key: PlanKey, d: &Descriptors<'_>) -> Result<Option<Plan>> {
-    if let Some(plan) = PLANS.with(|plans| plans.borrow().get(&key).copied()) {
+    if let Some(plan) = lock(&PLANS).get(&key).copied() {
         return Ok(plan);
     }
     let (a, b, out) = d.order(key.pass);
@@ -280,7 +300,7 @@ fn plan(api: &Api, handle: Opaque, key: PlanKey, d: &Descriptors<'_>) -> Result<
         }
         None => None,
     };
-    PLANS.with(|plans| plans.borrow_mut().insert(key, plan));
+    lock(&PLANS).insert(key, plan);
     Ok(plan)
 }
 
@@ -295,15 +315,17 @@ fn supported(xs: &Tensor, weight: &Tensor, config: Conv2dConfig, passes: &[Pass]
     let keys: Vec<PlanKey> =
         passes.iter().map(|&pass| PlanKey { pass, dtype: xs.dtype(), geometry, device: device.id() }).collect();
     // Every step after the first finds its plans cached: no handle, no descriptors.
-    let cached: Option<Vec<Option<Plan>>> =
-        PLANS.with(|plans| keys.iter().map(|key| plans.borrow().get(key).copied()).collect());
+    let cached: Option<Vec<Option<Plan>>> = {
+        let plans = lock(&PLANS);
+        keys.iter().map(|key| plans.get(key).copied()).collect()
+    };
     if let Some(plans) = cached {
         return Ok(plans.iter().all(Option::is_some));
     }
     let handle = handle(api, device)?;
     let descriptors = Descriptors::new(api, xs.dtype(), &geometry)?;
     for key in keys {
-        if plan(api, handle, key, &descriptors)?.is_none() {
+        if plan(api, handle.raw, key, &descriptors)?.is_none() {
             return Ok(false);
         }
     }
@@ -412,7 +434,7 @@ impl CudnnConv {
         let handle = handle(api, device)?;
         let descriptors = Descriptors::new(api, dtype, &self.geometry)?;
         let key = PlanKey { pass: self.pass, dtype, geometry: self.geometry, device: device.id() };
-        let Some(Plan { algo, math, workspace: workspace_bytes }) = plan(api, handle, key, &descriptors)? else {
+        let Some(Plan { algo, math, workspace: workspace_bytes }) = plan(api, handle.raw, key, &descriptors)? else {
             bail!("cuDNN has no algorithm for {} of {:?}", self.name(), self.geometry)
         };
         // SAFETY: the descriptor is live; the algorithm runs with the math it was offered with.
@@ -443,7 +465,7 @@ impl CudnnConv {
         // the buffers allocated above, all on `stream`, which the handle runs on.
         let status = unsafe {
             run(
-                handle,
+                handle.raw,
                 alpha,
                 a,
                 (first_ptr + first_offset as u64 * size) as *const c_void,

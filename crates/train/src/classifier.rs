@@ -427,9 +427,10 @@ pub(crate) fn train_top1_hits(
     Ok(((hits(targets)? * lambda)? + (hits(permuted)? * (1.0 - lambda))?)?)
 }
 
-/// `[B, C]` logits of `model` averaged over every view and crop of `batch`, in eval mode.
+/// `[B, C]` logits of `model` averaged over every view and crop of `batch`, in eval mode (in the
+/// calling thread's autocast, if any).
 pub fn classifier_scores(model: &Classifier, batch: &TensorBatch) -> Result<Tensor, EvalError> {
-    view_mean_logits(&|images, loc| Ok(model.forward_t(images, loc, false).map_err(EvalError::model)?.logits), batch)
+    sharded_classifier_scores(&[model], dmlp_nn::autocast_dtype(), batch)
 }
 
 /// `[B, C]` logits of `batch`, averaged over its views and crops as [`classifier_scores`], with

@@ -393,6 +393,21 @@ pub fn shards(n: usize, world: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// The variables of `models[0]` whose names `which` accepts, copied into the other models
+/// (onto their devices, in their dtypes).
+fn copy_from_first(models: &[&Classifier], which: impl Fn(&str) -> bool) -> Result<(), TrainError> {
+    let source = models[0].store().tensors();
+    for model in &models[1..] {
+        for (name, var) in model.store().vars().into_iter().filter(|(name, _)| which(name)) {
+            let tensor = source.get(&name).ok_or_else(|| {
+                TrainError::Config(format!("replica 0 has no `{name}`: the replicas are not one model"))
+            })?;
+            var.set(&tensor.to_device(var.device())?.to_dtype(var.dtype())?)?;
+        }
+    }
+    Ok(())
+}
+
 /// The classifier trained on several devices at once: see the module docs.
 pub struct DataParallelTrainer<'a> {
     /// This process's replicas, global ranks `first_rank..first_rank + len` of `world`.
@@ -414,19 +429,8 @@ impl<'a> DataParallelTrainer<'a> {
     /// its own shards), so each share of an evaluation is scored by the model replica 0 holds
     /// and checkpoints: DistributedDataParallel's `broadcast_buffers`. Training never reads them.
     fn share_leaders_buffers(&self) -> Result<(), TrainError> {
-        let leader = self.replicas[0].model.store();
-        for replica in &self.replicas[1..] {
-            let device = replica.model.device();
-            for (name, var) in replica.model.store().vars() {
-                if dmlp_nn::is_buffer_name(&name) {
-                    let source = leader
-                        .get(&name)
-                        .ok_or_else(|| TrainError::Parallel(format!("replica 0 has no buffer {name}")))?;
-                    var.set(&source.as_tensor().to_device(device)?)?;
-                }
-            }
-        }
-        Ok(())
+        let models: Vec<&Classifier> = self.replicas.iter().map(|r| r.model).collect();
+        copy_from_first(&models, dmlp_nn::is_buffer_name)
     }
 
     /// One replica per model (rank order), each with its rank's collective. Replica 0's weights
@@ -465,15 +469,7 @@ impl<'a> DataParallelTrainer<'a> {
         for model in &models {
             check_master_dtype(model, config.precision)?;
         }
-        let source = models[0].store().tensors();
-        for model in &models[1..] {
-            for (name, var) in model.store().vars() {
-                let tensor = source.get(&name).ok_or_else(|| {
-                    TrainError::Config(format!("replica 0 has no `{name}`: the replicas are not one model"))
-                })?;
-                var.set(&tensor.to_device(var.device())?.to_dtype(var.dtype())?)?;
-            }
-        }
+        copy_from_first(&models, |_| true)?;
         let replicas = models
             .into_iter()
             .zip(collectives)

@@ -83,10 +83,7 @@ impl Report {
         if let Some(parent) = out.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
-        let partial = out.with_extension("json.partial");
-        std::fs::write(&partial, serde_json::to_string_pretty(self)?)
-            .with_context(|| format!("writing {}", partial.display()))?;
-        std::fs::rename(&partial, out).with_context(|| format!("writing {}", out.display()))
+        Ok(dmlp_train::write_atomic(out, serde_json::to_string_pretty(self)?.as_bytes())?)
     }
 }
 

@@ -68,5 +68,8 @@ pub fn parse_device(name: &str) -> Result<candle_core::Device, ModelError> {
             "device {name} asked for, but this build has no CUDA support: rebuild with --features cuda"
         )));
     }
+    #[cfg(feature = "cuda")]
+    return Ok(dmlp_nn::cuda_device(ordinal)?);
+    #[cfg(not(feature = "cuda"))]
     Ok(candle_core::Device::new_cuda(ordinal)?)
 }

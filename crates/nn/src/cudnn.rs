@@ -9,14 +9,19 @@
 //! for also takes the generic path.
 //!
 //! Float32 computes with FMA math (no TF32, as PyTorch with `allow_tf32 = False`); bf16 and f16
-//! on tensor cores with float32 accumulation. Among the algorithms cuDNN's heuristics offer
-//! (`cudnnGet*Algorithm_v7`, as PyTorch without `benchmark`), the first deterministic one that
-//! needs at most 1 GiB of workspace is taken, so a run repeats itself on one GPU, and it runs
-//! with the math type it was offered with (for float32 only FMA's); the choice is cached per
-//! shape.
+//! on tensor cores with float32 accumulation. The algorithm of each pass and shape is chosen
+//! once and cached: by default the first deterministic one of cuDNN's heuristics
+//! (`cudnnGet*Algorithm_v7`, as PyTorch without `benchmark`) that needs at most 1 GiB of
+//! workspace, so a run repeats itself on one GPU. `DMLP_CUDNN_SEARCH=benchmark` has cuDNN time
+//! every algorithm on the first call of a shape instead (`cudnnFindConvolution*Algorithm`, as
+//! PyTorch with `cudnn.benchmark = True`), and `DMLP_CUDNN_DETERMINISTIC=0` lets a
+//! non-deterministic algorithm win. On an H200 (session 16) the benchmark's choice made the
+//! ResNet-50 bf16 training step slower (315 against 532 images/s, the same machine), so the
+//! heuristics stay the default. An algorithm runs with the math type it was offered with (for
+//! float32 only FMA's).
 //!
-//! **Not yet run on a GPU** (none was available when it was written): `cargo xtask gpu-check`
-//! compares it with the CPU ops, values and gradients, and times it beside the generic path.
+//! Run on an H200 in session 16 (`cargo xtask gpu-check`): values and gradients within the CPU
+//! tolerances (docs/performance.md).
 
 use std::collections::HashMap;
 use std::ffi::{CStr, c_int, c_void};
@@ -34,7 +39,7 @@ use crate::cudnn_library::{AlgoPerf, Api, Opaque, Status, api};
 
 static ENABLED: OnceLock<AtomicBool> = OnceLock::new();
 
-fn enabled_flag() -> &'static AtomicBool {
+pub(crate) fn enabled_flag() -> &'static AtomicBool {
     ENABLED.get_or_init(|| AtomicBool::new(std::env::var("DMLP_CUDNN").map_or(true, |v| v != "0")))
 }
 
@@ -52,7 +57,7 @@ pub fn cudnn_status() -> std::result::Result<usize, String> {
     api().map(|api| api.version).map_err(str::to_owned)
 }
 
-fn check(api: &Api, status: Status, what: &str) -> Result<()> {
+pub(crate) fn check(api: &Api, status: Status, what: &str) -> Result<()> {
     if status == 0 {
         return Ok(());
     }
@@ -71,15 +76,31 @@ static IDLE_HANDLES: LazyLock<Mutex<HashMap<DeviceId, Vec<usize>>>> = LazyLock::
 /// thread.
 static PLANS: LazyLock<Mutex<HashMap<PlanKey, Option<Plan>>>> = LazyLock::new(Default::default);
 
+/// How an algorithm is chosen (see the module docs), from `DMLP_CUDNN_SEARCH` and
+/// `DMLP_CUDNN_DETERMINISTIC`, read once.
+#[derive(Debug, Clone, Copy)]
+struct Search {
+    benchmark: bool,
+    deterministic: bool,
+}
+
+fn search() -> Search {
+    static SEARCH: OnceLock<Search> = OnceLock::new();
+    *SEARCH.get_or_init(|| Search {
+        benchmark: std::env::var("DMLP_CUDNN_SEARCH").is_ok_and(|v| v == "benchmark"),
+        deterministic: std::env::var("DMLP_CUDNN_DETERMINISTIC").map_or(true, |v| v != "0"),
+    })
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The maps stay whole whatever panicked while one was held: a plain insert or pop.
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A cuDNN handle lent to one call, on the device's stream; back to the pool on drop.
-struct Handle {
+pub(crate) struct Handle {
     device: DeviceId,
-    raw: Opaque,
+    pub(crate) raw: Opaque,
 }
 
 impl Drop for Handle {
@@ -88,7 +109,7 @@ impl Drop for Handle {
     }
 }
 
-fn handle(api: &Api, device: &CudaDevice) -> Result<Handle> {
+pub(crate) fn handle(api: &Api, device: &CudaDevice) -> Result<Handle> {
     let stream = device.cuda_stream();
     stream.context().bind_to_thread().map_err(|e| candle_core::Error::Msg(format!("CUDA: {e:?}")))?;
     let key = device.id();
@@ -205,7 +226,7 @@ impl Drop for Descriptors<'_> {
     }
 }
 
-fn int(value: usize) -> Result<c_int> {
+pub(crate) fn int(value: usize) -> Result<c_int> {
     c_int::try_from(value).map_err(|_| candle_core::Error::Msg(format!("cuDNN: {value} does not fit an int")))
 }
 
@@ -258,20 +279,29 @@ impl<'a> Descriptors<'a> {
 /// The most workspace an algorithm may ask for.
 const WORKSPACE_LIMIT: usize = 1 << 30;
 
-/// The algorithm for `pass` (cached); `None` when cuDNN offers none. As PyTorch does, the first
-/// deterministic one of cuDNN's heuristics (`cudnnGet*Algorithm_v7`) that fits the workspace
-/// limit, run with the math type it was offered with (the descriptor's is set to it).
-fn plan(api: &Api, handle: Opaque, key: PlanKey, d: &Descriptors<'_>) -> Result<Option<Plan>> {
+/// The algorithm for `pass` (cached); `None` when cuDNN offers none: the first deterministic
+/// one (see [`Search`]) of cuDNN's benchmark, fastest first, or of its heuristics, that fits the
+/// workspace limit, run with the math type it was offered with (the descriptor's is set to it).
+fn plan(api: &Api, device: &CudaDevice, handle: Opaque, key: PlanKey, d: &Descriptors<'_>) -> Result<Option<Plan>> {
     if let Some(plan) = lock(&PLANS).get(&key).copied() {
         return Ok(plan);
     }
     let (a, b, out) = d.order(key.pass);
     let mut found = [AlgoPerf::default(); 16];
     let mut count: c_int = 0;
-    let find = match key.pass {
-        Pass::Forward => api.find_forward,
-        Pass::InputGradient => api.find_backward_data,
-        Pass::WeightGradient => api.find_backward_filter,
+    let index = match key.pass {
+        Pass::Forward => 0,
+        Pass::InputGradient => 1,
+        Pass::WeightGradient => 2,
+    };
+    let search = search();
+    let find = match api.benchmark {
+        Some(benchmark) if search.benchmark => {
+            // cuDNN allocates its trial buffers itself, outside the pool that keeps freed memory.
+            crate::memory::release_cached_cuda_memory(device)?;
+            benchmark[index]
+        }
+        _ => [api.find_forward, api.find_backward_data, api.find_backward_filter][index],
     };
     // SAFETY: writes at most `found.len()` results and their count.
     check(
@@ -283,7 +313,8 @@ fn plan(api: &Api, handle: Opaque, key: PlanKey, d: &Descriptors<'_>) -> Result<
         .iter()
         .filter(|p| p.status == 0 && p.memory <= WORKSPACE_LIMIT && math_allowed(key.dtype, p.math_type))
         .collect();
-    let chosen = usable.iter().find(|p| p.determinism == 1).or_else(|| usable.first());
+    let deterministic = usable.iter().find(|p| p.determinism == 1);
+    let chosen = if search.deterministic { deterministic.or_else(|| usable.first()) } else { usable.first() };
     let plan = match chosen {
         Some(&&AlgoPerf { algo, math_type: math, .. }) => {
             // SAFETY: the descriptor is live; the workspace depends on the math type.
@@ -325,7 +356,7 @@ fn supported(xs: &Tensor, weight: &Tensor, config: Conv2dConfig, passes: &[Pass]
     let handle = handle(api, device)?;
     let descriptors = Descriptors::new(api, xs.dtype(), &geometry)?;
     for key in keys {
-        if plan(api, handle.raw, key, &descriptors)?.is_none() {
+        if plan(api, device, handle.raw, key, &descriptors)?.is_none() {
             return Ok(false);
         }
     }
@@ -434,7 +465,8 @@ impl CudnnConv {
         let handle = handle(api, device)?;
         let descriptors = Descriptors::new(api, dtype, &self.geometry)?;
         let key = PlanKey { pass: self.pass, dtype, geometry: self.geometry, device: device.id() };
-        let Some(Plan { algo, math, workspace: workspace_bytes }) = plan(api, handle.raw, key, &descriptors)? else {
+        let Some(Plan { algo, math, workspace: workspace_bytes }) = plan(api, device, handle.raw, key, &descriptors)?
+        else {
             bail!("cuDNN has no algorithm for {} of {:?}", self.name(), self.geometry)
         };
         // SAFETY: the descriptor is live; the algorithm runs with the math it was offered with.

@@ -49,7 +49,68 @@ pub(crate) struct Api {
     pub(crate) forward: Launch,
     pub(crate) backward_data: Launch,
     pub(crate) backward_filter: Launch,
+    /// cuDNN's benchmarks (`cudnnFindConvolution*Algorithm`: every algorithm run and timed, the
+    /// fastest first; arguments as the heuristics'), `None` where the library lacks them.
+    pub(crate) benchmark: Option<[Find; 3]>,
+    /// BatchNorm's training pass (legacy, deprecated in cuDNN 9 but present): `None` where the
+    /// library lacks it, and BatchNorm takes the generic path.
+    pub(crate) batch_norm: Option<BatchNormApi>,
 }
+
+/// cuDNN's legacy BatchNorm entry points (`cudnn_ops`), as PyTorch calls them.
+#[allow(clippy::type_complexity)]
+pub(crate) struct BatchNormApi {
+    /// (derived descriptor, x descriptor, mode)
+    pub(crate) derive: unsafe extern "C" fn(Opaque, Opaque, c_int) -> Status,
+    /// (handle, mode, α, β, x desc, x, y desc, y, parameter desc, γ, β, average factor,
+    /// running mean, running variance, ε, saved mean, saved inverse standard deviation)
+    pub(crate) forward_training: unsafe extern "C" fn(
+        Opaque,
+        c_int,
+        *const c_void,
+        *const c_void,
+        Opaque,
+        *const c_void,
+        Opaque,
+        *mut c_void,
+        Opaque,
+        *const c_void,
+        *const c_void,
+        f64,
+        *mut c_void,
+        *mut c_void,
+        f64,
+        *mut c_void,
+        *mut c_void,
+    ) -> Status,
+    /// (handle, mode, α data, β data, α parameters, β parameters, x desc, x, dy desc, dy, dx desc,
+    /// dx, parameter desc, γ, dγ, dβ, ε, saved mean, saved inverse standard deviation)
+    pub(crate) backward: unsafe extern "C" fn(
+        Opaque,
+        c_int,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        Opaque,
+        *const c_void,
+        Opaque,
+        *const c_void,
+        Opaque,
+        *mut c_void,
+        Opaque,
+        *const c_void,
+        *mut c_void,
+        *mut c_void,
+        f64,
+        *const c_void,
+        *const c_void,
+    ) -> Status,
+}
+
+/// (handle, first descriptor, second, conv, output descriptor, requested, returned, results)
+pub(crate) type Find =
+    unsafe extern "C" fn(Opaque, Opaque, Opaque, Opaque, Opaque, c_int, *mut c_int, *mut AlgoPerf) -> Status;
 
 pub(crate) type Launch = unsafe extern "C" fn(
     Opaque,
@@ -163,6 +224,34 @@ fn load(candidates: &[&CStr]) -> Result<Api, String> {
         let shim = path_of(version_symbol).ok_or("libcudnn's path is unknown")?;
         load_parts(&shim)?;
         let get_version: unsafe extern "C" fn() -> usize = symbol!("cudnnGetVersion");
+        let optional = |name: &CStr| {
+            let pointer = libc::dlsym(library, name.as_ptr());
+            (!pointer.is_null()).then_some(pointer)
+        };
+        let benchmark = match (
+            optional(c"cudnnFindConvolutionForwardAlgorithm"),
+            optional(c"cudnnFindConvolutionBackwardDataAlgorithm"),
+            optional(c"cudnnFindConvolutionBackwardFilterAlgorithm"),
+        ) {
+            (Some(forward), Some(data), Some(filter)) => Some([
+                std::mem::transmute::<*mut c_void, Find>(forward),
+                std::mem::transmute::<*mut c_void, Find>(data),
+                std::mem::transmute::<*mut c_void, Find>(filter),
+            ]),
+            _ => None,
+        };
+        let batch_norm = match (
+            optional(c"cudnnDeriveBNTensorDescriptor"),
+            optional(c"cudnnBatchNormalizationForwardTraining"),
+            optional(c"cudnnBatchNormalizationBackward"),
+        ) {
+            (Some(derive), Some(forward_training), Some(backward)) => Some(BatchNormApi {
+                derive: std::mem::transmute::<*mut c_void, _>(derive),
+                forward_training: std::mem::transmute::<*mut c_void, _>(forward_training),
+                backward: std::mem::transmute::<*mut c_void, _>(backward),
+            }),
+            _ => None,
+        };
         Ok(Api {
             version: get_version(),
             get_error_string: symbol!("cudnnGetErrorString"),
@@ -188,6 +277,8 @@ fn load(candidates: &[&CStr]) -> Result<Api, String> {
             forward: symbol!("cudnnConvolutionForward"),
             backward_data: symbol!("cudnnConvolutionBackwardData"),
             backward_filter: symbol!("cudnnConvolutionBackwardFilter"),
+            benchmark,
+            batch_norm,
         })
     }
 }

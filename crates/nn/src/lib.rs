@@ -7,8 +7,8 @@
 //! pooling ops and the convolution are custom ops with their own backward (the convolution's as
 //! large matrix products, several times faster than candle's on the CPU), [`BatchNorm`] updates running statistics
 //! the way PyTorch does. Off the CPU every op takes a device-generic path built from candle
-//! primitives with a correct backward; on CUDA the convolutions go through cuDNN where it can be
-//! loaded at run time ([`cudnn_status`]).
+//! primitives with a correct backward; on CUDA the convolutions and BatchNorm's training pass go
+//! through cuDNN where it can be loaded at run time ([`cudnn_status`]).
 //!
 //! Initialisation follows PyTorch's defaults ([`init`]), and parameter names follow PyTorch's
 //! (`weight`, `bias`, `running_mean`, `running_var`), so reference checkpoints load unchanged.
@@ -28,6 +28,8 @@ mod cpu;
 mod cpu_threads;
 #[cfg(feature = "cuda")]
 mod cudnn;
+#[cfg(feature = "cuda")]
+mod cudnn_batch_norm;
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 mod cudnn_library;
 mod depthwise_op;
@@ -57,6 +59,8 @@ pub use cpu_threads::configure_cpu_threads;
 #[cfg(feature = "cuda")]
 pub use cudnn::{cudnn_status, set_cudnn};
 pub use linear::{Linear, linear, linear_forward, linear_nd, linear_with_init, matmul, matmul_nt};
+#[cfg(feature = "cuda")]
+pub use memory::cuda_device;
 pub use memory::keep_freed_memory;
 pub use mha_op::multi_head_attention;
 pub use norm::{BatchNorm, LayerNorm, batch_norm, layer_norm, layer_norm_with_eps};

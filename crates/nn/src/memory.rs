@@ -13,6 +13,12 @@
 //! peak heap for its lifetime, as a caching allocator does; the peak itself does not grow (the
 //! same ResNet-50 step peaks at 1.40 GB either way). The binaries (`dmlp`, `xtask`) call it
 //! first thing; a library user may too.
+//!
+//! On CUDA the same holds for the device: cudarc allocates with `cuMemAllocAsync` from the
+//! device's memory pool, whose release threshold is 0 by default, so every synchronisation (the
+//! timer's, a loss read back) hands all freed memory back to the driver and the next step maps
+//! it in again. [`cuda_device`] opens a device whose pool keeps what it freed (the threshold
+//! unbounded), as PyTorch's caching allocator keeps its blocks.
 
 /// Makes glibc keep freed memory for reuse (see the module docs). Returns whether it applied:
 /// `false` off Linux with glibc, where the platform's allocator is left as it is.
@@ -26,6 +32,53 @@ pub fn keep_freed_memory() -> bool {
     {
         false
     }
+}
+
+/// CUDA device `ordinal`, its stream-ordered memory pool set to keep freed memory for reuse
+/// (see the module docs).
+#[cfg(feature = "cuda")]
+pub fn cuda_device(ordinal: usize) -> candle_core::Result<candle_core::Device> {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    let device = candle_core::Device::new_cuda(ordinal)?;
+    if let candle_core::Device::Cuda(cuda) = &device {
+        let stream = cuda.cuda_stream();
+        let context = stream.context();
+        if context.has_async_alloc() {
+            let driver = |e: result::DriverError| candle_core::Error::Msg(format!("CUDA memory pool: {e:?}"));
+            context.bind_to_thread().map_err(driver)?;
+            let mut threshold: u64 = u64::MAX;
+            // SAFETY: the device is the context's; the release threshold is a cuuint64_t.
+            unsafe {
+                let pool = result::device::get_mem_pool(context.cu_device()).map_err(driver)?;
+                result::mem_pool::set_attribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    (&mut threshold as *mut u64).cast(),
+                )
+                .map_err(driver)?;
+            }
+        }
+    }
+    Ok(device)
+}
+
+/// Hands the memory `device`'s pool keeps (see [`cuda_device`]) back to the driver, after the
+/// device's queued work: for a library that allocates outside the pool (cuDNN's benchmarks).
+#[cfg(feature = "cuda")]
+pub(crate) fn release_cached_cuda_memory(device: &candle_core::cuda_backend::CudaDevice) -> candle_core::Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::result;
+    let driver = |e: result::DriverError| candle_core::Error::Msg(format!("CUDA memory pool: {e:?}"));
+    let stream = device.cuda_stream();
+    stream.synchronize().map_err(driver)?;
+    let context = stream.context();
+    if context.has_async_alloc() {
+        // SAFETY: the pool is the device's current one; trimming frees only unused memory.
+        unsafe {
+            let pool = result::device::get_mem_pool(context.cu_device()).map_err(driver)?;
+            result::mem_pool::trim_to(pool, 0).map_err(driver)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -95,6 +95,8 @@ impl BatchNorm {
             self.batch_statistics_fused(xs, relu)?
         } else if relu {
             candle_core::bail!("batch norm with a fused ReLU runs on the CPU only")
+        } else if Self::cudnn_takes(xs, self.eps) {
+            self.batch_statistics_cudnn(xs)?
         } else {
             self.batch_statistics_composed(xs)?
         };
@@ -126,6 +128,28 @@ impl BatchNorm {
         let mean = Tensor::from_vec(mean, channels, xs.device())?;
         let var = Tensor::from_vec(var, channels, xs.device())?;
         Ok((ys.to_dtype(dtype)?, mean, var))
+    }
+
+    /// Whether cuDNN computes this training pass (`cudnn_batch_norm`).
+    fn cudnn_takes(xs: &Tensor, eps: f64) -> bool {
+        #[cfg(feature = "cuda")]
+        return crate::cudnn_batch_norm::takes(xs, eps);
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (xs, eps);
+            false
+        }
+    }
+
+    /// The CUDA path with cuDNN: one call forward, one backward (see `cudnn_batch_norm`).
+    fn batch_statistics_cudnn(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        #[cfg(feature = "cuda")]
+        return crate::cudnn_batch_norm::train(xs, &self.weight, &self.bias, self.eps);
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = xs;
+            candle_core::bail!("cuDNN batch norm needs the `cuda` feature")
+        }
     }
 
     /// Any device: composed from differentiable primitives, in f32 for half-precision input

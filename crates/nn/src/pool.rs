@@ -457,11 +457,24 @@ pub fn adaptive_avg_pool2d(xs: &Tensor, (out_h, out_w): (usize, usize)) -> Resul
         Tensor::from_vec(m, (len, out), xs.device())?.to_dtype(compute)
     };
     let dtype = xs.dtype();
-    let xs = xs.to_dtype(compute)?;
     // [B, C, H, W] · [W, out_w] → [B, C, H, out_w]; transposed, · [H, out_h] → [B, C, out_w, out_h].
-    let cols = xs.broadcast_matmul(&averaging(w, out_w)?)?;
-    let rows = cols.transpose(2, 3)?.contiguous()?.broadcast_matmul(&averaging(h, out_h)?)?;
+    let cols = rows_times(&xs.to_dtype(compute)?, &averaging(w, out_w)?)?;
+    let rows = rows_times(&cols.transpose(2, 3)?, &averaging(h, out_h)?)?;
     rows.transpose(2, 3)?.contiguous()?.to_dtype(dtype)
+}
+
+/// `xs · m` over the last dimension, as one 2-D product of contiguous rows: cuBLAS (candle's
+/// CUDA matmul) refuses batched operands whose strides are not a plain batch of matrices, such
+/// as a position embedding permuted to `[B, C, H, W]`.
+///
+/// # Shapes
+/// `xs: [..., n]`, `m: [n, k]` → `[..., k]`.
+fn rows_times(xs: &Tensor, m: &Tensor) -> Result<Tensor> {
+    let dims = xs.dims();
+    let n = dims[dims.len() - 1];
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("rank ≥ 1") = m.dim(1)?;
+    xs.contiguous()?.reshape((xs.elem_count() / n.max(1), n))?.matmul(m)?.reshape(out_dims)
 }
 
 /// PyTorch's linear interpolation weights (`align_corners=False`) from `len` samples to `out`, as a
@@ -498,8 +511,8 @@ pub fn resize_bilinear(xs: &Tensor, (out_h, out_w): (usize, usize)) -> Result<Te
     let matrix =
         |len, out| Tensor::from_vec(linear_resize_matrix(len, out), (len, out), xs.device())?.to_dtype(compute);
     let dtype = xs.dtype();
-    let cols = xs.to_dtype(compute)?.broadcast_matmul(&matrix(w, out_w)?)?;
-    let rows = cols.transpose(2, 3)?.contiguous()?.broadcast_matmul(&matrix(h, out_h)?)?;
+    let cols = rows_times(&xs.to_dtype(compute)?, &matrix(w, out_w)?)?;
+    let rows = rows_times(&cols.transpose(2, 3)?, &matrix(h, out_h)?)?;
     rows.transpose(2, 3)?.contiguous()?.to_dtype(dtype)
 }
 

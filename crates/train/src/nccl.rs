@@ -1,7 +1,8 @@
 //! Gradients summed between GPUs by NCCL (feature `nccl`): one communicator per device, each
 //! owned by its replica's thread. Within one process `ncclCommInitAll`; across processes and
 //! nodes `ncclCommInitRank` from the unique id node 0 made and its rendezvous handed out
-//! (`crate::cluster`), a process's devices initialised inside one NCCL group. No GPU has run
+//! (`crate::cluster`), a process's devices initialised inside one NCCL group. One H200 ran both
+//! initialisations with one rank (session 16, `gpu-check`); no machine with several GPUs has run
 //! the multi-process path (none with two nodes was available).
 
 use std::sync::Arc;

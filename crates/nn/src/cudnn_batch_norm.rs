@@ -1,0 +1,349 @@
+//! BatchNorm's training pass through cuDNN on CUDA devices (feature `cuda`): the statistics, the
+//! normalisation and its backward each one cuDNN call (`cudnnBatchNormalizationForwardTraining`,
+//! `cudnnBatchNormalizationBackward`, spatial mode, as PyTorch calls them), where the generic
+//! path composes them from about a dozen candle ops forward and twice that backward, each a
+//! pass over the activation and each output kept for the backward.
+//!
+//! It computes in float32 (half-precision input is converted first and the output converted
+//! back, as the generic path and PyTorch's autocast do): data, γ, β and the statistics. cuDNN
+//! returns the batch mean and the inverse standard deviation `1/√(var + ε)`; the biased variance
+//! the running statistics need is recovered from it. The running statistics stay with
+//! [`crate::BatchNorm`], which updates them as on every other path.
+//!
+//! Taken when cuDNN is loaded and on, the generic path is not forced, the input is f32, f16 or
+//! bf16, and ε is at least cuDNN's minimum (1e-5); otherwise the generic path runs.
+
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::CudaStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
+
+use crate::cudnn::{check, enabled_flag, handle, int};
+use crate::cudnn_library::{Api, BatchNormApi, Opaque, api};
+
+/// `CUDNN_BATCHNORM_SPATIAL`: one mean and variance per channel over batch and space.
+const SPATIAL: i32 = 1;
+
+/// cuDNN's smallest ε (`CUDNN_BN_MIN_EPSILON`).
+const MIN_EPSILON: f64 = 1e-5;
+
+/// Whether the training pass of a BatchNorm over `xs` goes through cuDNN (see the module docs).
+pub(crate) fn takes(xs: &Tensor, eps: f64) -> bool {
+    xs.device().is_cuda()
+        && enabled_flag().load(std::sync::atomic::Ordering::Relaxed)
+        && !crate::cpu::generic_forced()
+        && matches!(xs.dtype(), DType::F32 | DType::F16 | DType::BF16)
+        && eps >= MIN_EPSILON
+        && xs.rank() >= 2
+        && api().is_ok_and(|api| api.batch_norm.is_some())
+}
+
+/// Per-channel batch statistics cuDNN saved in the forward for its backward: the mean at 0 and
+/// the inverse standard deviation at [`stats_offset`] of one buffer.
+type Saved = Arc<Mutex<Option<CudaSlice<f32>>>>;
+
+/// Where a second per-channel vector starts in a buffer of two (aligned for cuDNN's loads).
+fn stats_offset(channels: usize) -> usize {
+    channels.div_ceil(64) * 64
+}
+
+/// `[N, C, ...]` as the `[N, C, rest, 1]` cuDNN normalises over per channel.
+fn nchw(dims: &[usize]) -> Result<[usize; 4]> {
+    if dims.len() < 2 {
+        bail!("batch norm needs [N, C, ...], got {dims:?}")
+    }
+    Ok([dims[0], dims[1], dims[2..].iter().product(), 1])
+}
+
+/// The training pass: `(ys, mean, biased var)`, the statistics detached, `[C]` each, f32; `ys`
+/// in the input's dtype.
+///
+/// # Shapes
+/// `xs: [N, C, ...]`, `weight`, `bias: [C]` → `[N, C, ...]`.
+pub(crate) fn train(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    let dtype = xs.dtype();
+    let channels = xs.dim(1)?;
+    let x = xs.to_dtype(DType::F32)?.contiguous()?;
+    let saved: Saved = Arc::new(Mutex::new(None));
+    let forward = BatchNormForward { eps, saved: saved.clone() };
+    let ys =
+        x.apply_op3(&weight.to_dtype(DType::F32)?.contiguous()?, &bias.to_dtype(DType::F32)?.contiguous()?, forward)?;
+    let stats = x.apply_op1_no_bwd(&TakeSaved(saved))?;
+    let mean = stats.narrow(0, 0, channels)?;
+    let inv_std = stats.narrow(0, stats_offset(channels), channels)?;
+    let var = (inv_std.sqr()?.recip()? - eps)?.relu()?;
+    Ok((ys.to_dtype(dtype)?, mean, var))
+}
+
+/// The x/y descriptor and the per-channel parameter descriptor derived from it, destroyed on drop.
+struct Descriptors<'a> {
+    api: &'a Api,
+    x: Opaque,
+    parameters: Opaque,
+}
+
+impl Drop for Descriptors<'_> {
+    fn drop(&mut self) {
+        // SAFETY: each was created by this value (null ones are skipped) and is used no more.
+        unsafe {
+            for descriptor in [self.x, self.parameters] {
+                if !descriptor.is_null() {
+                    (self.api.destroy_tensor)(descriptor);
+                }
+            }
+        }
+    }
+}
+
+impl<'a> Descriptors<'a> {
+    fn new(api: &'a Api, bn: &BatchNormApi, [n, c, h, w]: [usize; 4]) -> Result<Self> {
+        let mut d = Descriptors { api, x: std::ptr::null_mut(), parameters: std::ptr::null_mut() };
+        // SAFETY: each descriptor is created before it is set; NCHW is format 0, FLOAT type 0.
+        unsafe {
+            check(api, (api.create_tensor)(&mut d.x), "tensor descriptor")?;
+            check(api, (api.set_tensor_4d)(d.x, 0, 0, int(n)?, int(c)?, int(h)?, int(w)?), "batch norm input")?;
+            check(api, (api.create_tensor)(&mut d.parameters), "tensor descriptor")?;
+            check(api, (bn.derive)(d.parameters, d.x, SPATIAL), "batch norm parameters")?;
+        }
+        Ok(d)
+    }
+}
+
+fn cuda_err(e: impl std::fmt::Debug) -> candle_core::Error {
+    candle_core::Error::Msg(format!("CUDA: {e:?}"))
+}
+
+/// The library and its BatchNorm entry points.
+fn library() -> Result<(&'static Api, &'static BatchNormApi)> {
+    let api = api().map_err(|e| candle_core::Error::Msg(e.to_owned()))?;
+    let bn = api.batch_norm.as_ref().ok_or_else(|| candle_core::Error::Msg("cuDNN has no BatchNorm".into()))?;
+    Ok((api, bn))
+}
+
+fn contiguous_f32<'s>(storage: &'s CudaStorage, layout: &Layout, what: &str) -> Result<(&'s CudaSlice<f32>, u64)> {
+    if !layout.is_contiguous() {
+        bail!("cuDNN batch norm needs a contiguous {what}")
+    }
+    Ok((storage.as_cuda_slice::<f32>()?, (layout.start_offset() * std::mem::size_of::<f32>()) as u64))
+}
+
+/// `(x, γ, β) → y`, saving the batch statistics for the backward and for [`TakeSaved`].
+struct BatchNormForward {
+    eps: f64,
+    saved: Saved,
+}
+
+impl CustomOp3 for BatchNormForward {
+    fn name(&self) -> &'static str {
+        "cudnn-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("cuDNN batch norm runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        weight: &CudaStorage,
+        wl: &Layout,
+        bias: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (api, bn) = library()?;
+        let device = x.device().clone();
+        let shape = nchw(xl.dims())?;
+        let channels = shape[1];
+        if wl.shape().elem_count() != channels || bl.shape().elem_count() != channels {
+            bail!("batch norm: γ {:?} and β {:?} for {channels} channels", wl.dims(), bl.dims())
+        }
+        let ((x, xo), (w, wo), (b, bo)) =
+            (contiguous_f32(x, xl, "input")?, contiguous_f32(weight, wl, "γ")?, contiguous_f32(bias, bl, "β")?);
+        let handle = handle(api, &device)?;
+        let descriptors = Descriptors::new(api, bn, shape)?;
+        let stream = device.cuda_stream();
+        // SAFETY: every element of both buffers is written by cuDNN before anything reads it.
+        let mut ys = unsafe { device.alloc::<f32>(xl.shape().elem_count()) }?;
+        let mut stats = unsafe { device.alloc::<f32>(stats_offset(channels) + channels) }?;
+        let (one, zero) = (1f32, 0f32);
+        {
+            let (x_ptr, _x) = x.device_ptr(&stream);
+            let (w_ptr, _w) = w.device_ptr(&stream);
+            let (b_ptr, _b) = b.device_ptr(&stream);
+            let (y_ptr, _y) = ys.device_ptr_mut(&stream);
+            let (s_ptr, _s) = stats.device_ptr_mut(&stream);
+            let inv_ptr = s_ptr + (stats_offset(channels) * std::mem::size_of::<f32>()) as u64;
+            // SAFETY: contiguous f32 buffers of the descriptors' shapes on the handle's stream;
+            // no running statistics (null), which [`crate::BatchNorm`] keeps itself.
+            let status = unsafe {
+                (bn.forward_training)(
+                    handle.raw,
+                    SPATIAL,
+                    (&raw const one).cast(),
+                    (&raw const zero).cast(),
+                    descriptors.x,
+                    (x_ptr + xo) as *const c_void,
+                    descriptors.x,
+                    y_ptr as *mut c_void,
+                    descriptors.parameters,
+                    (w_ptr + wo) as *const c_void,
+                    (b_ptr + bo) as *const c_void,
+                    0.0,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    self.eps,
+                    s_ptr as *mut c_void,
+                    inv_ptr as *mut c_void,
+                )
+            };
+            check(api, status, "batch norm forward")?;
+        }
+        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+        Ok((CudaStorage::wrap_cuda_slice(ys, device), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let saved = self.saved.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(CudaSlice::try_clone);
+        let Some(saved) = saved else { bail!("cuDNN batch norm backward without its forward statistics") };
+        let op = BatchNormBackward { eps: self.eps, saved: saved.map_err(cuda_err)? };
+        let packed = x.apply_op3_no_bwd(weight, &grad.to_dtype(DType::F32)?.contiguous()?, &op)?;
+        let (n, c) = (x.elem_count(), weight.elem_count());
+        let (w_at, b_at) = backward_offsets(n, c);
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        Ok((Some(dx), Some(packed.narrow(0, w_at, c)?), Some(packed.narrow(0, b_at, c)?)))
+    }
+}
+
+/// Where dγ and dβ start in the backward's packed `[dx | dγ | dβ]` (each aligned).
+fn backward_offsets(n: usize, c: usize) -> (usize, usize) {
+    let w_at = n.div_ceil(64) * 64;
+    (w_at, w_at + stats_offset(c))
+}
+
+/// `(x, γ, dy) → [dx…, dγ…, dβ…]` (see [`backward_offsets`]) from the saved statistics.
+struct BatchNormBackward {
+    eps: f64,
+    saved: CudaSlice<f32>,
+}
+
+impl CustomOp3 for BatchNormBackward {
+    fn name(&self) -> &'static str {
+        "cudnn-batch-norm-train-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("cuDNN batch norm runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        weight: &CudaStorage,
+        wl: &Layout,
+        dy: &CudaStorage,
+        dl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        if dl.dims() != xl.dims() {
+            bail!("batch norm backward: gradient {:?} does not match input {:?}", dl.dims(), xl.dims())
+        }
+        let (api, bn) = library()?;
+        let device = x.device().clone();
+        let shape = nchw(xl.dims())?;
+        let (n, channels) = (xl.shape().elem_count(), shape[1]);
+        let ((x, xo), (w, wo), (dy, dyo)) =
+            (contiguous_f32(x, xl, "input")?, contiguous_f32(weight, wl, "γ")?, contiguous_f32(dy, dl, "gradient")?);
+        let handle = handle(api, &device)?;
+        let descriptors = Descriptors::new(api, bn, shape)?;
+        let stream = device.cuda_stream();
+        let (w_at, b_at) = backward_offsets(n, channels);
+        // SAFETY: cuDNN writes dx, dγ and dβ; the padding between them is never read.
+        let mut packed = unsafe { device.alloc::<f32>(b_at + channels) }?;
+        let (one, zero) = (1f32, 0f32);
+        let size = std::mem::size_of::<f32>() as u64;
+        {
+            let (x_ptr, _x) = x.device_ptr(&stream);
+            let (w_ptr, _w) = w.device_ptr(&stream);
+            let (dy_ptr, _dy) = dy.device_ptr(&stream);
+            let (s_ptr, _s) = self.saved.device_ptr(&stream);
+            let (p_ptr, _p) = packed.device_ptr_mut(&stream);
+            let inv_ptr = s_ptr + stats_offset(channels) as u64 * size;
+            // SAFETY: contiguous f32 buffers of the descriptors' shapes on the handle's stream;
+            // the statistics are the forward's.
+            let status = unsafe {
+                (bn.backward)(
+                    handle.raw,
+                    SPATIAL,
+                    (&raw const one).cast(),
+                    (&raw const zero).cast(),
+                    (&raw const one).cast(),
+                    (&raw const zero).cast(),
+                    descriptors.x,
+                    (x_ptr + xo) as *const c_void,
+                    descriptors.x,
+                    (dy_ptr + dyo) as *const c_void,
+                    descriptors.x,
+                    p_ptr as *mut c_void,
+                    descriptors.parameters,
+                    (w_ptr + wo) as *const c_void,
+                    (p_ptr + w_at as u64 * size) as *mut c_void,
+                    (p_ptr + b_at as u64 * size) as *mut c_void,
+                    self.eps,
+                    s_ptr as *const c_void,
+                    inv_ptr as *const c_void,
+                )
+            };
+            check(api, status, "batch norm backward")?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(packed, device), Shape::from(b_at + channels)))
+    }
+}
+
+/// The statistics the forward saved, copied out as a tensor (`[mean… | inverse std…]`, see
+/// [`stats_offset`]); applied to the forward's input for its device.
+struct TakeSaved(Saved);
+
+impl CustomOp1 for TakeSaved {
+    fn name(&self) -> &'static str {
+        "cudnn-batch-norm-statistics"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("cuDNN batch norm runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(&self, x: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        let saved = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(stats) = saved.as_ref() else { bail!("cuDNN batch norm left no statistics") };
+        let copy = stats.try_clone().map_err(cuda_err)?;
+        let len = copy.len();
+        Ok((CudaStorage::wrap_cuda_slice(copy, x.device().clone()), Shape::from(len)))
+    }
+}

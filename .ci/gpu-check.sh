@@ -5,7 +5,11 @@
 # build) from the NVIDIA wheels of the Python environment, which also runs PyTorch's side.
 # The report goes to $OUT/gpu-check.json (the device tool's output folder) or target/.
 #
-#   bash .ci/gpu-check.sh [extra gpu-check flags]   (WARMUP, BUDGET_S, DEVICE, PYTHON, LIMIT_S override)
+# Then `smoke-train --device` on the same GPU (at most SMOKE_S seconds; 0 leaves it out): the
+# whole training loop (data, fusion heads, evaluation, checkpoints, resume, bf16) on CUDA.
+#
+#   bash .ci/gpu-check.sh [extra gpu-check flags]
+#   (WARMUP, BUDGET_S, DEVICE, PYTHON, LIMIT_S, SMOKE_S override)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
@@ -46,5 +50,12 @@ if [ "$status" -gt 128 ] && [ "$status" -ne 137 ] && [ "$left" -gt 120 ]; then
     --out "$out/gpu-check-generic.json" "$@" || again=$?
   echo "gpu-check (without cuDNN): exit status $again"
 fi
-# The first run's status: a crash stays a failure even when the run without cuDNN passed.
+smoke="${SMOKE_S:-120}"
+if [ "$smoke" -gt 0 ]; then
+  trained=0
+  timeout -k 10 "$smoke" "$binary" smoke-train --device "${DEVICE:-cuda:0}" --out "${TMPDIR:-/tmp}/dmlp-smoke-train" || trained=$?
+  echo "smoke-train on ${DEVICE:-cuda:0}: exit status $trained"
+  [ "$status" -eq 0 ] && status=$trained
+fi
+# The check's status first: a crash stays a failure even when the run without cuDNN passed.
 exit "$status"

@@ -17,6 +17,9 @@ pub(crate) struct SmokeTrainArgs {
     /// Working folder (default: target/smoke-train, cleared first).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The device the runs train on (`cpu`, or `cuda:N` in a CUDA build).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 const CONFIG: &str = r#"
@@ -99,9 +102,12 @@ pub(crate) fn run(args: &SmokeTrainArgs) -> anyhow::Result<ExitCode> {
     let config_path = out.join("smoke.toml");
     std::fs::write(&config_path, CONFIG)?;
     let config = RunConfig::from_file(&config_path, &[])?;
-    let provenance = Provenance { git_commit: None, device: "cpu".into(), command: "cargo xtask smoke-train".into() };
+    let device = dmlp_model::parse_device(&args.device)?;
+    let provenance =
+        Provenance { git_commit: None, device: args.device.clone(), command: "cargo xtask smoke-train".into() };
     let options = RunOptions { resume: false, stop_after: None, hub: None, allow_config_change: false, cluster: None };
-    let train = |dir: &Path, options| train_run(&config, dir, &[Device::Cpu], options, &provenance, &mut Silent);
+    let devices = [device];
+    let train = |dir: &Path, options| train_run(&config, dir, &devices, options, &provenance, &mut Silent);
 
     let whole = train(&out.join("whole"), options.clone())?;
     let whole_metrics = RunDir::open(&out.join("whole"))?.read_metrics()?;
@@ -111,7 +117,7 @@ pub(crate) fn run(args: &SmokeTrainArgs) -> anyhow::Result<ExitCode> {
     train(&out.join("split"), RunOptions { resume: true, ..options.clone() })?;
     let resumed = RunDir::open(&out.join("split"))?.read_metrics()?;
     let bf16_config = RunConfig::from_file(&config_path, &["train.precision=bf16".to_string()])?;
-    let bf16 = train_run(&bf16_config, &out.join("bf16"), &[Device::Cpu], options.clone(), &provenance, &mut Silent)?;
+    let bf16 = train_run(&bf16_config, &out.join("bf16"), &devices, options.clone(), &provenance, &mut Silent)?;
     eprintln!("smoke-train: bf16 best top-1 {:.2}", bf16.best_top1());
     let bf16_dtypes = checkpoint_dtypes(&out.join("bf16"))?;
 

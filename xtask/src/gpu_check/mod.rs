@@ -54,7 +54,7 @@ pub(crate) struct GpuCheckArgs {
     /// Parity case folders (default: the committed cases, and the shared ones where present).
     #[arg(long)]
     parity: Vec<PathBuf>,
-    /// Leave out a part: `parity`, `ops`, `steps`.
+    /// Leave out a part: `parity`, `ops`, `nccl`, `steps`.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -65,6 +65,9 @@ struct Report {
     build: BuildInfo,
     parity: Option<ParitySummary>,
     ops: Option<OpsSummary>,
+    /// NCCL's all-reduce on this one device (a group of one, made both ways the trainer makes
+    /// them), where the binary has the `nccl` feature: that the library loads and sums.
+    nccl: Option<String>,
     steps: Vec<StepTiming>,
     torch: Option<serde_json::Value>,
     /// dmlp images/s ÷ PyTorch images/s per (model, precision).
@@ -232,6 +235,19 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
         report.ops = Some(OpsSummary { checked: checks.len(), failed, worst });
         report.save(&out, start)?;
     }
+    if !skip("nccl") && cfg!(feature = "nccl") && device.is_cuda() {
+        match caught(|| nccl_check(&device)) {
+            Ok(summary) => {
+                println!("nccl: {summary}");
+                report.nccl = Some(summary);
+            }
+            Err(error) => {
+                healthy = false;
+                part_failed(&mut report, "nccl", error);
+            }
+        }
+        report.save(&out, start)?;
+    }
     if !skip("steps") {
         let plan = StepPlan {
             batch: args.batch,
@@ -261,7 +277,7 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
             match (&timing.images_per_s, &timing.error) {
                 (_, Some(error)) => println!("dmlp  {} {}: ERROR {error}", timing.model, timing.precision),
                 (Some(rate), None) => println!(
-                    "dmlp  {} {} batch {} × {}²: {:.1} images/s ({} steps, {:.3} s/step, loss {:.3})",
+                    "dmlp  {} {} batch {} × {}²: {:.1} images/s ({} steps, {:.3} s/step, host {:.3} s/step, loss {:.3})",
                     timing.model,
                     timing.precision,
                     timing.batch,
@@ -269,6 +285,7 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
                     rate,
                     timing.steps,
                     timing.step_s.unwrap_or(0.0),
+                    timing.host_s.unwrap_or(f64::NAN),
                     timing.last_loss.unwrap_or(f64::NAN)
                 ),
                 _ => {}
@@ -308,6 +325,43 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
         out.display()
     );
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// NCCL on one GPU: a group of one made as one process's devices are (`ncclCommInitAll`) and
+/// as a multi-process job's ranks are (a unique id, `ncclCommInitRank`), each summing two
+/// tensors through the trainer's [`dmlp_train::Collective`]; with one rank the sum is the input.
+/// Two ranks on one GPU are refused by NCCL, so the sum between GPUs waits for a machine with
+/// several.
+#[cfg(feature = "nccl")]
+fn nccl_check(device: &Device) -> anyhow::Result<String> {
+    use dmlp_train::{Collective, NcclCollective};
+    let a = candle_core::Tensor::arange(0f32, 1000.0, device)?.affine(0.5, -3.0)?;
+    let b = candle_core::Tensor::arange(0f32, 24.0, device)?.reshape((2, 3, 4))?;
+    let inputs = [a.clone(), b.clone()];
+    let id = dmlp_train::nccl_unique_id().map_err(|e| anyhow::anyhow!("NCCL unique id: {e}"))?;
+    let groups = [
+        ("ncclCommInitAll", NcclCollective::group(std::slice::from_ref(device))?),
+        ("ncclCommInitRank", NcclCollective::group_of_ranks(std::slice::from_ref(device), 0, 1, &id)?),
+    ];
+    for (how, mut group) in groups {
+        let summed = group[0].all_reduce_sum(&inputs)?;
+        for (input, output) in inputs.iter().zip(&summed) {
+            anyhow::ensure!(
+                input.dims() == output.dims(),
+                "{how}: shape {:?} came back {:?}",
+                input.dims(),
+                output.dims()
+            );
+            let (x, y) = (input.flatten_all()?.to_vec1::<f32>()?, output.flatten_all()?.to_vec1::<f32>()?);
+            anyhow::ensure!(x == y, "{how}: the sum over one rank is not its input");
+        }
+    }
+    Ok("one rank, ncclCommInitAll and ncclCommInitRank: all-reduce exact".into())
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_check(_: &Device) -> anyhow::Result<String> {
+    anyhow::bail!("built without the `nccl` feature")
 }
 
 fn device_info(name: &str) -> DeviceInfo {
@@ -481,7 +535,7 @@ mod tests {
 
     /// `.ci/gpu-check.sh` with a stand-in for the carried binary that crashes (SIGSEGV) unless
     /// cuDNN is off: the script runs it again without cuDNN, parity left out, into its own
-    /// report, and exits with the crash's status.
+    /// report, then the smoke training on the device, and exits with the crash's status.
     #[test]
     fn the_gpu_script_reruns_a_crashed_check_without_cudnn() {
         let dir = tempfile::tempdir().unwrap();
@@ -508,10 +562,11 @@ mod tests {
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert_eq!(output.status.code(), Some(139), "{stdout}");
         let runs: Vec<&str> = stdout.lines().filter(|l| l.starts_with("run ")).collect();
-        assert_eq!(runs.len(), 2, "{stdout}");
+        assert_eq!(runs.len(), 3, "{stdout}");
         assert!(runs[0].starts_with("run cudnn=on gpu-check") && runs[0].contains("--parity"), "{stdout}");
         assert!(runs[0].contains("out/gpu-check.json"), "{stdout}");
         assert!(runs[1].starts_with("run cudnn=0 gpu-check") && runs[1].contains("--skip parity"), "{stdout}");
         assert!(runs[1].contains("out/gpu-check-generic.json"), "{stdout}");
+        assert!(runs[2].starts_with("run cudnn=on smoke-train --device cuda:0"), "{stdout}");
     }
 }

@@ -116,11 +116,26 @@ fn cuda_err(e: impl std::fmt::Debug) -> candle_core::Error {
     candle_core::Error::Msg(format!("CUDA: {e:?}"))
 }
 
-/// The library and its BatchNorm entry points.
-fn library() -> Result<(&'static Api, &'static BatchNormApi)> {
-    let api = api().map_err(|e| candle_core::Error::Msg(e.to_owned()))?;
-    let bn = api.batch_norm.as_ref().ok_or_else(|| candle_core::Error::Msg("cuDNN has no BatchNorm".into()))?;
-    Ok((api, bn))
+/// What one cuDNN BatchNorm call over `x` needs: the entry points, the device, a handle on its
+/// stream and the descriptors of `x`'s shape.
+struct Call {
+    bn: &'static BatchNormApi,
+    device: candle_core::cuda_backend::CudaDevice,
+    channels: usize,
+    handle: crate::cudnn::Handle,
+    descriptors: Descriptors<'static>,
+}
+
+impl Call {
+    fn new(x: &CudaStorage, layout: &Layout) -> Result<Self> {
+        let api = api().map_err(|e| candle_core::Error::Msg(e.to_owned()))?;
+        let bn = api.batch_norm.as_ref().ok_or_else(|| candle_core::Error::Msg("cuDNN has no BatchNorm".into()))?;
+        let device = x.device().clone();
+        let shape = nchw(layout.dims())?;
+        let handle = handle(api, &device)?;
+        let descriptors = Descriptors::new(api, bn, shape)?;
+        Ok(Call { bn, device, channels: shape[1], handle, descriptors })
+    }
 }
 
 fn contiguous_f32<'s>(storage: &'s CudaStorage, layout: &Layout, what: &str) -> Result<(&'s CudaSlice<f32>, u64)> {
@@ -162,17 +177,12 @@ impl CustomOp3 for BatchNormForward {
         bias: &CudaStorage,
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (api, bn) = library()?;
-        let device = x.device().clone();
-        let shape = nchw(xl.dims())?;
-        let channels = shape[1];
+        let Call { bn, device, channels, handle, descriptors } = Call::new(x, xl)?;
         if wl.shape().elem_count() != channels || bl.shape().elem_count() != channels {
             bail!("batch norm: γ {:?} and β {:?} for {channels} channels", wl.dims(), bl.dims())
         }
         let ((x, xo), (w, wo), (b, bo)) =
             (contiguous_f32(x, xl, "input")?, contiguous_f32(weight, wl, "γ")?, contiguous_f32(bias, bl, "β")?);
-        let handle = handle(api, &device)?;
-        let descriptors = Descriptors::new(api, bn, shape)?;
         let stream = device.cuda_stream();
         // SAFETY: every element of both buffers is written by cuDNN before anything reads it.
         let mut ys = unsafe { device.alloc::<f32>(xl.shape().elem_count()) }?;
@@ -208,7 +218,7 @@ impl CustomOp3 for BatchNormForward {
                     inv_ptr as *mut c_void,
                 )
             };
-            check(api, status, "batch norm forward")?;
+            check(descriptors.api, status, "batch norm forward")?;
         }
         *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
         Ok((CudaStorage::wrap_cuda_slice(ys, device), xl.shape().clone()))
@@ -274,14 +284,10 @@ impl CustomOp3 for BatchNormBackward {
         if dl.dims() != xl.dims() {
             bail!("batch norm backward: gradient {:?} does not match input {:?}", dl.dims(), xl.dims())
         }
-        let (api, bn) = library()?;
-        let device = x.device().clone();
-        let shape = nchw(xl.dims())?;
-        let (n, channels) = (xl.shape().elem_count(), shape[1]);
+        let Call { bn, device, channels, handle, descriptors } = Call::new(x, xl)?;
+        let n = xl.shape().elem_count();
         let ((x, xo), (w, wo), (dy, dyo)) =
             (contiguous_f32(x, xl, "input")?, contiguous_f32(weight, wl, "γ")?, contiguous_f32(dy, dl, "gradient")?);
-        let handle = handle(api, &device)?;
-        let descriptors = Descriptors::new(api, bn, shape)?;
         let stream = device.cuda_stream();
         let (w_at, b_at) = backward_offsets(n, channels);
         // SAFETY: cuDNN writes dx, dγ and dβ; the padding between them is never read.
@@ -320,7 +326,7 @@ impl CustomOp3 for BatchNormBackward {
                     inv_ptr as *const c_void,
                 )
             };
-            check(api, status, "batch norm backward")?;
+            check(descriptors.api, status, "batch norm backward")?;
         }
         Ok((CudaStorage::wrap_cuda_slice(packed, device), Shape::from(b_at + channels)))
     }

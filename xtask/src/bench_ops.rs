@@ -1,6 +1,7 @@
 //! `cargo xtask bench ops`: the training ops on their own. conv2d forward + backward GFLOP/s
-//! over ResNet-50's convolutions at batch 8 × 224², BatchNorm's training pass, the ResNet-50
-//! step, and a tiny ResNet's step, each beside PyTorch's when a Python with PyTorch is given.
+//! over ResNet-50's convolutions at batch 8 × 224², BatchNorm's training pass, memory-bound
+//! elementwise ops (GB/s), the ResNet-50 step, and a tiny ResNet's step, each beside PyTorch's
+//! when a Python with PyTorch is given (the elementwise ops without a peer).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -118,6 +119,39 @@ fn batch_norm_step(device: &Device) -> anyhow::Result<f64> {
     })
 }
 
+/// Memory-bound ops over one activation (`[64, 256, 56, 56]` on a GPU, `[8, 256, 56, 56]` on
+/// the CPU, f32): achieved GB/s of bytes read and written, median of three. `zeros + add` is
+/// what candle's backward does for every gradient edge (`GradStore::or_insert`).
+fn elementwise(device: &Device) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let batch = if device.is_cpu() { 8 } else { 64 };
+    let x = Tensor::randn(0f32, 1.0, (batch, 256, 56, 56), device)?;
+    let y = Tensor::randn(0f32, 1.0, (batch, 256, 56, 56), device)?;
+    let bytes = (x.elem_count() * 4) as f64;
+    let xh = x.to_dtype(DType::BF16)?;
+    type Case<'a> = (&'static str, f64, Box<dyn Fn() -> candle_core::Result<Tensor> + 'a>);
+    let cases: [Case; 6] = [
+        ("relu", 2.0, Box::new(|| x.relu())),
+        ("add", 3.0, Box::new(|| &x + &y)),
+        ("f32 → bf16", 1.5, Box::new(|| x.to_dtype(DType::BF16))),
+        ("bf16 → f32", 1.5, Box::new(|| xh.to_dtype(DType::F32))),
+        ("zeros + add", 4.0, Box::new(|| x.zeros_like()?.add(&y))),
+        (
+            "per-channel scale (broadcast_mul)",
+            2.0,
+            Box::new(|| x.broadcast_mul(&y.narrow(0, 0, 1)?.narrow(2, 0, 1)?.narrow(3, 0, 1)?)),
+        ),
+    ];
+    let mut rates = Vec::new();
+    for (name, passes, op) in cases {
+        let t = time_it(3, device, || {
+            drop(op()?);
+            Ok(())
+        })?;
+        rates.push((name, passes * bytes / t / 1e9));
+    }
+    Ok(rates)
+}
+
 fn network_step(spec: BackboneSpec, batch: usize, size: usize, iters: usize, device: &Device) -> anyhow::Result<f64> {
     let config = ModelConfig::image_only(spec, 10);
     let model = Classifier::new(&config, 0, device)?;
@@ -158,6 +192,9 @@ pub(crate) fn run(args: &OpsBenchArgs) -> anyhow::Result<ExitCode> {
     eprintln!("dmlp conv2d fwd+bwd over ResNet-50's convolutions: {conv_s:.2} s, {conv_gflops:.1} GFLOP/s");
     let bn_s = batch_norm_step(&device)?;
     eprintln!("dmlp BatchNorm train fwd+bwd (8, 256, 56, 56): {:.1} ms", bn_s * 1e3);
+    for (name, rate) in elementwise(&device)? {
+        eprintln!("dmlp {name} over one activation (f32): {rate:.0} GB/s");
+    }
     let resnet_s = network_step(BackboneSpec::Preset(BackbonePreset::Resnet50), 8, 224, args.iters, &device)?;
     eprintln!("dmlp ResNet-50 step, batch 8 × 224²: {resnet_s:.2} s");
     let tiny_s = network_step(tiny_resnet(), 32, 32, args.iters.max(5), &device)?;

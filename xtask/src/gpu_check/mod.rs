@@ -290,6 +290,11 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
                 ),
                 _ => {}
             }
+            if let (Some(forward), Some(backward), Some(rest)) = (timing.forward_s, timing.backward_s, timing.rest_s) {
+                println!(
+                    "      forward + loss {forward:.3} s, backward {backward:.3} s, the rest of the step {rest:.3} s"
+                );
+            }
             healthy &= timing.error.is_none();
             report.steps.push(timing);
             report.save(&out, start)?;

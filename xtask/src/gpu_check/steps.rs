@@ -23,8 +23,15 @@ pub(crate) struct StepTiming {
     /// Timed steps (after the warm-up); fewer than asked when the time budget ran out.
     pub(crate) steps: usize,
     pub(crate) step_s: Option<f64>,
-    /// Seconds per step the host spent inside the step (without waiting for the device).
+    /// Seconds per step the host spent inside the step call (a full launch queue makes the
+    /// host wait there too, so this equals the step time whenever the device is the bound).
     pub(crate) host_s: Option<f64>,
+    /// Where a step's time goes, each phase timed on its own with the device synchronised
+    /// (median of three): the forward and the loss, the backward, and the rest of the step
+    /// (mixup, the update, the figures) as the step's time less the other two.
+    pub(crate) forward_s: Option<f64>,
+    pub(crate) backward_s: Option<f64>,
+    pub(crate) rest_s: Option<f64>,
     pub(crate) images_per_s: Option<f64>,
     pub(crate) last_loss: Option<f64>,
     /// Why the configuration did not run (out of memory, an op missing on the device, …).
@@ -74,6 +81,9 @@ impl StepTiming {
             steps: 0,
             step_s: None,
             host_s: None,
+            forward_s: None,
+            backward_s: None,
+            rest_s: None,
             images_per_s: None,
             last_loss: None,
             error: None,
@@ -136,7 +146,42 @@ fn run(
     let step_s = elapsed / timing.steps.max(1) as f64;
     timing.step_s = Some(step_s);
     timing.images_per_s = Some(plan.batch as f64 / step_s);
+    let (forward_s, backward_s) = phases(&model, precision, &images, &targets, device)?;
+    timing.forward_s = Some(forward_s);
+    timing.backward_s = Some(backward_s);
+    timing.rest_s = Some(step_s - forward_s - backward_s);
     Ok(())
+}
+
+/// Seconds of the forward with the loss, and of the backward, each the median of three with
+/// the device synchronised around it, in the trainer's precision (its autocast).
+fn phases(
+    model: &Classifier,
+    precision: Precision,
+    images: &Tensor,
+    targets: &Tensor,
+    device: &Device,
+) -> anyhow::Result<(f64, f64)> {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut forward, mut backward) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        device.synchronize()?;
+        let started = Instant::now();
+        let loss = dmlp_nn::with_autocast(precision.autocast(), || -> anyhow::Result<Tensor> {
+            let out = model.forward_t(images, None, true)?;
+            Ok(dmlp_train::label_smoothing_loss(&out.logits, targets, 0.1)?)
+        })?;
+        device.synchronize()?;
+        forward.push(started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        drop(loss.backward()?);
+        device.synchronize()?;
+        backward.push(started.elapsed().as_secs_f64());
+    }
+    Ok((median(forward), median(backward)))
 }
 
 #[cfg(test)]
@@ -151,6 +196,7 @@ mod tests {
             assert_eq!(timing.error, None);
             assert_eq!(timing.steps, 1);
             assert!(timing.images_per_s.is_some_and(|r| r > 0.0) && timing.last_loss.is_some_and(f64::is_finite));
+            assert!(timing.forward_s.is_some_and(|s| s > 0.0) && timing.backward_s.is_some_and(|s| s > 0.0));
         }
     }
 }

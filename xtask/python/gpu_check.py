@@ -4,7 +4,8 @@ The same work as dmlp's step: an image-only classifier (ResNet-50 or SK-Res2Net-
 as `bench_model.py` builds them, then a 2048 → 1000 linear layer), mixup with one λ and
 permutation, label-smoothed cross-entropy (0.1), backward, SGD (momentum 0.9, weight decay 1e-4),
 at batch B × S². f32 with TF32 off, and AMP bf16 (`torch.autocast`, f32 master weights). The
-device is synchronised inside the timer. Prints one JSON object on its last line.
+device is synchronised inside the timer. Then the forward with the loss and the backward timed
+apart (median of three), as dmlp's check does. Prints one JSON object on its last line.
 """
 import argparse
 import json
@@ -65,6 +66,23 @@ def time_config(name, precision, args, device):
             break
     sync()
     elapsed = time.perf_counter() - start
+    # Where a step's time goes, as dmlp's gpu-check measures it: the forward with the loss and
+    # the backward, each timed apart with the device synchronised (median of three).
+    forward, backward = [], []
+    for _ in range(3):
+        sync()
+        t0 = time.perf_counter()
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(images)
+        phase_loss = smoothed_loss(logits, targets)
+        sync()
+        t1 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        phase_loss.backward()
+        sync()
+        forward.append(t1 - t0)
+        backward.append(time.perf_counter() - t1)
+    forward_s, backward_s = sorted(forward)[1], sorted(backward)[1]
     row = {
         "model": name,
         "precision": precision,
@@ -73,7 +91,10 @@ def time_config(name, precision, args, device):
         "steps": done,
         "step_s": elapsed / done,
         "images_per_s": args.batch * done / elapsed,
-        "last_loss": float(loss) if loss is not None else None,
+        "forward_s": forward_s,
+        "backward_s": backward_s,
+        "rest_s": elapsed / done - forward_s - backward_s,
+        "last_loss": float(loss.detach()) if loss is not None else None,
     }
     if device.type == "cuda":
         row["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20

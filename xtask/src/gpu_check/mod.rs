@@ -313,6 +313,18 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
                             r.model, r.precision, r.torch_images_per_s, r.ratio
                         );
                     }
+                    for row in torch.get("steps").and_then(|s| s.as_array()).into_iter().flatten() {
+                        let field = |name: &str| row.get(name).and_then(serde_json::Value::as_f64);
+                        if let (Some(forward), Some(backward), Some(rest)) =
+                            (field("forward_s"), field("backward_s"), field("rest_s"))
+                        {
+                            println!(
+                                "torch {} {}: forward + loss {forward:.3} s, backward {backward:.3} s, the rest of the step {rest:.3} s",
+                                row.get("model").and_then(|m| m.as_str()).unwrap_or("?"),
+                                row.get("precision").and_then(|p| p.as_str()).unwrap_or("?"),
+                            );
+                        }
+                    }
                     report.torch = Some(torch);
                 }
                 Err(e) => {

@@ -39,7 +39,7 @@ use crate::cudnn_library::{AlgoPerf, Api, Opaque, Status, api};
 
 static ENABLED: OnceLock<AtomicBool> = OnceLock::new();
 
-pub(crate) fn enabled_flag() -> &'static AtomicBool {
+fn enabled_flag() -> &'static AtomicBool {
     ENABLED.get_or_init(|| AtomicBool::new(std::env::var("DMLP_CUDNN").map_or(true, |v| v != "0")))
 }
 
@@ -368,10 +368,16 @@ fn dims(t: &Tensor) -> Result<[usize; 4]> {
     Ok([a, b, c, d])
 }
 
-/// Whether [`conv2d`] should take this convolution: a CUDA tensor, cuDNN loaded and on, the
-/// generic path not forced, and an algorithm for every pass it needs.
+/// Whether an op over `xs` may go through cuDNN at all: a CUDA tensor, cuDNN on, the generic
+/// path not forced (whether the library loads is each op's own question).
+pub(crate) fn on_for(xs: &Tensor) -> bool {
+    xs.device().is_cuda() && enabled_flag().load(Ordering::Relaxed) && !crate::cpu::generic_forced()
+}
+
+/// Whether [`conv2d`] should take this convolution: [`on_for`] the input, cuDNN loaded, and an
+/// algorithm for every pass it needs.
 pub(crate) fn takes(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> bool {
-    if !xs.device().is_cuda() || !enabled_flag().load(Ordering::Relaxed) || crate::cpu::generic_forced() {
+    if !on_for(xs) {
         return false;
     }
     let passes: &[Pass] = if xs.track_op() || weight.track_op() {

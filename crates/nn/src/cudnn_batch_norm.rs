@@ -21,7 +21,7 @@ use candle_core::cuda_backend::CudaStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 
-use crate::cudnn::{check, enabled_flag, handle, int};
+use crate::cudnn::{check, handle, int, on_for};
 use crate::cudnn_library::{Api, BatchNormApi, Opaque, api};
 
 /// `CUDNN_BATCHNORM_SPATIAL`: one mean and variance per channel over batch and space.
@@ -32,9 +32,7 @@ const MIN_EPSILON: f64 = 1e-5;
 
 /// Whether the training pass of a BatchNorm over `xs` goes through cuDNN (see the module docs).
 pub(crate) fn takes(xs: &Tensor, eps: f64) -> bool {
-    xs.device().is_cuda()
-        && enabled_flag().load(std::sync::atomic::Ordering::Relaxed)
-        && !crate::cpu::generic_forced()
+    on_for(xs)
         && matches!(xs.dtype(), DType::F32 | DType::F16 | DType::BF16)
         && eps >= MIN_EPSILON
         && xs.rank() >= 2
@@ -42,8 +40,9 @@ pub(crate) fn takes(xs: &Tensor, eps: f64) -> bool {
 }
 
 /// Per-channel batch statistics cuDNN saved in the forward for its backward: the mean at 0 and
-/// the inverse standard deviation at [`stats_offset`] of one buffer.
-type Saved = Arc<Mutex<Option<CudaSlice<f32>>>>;
+/// the inverse standard deviation at [`stats_offset`] of one buffer, shared with the backward
+/// (no copy).
+type Saved = Arc<Mutex<Option<Arc<CudaSlice<f32>>>>>;
 
 /// Where a second per-channel vector starts in a buffer of two (aligned for cuDNN's loads).
 fn stats_offset(channels: usize) -> usize {
@@ -220,7 +219,7 @@ impl CustomOp3 for BatchNormForward {
             };
             check(descriptors.api, status, "batch norm forward")?;
         }
-        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(stats));
         Ok((CudaStorage::wrap_cuda_slice(ys, device), xl.shape().clone()))
     }
 
@@ -232,9 +231,9 @@ impl CustomOp3 for BatchNormForward {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let saved = self.saved.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(CudaSlice::try_clone);
+        let saved = self.saved.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(saved) = saved else { bail!("cuDNN batch norm backward without its forward statistics") };
-        let op = BatchNormBackward { eps: self.eps, saved: saved.map_err(cuda_err)? };
+        let op = BatchNormBackward { eps: self.eps, saved };
         let packed = x.apply_op3_no_bwd(weight, &grad.to_dtype(DType::F32)?.contiguous()?, &op)?;
         let (n, c) = (x.elem_count(), weight.elem_count());
         let (w_at, b_at) = backward_offsets(n, c);
@@ -252,7 +251,7 @@ fn backward_offsets(n: usize, c: usize) -> (usize, usize) {
 /// `(x, γ, dy) → [dx…, dγ…, dβ…]` (see [`backward_offsets`]) from the saved statistics.
 struct BatchNormBackward {
     eps: f64,
-    saved: CudaSlice<f32>,
+    saved: Arc<CudaSlice<f32>>,
 }
 
 impl CustomOp3 for BatchNormBackward {
@@ -298,7 +297,7 @@ impl CustomOp3 for BatchNormBackward {
             let (x_ptr, _x) = x.device_ptr(&stream);
             let (w_ptr, _w) = w.device_ptr(&stream);
             let (dy_ptr, _dy) = dy.device_ptr(&stream);
-            let (s_ptr, _s) = self.saved.device_ptr(&stream);
+            let (s_ptr, _s) = self.saved.as_ref().device_ptr(&stream);
             let (p_ptr, _p) = packed.device_ptr_mut(&stream);
             let inv_ptr = s_ptr + stats_offset(channels) as u64 * size;
             // SAFETY: contiguous f32 buffers of the descriptors' shapes on the handle's stream;

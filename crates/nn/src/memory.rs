@@ -40,24 +40,19 @@ pub fn keep_freed_memory() -> bool {
 pub fn cuda_device(ordinal: usize) -> candle_core::Result<candle_core::Device> {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
     let device = candle_core::Device::new_cuda(ordinal)?;
-    if let candle_core::Device::Cuda(cuda) = &device {
-        let stream = cuda.cuda_stream();
-        let context = stream.context();
-        if context.has_async_alloc() {
-            let driver = |e: result::DriverError| candle_core::Error::Msg(format!("CUDA memory pool: {e:?}"));
-            context.bind_to_thread().map_err(driver)?;
-            let mut threshold: u64 = u64::MAX;
-            // SAFETY: the device is the context's; the release threshold is a cuuint64_t.
-            unsafe {
-                let pool = result::device::get_mem_pool(context.cu_device()).map_err(driver)?;
-                result::mem_pool::set_attribute(
-                    pool,
-                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                    (&mut threshold as *mut u64).cast(),
-                )
-                .map_err(driver)?;
-            }
+    if let candle_core::Device::Cuda(cuda) = &device
+        && let Some(pool) = memory_pool(cuda)?
+    {
+        let mut threshold: u64 = u64::MAX;
+        // SAFETY: the pool is the device's; the release threshold is a cuuint64_t.
+        unsafe {
+            result::mem_pool::set_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
         }
+        .map_err(pool_error)?;
     }
     Ok(device)
 }
@@ -67,18 +62,34 @@ pub fn cuda_device(ordinal: usize) -> candle_core::Result<candle_core::Device> {
 #[cfg(feature = "cuda")]
 pub(crate) fn release_cached_cuda_memory(device: &candle_core::cuda_backend::CudaDevice) -> candle_core::Result<()> {
     use candle_core::cuda_backend::cudarc::driver::result;
-    let driver = |e: result::DriverError| candle_core::Error::Msg(format!("CUDA memory pool: {e:?}"));
-    let stream = device.cuda_stream();
-    stream.synchronize().map_err(driver)?;
-    let context = stream.context();
-    if context.has_async_alloc() {
+    device.cuda_stream().synchronize().map_err(pool_error)?;
+    if let Some(pool) = memory_pool(device)? {
         // SAFETY: the pool is the device's current one; trimming frees only unused memory.
-        unsafe {
-            let pool = result::device::get_mem_pool(context.cu_device()).map_err(driver)?;
-            result::mem_pool::trim_to(pool, 0).map_err(driver)?;
-        }
+        unsafe { result::mem_pool::trim_to(pool, 0) }.map_err(pool_error)?;
     }
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn pool_error(e: candle_core::cuda_backend::cudarc::driver::DriverError) -> candle_core::Error {
+    candle_core::Error::Msg(format!("CUDA memory pool: {e:?}"))
+}
+
+/// The pool cudarc allocates `device`'s memory from (its context made current), or `None`
+/// where the device has no stream-ordered allocation.
+#[cfg(feature = "cuda")]
+fn memory_pool(
+    device: &candle_core::cuda_backend::CudaDevice,
+) -> candle_core::Result<Option<candle_core::cuda_backend::cudarc::driver::sys::CUmemoryPool>> {
+    use candle_core::cuda_backend::cudarc::driver::result;
+    let stream = device.cuda_stream();
+    let context = stream.context();
+    if !context.has_async_alloc() {
+        return Ok(None);
+    }
+    context.bind_to_thread().map_err(pool_error)?;
+    // SAFETY: the device is the context's.
+    Ok(Some(unsafe { result::device::get_mem_pool(context.cu_device()) }.map_err(pool_error)?))
 }
 
 #[cfg(test)]

@@ -113,27 +113,27 @@ fn run(
     let batch = || TensorBatch::single(images.clone(), None, targets.clone());
     let mut iteration = 0;
     let host = std::cell::Cell::new(0.0);
-    let mut step = |trainer: &mut ClassifierTrainer| -> anyhow::Result<Option<Tensor>> {
+    let mut step = |trainer: &mut ClassifierTrainer| -> anyhow::Result<Tensor> {
         let context = StepContext { epoch: 1, iteration, lr: 0.01 };
         iteration += 1;
         let started = Instant::now();
         let outcome = trainer.train_step(batch(), &context)?;
         host.set(host.get() + started.elapsed().as_secs_f64());
         // `[loss, hits]` on the device, or the loss read back (the CPU's steps).
-        Ok(Some(match outcome.pending {
+        Ok(match outcome.pending {
             Some(figures) => figures.get(0)?,
             None => Tensor::new(outcome.loss as f32, &Device::Cpu)?,
-        }))
+        })
     };
     let mut loss = None;
     for _ in 0..plan.warmup {
-        loss = step(&mut trainer)?;
+        loss = Some(step(&mut trainer)?);
     }
     device.synchronize()?;
     let warmup_host = host.get();
     let start = Instant::now();
     while timing.steps < plan.steps {
-        loss = step(&mut trainer)?;
+        loss = Some(step(&mut trainer)?);
         timing.steps += 1;
         if start.elapsed().as_secs_f64() > plan.budget_s {
             break;

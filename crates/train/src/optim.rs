@@ -69,3 +69,43 @@ impl Sgd {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// Two parameters added together receive one gradient tensor from candle's backward (the
+    /// patched backward keeps a first contribution as it is, vendor/README.md): each still gets
+    /// its own update and buffer, and a tensor used twice gets the sum of both contributions.
+    #[test]
+    fn parameters_sharing_one_gradient_update_apart_and_two_uses_add_up() {
+        let a = Var::new(&[1.0f32, -2.0, 3.0], &Device::Cpu).unwrap();
+        let b = Var::new(&[0.5f32, 0.25, -1.0], &Device::Cpu).unwrap();
+        let c = Tensor::new(&[2.0f32, -1.0, 0.5], &Device::Cpu).unwrap();
+        let sum = (a.as_tensor() + b.as_tensor()).unwrap();
+        // loss = Σ c·(a + b) + Σ (a + b)²: `sum` reaches the loss twice.
+        let loss = ((&sum * &c).unwrap().sum_all().unwrap() + sum.sqr().unwrap().sum_all().unwrap()).unwrap();
+        let grads = loss.backward().unwrap();
+        let expected: Vec<f32> = values(&sum).iter().zip(values(&c)).map(|(s, c)| c + 2.0 * s).collect();
+        assert_eq!(values(grads.get(a.as_tensor()).unwrap()), expected);
+        assert_eq!(values(grads.get(b.as_tensor()).unwrap()), expected);
+        let config = SgdConfig { momentum: 0.9, weight_decay: 0.1, nesterov: false };
+        let (a0, b0) = (values(a.as_tensor()), values(b.as_tensor()));
+        let mut sgd = Sgd::new(vec![("a".into(), a.clone()), ("b".into(), b.clone())], config);
+        sgd.step(&grads, 0.5).unwrap();
+        for (name, before, after) in [("a", &a0, values(a.as_tensor())), ("b", &b0, values(b.as_tensor()))] {
+            let buffer = values(&sgd.momentum_buffers()[name]);
+            for i in 0..3 {
+                let g = expected[i] + before[i] * 0.1;
+                assert_eq!(buffer[i], g, "{name}[{i}]: the first buffer is the decayed gradient");
+                assert_eq!(after[i], before[i] - g * 0.5, "{name}[{i}]");
+            }
+        }
+        assert_eq!(values(grads.get(a.as_tensor()).unwrap()), expected, "the update left the gradient alone");
+    }
+}

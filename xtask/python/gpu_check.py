@@ -5,7 +5,9 @@ as `bench_model.py` builds them, then a 2048 → 1000 linear layer), mixup with 
 permutation, label-smoothed cross-entropy (0.1), backward, SGD (momentum 0.9, weight decay 1e-4),
 at batch B × S². f32 with TF32 off, and AMP bf16 (`torch.autocast`, f32 master weights). The
 device is synchronised inside the timer. Then the forward with the loss and the backward timed
-apart (median of three), as dmlp's check does. Prints one JSON object on its last line.
+apart (median of three), as dmlp's check does. With `--profile`, one more step under
+`torch.profiler`: the kernels by device time (on the CPU, the ops by CPU time), as dmlp's CUPTI
+profile lists them. Prints one JSON object on its last line.
 """
 import argparse
 import json
@@ -24,6 +26,31 @@ def smoothed_loss(logits, targets, smoothing=0.1):
     q = torch.full_like(log_probs, off)
     q.scatter_(1, targets[:, None], 1.0 - smoothing)
     return -(q * log_probs).sum(1).mean()
+
+
+def kernel_profile(step, sync, device, top):
+    """One step under torch.profiler: device time (µs → ms) and launches per kernel name."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        step()
+        sync()
+    kernels = []
+    for event in prof.key_averages():
+        if cuda and event.device_type != DeviceType.CUDA:
+            continue
+        us = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if us > 0:
+            kernels.append({"name": event.key, "launches": event.count, "device_ms": us / 1e3})
+    kernels.sort(key=lambda k: -k["device_ms"])
+    return {
+        "busy_ms": sum(k["device_ms"] for k in kernels),
+        "launches": sum(k["launches"] for k in kernels),
+        "kernels": kernels[:top],
+    }
 
 
 def time_config(name, precision, args, device):
@@ -98,6 +125,8 @@ def time_config(name, precision, args, device):
     }
     if device.type == "cuda":
         row["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    if args.profile:
+        row["profile"] = kernel_profile(step, sync, device, args.profile_top)
     return row
 
 
@@ -109,6 +138,8 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--budget-s", type=float, default=60.0)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-top", type=int, default=25)
     args = parser.parse_args()
     device = torch.device(args.device)
     # f32 means f32: no TF32 in matrix products or convolutions.

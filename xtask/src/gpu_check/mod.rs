@@ -5,9 +5,12 @@
 //! 64 × 224² in f32 and bf16 (images/s, the device synchronised inside the timer, peak memory
 //! from `nvidia-smi`), and ResNet-50 bf16 with the generic convolutions, beside PyTorch's on the
 //! same GPU in the same run (`xtask/python/gpu_check.py`: f32 with TF32 off, and AMP bf16).
+//! With `--profile`, one more step of each configuration is traced (CUPTI, `cupti.rs`; PyTorch's
+//! with `torch.profiler`): the kernels that took its device time, by name, side by side.
 //!
 //! It runs on the CPU too (`--device cpu`, small `--batch`/`--size`), which is how it is tested.
 
+mod cupti;
 mod ops;
 mod steps;
 
@@ -54,6 +57,13 @@ pub(crate) struct GpuCheckArgs {
     /// Parity case folders (default: the committed cases, and the shared ones where present).
     #[arg(long)]
     parity: Vec<PathBuf>,
+    /// After each configuration's timed steps, one more step traced with CUPTI (CUDA; needs
+    /// libcupti.so.13, as PyTorch's wheels ship it): the kernels that took its device time.
+    #[arg(long)]
+    profile: bool,
+    /// How many kernel names each profile prints (the JSON keeps them all).
+    #[arg(long, default_value_t = 25)]
+    profile_top: usize,
     /// Leave out a part: `parity`, `ops`, `nccl`, `steps`.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
@@ -255,6 +265,7 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
             warmup: args.warmup,
             steps: args.steps,
             budget_s: args.budget_s,
+            profile: args.profile,
         };
         let memory = MemoryWatch::start(&device);
         let mut configurations: Vec<(BackbonePreset, Precision, bool)> = Vec::new();
@@ -295,6 +306,7 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
                     "      forward + loss {forward:.3} s, backward {backward:.3} s, the rest of the step {rest:.3} s"
                 );
             }
+            print_profile(&timing, args.profile_top);
             healthy &= timing.error.is_none();
             report.steps.push(timing);
             report.save(&out, start)?;
@@ -325,6 +337,9 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
                             );
                         }
                     }
+                    for row in torch.get("steps").and_then(|s| s.as_array()).into_iter().flatten() {
+                        print_torch_profile(row, args.profile_top);
+                    }
                     report.torch = Some(torch);
                 }
                 Err(e) => {
@@ -342,6 +357,44 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
         out.display()
     );
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_profile(timing: &StepTiming, top: usize) {
+    if let Some(error) = &timing.profile_error {
+        println!("      profile: not taken: {error}");
+    }
+    let Some(profile) = &timing.profile else { return };
+    println!(
+        "      profile of one step: device busy {:.1} ms over a span of {:.1} ms, {} launches",
+        profile.busy_ms, profile.span_ms, profile.launches
+    );
+    for kernel in profile.kernels.iter().take(top) {
+        let name: String = kernel.name.chars().take(110).collect();
+        println!(
+            "      {:8.2} ms {:5.1} % {:6}×  {name}",
+            kernel.device_ms,
+            100.0 * kernel.device_ms / profile.busy_ms.max(1e-9),
+            kernel.launches
+        );
+    }
+}
+
+fn print_torch_profile(row: &serde_json::Value, top: usize) {
+    let Some(profile) = row.get("profile") else { return };
+    let number =
+        |v: &serde_json::Value, name: &str| v.get(name).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+    let busy = number(profile, "busy_ms");
+    println!(
+        "torch {} {}: profile of one step: device busy {busy:.1} ms, {} launches",
+        row.get("model").and_then(|m| m.as_str()).unwrap_or("?"),
+        row.get("precision").and_then(|p| p.as_str()).unwrap_or("?"),
+        number(profile, "launches"),
+    );
+    for kernel in profile.get("kernels").and_then(|k| k.as_array()).into_iter().flatten().take(top) {
+        let name: String = kernel.get("name").and_then(|n| n.as_str()).unwrap_or("?").chars().take(110).collect();
+        let ms = number(kernel, "device_ms");
+        println!("      {ms:8.2} ms {:5.1} % {:6}×  {name}", 100.0 * ms / busy.max(1e-9), number(kernel, "launches"));
+    }
 }
 
 /// NCCL on one GPU: a group of one made as one process's devices are (`ncclCommInitAll`) and
@@ -467,7 +520,7 @@ impl MemoryWatch {
 }
 
 fn torch_steps(python: &std::path::Path, args: &GpuCheckArgs) -> anyhow::Result<serde_json::Value> {
-    let script_args: Vec<String> = vec![
+    let mut script_args: Vec<String> = vec![
         "--device".into(),
         args.device.clone(),
         "--batch".into(),
@@ -481,6 +534,9 @@ fn torch_steps(python: &std::path::Path, args: &GpuCheckArgs) -> anyhow::Result<
         "--budget-s".into(),
         args.budget_s.to_string(),
     ];
+    if args.profile {
+        script_args.extend(["--profile".into(), "--profile-top".into(), args.profile_top.to_string()]);
+    }
     crate::bench::run_python_json(python, "gpu_check.py", &script_args)
 }
 
@@ -533,6 +589,8 @@ mod tests {
             warmup: 0,
             budget_s: 30.0,
             parity: vec![crate::paths::committed_parity_dir()],
+            profile: false,
+            profile_top: 25,
             skip: vec![],
         };
         assert_eq!(run(&args).unwrap(), ExitCode::SUCCESS);

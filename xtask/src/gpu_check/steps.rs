@@ -34,6 +34,10 @@ pub(crate) struct StepTiming {
     pub(crate) rest_s: Option<f64>,
     pub(crate) images_per_s: Option<f64>,
     pub(crate) last_loss: Option<f64>,
+    /// One more step traced with CUPTI (`--profile`, CUDA only): its kernels by device time.
+    pub(crate) profile: Option<super::cupti::Profile>,
+    /// Why the traced step has no profile (CUPTI missing or refusing).
+    pub(crate) profile_error: Option<String>,
     /// Why the configuration did not run (out of memory, an op missing on the device, …).
     pub(crate) error: Option<String>,
 }
@@ -47,6 +51,8 @@ pub(crate) struct StepPlan {
     pub(crate) steps: usize,
     /// Seconds after which a configuration stops taking more timed steps.
     pub(crate) budget_s: f64,
+    /// Trace one more step with CUPTI (CUDA only).
+    pub(crate) profile: bool,
 }
 
 pub(crate) fn preset_name(preset: BackbonePreset) -> &'static str {
@@ -86,6 +92,8 @@ impl StepTiming {
             rest_s: None,
             images_per_s: None,
             last_loss: None,
+            profile: None,
+            profile_error: None,
             error: None,
         }
     }
@@ -150,6 +158,19 @@ fn run(
     timing.forward_s = Some(forward_s);
     timing.backward_s = Some(backward_s);
     timing.rest_s = Some(step_s - forward_s - backward_s);
+    if plan.profile && device.is_cuda() {
+        match super::cupti::Trace::start() {
+            Ok(trace) => {
+                step(&mut trainer)?;
+                device.synchronize()?;
+                match trace.finish() {
+                    Ok(profile) => timing.profile = Some(profile),
+                    Err(e) => timing.profile_error = Some(e),
+                }
+            }
+            Err(e) => timing.profile_error = Some(e),
+        }
+    }
     Ok(())
 }
 
@@ -190,7 +211,7 @@ mod tests {
 
     #[test]
     fn a_tiny_step_is_timed_in_both_precisions() {
-        let plan = StepPlan { batch: 2, size: 32, warmup: 0, steps: 1, budget_s: 60.0 };
+        let plan = StepPlan { batch: 2, size: 32, warmup: 0, steps: 1, budget_s: 60.0, profile: true };
         for precision in [Precision::F32, Precision::Bf16] {
             let timing = time_training(BackbonePreset::Resnet50, precision, &Device::Cpu, plan);
             assert_eq!(timing.error, None);

@@ -36,7 +36,7 @@ pub fn autocast_dtype() -> Option<DType> {
 /// `xs` in the autocast dtype when one is set and `xs` is a float of another dtype.
 pub(crate) fn for_matmul(xs: &Tensor) -> Result<Tensor> {
     match autocast_dtype() {
-        Some(dtype) if xs.dtype() != dtype && xs.dtype().is_float() => xs.to_dtype(dtype),
+        Some(dtype) if xs.dtype() != dtype && xs.dtype().is_float() => crate::to_dtype(xs, dtype),
         _ => Ok(xs.clone()),
     }
 }

@@ -65,7 +65,7 @@ fn nchw(dims: &[usize]) -> Result<[usize; 4]> {
 pub(crate) fn train(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
     let dtype = xs.dtype();
     let channels = xs.dim(1)?;
-    let x = xs.to_dtype(DType::F32)?.contiguous()?;
+    let x = crate::to_dtype(xs, DType::F32)?.contiguous()?;
     let saved: Saved = Arc::new(Mutex::new(None));
     let forward = BatchNormForward { eps, saved: saved.clone() };
     let ys =
@@ -74,7 +74,7 @@ pub(crate) fn train(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Re
     let mean = stats.narrow(0, 0, channels)?;
     let inv_std = stats.narrow(0, stats_offset(channels), channels)?;
     let var = (inv_std.sqr()?.recip()? - eps)?.relu()?;
-    Ok((ys.to_dtype(dtype)?, mean, var))
+    Ok((crate::to_dtype(&ys, dtype)?, mean, var))
 }
 
 /// The x/y descriptor and the per-channel parameter descriptor derived from it, destroyed on drop.
@@ -234,7 +234,7 @@ impl CustomOp3 for BatchNormForward {
         let saved = self.saved.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(saved) = saved else { bail!("cuDNN batch norm backward without its forward statistics") };
         let op = BatchNormBackward { eps: self.eps, saved };
-        let packed = x.apply_op3_no_bwd(weight, &grad.to_dtype(DType::F32)?.contiguous()?, &op)?;
+        let packed = x.apply_op3_no_bwd(weight, &crate::to_dtype(grad, DType::F32)?.contiguous()?, &op)?;
         let (n, c) = (x.elem_count(), weight.elem_count());
         let (w_at, b_at) = backward_offsets(n, c);
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;

@@ -27,6 +27,8 @@ mod conv_op;
 mod cpu;
 mod cpu_threads;
 #[cfg(feature = "cuda")]
+mod cuda_kernels;
+#[cfg(feature = "cuda")]
 mod cudnn;
 #[cfg(feature = "cuda")]
 mod cudnn_batch_norm;
@@ -140,6 +142,65 @@ impl DropoutRng {
     /// Restarts the stream at `seed` (the trainer does this before each step).
     pub fn reseed(&self, seed: u64) {
         *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = rand::SeedableRng::seed_from_u64(seed);
+    }
+}
+
+/// Whether an op over `xs` runs dmlp's own CUDA kernel (`cuda_kernels`): a CUDA float tensor,
+/// the kernels on (`DMLP_CUDA_KERNELS`), the generic path not forced.
+#[cfg(feature = "cuda")]
+pub(crate) fn custom_cuda_ops(xs: &candle_core::Tensor) -> bool {
+    cuda_kernels::takes(xs)
+}
+
+#[cfg(not(feature = "cuda"))]
+pub(crate) fn custom_cuda_ops(_: &candle_core::Tensor) -> bool {
+    false
+}
+
+/// `xs` in `dtype` (candle's `to_dtype`), by one of dmlp's CUDA kernels for half precision to
+/// f32 and back on CUDA: candle's bf16 → f32 cast runs at about a third of the bandwidth.
+pub(crate) fn to_dtype(
+    xs: &candle_core::Tensor,
+    dtype: candle_core::DType,
+) -> candle_core::Result<candle_core::Tensor> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda_kernels::cast(xs, dtype)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        xs.to_dtype(dtype)
+    }
+}
+
+/// One step of SGD with momentum (dampening 0, PyTorch's `torch.optim.SGD`) on `param` in place,
+/// by two of dmlp's CUDA kernels (the momentum buffer, then the parameter) instead of the seven
+/// tensor ops and a copy the update is composed of, each product and sum rounded as those round
+/// them. Returns the momentum buffer (a new one at the first step, when `buffer` is `None`, else
+/// `buffer` itself, updated in place), or `None` where the kernels do not apply (not CUDA, the
+/// kernels off, not all f32 and contiguous, no momentum): the caller then composes the update.
+pub fn sgd_step_in_place(
+    param: &candle_core::Tensor,
+    grad: &candle_core::Tensor,
+    buffer: Option<&candle_core::Tensor>,
+    (lr, momentum, weight_decay): (f64, f64, f64),
+    nesterov: bool,
+) -> candle_core::Result<Option<candle_core::Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        let update = cuda_kernels::SgdUpdate {
+            lr: lr as f32,
+            momentum: momentum as f32,
+            weight_decay: weight_decay as f32,
+            nesterov,
+            first: false,
+        };
+        cuda_kernels::sgd_step(param, grad, buffer, update)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (param, grad, buffer, lr, momentum, weight_decay, nesterov);
+        Ok(None)
     }
 }
 

@@ -2,8 +2,9 @@
 //! padding (candle's own pooling cannot differentiate when the kernel differs from the stride, and
 //! scales max-pool gradients wrongly; see `shared/reference/candle-notes.md`).
 //!
-//! On the CPU these run as custom ops with hand-written forward and backward. On other devices
-//! (and on the CPU inside [`crate::with_generic_ops`]) they run `forward_generic`: the input padded,
+//! On the CPU these run as custom ops with hand-written forward and backward, on CUDA as the same
+//! ops with dmlp's kernels (`crate::cuda_kernels`). On other devices, on CUDA with the kernels off
+//! and on the CPU inside [`crate::with_generic_ops`], they run `forward_generic`: the input padded,
 //! each window offset taken with `index_select`, the max picked by `argmax` + `gather` (so the
 //! gradient goes to the first maximum of each window, as PyTorch routes it) and the mean divided
 //! by each window's count; every primitive has a CUDA kernel and a backward, so no pooling
@@ -65,6 +66,12 @@ impl Geometry {
             out -= 1;
         }
         Ok(out)
+    }
+
+    /// The geometry as dmlp's CUDA kernels take it.
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, input: (usize, usize), output: (usize, usize)) -> Result<crate::cuda_kernels::Pool> {
+        crate::cuda_kernels::Pool::new(input, output, self.kernel, self.stride, self.padding)
     }
 
     /// Rows (or columns) of output `o`'s window: `(start, end)` clipped to the input, and the
@@ -227,6 +234,18 @@ impl CustomOp1 for MaxPoolOp {
         Ok((out, Shape::from((b, c, oh, ow))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, c, h, w) = dims4(layout)?;
+        let (oh, ow) = self.0.check(h, w)?;
+        let pool = self.0.cuda((h, w), (oh, ow))?;
+        Ok((crate::cuda_kernels::max_pool_forward(storage, layout, b * c, pool)?, Shape::from((b, c, oh, ow))))
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPoolBackwardOp(self.0))?))
     }
@@ -246,6 +265,23 @@ impl CustomOp2 for MaxPoolBackwardOp {
         )?));
         Ok((out, l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, c, h, w) = dims4(l1)?;
+        let (oh, ow) = self.0.check(h, w)?;
+        if l2.dims() != [b, c, oh, ow] {
+            bail!("max pool backward: gradient {:?} for an output of {:?}", l2.dims(), [b, c, oh, ow])
+        }
+        let pool = self.0.cuda((h, w), (oh, ow))?;
+        Ok((crate::cuda_kernels::max_pool_backward(s1, l1, s2, l2, b * c, pool)?, l1.shape().clone()))
+    }
 }
 
 impl CustomOp1 for AvgPoolOp {
@@ -261,6 +297,19 @@ impl CustomOp1 for AvgPoolOp {
             (b, c, h, w),
             self.1
         )?));
+        Ok((out, Shape::from((b, c, oh, ow))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, c, h, w) = dims4(layout)?;
+        let (oh, ow) = self.0.check(h, w)?;
+        let pool = self.0.cuda((h, w), (oh, ow))?;
+        let out = crate::cuda_kernels::avg_pool_forward(storage, layout, b * c, pool, self.1)?;
         Ok((out, Shape::from((b, c, oh, ow))))
     }
 
@@ -286,6 +335,21 @@ impl CustomOp1 for AvgPoolBackwardOp {
         )?));
         Ok((out, Shape::from(dims)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, c, oh, ow) = dims4(layout)?;
+        if self.geometry.check(self.in_h, self.in_w)? != (oh, ow) {
+            bail!("avg pool backward: gradient {:?} for an input of {}×{}", layout.dims(), self.in_h, self.in_w)
+        }
+        let pool = self.geometry.cuda((self.in_h, self.in_w), (oh, ow))?;
+        let out = crate::cuda_kernels::avg_pool_backward(storage, layout, b * c, pool, self.count_include_pad)?;
+        Ok((out, Shape::from((b, c, self.in_h, self.in_w))))
+    }
 }
 
 /// Applies a CPU op in f32 or f64; half precision goes through f32 and back.
@@ -307,6 +371,9 @@ impl MaxPool2d {
         let geometry = self.geometry();
         if crate::cpu::custom_cpu_ops(xs.device()) {
             return apply_cpu(xs, |xs| xs.apply_op1(MaxPoolOp(geometry)));
+        }
+        if crate::custom_cuda_ops(xs) {
+            return xs.contiguous()?.apply_op1(MaxPoolOp(geometry));
         }
         self.forward_generic(xs)
     }
@@ -335,6 +402,9 @@ impl AvgPool2d {
         let geometry = self.geometry();
         if crate::cpu::custom_cpu_ops(xs.device()) {
             return apply_cpu(xs, |xs| xs.apply_op1(AvgPoolOp(geometry, self.count_include_pad)));
+        }
+        if crate::custom_cuda_ops(xs) {
+            return xs.contiguous()?.apply_op1(AvgPoolOp(geometry, self.count_include_pad));
         }
         self.forward_generic(xs)
     }

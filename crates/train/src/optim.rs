@@ -51,6 +51,17 @@ impl Sgd {
         let SgdConfig { momentum, weight_decay, nesterov } = self.config;
         for (name, var) in &self.vars {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
+            // On CUDA two kernels update the buffer and the parameter in place, as below.
+            if let Some(buffer) = dmlp_nn::sgd_step_in_place(
+                var.as_tensor(),
+                grad,
+                self.momentum_buffers.get(name),
+                (lr, momentum, weight_decay),
+                nesterov,
+            )? {
+                self.momentum_buffers.insert(name.clone(), buffer);
+                continue;
+            }
             let param = var.as_tensor().detach();
             let mut g = grad.detach();
             if weight_decay != 0.0 {

@@ -245,6 +245,30 @@ fn compare_on_device(
     }
 }
 
+/// Three SGD steps (momentum 0.9, weight decay 1e-4, with and without Nesterov) of two
+/// parameters on `device`: the parameters and momentum buffers after. On CUDA these are dmlp's
+/// in-place kernels, on the CPU the update composed from tensor ops.
+fn sgd_steps(device: &Device, nesterov: bool) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
+    use dmlp_train::{Sgd, SgdConfig};
+    let w = candle_core::Var::from_tensor(&smooth(&[7, 5], 0.5, device)?)?;
+    let b = candle_core::Var::from_tensor(&smooth(&[13], 1.5, device)?)?;
+    let (cw, cb) = (smooth(&[7, 5], 2.5, device)?, smooth(&[13], 3.5, device)?);
+    let config = SgdConfig { momentum: 0.9, weight_decay: 1e-4, nesterov };
+    let mut sgd = Sgd::new(vec![("w".into(), w.clone()), ("b".into(), b.clone())], config);
+    for step in 0..3 {
+        let loss = ((w.as_tensor() * &cw)?.sum_all()? + (b.as_tensor().sqr()? * &cb)?.sum_all()?)?;
+        sgd.step(&loss.backward()?, 0.1 / (step + 1) as f64)?;
+    }
+    let values = |t: &Tensor| -> anyhow::Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?) };
+    let mut out = vec![("w".to_string(), values(w.as_tensor())?), ("b".to_string(), values(b.as_tensor())?)];
+    for name in ["w", "b"] {
+        let buffer =
+            sgd.momentum_buffers().get(name).ok_or_else(|| anyhow::anyhow!("no momentum buffer for {name}"))?;
+        out.push((format!("{name} momentum"), values(buffer)?));
+    }
+    Ok(out)
+}
+
 /// Every op and both model steps on `target` against the CPU custom ops: on the device-generic
 /// path when `generic` (always on the CPU), otherwise on the device's own (cuDNN's convolutions
 /// on CUDA where it is loaded).
@@ -271,6 +295,13 @@ pub(crate) fn check(target: &Device, generic: bool) -> anyhow::Result<Vec<OpChec
         };
         let reference = model_step(&config, &Device::Cpu, false)?;
         checks.extend(compare_on_device(name, &reference, || model_step(&config, target, generic)));
+    }
+    for (name, nesterov) in [("SGD, 3 steps", false), ("SGD (Nesterov), 3 steps", true)] {
+        let reference = sgd_steps(&Device::Cpu, nesterov)?;
+        let run = || sgd_steps(target, nesterov);
+        checks.extend(compare_on_device(name, &reference, || {
+            if generic { dmlp_nn::with_generic_ops(run) } else { run() }
+        }));
     }
     Ok(checks)
 }

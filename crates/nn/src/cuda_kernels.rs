@@ -1,0 +1,513 @@
+//! dmlp's own CUDA kernels (feature `cuda`): `src/cuda/kernels.cu`, compiled to PTX by
+//! `build.rs` with the CUDA toolkit's nvcc and loaded into candle's device on first use. They are
+//! the CUDA forward of the CPU custom ops of [`crate::activation_op`] and [`crate::pool`] (ReLU,
+//! the residual `ReLU(a + b)`, ReLU's backward mask, max and average pooling and their
+//! backward), so on CUDA each of those is one kernel instead of candle's primitives. Measured
+//! on an H200 (session 17's kernel profile, docs/performance.md): the primitives spent
+//! 12 ms of a 164 ms ResNet-50 step on `x > 0` against a broadcast scalar, and 18 ms in the stem's
+//! max-pool (`argmax` + `index_add`).
+//!
+//! `DMLP_CUDA_KERNELS=0` turns them off (candle's primitives, the generic path, take over);
+//! inside [`crate::with_generic_ops`] they are off too.
+
+use std::sync::OnceLock;
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, CudaStorageSlice as S};
+use candle_core::{DType, Layout, Result, Tensor, bail};
+use half::{bf16, f16};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
+const MODULE: &str = "dmlp_kernels";
+
+fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("DMLP_CUDA_KERNELS").map_or(true, |v| v != "0"))
+}
+
+/// Whether an op over `xs` runs dmlp's CUDA kernel: a CUDA tensor of a float type, the kernels
+/// on, the generic path not forced.
+pub(crate) fn takes(xs: &Tensor) -> bool {
+    xs.device().is_cuda()
+        && enabled()
+        && !crate::cpu::generic_forced()
+        && matches!(xs.dtype(), DType::F32 | DType::F64 | DType::BF16 | DType::F16)
+}
+
+/// A pooling's geometry as the kernels take it (`struct Pool` in kernels.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pool {
+    pub(crate) h: i32,
+    pub(crate) w: i32,
+    pub(crate) oh: i32,
+    pub(crate) ow: i32,
+    pub(crate) k: i32,
+    pub(crate) s: i32,
+    pub(crate) p: i32,
+}
+
+// SAFETY: plain `repr(C)` integers, laid out as kernels.cu's `Pool`.
+unsafe impl DeviceRepr for Pool {}
+
+impl Pool {
+    pub(crate) fn new(
+        (h, w): (usize, usize),
+        (oh, ow): (usize, usize),
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let int = |v: usize| i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("pooling: {v} too large")));
+        Ok(Pool {
+            h: int(h)?,
+            w: int(w)?,
+            oh: int(oh)?,
+            ow: int(ow)?,
+            k: int(kernel)?,
+            s: int(stride)?,
+            p: int(padding)?,
+        })
+    }
+}
+
+/// An element type the kernels are built for.
+trait Element: CudaDType + DeviceRepr {
+    const SUFFIX: &'static str;
+}
+impl Element for f32 {
+    const SUFFIX: &'static str = "f32";
+}
+impl Element for f64 {
+    const SUFFIX: &'static str = "f64";
+}
+impl Element for bf16 {
+    const SUFFIX: &'static str = "bf16";
+}
+impl Element for f16 {
+    const SUFFIX: &'static str = "f16";
+}
+
+/// A kernel argument: a scalar or a contiguous view of an input.
+enum Arg<'a, T> {
+    Size(usize),
+    Pool(Pool),
+    Int(i32),
+    Input(candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>),
+}
+
+/// The element offset of a contiguous layout.
+fn start(layout: &Layout, what: &str) -> Result<usize> {
+    match layout.contiguous_offsets() {
+        Some((start, _)) => Ok(start),
+        None => bail!("{what}: dmlp's CUDA kernels take contiguous tensors"),
+    }
+}
+
+fn input<'a, T: Element>(storage: &'a CudaStorage, layout: &Layout, what: &str) -> Result<Arg<'a, T>> {
+    let offset = start(layout, what)?;
+    Ok(Arg::Input(storage.as_cuda_slice::<T>()?.slice(offset..)))
+}
+
+/// Launches `dmlp_{name}_{T}` over `threads` elements with `args` and a new output of `out_len`
+/// elements as the last argument.
+fn launch<T: Element>(
+    device: &CudaDevice,
+    name: &str,
+    threads: usize,
+    args: &[Arg<'_, T>],
+    out_len: usize,
+) -> Result<CudaStorage> {
+    let func = device.get_or_load_custom_func(&format!("dmlp_{name}_{}", T::SUFFIX), MODULE, PTX)?;
+    // SAFETY: every kernel writes each of its `out_len` outputs (one thread per output, or per
+    // input of a backward whose output has the input's length).
+    let out: CudaSlice<T> = unsafe { device.alloc::<T>(out_len.max(1)) }?;
+    let threads_u32 = u32::try_from(threads.max(1))
+        .map_err(|_| candle_core::Error::Msg(format!("{name}: {threads} elements exceed one launch")))?;
+    let mut builder = func.builder();
+    for arg in args {
+        match arg {
+            Arg::Size(v) => builder.arg(v),
+            Arg::Pool(g) => builder.arg(g),
+            Arg::Int(v) => builder.arg(v),
+            Arg::Input(view) => builder.arg(view),
+        };
+    }
+    builder.arg(&out);
+    // SAFETY: the argument list matches the kernel's signature in kernels.cu; the inputs are
+    // live views of `threads`-sized (or, for pooling, geometry-sized) contiguous buffers.
+    unsafe { builder.launch(LaunchConfig::for_num_elems(threads_u32)) }
+        .map_err(|e| candle_core::Error::Msg(format!("{name}: kernel launch failed: {e:?}")))?;
+    Ok(CudaStorage::wrap_cuda_slice(out, device.clone()))
+}
+
+/// Runs `f` with the element type of `storage`.
+macro_rules! by_dtype {
+    ($storage:expr, $what:expr, |$t:ident| $body:expr) => {
+        match &$storage.slice {
+            S::F32(_) => {
+                type $t = f32;
+                $body
+            }
+            S::F64(_) => {
+                type $t = f64;
+                $body
+            }
+            S::BF16(_) => {
+                type $t = bf16;
+                $body
+            }
+            S::F16(_) => {
+                type $t = f16;
+                $body
+            }
+            _ => bail!("{}: dmlp's CUDA kernels take f32, f64, bf16 or f16, not {:?}", $what, $storage.dtype()),
+        }
+    };
+}
+
+fn same_dims(a: &Layout, b: &Layout, what: &str) -> Result<()> {
+    if a.dims() != b.dims() {
+        bail!("{what}: shapes {:?} and {:?} differ", a.dims(), b.dims())
+    }
+    Ok(())
+}
+
+/// `max(x, 0)` elementwise.
+pub(crate) fn relu(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
+    let n = l.shape().elem_count();
+    by_dtype!(x, "relu", |T| launch::<T>(&x.device, "relu", n, &[Arg::Size(n), input::<T>(x, l, "relu")?], n))
+}
+
+/// `max(a + b, 0)` elementwise.
+pub(crate) fn add_relu(a: &CudaStorage, al: &Layout, b: &CudaStorage, bl: &Layout) -> Result<CudaStorage> {
+    same_dims(al, bl, "add_relu")?;
+    let n = al.shape().elem_count();
+    by_dtype!(a, "add_relu", |T| launch::<T>(
+        &a.device,
+        "add_relu",
+        n,
+        &[Arg::Size(n), input::<T>(a, al, "add_relu")?, input::<T>(b, bl, "add_relu")?],
+        n
+    ))
+}
+
+/// `dy · [y > 0]` elementwise.
+pub(crate) fn relu_mask(y: &CudaStorage, yl: &Layout, dy: &CudaStorage, dl: &Layout) -> Result<CudaStorage> {
+    same_dims(yl, dl, "relu backward")?;
+    let n = yl.shape().elem_count();
+    by_dtype!(y, "relu backward", |T| launch::<T>(
+        &y.device,
+        "relu_mask",
+        n,
+        &[Arg::Size(n), input::<T>(y, yl, "relu backward")?, input::<T>(dy, dl, "relu backward")?],
+        n
+    ))
+}
+
+/// Max pooling's forward: `[planes, h, w]` → `[planes, oh, ow]`.
+pub(crate) fn max_pool_forward(x: &CudaStorage, l: &Layout, planes: usize, g: Pool) -> Result<CudaStorage> {
+    let n = planes * (g.oh * g.ow) as usize;
+    by_dtype!(x, "max pool", |T| launch::<T>(
+        &x.device,
+        "max_pool_forward",
+        n,
+        &[Arg::Size(n), Arg::Pool(g), input::<T>(x, l, "max pool")?],
+        n
+    ))
+}
+
+/// Max pooling's backward: the input `x` and the output gradient `dy` → the input gradient.
+pub(crate) fn max_pool_backward(
+    x: &CudaStorage,
+    xl: &Layout,
+    dy: &CudaStorage,
+    dl: &Layout,
+    planes: usize,
+    g: Pool,
+) -> Result<CudaStorage> {
+    let n = planes * (g.h * g.w) as usize;
+    by_dtype!(x, "max pool backward", |T| launch::<T>(
+        &x.device,
+        "max_pool_backward",
+        n,
+        &[
+            Arg::Size(n),
+            Arg::Pool(g),
+            input::<T>(x, xl, "max pool backward")?,
+            input::<T>(dy, dl, "max pool backward")?
+        ],
+        n
+    ))
+}
+
+/// Average pooling's forward: `[planes, h, w]` → `[planes, oh, ow]`.
+pub(crate) fn avg_pool_forward(
+    x: &CudaStorage,
+    l: &Layout,
+    planes: usize,
+    g: Pool,
+    count_include_pad: bool,
+) -> Result<CudaStorage> {
+    let n = planes * (g.oh * g.ow) as usize;
+    by_dtype!(x, "avg pool", |T| launch::<T>(
+        &x.device,
+        "avg_pool_forward",
+        n,
+        &[Arg::Size(n), Arg::Pool(g), Arg::Int(count_include_pad as i32), input::<T>(x, l, "avg pool")?],
+        n
+    ))
+}
+
+/// Average pooling's backward: the output gradient `dy` → the input gradient.
+pub(crate) fn avg_pool_backward(
+    dy: &CudaStorage,
+    dl: &Layout,
+    planes: usize,
+    g: Pool,
+    count_include_pad: bool,
+) -> Result<CudaStorage> {
+    let n = planes * (g.h * g.w) as usize;
+    by_dtype!(dy, "avg pool backward", |T| launch::<T>(
+        &dy.device,
+        "avg_pool_backward",
+        n,
+        &[Arg::Size(n), Arg::Pool(g), Arg::Int(count_include_pad as i32), input::<T>(dy, dl, "avg pool backward")?],
+        n
+    ))
+}
+
+/// SGD's hyper-parameters for one update (PyTorch's `torch.optim.SGD`, dampening 0).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SgdUpdate {
+    pub(crate) lr: f32,
+    pub(crate) momentum: f32,
+    pub(crate) weight_decay: f32,
+    pub(crate) nesterov: bool,
+    /// The buffer's first step: it becomes the gradient (with weight decay).
+    pub(crate) first: bool,
+}
+
+/// The momentum buffer's update in place: `buf ← first ? g' : momentum·buf + g'`, `g' = g + wd·p`.
+pub(crate) struct SgdBufferOp(pub(crate) SgdUpdate);
+/// The parameter's update in place: `p ← p − lr·(nesterov ? g' + momentum·buf : buf)`.
+pub(crate) struct SgdParamOp(pub(crate) SgdUpdate);
+
+fn f32_view<'a>(
+    storage: &'a CudaStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, f32>> {
+    Ok(storage.as_cuda_slice::<f32>()?.slice(start(layout, what)?..))
+}
+
+/// Launches `name` over `n` elements with `args` pushed in order (the kernel's signature in
+/// kernels.cu).
+macro_rules! launch_in_place {
+    ($device:expr, $name:expr, $n:expr, $($arg:expr),+) => {{
+        let func = $device.get_or_load_custom_func($name, MODULE, PTX)?;
+        let threads = u32::try_from($n.max(1))
+            .map_err(|_| candle_core::Error::Msg(format!("{}: {} elements", $name, $n)))?;
+        let mut builder = func.builder();
+        $(builder.arg($arg);)+
+        // SAFETY: the arguments match the kernel's signature; every view holds `n` contiguous
+        // f32s (the caller checked the shapes).
+        unsafe { builder.launch(LaunchConfig::for_num_elems(threads)) }
+            .map_err(|e| candle_core::Error::Msg(format!("{}: kernel launch failed: {e:?}", $name)))?;
+        Ok(())
+    }};
+}
+
+fn check_sgd_shapes(name: &str, dst: &Layout, a: &Layout, b: &Layout) -> Result<usize> {
+    if dst.dims() != a.dims() || dst.dims() != b.dims() {
+        bail!("{name}: shapes {:?}, {:?} and {:?} differ", dst.dims(), a.dims(), b.dims())
+    }
+    Ok(dst.shape().elem_count())
+}
+
+impl candle_core::InplaceOp3 for SgdBufferOp {
+    fn name(&self) -> &'static str {
+        "dmlp-sgd-buffer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &mut candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<()> {
+        bail!("dmlp-sgd-buffer runs on CUDA only (the CPU composes the update from tensor ops)")
+    }
+
+    fn cuda_fwd(
+        &self,
+        buf: &mut CudaStorage,
+        bl: &Layout,
+        p: &CudaStorage,
+        pl: &Layout,
+        g: &CudaStorage,
+        gl: &Layout,
+    ) -> Result<()> {
+        let n = check_sgd_shapes(self.name(), bl, pl, gl)?;
+        let SgdUpdate { momentum, weight_decay, first, .. } = self.0;
+        let (p, g) = (f32_view(p, pl, "sgd")?, f32_view(g, gl, "sgd")?);
+        let device = buf.device.clone();
+        let offset = start(bl, "sgd")?;
+        let mut out = buf.as_cuda_slice_mut::<f32>()?.slice_mut(offset..);
+        let first = first as i32;
+        launch_in_place!(device, "dmlp_sgd_buffer_f32", n, &n, &momentum, &weight_decay, &first, &p, &g, &mut out)
+    }
+}
+
+impl candle_core::InplaceOp3 for SgdParamOp {
+    fn name(&self) -> &'static str {
+        "dmlp-sgd-param"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &mut candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<()> {
+        bail!("dmlp-sgd-param runs on CUDA only (the CPU composes the update from tensor ops)")
+    }
+
+    fn cuda_fwd(
+        &self,
+        p: &mut CudaStorage,
+        pl: &Layout,
+        g: &CudaStorage,
+        gl: &Layout,
+        buf: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<()> {
+        let n = check_sgd_shapes(self.name(), pl, gl, bl)?;
+        let SgdUpdate { lr, momentum, weight_decay, nesterov, .. } = self.0;
+        let (g, buf) = (f32_view(g, gl, "sgd")?, f32_view(buf, bl, "sgd")?);
+        let device = p.device.clone();
+        let offset = start(pl, "sgd")?;
+        let mut out = p.as_cuda_slice_mut::<f32>()?.slice_mut(offset..);
+        let nesterov = nesterov as i32;
+        launch_in_place!(
+            device,
+            "dmlp_sgd_param_f32",
+            n,
+            &n,
+            &lr,
+            &momentum,
+            &weight_decay,
+            &nesterov,
+            &g,
+            &buf,
+            &mut out
+        )
+    }
+}
+
+/// One SGD step in place (see [`crate::sgd_step_in_place`]).
+pub(crate) fn sgd_step(
+    param: &Tensor,
+    grad: &Tensor,
+    buffer: Option<&Tensor>,
+    update: SgdUpdate,
+) -> Result<Option<Tensor>> {
+    let all_f32 = [Some(param), Some(grad), buffer].into_iter().flatten().all(|t| t.dtype() == DType::F32);
+    let all_contiguous = [Some(param), Some(grad), buffer].into_iter().flatten().all(Tensor::is_contiguous);
+    if !takes(param) || !all_f32 || !all_contiguous || update.momentum == 0.0 {
+        return Ok(None);
+    }
+    let (buffer, first) = match buffer {
+        Some(buffer) => (buffer.clone(), false),
+        None => (param.zeros_like()?, true),
+    };
+    buffer.inplace_op3(param, grad, &SgdBufferOp(SgdUpdate { first, ..update }))?;
+    param.inplace_op3(grad, &buffer, &SgdParamOp(update))?;
+    Ok(Some(buffer))
+}
+
+/// A cast between half precision and f32 by dmlp's kernel; its gradient is the cast back.
+struct CastOp(DType);
+
+fn short(dtype: DType) -> Option<&'static str> {
+    match dtype {
+        DType::F32 => Some("f32"),
+        DType::BF16 => Some("bf16"),
+        DType::F16 => Some("f16"),
+        _ => None,
+    }
+}
+
+/// Whether dmlp's kernels cast `from` to `to`: half precision to f32 and back.
+fn castable(from: DType, to: DType) -> bool {
+    matches!((from, to), (DType::BF16 | DType::F16, DType::F32) | (DType::F32, DType::BF16 | DType::F16))
+}
+
+impl candle_core::CustomOp1 for CastOp {
+    fn name(&self) -> &'static str {
+        "dmlp-cast"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        bail!("dmlp-cast runs on CUDA only (the CPU casts with candle's to_dtype)")
+    }
+
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, candle_core::Shape)> {
+        let (from, to) = (storage.dtype(), self.0);
+        let (Some(a), Some(b)) = (short(from), short(to)) else { bail!("dmlp-cast: {from:?} → {to:?}") };
+        if !castable(from, to) {
+            bail!("dmlp-cast: {from:?} → {to:?}")
+        }
+        let n = layout.shape().elem_count();
+        let offset = start(layout, "cast")?;
+        let name = format!("dmlp_cast_{a}_{b}");
+        let device = storage.device.clone();
+        let out = match (&storage.slice, to) {
+            (S::BF16(x), DType::F32) => cast_launch::<bf16, f32>(&device, &name, n, x, offset)?,
+            (S::F16(x), DType::F32) => cast_launch::<f16, f32>(&device, &name, n, x, offset)?,
+            (S::F32(x), DType::BF16) => cast_launch::<f32, bf16>(&device, &name, n, x, offset)?,
+            (S::F32(x), DType::F16) => cast_launch::<f32, f16>(&device, &name, n, x, offset)?,
+            _ => bail!("dmlp-cast: {from:?} → {to:?}"),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(cast(grad, arg.dtype())?))
+    }
+}
+
+fn cast_launch<A: Element, B: Element>(
+    device: &CudaDevice,
+    name: &str,
+    n: usize,
+    x: &CudaSlice<A>,
+    offset: usize,
+) -> Result<CudaStorage> {
+    let x = x.slice(offset..);
+    // SAFETY: the kernel writes each of the `n` outputs.
+    let out: CudaSlice<B> = unsafe { device.alloc::<B>(n.max(1)) }?;
+    let result: Result<()> = launch_in_place!(device, name, n, &n, &x, &out);
+    result?;
+    Ok(CudaStorage::wrap_cuda_slice(out, device.clone()))
+}
+
+/// `xs` in `dtype`: half precision to f32 and back by dmlp's kernel on CUDA (where [`takes`]),
+/// otherwise candle's `to_dtype`.
+pub(crate) fn cast(xs: &Tensor, dtype: DType) -> Result<Tensor> {
+    if xs.dtype() == dtype || !castable(xs.dtype(), dtype) || !takes(xs) {
+        return xs.to_dtype(dtype);
+    }
+    xs.contiguous()?.apply_op1(CastOp(dtype))
+}

@@ -18,7 +18,9 @@
 //! device's memory pool, whose release threshold is 0 by default, so every synchronisation (the
 //! timer's, a loss read back) hands all freed memory back to the driver and the next step maps
 //! it in again. [`cuda_device`] opens a device whose pool keeps what it freed (the threshold
-//! unbounded), as PyTorch's caching allocator keeps its blocks.
+//! unbounded), as PyTorch's caching allocator keeps its blocks, and with cudarc's event tracking
+//! off (two CUDA events made and destroyed with every allocation, for ordering several streams,
+//! which dmlp never runs on one device).
 
 /// Makes glibc keep freed memory for reuse (see the module docs). Returns whether it applied:
 /// `false` off Linux with glibc, where the platform's allocator is left as it is.
@@ -40,6 +42,13 @@ pub fn keep_freed_memory() -> bool {
 pub fn cuda_device(ordinal: usize) -> candle_core::Result<candle_core::Device> {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
     let device = candle_core::Device::new_cuda(ordinal)?;
+    if let candle_core::Device::Cuda(cuda) = &device {
+        // SAFETY: cudarc's event tracking orders work between several streams of one context;
+        // dmlp runs each device on one stream (candle's), where cudarc never waits on those
+        // events, yet it still created and destroyed two for every allocation, a driver call
+        // each on the host's critical path (thousands per training step).
+        unsafe { cuda.disable_event_tracking() };
+    }
     if let candle_core::Device::Cuda(cuda) = &device
         && let Some(pool) = memory_pool(cuda)?
     {

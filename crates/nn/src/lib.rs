@@ -8,13 +8,16 @@
 //! large matrix products, several times faster than candle's on the CPU), [`BatchNorm`] updates running statistics
 //! the way PyTorch does. Off the CPU every op takes a device-generic path built from candle
 //! primitives with a correct backward; on CUDA the convolutions and BatchNorm's training pass go
-//! through cuDNN where it can be loaded at run time ([`cudnn_status`]).
+//! through cuDNN where it can be loaded at run time ([`cudnn_status`]), and ReLU, the pools, the
+//! half ↔ f32 casts and SGD's update ([`sgd_step_in_place`]) through dmlp's own kernels
+//! (`cuda/kernels.cu`, compiled to PTX by `build.rs` with nvcc).
 //!
 //! Initialisation follows PyTorch's defaults ([`init`]), and parameter names follow PyTorch's
 //! (`weight`, `bias`, `running_mean`, `running_var`), so reference checkpoints load unchanged.
 //!
 //! Architecture invariant: knows nothing of images, locations, datasets or models; depends on
-//! candle and the libraries candle itself uses (gemm, rayon, rand; libc, for `dlopen` of cuDNN).
+//! candle and the libraries candle itself uses (gemm, rayon, rand, half; libc, for `dlopen` of
+//! cuDNN).
 
 mod activation_op;
 mod attention_ops;

@@ -13,7 +13,7 @@
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, CudaStorageSlice as S};
 use candle_core::{DType, Layout, Result, Tensor, bail};
 use half::{bf16, f16};
@@ -94,7 +94,7 @@ enum Arg<'a, T> {
     Size(usize),
     Pool(Pool),
     Int(i32),
-    Input(candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>),
+    Input(CudaView<'a, T>),
 }
 
 /// The element offset of a contiguous layout.
@@ -105,9 +105,13 @@ fn start(layout: &Layout, what: &str) -> Result<usize> {
     }
 }
 
+/// A contiguous tensor's elements as a kernel reads them.
+fn view<'a, T: Element>(storage: &'a CudaStorage, layout: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+    Ok(storage.as_cuda_slice::<T>()?.slice(start(layout, what)?..))
+}
+
 fn input<'a, T: Element>(storage: &'a CudaStorage, layout: &Layout, what: &str) -> Result<Arg<'a, T>> {
-    let offset = start(layout, what)?;
-    Ok(Arg::Input(storage.as_cuda_slice::<T>()?.slice(offset..)))
+    Ok(Arg::Input(view(storage, layout, what)?))
 }
 
 /// Launches `dmlp_{name}_{T}` over `threads` elements with `args` and a new output of `out_len`
@@ -289,22 +293,23 @@ pub(crate) struct SgdUpdate {
     pub(crate) first: bool,
 }
 
-/// The momentum buffer's update in place: `buf ← first ? g' : momentum·buf + g'`, `g' = g + wd·p`.
-pub(crate) struct SgdBufferOp(pub(crate) SgdUpdate);
-/// The parameter's update in place: `p ← p − lr·(nesterov ? g' + momentum·buf : buf)`.
-pub(crate) struct SgdParamOp(pub(crate) SgdUpdate);
-
-fn f32_view<'a>(
-    storage: &'a CudaStorage,
-    layout: &Layout,
-    what: &str,
-) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, f32>> {
-    Ok(storage.as_cuda_slice::<f32>()?.slice(start(layout, what)?..))
+/// Which tensor an [`SgdOp`] updates in place.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SgdPart {
+    /// The momentum buffer, from the parameter and the gradient:
+    /// `buf ← first ? g' : momentum·buf + g'` with `g' = g + wd·p`.
+    Buffer,
+    /// The parameter, from the gradient and the updated buffer:
+    /// `p ← p − lr·(nesterov ? g' + momentum·buf : buf)`.
+    Param,
 }
 
-/// Launches `name` over `n` elements with `args` pushed in order (the kernel's signature in
-/// kernels.cu).
-macro_rules! launch_in_place {
+/// One of SGD's two in-place kernels (`dmlp_sgd_buffer_f32`, then `dmlp_sgd_param_f32`).
+pub(crate) struct SgdOp(pub(crate) SgdPart, pub(crate) SgdUpdate);
+
+/// Launches `name` over `n` elements with the arguments pushed in order (the kernel's
+/// signature in kernels.cu); every kernel computes element `i` in thread `i` of a grid-stride loop.
+macro_rules! launch_kernel {
     ($device:expr, $name:expr, $n:expr, $($arg:expr),+) => {{
         let func = $device.get_or_load_custom_func($name, MODULE, PTX)?;
         let threads = u32::try_from($n.max(1))
@@ -312,23 +317,18 @@ macro_rules! launch_in_place {
         let mut builder = func.builder();
         $(builder.arg($arg);)+
         // SAFETY: the arguments match the kernel's signature; every view holds `n` contiguous
-        // f32s (the caller checked the shapes).
+        // elements (the caller checked the shapes).
         unsafe { builder.launch(LaunchConfig::for_num_elems(threads)) }
             .map_err(|e| candle_core::Error::Msg(format!("{}: kernel launch failed: {e:?}", $name)))?;
-        Ok(())
     }};
 }
 
-fn check_sgd_shapes(name: &str, dst: &Layout, a: &Layout, b: &Layout) -> Result<usize> {
-    if dst.dims() != a.dims() || dst.dims() != b.dims() {
-        bail!("{name}: shapes {:?}, {:?} and {:?} differ", dst.dims(), a.dims(), b.dims())
-    }
-    Ok(dst.shape().elem_count())
-}
-
-impl candle_core::InplaceOp3 for SgdBufferOp {
+impl candle_core::InplaceOp3 for SgdOp {
     fn name(&self) -> &'static str {
-        "dmlp-sgd-buffer"
+        match self.0 {
+            SgdPart::Buffer => "dmlp-sgd-buffer",
+            SgdPart::Param => "dmlp-sgd-param",
+        }
     }
 
     fn cpu_fwd(
@@ -340,75 +340,52 @@ impl candle_core::InplaceOp3 for SgdBufferOp {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> Result<()> {
-        bail!("dmlp-sgd-buffer runs on CUDA only (the CPU composes the update from tensor ops)")
+        bail!("{} runs on CUDA only (the CPU composes the update from tensor ops)", self.name())
     }
 
+    /// `dst` is the buffer (with `a` the parameter, `b` the gradient) or the parameter (with `a`
+    /// the gradient, `b` the buffer), all of one shape, f32, contiguous.
     fn cuda_fwd(
         &self,
-        buf: &mut CudaStorage,
-        bl: &Layout,
-        p: &CudaStorage,
-        pl: &Layout,
-        g: &CudaStorage,
-        gl: &Layout,
-    ) -> Result<()> {
-        let n = check_sgd_shapes(self.name(), bl, pl, gl)?;
-        let SgdUpdate { momentum, weight_decay, first, .. } = self.0;
-        let (p, g) = (f32_view(p, pl, "sgd")?, f32_view(g, gl, "sgd")?);
-        let device = buf.device.clone();
-        let offset = start(bl, "sgd")?;
-        let mut out = buf.as_cuda_slice_mut::<f32>()?.slice_mut(offset..);
-        let first = first as i32;
-        launch_in_place!(device, "dmlp_sgd_buffer_f32", n, &n, &momentum, &weight_decay, &first, &p, &g, &mut out)
-    }
-}
-
-impl candle_core::InplaceOp3 for SgdParamOp {
-    fn name(&self) -> &'static str {
-        "dmlp-sgd-param"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &mut candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<()> {
-        bail!("dmlp-sgd-param runs on CUDA only (the CPU composes the update from tensor ops)")
-    }
-
-    fn cuda_fwd(
-        &self,
-        p: &mut CudaStorage,
-        pl: &Layout,
-        g: &CudaStorage,
-        gl: &Layout,
-        buf: &CudaStorage,
+        dst: &mut CudaStorage,
+        dl: &Layout,
+        a: &CudaStorage,
+        al: &Layout,
+        b: &CudaStorage,
         bl: &Layout,
     ) -> Result<()> {
-        let n = check_sgd_shapes(self.name(), pl, gl, bl)?;
-        let SgdUpdate { lr, momentum, weight_decay, nesterov, .. } = self.0;
-        let (g, buf) = (f32_view(g, gl, "sgd")?, f32_view(buf, bl, "sgd")?);
-        let device = p.device.clone();
-        let offset = start(pl, "sgd")?;
-        let mut out = p.as_cuda_slice_mut::<f32>()?.slice_mut(offset..);
-        let nesterov = nesterov as i32;
-        launch_in_place!(
-            device,
-            "dmlp_sgd_param_f32",
-            n,
-            &n,
-            &lr,
-            &momentum,
-            &weight_decay,
-            &nesterov,
-            &g,
-            &buf,
-            &mut out
-        )
+        if dl.dims() != al.dims() || dl.dims() != bl.dims() {
+            bail!("{}: shapes {:?}, {:?} and {:?} differ", self.name(), dl.dims(), al.dims(), bl.dims())
+        }
+        let n = dl.shape().elem_count();
+        let SgdUpdate { lr, momentum, weight_decay, nesterov, first } = self.1;
+        let (a, b) = (view::<f32>(a, al, "sgd")?, view::<f32>(b, bl, "sgd")?);
+        let device = dst.device.clone();
+        let offset = start(dl, "sgd")?;
+        let mut out = dst.as_cuda_slice_mut::<f32>()?.slice_mut(offset..);
+        match self.0 {
+            SgdPart::Buffer => {
+                let first = first as i32;
+                launch_kernel!(device, "dmlp_sgd_buffer_f32", n, &n, &momentum, &weight_decay, &first, &a, &b, &mut out)
+            }
+            SgdPart::Param => {
+                let nesterov = nesterov as i32;
+                launch_kernel!(
+                    device,
+                    "dmlp_sgd_param_f32",
+                    n,
+                    &n,
+                    &lr,
+                    &momentum,
+                    &weight_decay,
+                    &nesterov,
+                    &a,
+                    &b,
+                    &mut out
+                )
+            }
+        }
+        Ok(())
     }
 }
 
@@ -428,22 +405,13 @@ pub(crate) fn sgd_step(
         Some(buffer) => (buffer.clone(), false),
         None => (param.zeros_like()?, true),
     };
-    buffer.inplace_op3(param, grad, &SgdBufferOp(SgdUpdate { first, ..update }))?;
-    param.inplace_op3(grad, &buffer, &SgdParamOp(update))?;
+    buffer.inplace_op3(param, grad, &SgdOp(SgdPart::Buffer, SgdUpdate { first, ..update }))?;
+    param.inplace_op3(grad, &buffer, &SgdOp(SgdPart::Param, update))?;
     Ok(Some(buffer))
 }
 
 /// A cast between half precision and f32 by dmlp's kernel; its gradient is the cast back.
 struct CastOp(DType);
-
-fn short(dtype: DType) -> Option<&'static str> {
-    match dtype {
-        DType::F32 => Some("f32"),
-        DType::BF16 => Some("bf16"),
-        DType::F16 => Some("f16"),
-        _ => None,
-    }
-}
 
 /// Whether dmlp's kernels cast `from` to `to`: half precision to f32 and back.
 fn castable(from: DType, to: DType) -> bool {
@@ -464,21 +432,12 @@ impl candle_core::CustomOp1 for CastOp {
     }
 
     fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, candle_core::Shape)> {
-        let (from, to) = (storage.dtype(), self.0);
-        let (Some(a), Some(b)) = (short(from), short(to)) else { bail!("dmlp-cast: {from:?} → {to:?}") };
-        if !castable(from, to) {
-            bail!("dmlp-cast: {from:?} → {to:?}")
-        }
-        let n = layout.shape().elem_count();
-        let offset = start(layout, "cast")?;
-        let name = format!("dmlp_cast_{a}_{b}");
-        let device = storage.device.clone();
-        let out = match (&storage.slice, to) {
-            (S::BF16(x), DType::F32) => cast_launch::<bf16, f32>(&device, &name, n, x, offset)?,
-            (S::F16(x), DType::F32) => cast_launch::<f16, f32>(&device, &name, n, x, offset)?,
-            (S::F32(x), DType::BF16) => cast_launch::<f32, bf16>(&device, &name, n, x, offset)?,
-            (S::F32(x), DType::F16) => cast_launch::<f32, f16>(&device, &name, n, x, offset)?,
-            _ => bail!("dmlp-cast: {from:?} → {to:?}"),
+        let out = match (storage.dtype(), self.0) {
+            (DType::BF16, DType::F32) => cast_launch::<bf16, f32>(storage, layout)?,
+            (DType::F16, DType::F32) => cast_launch::<f16, f32>(storage, layout)?,
+            (DType::F32, DType::BF16) => cast_launch::<f32, bf16>(storage, layout)?,
+            (DType::F32, DType::F16) => cast_launch::<f32, f16>(storage, layout)?,
+            (from, to) => bail!("dmlp-cast: {from:?} → {to:?}"),
         };
         Ok((out, layout.shape().clone()))
     }
@@ -488,18 +447,14 @@ impl candle_core::CustomOp1 for CastOp {
     }
 }
 
-fn cast_launch<A: Element, B: Element>(
-    device: &CudaDevice,
-    name: &str,
-    n: usize,
-    x: &CudaSlice<A>,
-    offset: usize,
-) -> Result<CudaStorage> {
-    let x = x.slice(offset..);
+/// `dmlp_cast_{A}_{B}` over a contiguous tensor of `A`s.
+fn cast_launch<A: Element, B: Element>(storage: &CudaStorage, layout: &Layout) -> Result<CudaStorage> {
+    let n = layout.shape().elem_count();
+    let x = view::<A>(storage, layout, "cast")?;
+    let device = &storage.device;
     // SAFETY: the kernel writes each of the `n` outputs.
     let out: CudaSlice<B> = unsafe { device.alloc::<B>(n.max(1)) }?;
-    let result: Result<()> = launch_in_place!(device, name, n, &n, &x, &out);
-    result?;
+    launch_kernel!(device, &format!("dmlp_cast_{}_{}", A::SUFFIX, B::SUFFIX), n, &n, &x, &out);
     Ok(CudaStorage::wrap_cuda_slice(out, device.clone()))
 }
 

@@ -10,10 +10,12 @@
 //! `DMLP_CUDA_KERNELS=0` turns them off (candle's primitives, the generic path, take over);
 //! inside [`crate::with_generic_ops`] they are off too.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, CudaStorageSlice as S};
 use candle_core::{DType, Layout, Result, Tensor, bail};
 use half::{bf16, f16};
@@ -408,6 +410,92 @@ pub(crate) fn sgd_step(
     buffer.inplace_op3(param, grad, &SgdOp(SgdPart::Buffer, SgdUpdate { first, ..update }))?;
     param.inplace_op3(grad, &buffer, &SgdOp(SgdPart::Param, update))?;
     Ok(Some(buffer))
+}
+
+/// Elements one block of `dmlp_sgd_many_f32` updates.
+const SGD_CHUNK: usize = 16 * 1024;
+/// Threads per block of `dmlp_sgd_many_f32`.
+const SGD_THREADS: u32 = 256;
+
+/// The device address of the first element of a contiguous f32 tensor on CUDA.
+pub(crate) fn f32_address(
+    storage: &candle_core::Storage,
+    layout: &Layout,
+    stream: &Arc<CudaStream>,
+    what: &str,
+) -> Result<u64> {
+    let candle_core::Storage::Cuda(storage) = storage else { bail!("{what}: not on a CUDA device") };
+    let (ptr, _sync) = storage.as_cuda_slice::<f32>()?.device_ptr(stream);
+    Ok(ptr + (start(layout, what)? * std::mem::size_of::<f32>()) as u64)
+}
+
+/// One SGD step (after the first: every buffer exists) over many `(param, grad, buffer)` in
+/// place, by one kernel launch over a table of their addresses (one upload), where
+/// [`sgd_step`] launches two kernels per parameter: on an H200 the launches, not the device,
+/// bound a bf16 step. The same arithmetic as [`sgd_step`]. Returns `false`, having done
+/// nothing, unless every tensor is a contiguous f32 tensor on one CUDA device, the kernels are
+/// on and there is momentum.
+pub(crate) fn sgd_step_many(items: &[(&Tensor, &Tensor, &Tensor)], update: SgdUpdate) -> Result<bool> {
+    let Some((first, _, _)) = items.first() else { return Ok(true) };
+    let candle_core::Device::Cuda(device) = first.device() else { return Ok(false) };
+    let usable = |t: &Tensor| t.dtype() == DType::F32 && t.is_contiguous() && t.device().same_device(first.device());
+    let all_usable = items.iter().all(|(p, g, b)| {
+        takes(p) && [p, g, b].into_iter().all(|t| usable(t)) && p.dims() == g.dims() && p.dims() == b.dims()
+    });
+    if !all_usable || update.momentum == 0.0 || update.first {
+        return Ok(false);
+    }
+    let stream = device.cuda_stream();
+    // Every storage stays read-locked until the launch is queued (see `launch` below for why
+    // writing through these addresses is sound).
+    let locked: Vec<_> = items.iter().flat_map(|(p, g, b)| [p, g, b]).map(|t| t.storage_and_layout()).collect();
+    let mut table = Vec::with_capacity(4 * items.len() + 2 * items.len());
+    let mut ranges = Vec::with_capacity(3 * items.len());
+    for (tensors, (param, _, _)) in locked.chunks_exact(3).zip(items) {
+        let bytes = (param.elem_count() * std::mem::size_of::<f32>()) as u64;
+        for (part, (storage, layout)) in tensors.iter().enumerate() {
+            let address = f32_address(storage, layout, &stream, "sgd")?;
+            table.push(address);
+            // Parameters (0) and buffers (2) are written, gradients (1) read.
+            ranges.push((address, address + bytes, part != 1));
+        }
+        table.push(param.elem_count() as u64);
+    }
+    if crate::memory::writes_overlap(ranges) {
+        return Ok(false);
+    }
+    for (index, (param, _, _)) in items.iter().enumerate() {
+        for first in (0..param.elem_count()).step_by(SGD_CHUNK) {
+            table.extend([index as u64, first as u64]);
+        }
+    }
+    let blocks = (table.len() - 4 * items.len()) / 2;
+    if blocks == 0 {
+        return Ok(true);
+    }
+    let too_large = |what: &str| candle_core::Error::Msg(format!("sgd: too many {what} for one launch"));
+    let (tensors, blocks) = (
+        u32::try_from(items.len()).map_err(|_| too_large("parameters"))?,
+        u32::try_from(blocks).map_err(|_| too_large("blocks"))?,
+    );
+    let table = stream.clone_htod(&table).map_err(|e| candle_core::Error::Msg(format!("sgd: upload: {e:?}")))?;
+    let chunk = SGD_CHUNK as u32;
+    let SgdUpdate { lr, momentum, weight_decay, nesterov, .. } = update;
+    let nesterov = i32::from(nesterov);
+    let func = device.get_or_load_custom_func("dmlp_sgd_many_f32", MODULE, PTX)?;
+    let mut builder = func.builder();
+    builder.arg(&table).arg(&tensors).arg(&chunk).arg(&lr).arg(&momentum).arg(&weight_decay).arg(&nesterov);
+    let config = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (SGD_THREADS, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: the table holds, per parameter, the addresses of three live contiguous f32 buffers
+    // of its length (locked above; parameters and buffers are distinct allocations, so no two
+    // written ranges overlap) and its length, then one valid (parameter, start) per block. The
+    // buffers are device memory candle reaches only through this stream, so the in-place update
+    // is ordered after every earlier use and before every later one, as `Var::set`'s copy is;
+    // the Rust-side storage objects are only read.
+    unsafe { builder.launch(config) }
+        .map_err(|e| candle_core::Error::Msg(format!("dmlp_sgd_many_f32: kernel launch failed: {e:?}")))?;
+    drop(locked);
+    Ok(true)
 }
 
 /// A cast between half precision and f32 by dmlp's kernel; its gradient is the cast back.

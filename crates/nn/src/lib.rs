@@ -207,6 +207,35 @@ pub fn sgd_step_in_place(
     }
 }
 
+/// [`sgd_step_in_place`] over many `(param, grad, momentum buffer)` at once, every buffer
+/// existing (after the first step): on CUDA one kernel launch over a table of their addresses
+/// instead of two per parameter, the same arithmetic. Returns `false`, having changed nothing,
+/// where that does not apply (not all contiguous f32 on one CUDA device, the kernels off, no
+/// momentum, or two of the updated tensors sharing memory): the caller then updates each
+/// parameter on its own.
+pub fn sgd_steps_in_place(
+    items: &[(&candle_core::Tensor, &candle_core::Tensor, &candle_core::Tensor)],
+    (lr, momentum, weight_decay): (f64, f64, f64),
+    nesterov: bool,
+) -> candle_core::Result<bool> {
+    #[cfg(feature = "cuda")]
+    {
+        let update = cuda_kernels::SgdUpdate {
+            lr: lr as f32,
+            momentum: momentum as f32,
+            weight_decay: weight_decay as f32,
+            nesterov,
+            first: false,
+        };
+        cuda_kernels::sgd_step_many(items, update)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (items, lr, momentum, weight_decay, nesterov);
+        Ok(false)
+    }
+}
+
 /// Why convolutions take the generic path: this build has no CUDA (see the `cuda` feature's
 /// `cudnn_status`).
 #[cfg(not(feature = "cuda"))]

@@ -49,6 +49,9 @@ impl Sgd {
     /// PyTorch skips parameters whose `.grad` is `None`.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         let SgdConfig { momentum, weight_decay, nesterov } = self.config;
+        if self.step_all_at_once(grads, lr)? {
+            return Ok(());
+        }
         for (name, var) in &self.vars {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
             // On CUDA two kernels update the buffer and the parameter in place, as below.
@@ -78,6 +81,23 @@ impl Sgd {
             var.set(&(param - (g * lr)?)?)?;
         }
         Ok(())
+    }
+
+    /// On CUDA after the first step (every parameter with a gradient has its buffer), the update
+    /// of every parameter by one kernel launch (`dmlp_nn::sgd_steps_in_place`). Returns whether
+    /// it was done; `false` leaves everything as it was.
+    fn step_all_at_once(&self, grads: &GradStore, lr: f64) -> Result<bool> {
+        let mut items = Vec::with_capacity(self.vars.len());
+        for (name, var) in &self.vars {
+            let Some(grad) = grads.get(var.as_tensor()) else { continue };
+            let Some(buffer) = self.momentum_buffers.get(name) else { return Ok(false) };
+            if !var.device().is_cuda() {
+                return Ok(false);
+            }
+            items.push((var.as_tensor(), grad, buffer));
+        }
+        let SgdConfig { momentum, weight_decay, nesterov } = self.config;
+        dmlp_nn::sgd_steps_in_place(&items, (lr, momentum, weight_decay), nesterov)
     }
 }
 

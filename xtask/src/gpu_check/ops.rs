@@ -245,23 +245,33 @@ fn compare_on_device(
     }
 }
 
-/// Three SGD steps (momentum 0.9, weight decay 1e-4, with and without Nesterov) of two
+/// Three SGD steps (momentum 0.9, weight decay 1e-4, with and without Nesterov) of three
 /// parameters on `device`: the parameters and momentum buffers after. On CUDA these are dmlp's
-/// in-place kernels, on the CPU the update composed from tensor ops.
+/// in-place kernels (two per parameter at the first step, then one launch for all, whose
+/// blocks take 16 Ki elements each: `big` spans three, the last one partly), on the CPU the
+/// update composed from tensor ops.
 fn sgd_steps(device: &Device, nesterov: bool) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
     use dmlp_train::{Sgd, SgdConfig};
     let w = candle_core::Var::from_tensor(&smooth(&[7, 5], 0.5, device)?)?;
     let b = candle_core::Var::from_tensor(&smooth(&[13], 1.5, device)?)?;
-    let (cw, cb) = (smooth(&[7, 5], 2.5, device)?, smooth(&[13], 3.5, device)?);
+    let big = candle_core::Var::from_tensor(&smooth(&[41, 1000], 4.5, device)?)?;
+    let (cw, cb, cbig) =
+        (smooth(&[7, 5], 2.5, device)?, smooth(&[13], 3.5, device)?, smooth(&[41, 1000], 5.5, device)?);
     let config = SgdConfig { momentum: 0.9, weight_decay: 1e-4, nesterov };
-    let mut sgd = Sgd::new(vec![("w".into(), w.clone()), ("b".into(), b.clone())], config);
+    let vars = vec![("w".into(), w.clone()), ("b".into(), b.clone()), ("big".into(), big.clone())];
+    let mut sgd = Sgd::new(vars, config);
     for step in 0..3 {
         let loss = ((w.as_tensor() * &cw)?.sum_all()? + (b.as_tensor().sqr()? * &cb)?.sum_all()?)?;
+        let loss = (loss + (big.as_tensor().sqr()? * &cbig)?.sum_all()?)?;
         sgd.step(&loss.backward()?, 0.1 / (step + 1) as f64)?;
     }
     let values = |t: &Tensor| -> anyhow::Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?) };
-    let mut out = vec![("w".to_string(), values(w.as_tensor())?), ("b".to_string(), values(b.as_tensor())?)];
-    for name in ["w", "b"] {
+    let mut out = vec![
+        ("w".to_string(), values(w.as_tensor())?),
+        ("b".to_string(), values(b.as_tensor())?),
+        ("big".to_string(), values(big.as_tensor())?),
+    ];
+    for name in ["w", "b", "big"] {
         let buffer =
             sgd.momentum_buffers().get(name).ok_or_else(|| anyhow::anyhow!("no momentum buffer for {name}"))?;
         out.push((format!("{name} momentum"), values(buffer)?));

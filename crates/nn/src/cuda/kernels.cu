@@ -201,6 +201,30 @@ extern "C" __global__ void dmlp_sgd_param_f32(size_t n, float lr, float momentum
   }
 }
 
+// Both updates for many parameters in one launch, after their first step: `table` holds, per
+// parameter t, {p, g, buf, n} (addresses and length), then per block {t, first element}; each
+// block updates elements [first, min(n, first + chunk_len)) of its parameter, computing exactly
+// what dmlp_sgd_buffer_f32 and then dmlp_sgd_param_f32 compute (the parameter read before it is
+// written).
+extern "C" __global__ void dmlp_sgd_many_f32(const unsigned long long* table, unsigned int tensors,
+                                             unsigned int chunk_len, float lr, float momentum, float wd,
+                                             int nesterov) {
+  const unsigned long long* block = table + 4 * (size_t)tensors + 2 * (size_t)blockIdx.x;
+  const unsigned long long* entry = table + 4 * block[0];
+  float* p = (float*)entry[0];
+  const float* g = (const float*)entry[1];
+  float* buf = (float*)entry[2];
+  const size_t first = block[1];
+  const size_t end = min((size_t)entry[3], first + chunk_len);
+  for (size_t i = first + threadIdx.x; i < end; i += blockDim.x) {
+    const float g1 = wd != 0.f ? __fadd_rn(g[i], __fmul_rn(p[i], wd)) : g[i];
+    const float b = __fadd_rn(__fmul_rn(buf[i], momentum), g1);
+    buf[i] = b;
+    const float d = nesterov ? __fadd_rn(g1, __fmul_rn(b, momentum)) : b;
+    p[i] = __fsub_rn(p[i], __fmul_rn(d, lr));
+  }
+}
+
 #define EXPORT(SUFFIX, T)                                                                                       \
   extern "C" __global__ void dmlp_relu_##SUFFIX(size_t n, const T* x, T* y) { relu(n, x, y); }                \
   extern "C" __global__ void dmlp_add_relu_##SUFFIX(size_t n, const T* a, const T* b, T* y) {                 \

@@ -96,7 +96,14 @@ impl BatchNorm {
         } else if relu {
             candle_core::bail!("batch norm with a fused ReLU runs on the CPU only")
         } else if Self::cudnn_takes(xs, self.eps) {
-            self.batch_statistics_cudnn(xs)?
+            match self.batch_statistics_cudnn(xs)? {
+                (ys, Some((mean, var))) => (ys, mean, var),
+                // cuDNN updated the running statistics itself.
+                (ys, None) => {
+                    self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
+                    return Ok(ys);
+                }
+            }
         } else {
             self.batch_statistics_composed(xs)?
         };
@@ -141,10 +148,22 @@ impl BatchNorm {
         }
     }
 
-    /// The CUDA path with cuDNN: one call forward, one backward (see `cudnn_batch_norm`).
-    fn batch_statistics_cudnn(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    /// The CUDA path with cuDNN: one call forward, one backward (see `cudnn_batch_norm`). Returns
+    /// the output and the batch statistics, or no statistics when the forward has updated the
+    /// running ones itself.
+    fn batch_statistics_cudnn(&self, xs: &Tensor) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
         #[cfg(feature = "cuda")]
-        return crate::cudnn_batch_norm::train(xs, &self.weight, &self.bias, self.eps);
+        return crate::cudnn_batch_norm::train(
+            xs,
+            &self.weight,
+            &self.bias,
+            self.eps,
+            crate::cudnn_batch_norm::Running {
+                mean: self.running_mean.as_tensor(),
+                var: self.running_var.as_tensor(),
+                momentum: self.momentum,
+            },
+        );
         #[cfg(not(feature = "cuda"))]
         {
             let _ = xs;

@@ -77,7 +77,8 @@ impl SkLayer {
         let gv = (gap_keepdim(out)?.broadcast_mul(&a)? + gap_keepdim(fx)?.broadcast_mul(&one_minus_a)?)?; // [B, W4, 1, 1]
         let hidden = self.bn.forward_relu_t(&self.reduce.forward(&gv)?, train)?; // [B, h, 1, 1]
         let s = candle_nn::ops::sigmoid(&self.expand.forward(&hidden)?)?; // [B, W4, 1, 1]
-        (fx - out)?.broadcast_mul(&s)? + out
+        // (fx − out)·s + out, one op forward and backward (dmlp_nn::channel_blend).
+        dmlp_nn::channel_blend(out, fx, &s)
     }
 }
 

@@ -284,6 +284,104 @@ pub(crate) fn avg_pool_backward(
     ))
 }
 
+/// `a + s·(b − a)` with `s` one value per row of `hw` elements (`crate::blend_op`).
+pub(crate) fn blend(
+    a: &CudaStorage,
+    al: &Layout,
+    b: &CudaStorage,
+    bl: &Layout,
+    s: &CudaStorage,
+    sl: &Layout,
+    hw: usize,
+) -> Result<CudaStorage> {
+    same_dims(al, bl, "blend")?;
+    let n = al.shape().elem_count();
+    by_dtype!(a, "blend", |T| launch::<T>(
+        &a.device,
+        "blend",
+        n,
+        &[
+            Arg::Size(n),
+            Arg::Size(hw.max(1)),
+            input::<T>(a, al, "blend")?,
+            input::<T>(b, bl, "blend")?,
+            input::<T>(s, sl, "blend")?
+        ],
+        n
+    ))
+}
+
+/// The blend's input gradients `[g − g·s | g·s]`, `2n` values.
+pub(crate) fn blend_input_grads(
+    g: &CudaStorage,
+    gl: &Layout,
+    s: &CudaStorage,
+    sl: &Layout,
+    hw: usize,
+) -> Result<CudaStorage> {
+    let n = gl.shape().elem_count();
+    by_dtype!(g, "blend backward", |T| launch::<T>(
+        &g.device,
+        "blend_input_grads",
+        n,
+        &[
+            Arg::Size(n),
+            Arg::Size(hw.max(1)),
+            input::<T>(g, gl, "blend backward")?,
+            input::<T>(s, sl, "blend backward")?
+        ],
+        2 * n
+    ))
+}
+
+/// Threads per block of `dmlp_blend_weight_grads_*` (`BLEND_THREADS` in kernels.cu).
+const BLEND_THREADS: u32 = 256;
+
+/// The blend's weight gradient `Σ_hw g·(b − a)` per row: one block per row.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn blend_weight_grads(
+    a: &CudaStorage,
+    al: &Layout,
+    b: &CudaStorage,
+    bl: &Layout,
+    g: &CudaStorage,
+    gl: &Layout,
+    rows: usize,
+    hw: usize,
+) -> Result<CudaStorage> {
+    same_dims(al, bl, "blend backward")?;
+    same_dims(al, gl, "blend backward")?;
+    fn run<T: Element>(
+        device: &CudaDevice,
+        (a, b, g): (CudaView<'_, T>, CudaView<'_, T>, CudaView<'_, T>),
+        rows: usize,
+        hw: usize,
+    ) -> Result<CudaStorage> {
+        let name = format!("dmlp_blend_weight_grads_{}", T::SUFFIX);
+        let func = device.get_or_load_custom_func(&name, MODULE, PTX)?;
+        // SAFETY: one block per row writes its one output.
+        let ds: CudaSlice<T> = unsafe { device.alloc::<T>(rows.max(1)) }?;
+        let blocks = u32::try_from(rows.max(1)).map_err(|_| candle_core::Error::Msg(format!("{name}: {rows} rows")))?;
+        let mut builder = func.builder();
+        builder.arg(&hw).arg(&a).arg(&b).arg(&g).arg(&ds);
+        let config = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLEND_THREADS, 1, 1), shared_mem_bytes: 0 };
+        if rows > 0 {
+            // SAFETY: the arguments match the kernel's signature; a, b and g hold rows·hw
+            // contiguous elements each, ds rows.
+            unsafe { builder.launch(config) }
+                .map_err(|e| candle_core::Error::Msg(format!("{name}: kernel launch failed: {e:?}")))?;
+        }
+        Ok(CudaStorage::wrap_cuda_slice(ds, device.clone()))
+    }
+    let what = "blend backward";
+    by_dtype!(a, what, |T| run::<T>(
+        &a.device,
+        (view::<T>(a, al, what)?, view::<T>(b, bl, what)?, view::<T>(g, gl, what)?),
+        rows,
+        hw
+    ))
+}
+
 /// SGD's hyper-parameters for one update (PyTorch's `torch.optim.SGD`, dampening 0).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SgdUpdate {

@@ -23,6 +23,7 @@ mod activation_op;
 mod attention_ops;
 mod autocast;
 mod batch_norm_op;
+mod blend_op;
 mod bmm_op;
 mod conv;
 mod conv_grad;
@@ -56,6 +57,7 @@ mod vecmat_op;
 pub use activation_op::{add_relu, relu};
 pub use attention_ops::{gelu, softmax_last_dim};
 pub use autocast::{accumulation_dtype, autocast_dtype, cat_promoted, with_autocast};
+pub use blend_op::channel_blend;
 pub use conv::{
     Conv2d, Conv2dConfig, conv2d, conv2d_forward, conv2d_zero_bias, depthwise_conv2d_nhwc, depthwise_conv2d_tokens,
 };

@@ -9,8 +9,8 @@ use dmlp_fusion::{FusionConfig, FusionKind};
 use dmlp_geo::Metadata;
 use dmlp_model::{Classifier, ModelConfig};
 use dmlp_nn::{
-    AvgPool2d, Conv2dConfig, MaxPool2d, ParamStore, batch_norm, batched_vecmat, conv2d, generated_projection,
-    global_avg_pool, init, layer_norm, linear, with_generic_ops,
+    AvgPool2d, Conv2dConfig, MaxPool2d, ParamStore, batch_norm, batched_vecmat, channel_blend, conv2d,
+    generated_projection, global_avg_pool, init, layer_norm, linear, with_generic_ops,
 };
 
 /// One compared tensor.
@@ -167,6 +167,17 @@ fn cases() -> Vec<OpCase> {
             build: |_, _| Ok(Box::new(|x| batched_vecmat(&x.narrow(1, 0, 4)?, &x.narrow(1, 4, 20)?))),
         },
         OpCase { name: "global avg pool", input: vec![2, 3, 7, 5], build: |_, _| Ok(Box::new(global_avg_pool)) },
+        OpCase {
+            name: "channel blend (SK fusion)",
+            input: vec![2, 6, 5, 7],
+            build: |_, _| {
+                Ok(Box::new(|x| {
+                    let (a, b) = (x.narrow(1, 0, 3)?, x.narrow(1, 3, 3)?);
+                    let s = candle_nn::ops::sigmoid(&b.mean_keepdim(3)?.mean_keepdim(2)?)?;
+                    channel_blend(&a, &b, &s)
+                }))
+            },
+        },
     ]
 }
 

@@ -201,6 +201,54 @@ extern "C" __global__ void dmlp_sgd_param_f32(size_t n, float lr, float momentum
   }
 }
 
+// Rounded exactly as written (no contraction into a fused multiply-add), in f32 or f64.
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+
+// The per-channel blend z = a + s·(b − a), s one value per row of hw elements (blend_op.rs):
+// (b − a)·s + a, each step rounded, as the CPU op and candle's composed ops compute it.
+template <typename T> __device__ void blend(size_t n, size_t hw, const T* a, const T* b, const T* s, T* z) {
+  GRID_STRIDE(i, n) {
+    const typename Acc<T>::type u = up(a[i]);
+    z[i] = down<T>(add_rn(mul_rn(sub_rn(up(b[i]), u), up(s[i / hw])), u));
+  }
+}
+
+// Its input gradients into one buffer: out[i] = g − g·s (for a), out[n + i] = g·s (for b).
+template <typename T> __device__ void blend_input_grads(size_t n, size_t hw, const T* g, const T* s, T* out) {
+  GRID_STRIDE(i, n) {
+    const typename Acc<T>::type v = up(g[i]);
+    const typename Acc<T>::type m = mul_rn(v, up(s[i / hw]));
+    out[i] = down<T>(sub_rn(v, m));
+    out[n + i] = down<T>(m);
+  }
+}
+
+// Its weight gradient ds[row] = Σ g·(b − a) over the row's hw elements: one block of
+// BLEND_THREADS threads per row, a fixed-order tree sum (the same result on every run).
+#define BLEND_THREADS 256
+template <typename T> __device__ void blend_weight_grads(size_t hw, const T* a, const T* b, const T* g, T* ds) {
+  typedef typename Acc<T>::type A;
+  __shared__ A partial[BLEND_THREADS];
+  const size_t row = blockIdx.x;
+  A sum = 0;
+  for (size_t j = threadIdx.x; j < hw; j += blockDim.x) {
+    const size_t i = row * hw + j;
+    sum += up(g[i]) * (up(b[i]) - up(a[i]));
+  }
+  partial[threadIdx.x] = sum;
+  __syncthreads();
+  for (unsigned int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) ds[row] = down<T>(partial[0]);
+}
+
 // Both updates for many parameters in one launch, after their first step: `table` holds, per
 // parameter t, {p, g, buf, n} (addresses and length), then per block {t, first element}; each
 // block updates elements [first, min(n, first + chunk_len)) of its parameter, computing exactly
@@ -247,6 +295,18 @@ extern "C" __global__ void dmlp_sgd_many_f32(const unsigned long long* table, un
   extern "C" __global__ void dmlp_avg_pool_backward_##SUFFIX(size_t n, Pool g, int count_include_pad,         \
                                                              const T* dy, T* dx) {                              \
     avg_pool_backward(n, g, count_include_pad, dy, dx);                                                         \
+  }                                                                                                             \
+  extern "C" __global__ void dmlp_blend_##SUFFIX(size_t n, size_t hw, const T* a, const T* b, const T* s,      \
+                                                 T* z) {                                                        \
+    blend(n, hw, a, b, s, z);                                                                                   \
+  }                                                                                                             \
+  extern "C" __global__ void dmlp_blend_input_grads_##SUFFIX(size_t n, size_t hw, const T* g, const T* s,      \
+                                                             T* out) {                                          \
+    blend_input_grads(n, hw, g, s, out);                                                                        \
+  }                                                                                                             \
+  extern "C" __global__ void dmlp_blend_weight_grads_##SUFFIX(size_t hw, const T* a, const T* b, const T* g,   \
+                                                              T* ds) {                                          \
+    blend_weight_grads(hw, a, b, g, ds);                                                                        \
   }
 
 EXPORT(f32, float)

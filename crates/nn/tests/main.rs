@@ -3,6 +3,7 @@
 //! `xtask`'s tidy test `every_integration_test_file_is_compiled` fails while one is left out.
 
 mod autocast;
+mod backward;
 mod common;
 mod conv;
 mod generic;

@@ -166,7 +166,13 @@ impl Tensor {
         let sorted_nodes = self.sorted_nodes();
         let mut grads = GradStore::new();
         grads.insert(self, self.ones_like()?.contiguous()?);
+        // dmlp's patch: the gradients of a tensor's narrowed slices, joined once all have come.
+        let mut narrowed: HashMap<TensorId, NarrowedGrads> = HashMap::new();
         for node in sorted_nodes.iter() {
+            // Every use of `node` comes before it in this order: its slices' gradients are in.
+            if let Some(pieces) = narrowed.remove(&node.id()) {
+                pieces.accumulate_into(&mut grads)?;
+            }
             if node.is_variable() {
                 continue;
             }
@@ -535,29 +541,19 @@ impl Tensor {
                         *sum_grad = sum_grad.sub(&grad)?
                     }
                     &Op::Narrow(ref arg, dim, start_idx, len) => {
-                        let arg_dims = arg.dims();
-                        let left_pad = if start_idx == 0 {
-                            None
-                        } else {
-                            let mut dims = arg_dims.to_vec();
-                            dims[dim] = start_idx;
-                            Some(Tensor::zeros(dims, grad.dtype(), grad.device())?)
-                        };
-                        let right_pad = arg_dims[dim] - start_idx - len;
-                        let right_pad = if right_pad == 0 {
-                            None
-                        } else {
-                            let mut dims = arg_dims.to_vec();
-                            dims[dim] = right_pad;
-                            Some(Tensor::zeros(dims, grad.dtype(), grad.device())?)
-                        };
-                        let arg_grad = match (left_pad, right_pad) {
-                            (None, None) => grad,
-                            (Some(l), None) => Tensor::cat(&[&l, &grad], dim)?,
-                            (None, Some(r)) => Tensor::cat(&[&grad, &r], dim)?,
-                            (Some(l), Some(r)) => Tensor::cat(&[&l, &grad, &r], dim)?,
-                        };
-                        grads.accumulate(arg, &arg_grad)?;
+                        if grad.dims()[dim] != len {
+                            Err(Error::ShapeMismatchBinaryOp {
+                                lhs: arg.shape().clone(),
+                                rhs: grad.shape().clone(),
+                                op: "backward narrow",
+                            }
+                            .bt())?
+                        }
+                        narrowed
+                            .entry(arg.id())
+                            .or_insert_with(|| NarrowedGrads { arg: arg.clone(), pieces: vec![] })
+                            .pieces
+                            .push((dim, start_idx, grad));
                     }
                     Op::Unary(_, UnaryOp::Floor)
                     | Op::Unary(_, UnaryOp::Round)
@@ -678,7 +674,67 @@ impl Tensor {
                 };
             }
         }
+        // Slices of tensors outside the sorted nodes (not tracking gradients).
+        for (_, pieces) in narrowed {
+            pieces.accumulate_into(&mut grads)?;
+        }
         Ok(grads)
+    }
+}
+
+/// dmlp's patch: the gradients of the narrowed slices of one tensor, `(dim, start, gradient)`.
+/// candle padded each slice's gradient with zeros to the whole tensor and added it: for a tensor
+/// split into `k` slices, `k` full-size concatenations, up to `2k` tensors of zeros and `k − 1`
+/// full-size additions. When the slices lie along one dimension without overlapping (a split),
+/// they are joined by one concatenation (zeros only where no slice reaches) and added once.
+struct NarrowedGrads {
+    arg: Tensor,
+    pieces: Vec<(usize, usize, Tensor)>,
+}
+
+impl NarrowedGrads {
+    fn accumulate_into(mut self, grads: &mut GradStore) -> Result<()> {
+        let dims = self.arg.dims().to_vec();
+        let zeros = |dim: usize, len: usize, like: &Tensor| {
+            let mut shape = dims.clone();
+            shape[dim] = len;
+            Tensor::zeros(shape, like.dtype(), like.device())
+        };
+        self.pieces.sort_by_key(|&(dim, start, _)| (dim, start));
+        let dim = self.pieces[0].0;
+        let disjoint = self.pieces.iter().all(|p| p.0 == dim)
+            && self.pieces.windows(2).all(|w| w[0].1 + w[0].2.dims()[dim] <= w[1].1);
+        if disjoint {
+            let mut parts = Vec::with_capacity(2 * self.pieces.len() + 1);
+            let mut end = 0;
+            for (_, start, grad) in &self.pieces {
+                if *start > end {
+                    parts.push(zeros(dim, start - end, grad)?);
+                }
+                parts.push(grad.clone());
+                end = start + grad.dims()[dim];
+            }
+            if end < dims[dim] {
+                parts.push(zeros(dim, dims[dim] - end, &self.pieces[0].2)?);
+            }
+            let joined = if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, dim)? };
+            return grads.accumulate(&self.arg, &joined);
+        }
+        // Overlapping slices: each padded to the whole tensor and added, as candle does.
+        for (dim, start, grad) in self.pieces {
+            let len = grad.dims()[dim];
+            let mut parts = Vec::with_capacity(3);
+            if start > 0 {
+                parts.push(zeros(dim, start, &grad)?);
+            }
+            parts.push(grad.clone());
+            if start + len < dims[dim] {
+                parts.push(zeros(dim, dims[dim] - start - len, &grad)?);
+            }
+            let padded = if parts.len() == 1 { grad } else { Tensor::cat(&parts, dim)? };
+            grads.accumulate(&self.arg, &padded)?;
+        }
+        Ok(())
     }
 }
 

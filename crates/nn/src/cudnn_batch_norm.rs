@@ -4,8 +4,13 @@
 //! path composes them from about a dozen candle ops forward and twice that backward, each a
 //! pass over the activation and each output kept for the backward.
 //!
-//! It computes in float32 (half-precision input is converted first and the output converted
-//! back, as the generic path and PyTorch's autocast do): data, γ, β and the statistics.
+//! γ, β and the statistics are f32. Half-precision data (bf16, f16: a layer under autocast) goes
+//! to cuDNN as it is, in its mixed configuration (the parameter descriptor cuDNN derives from a
+//! half-precision one is f32), so the conversions to f32 and back around each layer (four
+//! launches per layer and, by session 17's profile, 11 of a ResNet-50 bf16 step's 43 ms on an
+//! H200) are gone. Where cuDNN refuses that (an error from any of the calls) the data is
+//! converted to f32 and back instead, from then on in this process; [`half_precision_status`]
+//! says which happened (`gpu-check` reports it). Not yet run on a GPU.
 //!
 //! The running statistics, when they are f32 and contiguous on the input's device (always, for
 //! a model built in f32), are updated by the same cuDNN call, in place, as PyTorch's cuDNN path
@@ -23,8 +28,8 @@ use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::CudaStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 
 use crate::cuda_kernels::f32_address;
@@ -83,7 +88,9 @@ impl Running<'_> {
 
 /// The training pass: `ys` in the input's dtype, and either `None` (cuDNN updated `running` in
 /// place: see the module docs) or the detached batch statistics `(mean, biased var)`, `[C]`
-/// each, f32, for the caller's update.
+/// each, f32, for the caller's update. Half-precision input goes to cuDNN as it is (γ, β and the
+/// statistics in f32, cuDNN's mixed configuration) unless cuDNN has refused that once in this
+/// process ([`half_precision_status`]); then it is converted to f32 and back.
 ///
 /// # Shapes
 /// `xs: [N, C, ...]`, `weight`, `bias: [C]` → `[N, C, ...]`.
@@ -95,19 +102,37 @@ pub(crate) fn train(
     running: Running<'_>,
 ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
     let dtype = xs.dtype();
-    let channels = xs.dim(1)?;
-    let x = crate::to_dtype(xs, DType::F32)?.contiguous()?;
+    let (weight, bias) = (weight.to_dtype(DType::F32)?.contiguous()?, bias.to_dtype(DType::F32)?.contiguous()?);
+    if dtype != DType::F32 && half_precision_allowed() {
+        match train_as(&xs.contiguous()?, &weight, &bias, eps, &running) {
+            Ok(trained) => {
+                half_precision_worked();
+                return Ok(trained);
+            }
+            Err(error) => half_precision_refused(&error),
+        }
+    }
+    let (ys, stats) = train_as(&crate::to_dtype(xs, DType::F32)?.contiguous()?, &weight, &bias, eps, &running)?;
+    Ok((crate::to_dtype(&ys, dtype)?, stats))
+}
+
+/// [`train`] on a contiguous `x` in the dtype cuDNN gets (f32, bf16 or f16): `ys` in that dtype.
+fn train_as(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    running: &Running<'_>,
+) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    let channels = x.dim(1)?;
     let saved: Saved = Arc::new(Mutex::new(None));
-    let updated = running.updatable_for(channels, xs.device()).then(|| RunningUpdate {
+    let updated = running.updatable_for(channels, x.device()).then(|| RunningUpdate {
         mean: running.mean.clone(),
         var: running.var.clone(),
         momentum: running.momentum,
     });
     let in_place = updated.is_some();
-    let forward = BatchNormForward { eps, saved: saved.clone(), running: updated };
-    let ys =
-        x.apply_op3(&weight.to_dtype(DType::F32)?.contiguous()?, &bias.to_dtype(DType::F32)?.contiguous()?, forward)?;
-    let ys = crate::to_dtype(&ys, dtype)?;
+    let ys = x.apply_op3(weight, bias, BatchNormForward { eps, saved: saved.clone(), running: updated })?;
     if in_place {
         return Ok((ys, None));
     }
@@ -116,6 +141,43 @@ pub(crate) fn train(
     let inv_std = stats.narrow(0, stats_offset(channels), channels)?;
     let var = (inv_std.sqr()?.recip()? - eps)?.relu()?;
     Ok((ys, Some((mean, var))))
+}
+
+/// What became of half-precision BatchNorm in cuDNN in this process: not tried, taken, or
+/// refused (with cuDNN's error, the input then converted to f32).
+static HALF_PRECISION: Mutex<HalfPrecision> = Mutex::new(HalfPrecision::NotTried);
+
+#[derive(Debug, Clone)]
+enum HalfPrecision {
+    NotTried,
+    Taken,
+    Refused(String),
+}
+
+fn half_precision_allowed() -> bool {
+    !matches!(*HALF_PRECISION.lock().unwrap_or_else(|p| p.into_inner()), HalfPrecision::Refused(_))
+}
+
+fn half_precision_worked() {
+    let mut state = HALF_PRECISION.lock().unwrap_or_else(|p| p.into_inner());
+    if matches!(*state, HalfPrecision::NotTried) {
+        *state = HalfPrecision::Taken;
+    }
+}
+
+fn half_precision_refused(error: &candle_core::Error) {
+    *HALF_PRECISION.lock().unwrap_or_else(|p| p.into_inner()) = HalfPrecision::Refused(error.to_string());
+}
+
+/// How half-precision (bf16, f16) BatchNorm ran on cuDNN in this process: `"not tried"`, `"in
+/// cuDNN"` (bf16/f16 data, f32 parameters and statistics), or `"converted to f32: …"` with the
+/// error cuDNN gave the first time.
+pub fn half_precision_status() -> String {
+    match &*HALF_PRECISION.lock().unwrap_or_else(|p| p.into_inner()) {
+        HalfPrecision::NotTried => "not tried".into(),
+        HalfPrecision::Taken => "in cuDNN".into(),
+        HalfPrecision::Refused(why) => format!("converted to f32: {why}"),
+    }
 }
 
 /// The running statistics a forward updates in place (tensors sharing the BatchNorm's storage).
@@ -146,12 +208,13 @@ impl Drop for Descriptors<'_> {
 }
 
 impl<'a> Descriptors<'a> {
-    fn new(api: &'a Api, bn: &BatchNormApi, [n, c, h, w]: [usize; 4]) -> Result<Self> {
+    fn new(api: &'a Api, bn: &BatchNormApi, [n, c, h, w]: [usize; 4], data_type: i32) -> Result<Self> {
         let mut d = Descriptors { api, x: std::ptr::null_mut(), parameters: std::ptr::null_mut() };
-        // SAFETY: each descriptor is created before it is set; NCHW is format 0, FLOAT type 0.
+        // SAFETY: each descriptor is created before it is set; NCHW is format 0.
         unsafe {
             check(api, (api.create_tensor)(&mut d.x), "tensor descriptor")?;
-            check(api, (api.set_tensor_4d)(d.x, 0, 0, int(n)?, int(c)?, int(h)?, int(w)?), "batch norm input")?;
+            let x = (api.set_tensor_4d)(d.x, 0, data_type, int(n)?, int(c)?, int(h)?, int(w)?);
+            check(api, x, "batch norm input")?;
             check(api, (api.create_tensor)(&mut d.parameters), "tensor descriptor")?;
             check(api, (bn.derive)(d.parameters, d.x, SPATIAL), "batch norm parameters")?;
         }
@@ -180,8 +243,54 @@ impl Call {
         let device = x.device().clone();
         let shape = nchw(layout.dims())?;
         let handle = handle(api, &device)?;
-        let descriptors = Descriptors::new(api, bn, shape)?;
+        let descriptors = Descriptors::new(api, bn, shape, data_type(x.dtype())?)?;
         Ok(Call { bn, device, channels: shape[1], handle, descriptors })
+    }
+}
+
+/// cuDNN's type of a BatchNorm's data (x, y, dy, dx): FLOAT 0, HALF 2, BFLOAT16 9; γ, β and the
+/// statistics are f32 for all three (the parameter descriptor cuDNN derives).
+fn data_type(dtype: DType) -> Result<i32> {
+    Ok(match dtype {
+        DType::F32 => 0,
+        DType::F16 => 2,
+        DType::BF16 => 9,
+        other => bail!("cuDNN batch norm takes f32, f16 or bf16 data, not {other:?}"),
+    })
+}
+
+/// The address of the first element of a contiguous f32, f16 or bf16 CUDA buffer.
+fn data_address(storage: &CudaStorage, layout: &Layout, stream: &Arc<CudaStream>, what: &str) -> Result<u64> {
+    if !layout.is_contiguous() {
+        bail!("cuDNN batch norm needs a contiguous {what}")
+    }
+    let (ptr, size) = match storage.dtype() {
+        DType::F32 => (storage.as_cuda_slice::<f32>()?.device_ptr(stream).0, 4),
+        DType::F16 => (storage.as_cuda_slice::<half::f16>()?.device_ptr(stream).0, 2),
+        DType::BF16 => (storage.as_cuda_slice::<half::bf16>()?.device_ptr(stream).0, 2),
+        other => bail!("cuDNN batch norm takes f32, f16 or bf16 data, not {other:?}"),
+    };
+    Ok(ptr + (layout.start_offset() * size) as u64)
+}
+
+/// A new uninitialised buffer of `len` elements of `dtype` (f32, f16, bf16) on `device`, with
+/// its address.
+fn alloc_data(device: &CudaDevice, dtype: DType, len: usize, stream: &Arc<CudaStream>) -> Result<(CudaStorage, u64)> {
+    fn alloc<T: CudaDType + DeviceRepr>(
+        device: &CudaDevice,
+        len: usize,
+        stream: &Arc<CudaStream>,
+    ) -> Result<(CudaStorage, u64)> {
+        // SAFETY: every caller has cuDNN write all `len` elements before anything reads them.
+        let slice = unsafe { device.alloc::<T>(len.max(1)) }?;
+        let ptr = slice.device_ptr(stream).0;
+        Ok((CudaStorage::wrap_cuda_slice(slice, device.clone()), ptr))
+    }
+    match dtype {
+        DType::F32 => alloc::<f32>(device, len, stream),
+        DType::F16 => alloc::<half::f16>(device, len, stream),
+        DType::BF16 => alloc::<half::bf16>(device, len, stream),
+        other => bail!("cuDNN batch norm takes f32, f16 or bf16 data, not {other:?}"),
     }
 }
 
@@ -230,11 +339,12 @@ impl CustomOp3 for BatchNormForward {
         if wl.shape().elem_count() != channels || bl.shape().elem_count() != channels {
             bail!("batch norm: γ {:?} and β {:?} for {channels} channels", wl.dims(), bl.dims())
         }
-        let ((x, xo), (w, wo), (b, bo)) =
-            (contiguous_f32(x, xl, "input")?, contiguous_f32(weight, wl, "γ")?, contiguous_f32(bias, bl, "β")?);
+        let ((w, wo), (b, bo)) = (contiguous_f32(weight, wl, "γ")?, contiguous_f32(bias, bl, "β")?);
         let stream = device.cuda_stream();
-        // SAFETY: every element of both buffers is written by cuDNN before anything reads it.
-        let mut ys = unsafe { device.alloc::<f32>(xl.shape().elem_count()) }?;
+        let x_ptr = data_address(x, xl, &stream, "input")?;
+        // Every element of both buffers is written by cuDNN before anything reads it.
+        let (ys, y_ptr) = alloc_data(&device, x.dtype(), xl.shape().elem_count(), &stream)?;
+        // SAFETY: as above.
         let mut stats = unsafe { device.alloc::<f32>(stats_offset(channels) + channels) }?;
         let (one, zero) = (1f32, 0f32);
         // The running statistics' storages stay read-locked (against a `Var::set` from another
@@ -242,10 +352,8 @@ impl CustomOp3 for BatchNormForward {
         let running =
             self.running.as_ref().map(|r| (r.mean.storage_and_layout(), r.var.storage_and_layout(), r.momentum));
         {
-            let (x_ptr, _x) = x.device_ptr(&stream);
             let (w_ptr, _w) = w.device_ptr(&stream);
             let (b_ptr, _b) = b.device_ptr(&stream);
-            let (y_ptr, _y) = ys.device_ptr_mut(&stream);
             let (s_ptr, _s) = stats.device_ptr_mut(&stream);
             let inv_ptr = s_ptr + (stats_offset(channels) * std::mem::size_of::<f32>()) as u64;
             let (factor, mean_ptr, var_ptr) = match &running {
@@ -278,7 +386,7 @@ impl CustomOp3 for BatchNormForward {
                     (&raw const one).cast(),
                     (&raw const zero).cast(),
                     descriptors.x,
-                    (x_ptr + xo) as *const c_void,
+                    x_ptr as *const c_void,
                     descriptors.x,
                     y_ptr as *mut c_void,
                     descriptors.parameters,
@@ -295,9 +403,11 @@ impl CustomOp3 for BatchNormForward {
             check(descriptors.api, status, "batch norm forward")?;
         }
         *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(stats));
-        Ok((CudaStorage::wrap_cuda_slice(ys, device), xl.shape().clone()))
+        Ok((ys, xl.shape().clone()))
     }
 
+    /// `(dx, dγ, dβ)`; `dx` in `x`'s dtype. A half-precision backward cuDNN refuses is run in
+    /// f32 (the forward's statistics are f32 either way).
     fn bwd(
         &self,
         x: &Tensor,
@@ -308,25 +418,45 @@ impl CustomOp3 for BatchNormForward {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let saved = self.saved.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(saved) = saved else { bail!("cuDNN batch norm backward without its forward statistics") };
-        let op = BatchNormBackward { eps: self.eps, saved };
-        let packed = x.apply_op3_no_bwd(weight, &crate::to_dtype(grad, DType::F32)?.contiguous()?, &op)?;
-        let (n, c) = (x.elem_count(), weight.elem_count());
-        let (w_at, b_at) = backward_offsets(n, c);
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        Ok((Some(dx), Some(packed.narrow(0, w_at, c)?), Some(packed.narrow(0, b_at, c)?)))
+        let dy = crate::to_dtype(grad, x.dtype())?.contiguous()?;
+        let (dx, parameters) = match backward(x, weight, &dy, self.eps, &saved) {
+            Err(error) if x.dtype() != DType::F32 => {
+                half_precision_refused(&error);
+                let f32 = |t: &Tensor| -> Result<Tensor> { crate::to_dtype(t, DType::F32)?.contiguous() };
+                let (dx, parameters) = backward(&f32(x)?, weight, &f32(&dy)?, self.eps, &saved)?;
+                (crate::to_dtype(&dx, x.dtype())?, parameters)
+            }
+            result => result?,
+        };
+        let c = weight.elem_count();
+        Ok((Some(dx), Some(parameters.narrow(0, 0, c)?), Some(parameters.narrow(0, stats_offset(c), c)?)))
     }
 }
 
-/// Where dγ and dβ start in the backward's packed `[dx | dγ | dβ]` (each aligned).
-fn backward_offsets(n: usize, c: usize) -> (usize, usize) {
-    let w_at = n.div_ceil(64) * 64;
-    (w_at, w_at + stats_offset(c))
+/// cuDNN's backward over `x` and `dy` (one dtype): `dx` in that dtype and the packed f32
+/// `[dγ… | dβ…]` (dβ at [`stats_offset`]).
+fn backward(
+    x: &Tensor,
+    weight: &Tensor,
+    dy: &Tensor,
+    eps: f64,
+    saved: &Arc<CudaSlice<f32>>,
+) -> Result<(Tensor, Tensor)> {
+    let dx: Stash = Arc::new(Mutex::new(None));
+    let op = BatchNormBackward { eps, saved: saved.clone(), dx: dx.clone() };
+    let parameters = x.apply_op3_no_bwd(weight, dy, &op)?;
+    let dx = x.apply_op1_no_bwd(&TakeStashed(dx))?;
+    Ok((dx, parameters))
 }
 
-/// `(x, γ, dy) → [dx…, dγ…, dβ…]` (see [`backward_offsets`]) from the saved statistics.
+/// A buffer one op leaves for the next ([`TakeStashed`]) when an op has two outputs.
+type Stash = Arc<Mutex<Option<CudaStorage>>>;
+
+/// `(x, γ, dy) → [dγ… | dβ…]` (f32) from the saved statistics, `dx` left in `dx`.
 struct BatchNormBackward {
     eps: f64,
     saved: Arc<CudaSlice<f32>>,
+    dx: Stash,
 }
 
 impl CustomOp3 for BatchNormBackward {
@@ -355,28 +485,33 @@ impl CustomOp3 for BatchNormBackward {
         dy: &CudaStorage,
         dl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        if dl.dims() != xl.dims() {
-            bail!("batch norm backward: gradient {:?} does not match input {:?}", dl.dims(), xl.dims())
+        if dl.dims() != xl.dims() || dy.dtype() != x.dtype() {
+            bail!(
+                "batch norm backward: gradient {:?} {:?} does not match input {:?} {:?}",
+                dl.dims(),
+                dy.dtype(),
+                xl.dims(),
+                x.dtype()
+            )
         }
         let Call { bn, device, channels, handle, descriptors } = Call::new(x, xl)?;
-        let n = xl.shape().elem_count();
-        let ((x, xo), (w, wo), (dy, dyo)) =
-            (contiguous_f32(x, xl, "input")?, contiguous_f32(weight, wl, "γ")?, contiguous_f32(dy, dl, "gradient")?);
         let stream = device.cuda_stream();
-        let (w_at, b_at) = backward_offsets(n, channels);
-        // SAFETY: cuDNN writes dx, dγ and dβ; the padding between them is never read.
-        let mut packed = unsafe { device.alloc::<f32>(b_at + channels) }?;
+        let (x_ptr, dy_ptr) = (data_address(x, xl, &stream, "input")?, data_address(dy, dl, &stream, "gradient")?);
+        let (w, wo) = contiguous_f32(weight, wl, "γ")?;
+        // cuDNN writes every element of dx, dγ and dβ; the padding between dγ and dβ is never read.
+        let (dx, dx_ptr) = alloc_data(&device, x.dtype(), xl.shape().elem_count(), &stream)?;
+        let b_at = stats_offset(channels);
+        // SAFETY: as above.
+        let mut parameters = unsafe { device.alloc::<f32>(b_at + channels) }?;
         let (one, zero) = (1f32, 0f32);
         let size = std::mem::size_of::<f32>() as u64;
         {
-            let (x_ptr, _x) = x.device_ptr(&stream);
             let (w_ptr, _w) = w.device_ptr(&stream);
-            let (dy_ptr, _dy) = dy.device_ptr(&stream);
             let (s_ptr, _s) = self.saved.as_ref().device_ptr(&stream);
-            let (p_ptr, _p) = packed.device_ptr_mut(&stream);
+            let (p_ptr, _p) = parameters.device_ptr_mut(&stream);
             let inv_ptr = s_ptr + stats_offset(channels) as u64 * size;
-            // SAFETY: contiguous f32 buffers of the descriptors' shapes on the handle's stream;
-            // the statistics are the forward's.
+            // SAFETY: contiguous buffers of the descriptors' shapes and types on the handle's
+            // stream; the statistics are the forward's.
             let status = unsafe {
                 (bn.backward)(
                     handle.raw,
@@ -386,14 +521,14 @@ impl CustomOp3 for BatchNormBackward {
                     (&raw const one).cast(),
                     (&raw const zero).cast(),
                     descriptors.x,
-                    (x_ptr + xo) as *const c_void,
+                    x_ptr as *const c_void,
                     descriptors.x,
-                    (dy_ptr + dyo) as *const c_void,
+                    dy_ptr as *const c_void,
                     descriptors.x,
-                    p_ptr as *mut c_void,
+                    dx_ptr as *mut c_void,
                     descriptors.parameters,
                     (w_ptr + wo) as *const c_void,
-                    (p_ptr + w_at as u64 * size) as *mut c_void,
+                    p_ptr as *mut c_void,
                     (p_ptr + b_at as u64 * size) as *mut c_void,
                     self.eps,
                     s_ptr as *const c_void,
@@ -402,7 +537,28 @@ impl CustomOp3 for BatchNormBackward {
             };
             check(descriptors.api, status, "batch norm backward")?;
         }
-        Ok((CudaStorage::wrap_cuda_slice(packed, device), Shape::from(b_at + channels)))
+        *self.dx.lock().unwrap_or_else(|p| p.into_inner()) = Some(dx);
+        Ok((CudaStorage::wrap_cuda_slice(parameters, device), Shape::from(b_at + channels)))
+    }
+}
+
+/// The buffer a [`BatchNormBackward`] left, as a tensor of the shape of the tensor it is applied
+/// to (its `x`): moved out, not copied.
+struct TakeStashed(Stash);
+
+impl CustomOp1 for TakeStashed {
+    fn name(&self) -> &'static str {
+        "cudnn-batch-norm-input-gradient"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("cuDNN batch norm runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(&self, _: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let taken = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(dx) = taken else { bail!("cuDNN batch norm backward left no input gradient") };
+        Ok((dx, layout.shape().clone()))
     }
 }
 

@@ -65,6 +65,8 @@ pub use cpu::with_generic_ops;
 pub use cpu_threads::configure_cpu_threads;
 #[cfg(feature = "cuda")]
 pub use cudnn::{cudnn_status, set_cudnn};
+#[cfg(feature = "cuda")]
+pub use cudnn_batch_norm::half_precision_status as cudnn_half_batch_norm_status;
 pub use linear::{Linear, linear, linear_forward, linear_nd, linear_with_init, matmul, matmul_nt};
 #[cfg(feature = "cuda")]
 pub use memory::cuda_device;
@@ -243,6 +245,12 @@ pub fn sgd_steps_in_place(
 #[cfg(not(feature = "cuda"))]
 pub fn cudnn_status() -> Result<usize, String> {
     Err("built without the `cuda` feature".into())
+}
+
+/// How half-precision BatchNorm ran on cuDNN: never, in a build without CUDA.
+#[cfg(not(feature = "cuda"))]
+pub fn cudnn_half_batch_norm_status() -> String {
+    "not tried (built without the `cuda` feature)".into()
 }
 
 /// Nothing to turn on or off without CUDA.

@@ -79,6 +79,9 @@ struct Report {
     /// them), where the binary has the `nccl` feature: that the library loads and sums.
     nccl: Option<String>,
     steps: Vec<StepTiming>,
+    /// How the bf16 steps' BatchNorms ran on cuDNN: in bf16, or converted to f32 (with cuDNN's
+    /// reason), or not at all.
+    batch_norm_half: Option<String>,
     torch: Option<serde_json::Value>,
     /// dmlp images/s ÷ PyTorch images/s per (model, precision).
     ratios: Vec<Ratio>,
@@ -311,6 +314,9 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
             report.steps.push(timing);
             report.save(&out, start)?;
         }
+        let batch_norm_half = dmlp_nn::cudnn_half_batch_norm_status();
+        println!("bf16 BatchNorm on cuDNN: {batch_norm_half}");
+        report.batch_norm_half = Some(batch_norm_half);
         report.peak_memory_mib = memory.stop();
         if let Some(peak) = report.peak_memory_mib {
             println!("peak GPU memory (nvidia-smi, the whole process): {peak} MiB");

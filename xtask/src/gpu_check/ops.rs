@@ -48,11 +48,16 @@ type Op = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
 struct OpCase {
     name: &'static str,
     input: Vec<usize>,
+    /// The bound on each tensor's relative L2 distance from the CPU's.
+    tol: f64,
     build: fn(&ParamStore, &Device) -> candle_core::Result<Op>,
 }
 
 /// f32 on both sides, summed in other orders: the generic-path tests' bound.
 const TOL: f64 = 2e-4;
+
+/// bf16 data on both sides (8 significant bits), computed in other orders.
+const BF16_TOL: f64 = 2e-2;
 
 fn smooth(shape: &[usize], seed: f64, device: &Device) -> candle_core::Result<Tensor> {
     let n: usize = shape.iter().product();
@@ -83,6 +88,7 @@ fn cases() -> Vec<OpCase> {
         OpCase {
             name: "conv2d 7×7/2 pad 3, non-square",
             input: vec![2, 3, 23, 18],
+            tol: TOL,
             build: |s, d| {
                 let c = conv2d(3, 8, 7, cfg(2, 3, 1), false, init::pytorch_default(147), s.var_builder(DType::F32, d))?;
                 Ok(Box::new(move |x| c.forward(x)))
@@ -91,6 +97,7 @@ fn cases() -> Vec<OpCase> {
         OpCase {
             name: "conv2d 3×3/2 grouped, with bias",
             input: vec![2, 8, 13, 10],
+            tol: TOL,
             build: |s, d| {
                 let c = conv2d(8, 8, 3, cfg(2, 1, 4), true, init::pytorch_default(18), s.var_builder(DType::F32, d))?;
                 Ok(Box::new(move |x| c.forward(x)))
@@ -99,6 +106,7 @@ fn cases() -> Vec<OpCase> {
         OpCase {
             name: "max pool 3/2 pad 1",
             input: vec![2, 4, 13, 10],
+            tol: TOL,
             build: |_, _| {
                 let p = MaxPool2d { kernel: 3, stride: 2, padding: 1, ceil_mode: false };
                 Ok(Box::new(move |x| p.forward(x)))
@@ -107,6 +115,7 @@ fn cases() -> Vec<OpCase> {
         OpCase {
             name: "avg pool 3/1 pad 1 (count_include_pad=False)",
             input: vec![2, 4, 9, 7],
+            tol: TOL,
             build: |_, _| {
                 let p = AvgPool2d { kernel: 3, stride: 1, padding: 1, ceil_mode: false, count_include_pad: false };
                 Ok(Box::new(move |x| p.forward(x)))
@@ -115,6 +124,7 @@ fn cases() -> Vec<OpCase> {
         OpCase {
             name: "avg pool 2/2 ceil_mode",
             input: vec![2, 4, 9, 7],
+            tol: TOL,
             build: |_, _| {
                 let p = AvgPool2d { kernel: 2, stride: 2, padding: 0, ceil_mode: true, count_include_pad: false };
                 Ok(Box::new(move |x| p.forward(x)))
@@ -123,14 +133,27 @@ fn cases() -> Vec<OpCase> {
         OpCase {
             name: "batch norm + relu (training)",
             input: vec![4, 5, 6, 7],
+            tol: TOL,
             build: |s, d| {
                 let bn = batch_norm(5, s.var_builder(DType::F32, d).pp("bn"))?;
                 Ok(Box::new(move |x| bn.forward_relu_t(x, true)))
             },
         },
         OpCase {
+            // On CUDA bf16 data in cuDNN (or converted to f32 where cuDNN refuses it: gpu-check's
+            // `batch_norm_half` says which), γ, β and the statistics f32, as under autocast.
+            name: "batch norm (training, bf16 data)",
+            input: vec![4, 5, 6, 7],
+            tol: BF16_TOL,
+            build: |s, d| {
+                let bn = batch_norm(5, s.var_builder(DType::F32, d).pp("bn"))?;
+                Ok(Box::new(move |x| bn.forward_t(&x.to_dtype(DType::BF16)?, true)?.to_dtype(DType::F32)))
+            },
+        },
+        OpCase {
             name: "batch norm (evaluation)",
             input: vec![4, 5, 6, 7],
+            tol: TOL,
             build: |s, d| {
                 let bn = batch_norm(5, s.var_builder(DType::F32, d).pp("bn"))?;
                 Ok(Box::new(move |x| bn.forward_t(x, false)))
@@ -139,6 +162,7 @@ fn cases() -> Vec<OpCase> {
         OpCase {
             name: "layer norm",
             input: vec![6, 32],
+            tol: TOL,
             build: |s, d| {
                 let ln = layer_norm(32, s.var_builder(DType::F32, d).pp("ln"))?;
                 Ok(Box::new(move |x| ln.forward(x)))
@@ -147,6 +171,7 @@ fn cases() -> Vec<OpCase> {
         OpCase {
             name: "linear",
             input: vec![6, 32],
+            tol: TOL,
             build: |s, d| {
                 let fc = linear(32, 12, true, s.var_builder(DType::F32, d).pp("fc"))?;
                 Ok(Box::new(move |x| fc.forward(x)))
@@ -155,6 +180,7 @@ fn cases() -> Vec<OpCase> {
         OpCase {
             name: "generated projection (Dynamic MLP)",
             input: vec![6, 32],
+            tol: TOL,
             build: |s, d| {
                 let vb = s.var_builder(DType::F32, d);
                 let (h, g) = (linear(32, 12, true, vb.pp("h"))?, linear(12, 8 * 5, true, vb.pp("gen"))?);
@@ -164,12 +190,19 @@ fn cases() -> Vec<OpCase> {
         OpCase {
             name: "batched vecmat",
             input: vec![6, 24],
+            tol: TOL,
             build: |_, _| Ok(Box::new(|x| batched_vecmat(&x.narrow(1, 0, 4)?, &x.narrow(1, 4, 20)?))),
         },
-        OpCase { name: "global avg pool", input: vec![2, 3, 7, 5], build: |_, _| Ok(Box::new(global_avg_pool)) },
+        OpCase {
+            name: "global avg pool",
+            input: vec![2, 3, 7, 5],
+            tol: TOL,
+            build: |_, _| Ok(Box::new(global_avg_pool)),
+        },
         OpCase {
             name: "channel blend (SK fusion)",
             input: vec![2, 6, 5, 7],
+            tol: TOL,
             build: |_, _| {
                 Ok(Box::new(|x| {
                     let (a, b) = (x.narrow(1, 0, 3)?, x.narrow(1, 3, 3)?);
@@ -225,7 +258,7 @@ fn model_step(config: &ModelConfig, device: &Device, generic: bool) -> anyhow::R
     Ok(out)
 }
 
-fn compare(op: &str, reference: &[(String, Vec<f64>)], got: &[(String, Vec<f64>)]) -> Vec<OpCheck> {
+fn compare(op: &str, tol: f64, reference: &[(String, Vec<f64>)], got: &[(String, Vec<f64>)]) -> Vec<OpCheck> {
     if reference.len() != got.len() {
         let why = anyhow::anyhow!("{} tensors on the device, {} on the CPU", got.len(), reference.len());
         return vec![OpCheck::failed(op, &why)];
@@ -237,7 +270,7 @@ fn compare(op: &str, reference: &[(String, Vec<f64>)], got: &[(String, Vec<f64>)
             op: op.into(),
             tensor: tensor.clone(),
             rel_l2: rel_l2(b, a),
-            tol: TOL,
+            tol,
             error: None,
         })
         .collect()
@@ -247,11 +280,12 @@ fn compare(op: &str, reference: &[(String, Vec<f64>)], got: &[(String, Vec<f64>)
 /// failed check, so the other cases still run. The CPU reference failing is the check's own bug.
 fn compare_on_device(
     op: &str,
+    tol: f64,
     reference: &[(String, Vec<f64>)],
     got: impl FnOnce() -> anyhow::Result<Vec<(String, Vec<f64>)>>,
 ) -> Vec<OpCheck> {
     match super::caught(got) {
-        Ok(got) => compare(op, reference, &got),
+        Ok(got) => compare(op, tol, reference, &got),
         Err(error) => vec![OpCheck::failed(op, &error)],
     }
 }
@@ -298,7 +332,7 @@ pub(crate) fn check(target: &Device, generic: bool) -> anyhow::Result<Vec<OpChec
     let mut checks = Vec::new();
     for case in cases() {
         let reference = run_case(&case, &Device::Cpu, false)?;
-        checks.extend(compare_on_device(case.name, &reference, || run_case(&case, target, generic)));
+        checks.extend(compare_on_device(case.name, case.tol, &reference, || run_case(&case, target, generic)));
     }
     let resnet = CustomBackbone::Resnet { block: BlockKind::Bottleneck, layers: vec![2, 1, 1, 1], width: 8 };
     let sk = CustomBackbone::Sk2res2net { layers: vec![2, 1, 1, 1], width: 16 };
@@ -315,12 +349,12 @@ pub(crate) fn check(target: &Device, generic: bool) -> anyhow::Result<Vec<OpChec
             ..ModelConfig::image_only(BackboneSpec::Custom(backbone), 5)
         };
         let reference = model_step(&config, &Device::Cpu, false)?;
-        checks.extend(compare_on_device(name, &reference, || model_step(&config, target, generic)));
+        checks.extend(compare_on_device(name, TOL, &reference, || model_step(&config, target, generic)));
     }
     for (name, nesterov) in [("SGD, 3 steps", false), ("SGD (Nesterov), 3 steps", true)] {
         let reference = sgd_steps(&Device::Cpu, nesterov)?;
         let run = || sgd_steps(target, nesterov);
-        checks.extend(compare_on_device(name, &reference, || {
+        checks.extend(compare_on_device(name, TOL, &reference, || {
             if generic { dmlp_nn::with_generic_ops(run) } else { run() }
         }));
     }
@@ -340,12 +374,13 @@ mod tests {
     #[test]
     fn a_device_that_fails_or_drops_a_tensor_is_a_failed_check_not_an_abort() {
         let reference = vec![("y".to_string(), vec![1.0, 2.0]), ("dx".to_string(), vec![3.0])];
-        let good = super::compare_on_device("op", &reference, || Ok(reference.clone()));
+        let good = super::compare_on_device("op", super::TOL, &reference, || Ok(reference.clone()));
         assert!(good.len() == 2 && good.iter().all(super::OpCheck::ok), "{good:?}");
-        let error = super::compare_on_device("op", &reference, || anyhow::bail!("CUDA_ERROR_ILLEGAL_ADDRESS"));
-        let panic = super::compare_on_device("op", &reference, || panic!("cuDNN status 3"));
-        let short = super::compare_on_device("op", &reference, || Ok(reference[..1].to_vec()));
-        let nan = super::compare_on_device("op", &reference, || {
+        let error =
+            super::compare_on_device("op", super::TOL, &reference, || anyhow::bail!("CUDA_ERROR_ILLEGAL_ADDRESS"));
+        let panic = super::compare_on_device("op", super::TOL, &reference, || panic!("cuDNN status 3"));
+        let short = super::compare_on_device("op", super::TOL, &reference, || Ok(reference[..1].to_vec()));
+        let nan = super::compare_on_device("op", super::TOL, &reference, || {
             Ok(vec![reference[0].clone(), ("dx".into(), vec![f64::NAN])])
         });
         for (checks, why) in [(error, "ILLEGAL_ADDRESS"), (panic, "cuDNN status 3"), (short, "1 tensors on the device")]

@@ -6,7 +6,7 @@
 //! first block of a stage the 3×3 convolutions and the SK layer run at the input resolution and
 //! the 3×3 average pool comes after the SK layer.
 
-use candle_core::{D, Module, ModuleT, Result, Tensor, bail};
+use candle_core::{Module, ModuleT, Result, Tensor, bail};
 use candle_nn::{Init, VarBuilder};
 use dmlp_nn::{AvgPool2d, BatchNorm, Conv2d, Conv2dConfig, MaxPool2d, batch_norm, conv2d, global_avg_pool, init};
 
@@ -39,11 +39,6 @@ fn conv(
     )
 }
 
-/// `AdaptiveAvgPool2d(1)` keeping the spatial dimensions: `[B, C, H, W]` → `[B, C, 1, 1]`.
-fn gap_keepdim(xs: &Tensor) -> Result<Tensor> {
-    xs.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)
-}
-
 /// The selective-kernel layer: keys `alpha` `[1, 1, 1, 1]` and
 /// `sk_proj.{0: conv 1×1 W4→h, 1: BN h, 3: conv 1×1 h→W4 with bias}`.
 #[derive(Debug)]
@@ -72,9 +67,8 @@ impl SkLayer {
     /// # Shapes
     /// `out, fx: [B, W4, H, W]` → `[B, W4, H, W]`.
     fn forward_t(&self, out: &Tensor, fx: &Tensor, train: bool) -> Result<Tensor> {
-        let a = candle_nn::ops::sigmoid(&self.alpha.to_dtype(out.dtype())?)?; // [1, 1, 1, 1]
-        let one_minus_a = a.affine(-1.0, 1.0)?;
-        let gv = (gap_keepdim(out)?.broadcast_mul(&a)? + gap_keepdim(fx)?.broadcast_mul(&one_minus_a)?)?; // [B, W4, 1, 1]
+        // a·GAP(out) + (1 − a)·GAP(fx), one op forward and backward (dmlp_nn::pool_mix).
+        let gv = dmlp_nn::pool_mix(out, fx, &self.alpha)?; // [B, W4, 1, 1]
         let hidden = self.bn.forward_relu_t(&self.reduce.forward(&gv)?, train)?; // [B, h, 1, 1]
         let s = candle_nn::ops::sigmoid(&self.expand.forward(&hidden)?)?; // [B, W4, 1, 1]
         // (fx − out)·s + out, one op forward and backward (dmlp_nn::channel_blend).

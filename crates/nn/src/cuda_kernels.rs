@@ -334,8 +334,33 @@ pub(crate) fn blend_input_grads(
     ))
 }
 
-/// Threads per block of `dmlp_blend_weight_grads_*` (`BLEND_THREADS` in kernels.cu).
-const BLEND_THREADS: u32 = 256;
+/// Threads per block of the kernels that reduce one row per block (`ROW_THREADS` in kernels.cu).
+const ROW_THREADS: u32 = 256;
+
+/// Launches `$name` as `$blocks` blocks of [`ROW_THREADS`] threads (one per row) with the
+/// arguments pushed in order (the kernel's signature in kernels.cu).
+macro_rules! launch_rows {
+    ($device:expr, $name:expr, $blocks:expr, $($arg:expr),+) => {{
+        let func = $device.get_or_load_custom_func($name, MODULE, PTX)?;
+        let blocks = u32::try_from($blocks)
+            .map_err(|_| candle_core::Error::Msg(format!("{}: {} rows", $name, $blocks)))?;
+        let mut builder = func.builder();
+        $(builder.arg($arg);)+
+        let config = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (ROW_THREADS, 1, 1), shared_mem_bytes: 0 };
+        if blocks > 0 {
+            // SAFETY: the arguments match the kernel's signature; every view holds the rows the
+            // kernel reads (the caller checked the shapes).
+            unsafe { builder.launch(config) }
+                .map_err(|e| candle_core::Error::Msg(format!("{}: kernel launch failed: {e:?}", $name)))?;
+        }
+    }};
+}
+
+/// A new uninitialised buffer of `len` (at least one) elements that a kernel fills.
+fn output<T: Element>(device: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: every caller launches a kernel writing all `len` elements before any read.
+    unsafe { device.alloc::<T>(len.max(1)) }
+}
 
 /// The blend's weight gradient `Σ_hw g·(b − a)` per row: one block per row.
 #[allow(clippy::too_many_arguments)]
@@ -351,35 +376,78 @@ pub(crate) fn blend_weight_grads(
 ) -> Result<CudaStorage> {
     same_dims(al, bl, "blend backward")?;
     same_dims(al, gl, "blend backward")?;
-    fn run<T: Element>(
-        device: &CudaDevice,
-        (a, b, g): (CudaView<'_, T>, CudaView<'_, T>, CudaView<'_, T>),
-        rows: usize,
-        hw: usize,
-    ) -> Result<CudaStorage> {
-        let name = format!("dmlp_blend_weight_grads_{}", T::SUFFIX);
-        let func = device.get_or_load_custom_func(&name, MODULE, PTX)?;
-        // SAFETY: one block per row writes its one output.
-        let ds: CudaSlice<T> = unsafe { device.alloc::<T>(rows.max(1)) }?;
-        let blocks = u32::try_from(rows.max(1)).map_err(|_| candle_core::Error::Msg(format!("{name}: {rows} rows")))?;
-        let mut builder = func.builder();
-        builder.arg(&hw).arg(&a).arg(&b).arg(&g).arg(&ds);
-        let config = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLEND_THREADS, 1, 1), shared_mem_bytes: 0 };
-        if rows > 0 {
-            // SAFETY: the arguments match the kernel's signature; a, b and g hold rows·hw
-            // contiguous elements each, ds rows.
-            unsafe { builder.launch(config) }
-                .map_err(|e| candle_core::Error::Msg(format!("{name}: kernel launch failed: {e:?}")))?;
-        }
-        Ok(CudaStorage::wrap_cuda_slice(ds, device.clone()))
-    }
     let what = "blend backward";
-    by_dtype!(a, what, |T| run::<T>(
-        &a.device,
-        (view::<T>(a, al, what)?, view::<T>(b, bl, what)?, view::<T>(g, gl, what)?),
-        rows,
-        hw
+    by_dtype!(a, what, |T| {
+        let (va, vb, vg) = (view::<T>(a, al, what)?, view::<T>(b, bl, what)?, view::<T>(g, gl, what)?);
+        let ds = output::<T>(&a.device, rows)?;
+        let name = format!("dmlp_blend_weight_grads_{}", T::SUFFIX);
+        launch_rows!(a.device, &name, rows, &hw, &va, &vb, &vg, &ds);
+        Ok(CudaStorage::wrap_cuda_slice(ds, a.device.clone()))
+    })
+}
+
+/// SK's gate input `[σ·m₁ + (1 − σ)·m₂ | m₁ − m₂]` per row (`crate::pool_mix_op`): one block per row.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pool_mix(
+    a: &CudaStorage,
+    al: &Layout,
+    b: &CudaStorage,
+    bl: &Layout,
+    alpha: &CudaStorage,
+    alpha_l: &Layout,
+    rows: usize,
+    hw: usize,
+) -> Result<CudaStorage> {
+    same_dims(al, bl, "pool mix")?;
+    let what = "pool mix";
+    by_dtype!(a, what, |T| {
+        let (va, vb, valpha) = (view::<T>(a, al, what)?, view::<T>(b, bl, what)?, view::<T>(alpha, alpha_l, what)?);
+        let packed = output::<T>(&a.device, 2 * rows)?;
+        let name = format!("dmlp_pool_mix_{}", T::SUFFIX);
+        launch_rows!(a.device, &name, rows, &rows, &hw, &va, &vb, &valpha, &packed);
+        Ok(CudaStorage::wrap_cuda_slice(packed, a.device.clone()))
+    })
+}
+
+/// The gate input's input gradients `[dgv·σ/hw | dgv·(1 − σ)/hw]`, `2n` values.
+pub(crate) fn pool_mix_input_grads(
+    dgv: &CudaStorage,
+    gl: &Layout,
+    alpha: &CudaStorage,
+    alpha_l: &Layout,
+    n: usize,
+    hw: usize,
+) -> Result<CudaStorage> {
+    let what = "pool mix backward";
+    by_dtype!(dgv, what, |T| launch::<T>(
+        &dgv.device,
+        "pool_mix_input_grads",
+        n,
+        &[Arg::Size(n), Arg::Size(hw.max(1)), input::<T>(dgv, gl, what)?, input::<T>(alpha, alpha_l, what)?],
+        2 * n
     ))
+}
+
+/// The gate input's α gradient `Σ dgv·(m₁ − m₂)·σ(1 − σ)`: one block.
+pub(crate) fn pool_mix_alpha_grad(
+    dgv: &CudaStorage,
+    gl: &Layout,
+    diff: &CudaStorage,
+    dl: &Layout,
+    alpha: &CudaStorage,
+    alpha_l: &Layout,
+) -> Result<CudaStorage> {
+    same_dims(gl, dl, "pool mix backward")?;
+    let rows = gl.shape().elem_count();
+    let what = "pool mix backward";
+    by_dtype!(dgv, what, |T| {
+        let (vg, vd, valpha) =
+            (view::<T>(dgv, gl, what)?, view::<T>(diff, dl, what)?, view::<T>(alpha, alpha_l, what)?);
+        let dalpha = output::<T>(&dgv.device, 1)?;
+        let name = format!("dmlp_pool_mix_alpha_grad_{}", T::SUFFIX);
+        launch_rows!(dgv.device, &name, 1usize, &rows, &vg, &vd, &valpha, &dalpha);
+        Ok(CudaStorage::wrap_cuda_slice(dalpha, dgv.device.clone()))
+    })
 }
 
 /// SGD's hyper-parameters for one update (PyTorch's `torch.optim.SGD`, dampening 0).

@@ -48,6 +48,7 @@ mod memory;
 mod mha_op;
 mod norm;
 mod pool;
+mod pool_mix_op;
 mod projection_op;
 mod store;
 #[cfg(test)]
@@ -74,6 +75,7 @@ pub use memory::keep_freed_memory;
 pub use mha_op::multi_head_attention;
 pub use norm::{BatchNorm, LayerNorm, batch_norm, layer_norm, layer_norm_with_eps};
 pub use pool::{AvgPool2d, MaxPool2d, adaptive_avg_pool2d, global_avg_pool, resize_bilinear, resize_linear_rows};
+pub use pool_mix_op::pool_mix;
 pub use projection_op::generated_projection;
 pub use store::ParamStore;
 pub use vecmat_op::batched_vecmat;

@@ -10,7 +10,7 @@ use dmlp_geo::Metadata;
 use dmlp_model::{Classifier, ModelConfig};
 use dmlp_nn::{
     AvgPool2d, Conv2dConfig, MaxPool2d, ParamStore, batch_norm, batched_vecmat, channel_blend, conv2d,
-    generated_projection, global_avg_pool, init, layer_norm, linear, with_generic_ops,
+    generated_projection, global_avg_pool, init, layer_norm, linear, pool_mix, with_generic_ops,
 };
 
 /// One compared tensor.
@@ -198,6 +198,17 @@ fn cases() -> Vec<OpCase> {
             input: vec![2, 3, 7, 5],
             tol: TOL,
             build: |_, _| Ok(Box::new(global_avg_pool)),
+        },
+        OpCase {
+            name: "pool mix (SK gate input)",
+            input: vec![2, 6, 5, 7],
+            tol: TOL,
+            build: |_, _| {
+                Ok(Box::new(|x| {
+                    let alpha = x.flatten_all()?.narrow(0, 5, 1)?;
+                    pool_mix(&x.narrow(1, 0, 3)?, &x.narrow(1, 3, 3)?, &alpha)
+                }))
+            },
         },
         OpCase {
             name: "channel blend (SK fusion)",

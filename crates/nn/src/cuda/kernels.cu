@@ -229,11 +229,11 @@ template <typename T> __device__ void blend_input_grads(size_t n, size_t hw, con
 }
 
 // Its weight gradient ds[row] = Σ g·(b − a) over the row's hw elements: one block of
-// BLEND_THREADS threads per row, a fixed-order tree sum (the same result on every run).
-#define BLEND_THREADS 256
+// ROW_THREADS threads per row, a fixed-order tree sum (the same result on every run).
+#define ROW_THREADS 256  // ROW_THREADS in cuda_kernels.rs; a power of two
 template <typename T> __device__ void blend_weight_grads(size_t hw, const T* a, const T* b, const T* g, T* ds) {
   typedef typename Acc<T>::type A;
-  __shared__ A partial[BLEND_THREADS];
+  __shared__ A partial[ROW_THREADS];
   const size_t row = blockIdx.x;
   A sum = 0;
   for (size_t j = threadIdx.x; j < hw; j += blockDim.x) {
@@ -247,6 +247,72 @@ template <typename T> __device__ void blend_weight_grads(size_t hw, const T* a, 
     __syncthreads();
   }
   if (threadIdx.x == 0) ds[row] = down<T>(partial[0]);
+}
+
+// SK's gate input (pool_mix_op.rs): per row (image, channel) of hw elements, m1 = mean(a),
+// m2 = mean(b), packed[row] = σ·m1 + (1 − σ)·m2 and packed[rows + row] = m1 − m2 with σ = sigmoid(α).
+// One block of ROW_THREADS threads per row, fixed-order tree sums.
+__device__ __forceinline__ float sigmoid_of(float x) { return 1.f / (1.f + expf(-x)); }
+__device__ __forceinline__ double sigmoid_of(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+template <typename T>
+__device__ void pool_mix(size_t rows, size_t hw, const T* a, const T* b, const T* alpha, T* packed) {
+  typedef typename Acc<T>::type A;
+  __shared__ A sa[ROW_THREADS];
+  __shared__ A sb[ROW_THREADS];
+  const size_t row = blockIdx.x;
+  A suma = 0, sumb = 0;
+  for (size_t j = threadIdx.x; j < hw; j += blockDim.x) {
+    suma += up(a[row * hw + j]);
+    sumb += up(b[row * hw + j]);
+  }
+  sa[threadIdx.x] = suma;
+  sb[threadIdx.x] = sumb;
+  __syncthreads();
+  for (unsigned int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) {
+      sa[threadIdx.x] += sa[threadIdx.x + stride];
+      sb[threadIdx.x] += sb[threadIdx.x + stride];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    const A m1 = sa[0] / (A)hw, m2 = sb[0] / (A)hw;
+    const A s = sigmoid_of((A)up(alpha[0]));
+    packed[row] = down<T>(s * m1 + (1 - s) * m2);
+    packed[rows + row] = down<T>(m1 - m2);
+  }
+}
+
+// Its input gradients into one buffer: out[i] = dgv[row]·σ/hw (for a), out[n + i] = dgv[row]·(1 − σ)/hw.
+template <typename T>
+__device__ void pool_mix_input_grads(size_t n, size_t hw, const T* dgv, const T* alpha, T* out) {
+  typedef typename Acc<T>::type A;
+  const A s = sigmoid_of((A)up(alpha[0]));
+  GRID_STRIDE(i, n) {
+    const A g = up(dgv[i / hw]) / (A)hw;
+    out[i] = down<T>(g * s);
+    out[n + i] = down<T>(g * (1 - s));
+  }
+}
+
+// Its α gradient: Σ dgv·(m1 − m2)·σ(1 − σ), one block.
+template <typename T>
+__device__ void pool_mix_alpha_grad(size_t rows, const T* dgv, const T* diff, const T* alpha, T* dalpha) {
+  typedef typename Acc<T>::type A;
+  __shared__ A partial[ROW_THREADS];
+  A sum = 0;
+  for (size_t r = threadIdx.x; r < rows; r += blockDim.x) sum += up(dgv[r]) * up(diff[r]);
+  partial[threadIdx.x] = sum;
+  __syncthreads();
+  for (unsigned int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    const A s = sigmoid_of((A)up(alpha[0]));
+    dalpha[0] = down<T>(partial[0] * s * (1 - s));
+  }
 }
 
 // Both updates for many parameters in one launch, after their first step: `table` holds, per
@@ -307,6 +373,18 @@ extern "C" __global__ void dmlp_sgd_many_f32(const unsigned long long* table, un
   extern "C" __global__ void dmlp_blend_weight_grads_##SUFFIX(size_t hw, const T* a, const T* b, const T* g,   \
                                                               T* ds) {                                          \
     blend_weight_grads(hw, a, b, g, ds);                                                                        \
+  }                                                                                                             \
+  extern "C" __global__ void dmlp_pool_mix_##SUFFIX(size_t rows, size_t hw, const T* a, const T* b,            \
+                                                    const T* alpha, T* packed) {                                \
+    pool_mix(rows, hw, a, b, alpha, packed);                                                                    \
+  }                                                                                                             \
+  extern "C" __global__ void dmlp_pool_mix_input_grads_##SUFFIX(size_t n, size_t hw, const T* dgv,             \
+                                                                const T* alpha, T* out) {                       \
+    pool_mix_input_grads(n, hw, dgv, alpha, out);                                                               \
+  }                                                                                                             \
+  extern "C" __global__ void dmlp_pool_mix_alpha_grad_##SUFFIX(size_t rows, const T* dgv, const T* diff,       \
+                                                               const T* alpha, T* dalpha) {                     \
+    pool_mix_alpha_grad(rows, dgv, diff, alpha, dalpha);                                                        \
   }
 
 EXPORT(f32, float)

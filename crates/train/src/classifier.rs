@@ -552,7 +552,7 @@ impl Trainable for ClassifierTrainer<'_> {
         )?;
         let hits = train_top1_hits(&gradients.logits, &batch.targets, &permuted, lambda)?;
         // f16's scaler reads its gradients back every step anyway: nothing to defer then.
-        if self.config.sync_every > 1 && self.amp.scaler().is_none() {
+        if self.config.sync_every_on(self.model.device()) > 1 && self.amp.scaler().is_none() {
             // The loss and hits stay on the device, `[2]`, for `fit` to read back with others.
             update(self.model, &mut self.optimizer, &gradients, &mut self.amp, step)?;
             let figures = Tensor::stack(&[gradients.loss.to_dtype(DType::F32)?, hits], 0)?;

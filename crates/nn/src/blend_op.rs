@@ -30,7 +30,7 @@ struct BlendInputGradsOp;
 struct BlendWeightGradsOp;
 
 /// `(rows, hw)`: the (image, channel) rows of an `[N, C, ...]` layout and the elements in each.
-fn rows(layout: &Layout, what: &str) -> Result<(usize, usize)> {
+pub(crate) fn rows(layout: &Layout, what: &str) -> Result<(usize, usize)> {
     let dims = layout.dims();
     if dims.len() < 2 {
         bail!("{what}: needs [N, C, ...], got {dims:?}")

@@ -461,6 +461,19 @@ pub(crate) struct SgdUpdate {
     pub(crate) first: bool,
 }
 
+impl SgdUpdate {
+    /// A step after the first, from `torch.optim.SGD`'s f64 hyper-parameters (the kernels take f32).
+    pub(crate) fn new((lr, momentum, weight_decay): (f64, f64, f64), nesterov: bool) -> Self {
+        SgdUpdate {
+            lr: lr as f32,
+            momentum: momentum as f32,
+            weight_decay: weight_decay as f32,
+            nesterov,
+            first: false,
+        }
+    }
+}
+
 /// Which tensor an [`SgdOp`] updates in place.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum SgdPart {

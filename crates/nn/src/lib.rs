@@ -197,13 +197,7 @@ pub fn sgd_step_in_place(
 ) -> candle_core::Result<Option<candle_core::Tensor>> {
     #[cfg(feature = "cuda")]
     {
-        let update = cuda_kernels::SgdUpdate {
-            lr: lr as f32,
-            momentum: momentum as f32,
-            weight_decay: weight_decay as f32,
-            nesterov,
-            first: false,
-        };
+        let update = cuda_kernels::SgdUpdate::new((lr, momentum, weight_decay), nesterov);
         cuda_kernels::sgd_step(param, grad, buffer, update)
     }
     #[cfg(not(feature = "cuda"))]
@@ -226,14 +220,7 @@ pub fn sgd_steps_in_place(
 ) -> candle_core::Result<bool> {
     #[cfg(feature = "cuda")]
     {
-        let update = cuda_kernels::SgdUpdate {
-            lr: lr as f32,
-            momentum: momentum as f32,
-            weight_decay: weight_decay as f32,
-            nesterov,
-            first: false,
-        };
-        cuda_kernels::sgd_step_many(items, update)
+        cuda_kernels::sgd_step_many(items, cuda_kernels::SgdUpdate::new((lr, momentum, weight_decay), nesterov))
     }
     #[cfg(not(feature = "cuda"))]
     {

@@ -20,6 +20,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType, bail};
 use rayon::prelude::*;
 
+use crate::blend_op::rows;
 use crate::cpu::{contiguous, dispatch_float};
 
 /// `(a, b, α) → [gv… | (m₁ − m₂)…]`, `2·rows` values; see the module docs.
@@ -30,16 +31,6 @@ struct PoolMixInputGradsOp {
 }
 /// `(dgv, m₁ − m₂, α) → dα`, one value.
 struct PoolMixAlphaGradOp;
-
-/// `(rows, hw)` of an `[N, C, ...]` layout.
-fn rows(layout: &Layout, what: &str) -> Result<(usize, usize)> {
-    let dims = layout.dims();
-    if dims.len() < 2 {
-        bail!("{what}: needs [N, C, ...], got {dims:?}")
-    }
-    let rows = dims[0] * dims[1];
-    Ok((rows, layout.shape().elem_count().checked_div(rows).unwrap_or(0)))
-}
 
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())

@@ -113,7 +113,11 @@ fn run(
 ) -> anyhow::Result<()> {
     let config = ModelConfig::image_only(BackboneSpec::Preset(preset), 1000);
     let model = Classifier::new(&config, 0, device)?;
-    let train = TrainConfig { precision, sync_every: Some(TrainConfig::GPU_SYNC_EVERY), ..TrainConfig::recipe(1, plan.batch, 0.1) };
+    let train = TrainConfig {
+        precision,
+        sync_every: Some(TrainConfig::GPU_SYNC_EVERY),
+        ..TrainConfig::recipe(1, plan.batch, 0.1)
+    };
     let mut trainer = ClassifierTrainer::new(&model, &train)?;
     let images = Tensor::randn(0f32, 1.0, (plan.batch, 3, plan.size, plan.size), device)?;
     let targets =

@@ -243,7 +243,7 @@ pub fn train_run(
         schedule: config.train.schedule(),
         best_by: BestBy::ValTop1,
         stop_after: options.stop_after,
-        sync_every: config.train.sync_every_on(&device),
+        sync_every: config.train.sync_every_on(device),
     };
     if devices.len() == 1 && options.cluster.is_none() {
         let train_source = LoaderSource::train(Arc::new(train_split), config, device.clone())?;

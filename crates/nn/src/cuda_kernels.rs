@@ -628,27 +628,15 @@ pub(crate) fn sgd_step_many(items: &[(&Tensor, &Tensor, &Tensor)], update: SgdUp
     // Every storage stays read-locked until the launch is queued (see `launch` below for why
     // writing through these addresses is sound).
     let locked: Vec<_> = items.iter().flat_map(|(p, g, b)| [p, g, b]).map(|t| t.storage_and_layout()).collect();
-    let mut table = Vec::with_capacity(4 * items.len() + 2 * items.len());
-    let mut ranges = Vec::with_capacity(3 * items.len());
+    let mut parameters = Vec::with_capacity(items.len());
     for (tensors, (param, _, _)) in locked.chunks_exact(3).zip(items) {
-        let bytes = (param.elem_count() * std::mem::size_of::<f32>()) as u64;
-        for (part, (storage, layout)) in tensors.iter().enumerate() {
-            let address = f32_address(storage, layout, &stream, "sgd")?;
-            table.push(address);
-            // Parameters (0) and buffers (2) are written, gradients (1) read.
-            ranges.push((address, address + bytes, part != 1));
+        let mut addresses = [0; 3];
+        for (address, (storage, layout)) in addresses.iter_mut().zip(tensors) {
+            *address = f32_address(storage, layout, &stream, "sgd")?;
         }
-        table.push(param.elem_count() as u64);
+        parameters.push((addresses, param.elem_count()));
     }
-    if crate::memory::writes_overlap(ranges) {
-        return Ok(false);
-    }
-    for (index, (param, _, _)) in items.iter().enumerate() {
-        for first in (0..param.elem_count()).step_by(SGD_CHUNK) {
-            table.extend([index as u64, first as u64]);
-        }
-    }
-    let blocks = (table.len() - 4 * items.len()) / 2;
+    let Some((table, blocks)) = crate::sgd_table::sgd_table(&parameters, SGD_CHUNK) else { return Ok(false) };
     if blocks == 0 {
         return Ok(true);
     }

@@ -50,6 +50,7 @@ mod norm;
 mod pool;
 mod pool_mix_op;
 mod projection_op;
+mod sgd_table;
 mod store;
 #[cfg(test)]
 mod test_util;

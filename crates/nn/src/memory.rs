@@ -101,43 +101,8 @@ fn memory_pool(
     Ok(Some(unsafe { result::device::get_mem_pool(context.cu_device()) }.map_err(pool_error)?))
 }
 
-/// Whether a written byte range `(start, end, written)` overlaps any other range (two read
-/// ranges may overlap: gradients can share storage).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-pub(crate) fn writes_overlap(mut ranges: Vec<(u64, u64, bool)>) -> bool {
-    ranges.retain(|(start, end, _)| end > start);
-    ranges.sort_unstable_by_key(|&(start, _, _)| start);
-    let (mut any_end, mut written_end) = (0, 0);
-    for (start, end, written) in ranges {
-        if start < written_end || (written && start < any_end) {
-            return true;
-        }
-        any_end = any_end.max(end);
-        if written {
-            written_end = written_end.max(end);
-        }
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
-    use super::writes_overlap;
-
-    #[test]
-    fn a_written_range_may_overlap_nothing_but_read_ranges_may_share() {
-        // Two gradients sharing storage (read) beside a parameter and a buffer (written).
-        assert!(!writes_overlap(vec![(0, 40, false), (0, 40, false), (40, 80, true), (80, 120, true)]));
-        // A buffer written over a gradient, in either order of the starts.
-        assert!(writes_overlap(vec![(0, 40, false), (20, 60, true)]));
-        assert!(writes_overlap(vec![(20, 60, false), (0, 40, true)]));
-        // Two writes into one allocation, one inside the other, and the same range twice.
-        assert!(writes_overlap(vec![(0, 100, true), (200, 300, false), (10, 20, true)]));
-        assert!(writes_overlap(vec![(8, 16, true), (8, 16, true)]));
-        // Touching is not overlapping; an empty range overlaps nothing.
-        assert!(!writes_overlap(vec![(0, 8, true), (8, 16, true), (4, 4, true)]));
-    }
-
     #[test]
     fn applies_on_linux_glibc_and_allocation_still_works() {
         let applied = super::keep_freed_memory();

@@ -596,16 +596,32 @@ const SGD_CHUNK: usize = 16 * 1024;
 /// Threads per block of `dmlp_sgd_many_f32`.
 const SGD_THREADS: u32 = 256;
 
-/// The device address of the first element of a contiguous f32 tensor on CUDA.
-pub(crate) fn f32_address(
-    storage: &candle_core::Storage,
-    layout: &Layout,
-    stream: &Arc<CudaStream>,
-    what: &str,
-) -> Result<u64> {
-    let candle_core::Storage::Cuda(storage) = storage else { bail!("{what}: not on a CUDA device") };
-    let (ptr, _sync) = storage.as_cuda_slice::<f32>()?.device_ptr(stream);
-    Ok(ptr + (start(layout, what)? * std::mem::size_of::<f32>()) as u64)
+/// The CUDA storage inside a locked tensor's storage.
+pub(crate) fn cuda<'s>(storage: &'s candle_core::Storage, what: &str) -> Result<&'s CudaStorage> {
+    match storage {
+        candle_core::Storage::Cuda(storage) => Ok(storage),
+        _ => bail!("{what}: not on a CUDA device"),
+    }
+}
+
+/// The device address of the first element of a contiguous f32, f16 or bf16 CUDA buffer (for a
+/// library call that takes raw pointers: cuDNN, or a kernel's address table).
+pub(crate) fn address(storage: &CudaStorage, layout: &Layout, stream: &Arc<CudaStream>, what: &str) -> Result<u64> {
+    let (ptr, size) = match storage.dtype() {
+        DType::F32 => (storage.as_cuda_slice::<f32>()?.device_ptr(stream).0, 4),
+        DType::F16 => (storage.as_cuda_slice::<f16>()?.device_ptr(stream).0, 2),
+        DType::BF16 => (storage.as_cuda_slice::<bf16>()?.device_ptr(stream).0, 2),
+        other => bail!("{what}: f32, f16 or bf16 expected, not {other:?}"),
+    };
+    Ok(ptr + (start(layout, what)? * size) as u64)
+}
+
+/// [`address`] of a buffer that must be f32.
+pub(crate) fn f32_address(storage: &CudaStorage, layout: &Layout, stream: &Arc<CudaStream>, what: &str) -> Result<u64> {
+    if storage.dtype() != DType::F32 {
+        bail!("{what}: f32 expected, not {:?}", storage.dtype())
+    }
+    address(storage, layout, stream, what)
 }
 
 /// One SGD step (after the first: every buffer exists) over many `(param, grad, buffer)` in
@@ -632,7 +648,7 @@ pub(crate) fn sgd_step_many(items: &[(&Tensor, &Tensor, &Tensor)], update: SgdUp
     for (tensors, (param, _, _)) in locked.chunks_exact(3).zip(items) {
         let mut addresses = [0; 3];
         for (address, (storage, layout)) in addresses.iter_mut().zip(tensors) {
-            *address = f32_address(storage, layout, &stream, "sgd")?;
+            *address = f32_address(cuda(storage, "sgd")?, layout, &stream, "sgd")?;
         }
         parameters.push((addresses, param.elem_count()));
     }

@@ -32,7 +32,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 
-use crate::cuda_kernels::f32_address;
+use crate::cuda_kernels::{address, cuda, f32_address};
 use crate::cudnn::{check, handle, int, on_for};
 use crate::cudnn_library::{Api, BatchNormApi, Opaque, api};
 
@@ -69,18 +69,20 @@ fn nchw(dims: &[usize]) -> Result<[usize; 4]> {
     Ok([dims[0], dims[1], dims[2..].iter().product(), 1])
 }
 
-/// A BatchNorm's running statistics and momentum, for cuDNN's forward to update in place.
-pub(crate) struct Running<'a> {
-    pub(crate) mean: &'a Tensor,
-    pub(crate) var: &'a Tensor,
+/// A BatchNorm's running statistics (tensors sharing its storage) and momentum, for cuDNN's
+/// forward to update in place.
+#[derive(Clone)]
+pub(crate) struct Running {
+    pub(crate) mean: Tensor,
+    pub(crate) var: Tensor,
     pub(crate) momentum: f64,
 }
 
-impl Running<'_> {
+impl Running {
     /// Whether cuDNN can update these statistics of `channels` channels for an input on `device`
     /// in place: f32, contiguous, `[C]` each, on that device.
     fn updatable_for(&self, channels: usize, device: &candle_core::Device) -> bool {
-        [self.mean, self.var].iter().all(|t| {
+        [&self.mean, &self.var].iter().all(|t| {
             t.dtype() == DType::F32 && t.is_contiguous() && t.elem_count() == channels && t.device().same_device(device)
         })
     }
@@ -99,7 +101,7 @@ pub(crate) fn train(
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
-    running: Running<'_>,
+    running: Running,
 ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
     let dtype = xs.dtype();
     let (weight, bias) = (weight.to_dtype(DType::F32)?.contiguous()?, bias.to_dtype(DType::F32)?.contiguous()?);
@@ -122,15 +124,11 @@ fn train_as(
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
-    running: &Running<'_>,
+    running: &Running,
 ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
     let channels = x.dim(1)?;
     let saved: Saved = Arc::new(Mutex::new(None));
-    let updated = running.updatable_for(channels, x.device()).then(|| RunningUpdate {
-        mean: running.mean.clone(),
-        var: running.var.clone(),
-        momentum: running.momentum,
-    });
+    let updated = running.updatable_for(channels, x.device()).then(|| running.clone());
     let in_place = updated.is_some();
     let ys = x.apply_op3(weight, bias, BatchNormForward { eps, saved: saved.clone(), running: updated })?;
     if in_place {
@@ -178,13 +176,6 @@ pub fn half_precision_status() -> String {
         HalfPrecision::Taken => "in cuDNN".into(),
         HalfPrecision::Refused(why) => format!("converted to f32: {why}"),
     }
-}
-
-/// The running statistics a forward updates in place (tensors sharing the BatchNorm's storage).
-struct RunningUpdate {
-    mean: Tensor,
-    var: Tensor,
-    momentum: f64,
 }
 
 /// The x/y descriptor and the per-channel parameter descriptor derived from it, destroyed on drop.
@@ -259,20 +250,6 @@ fn data_type(dtype: DType) -> Result<i32> {
     })
 }
 
-/// The address of the first element of a contiguous f32, f16 or bf16 CUDA buffer.
-fn data_address(storage: &CudaStorage, layout: &Layout, stream: &Arc<CudaStream>, what: &str) -> Result<u64> {
-    if !layout.is_contiguous() {
-        bail!("cuDNN batch norm needs a contiguous {what}")
-    }
-    let (ptr, size) = match storage.dtype() {
-        DType::F32 => (storage.as_cuda_slice::<f32>()?.device_ptr(stream).0, 4),
-        DType::F16 => (storage.as_cuda_slice::<half::f16>()?.device_ptr(stream).0, 2),
-        DType::BF16 => (storage.as_cuda_slice::<half::bf16>()?.device_ptr(stream).0, 2),
-        other => bail!("cuDNN batch norm takes f32, f16 or bf16 data, not {other:?}"),
-    };
-    Ok(ptr + (layout.start_offset() * size) as u64)
-}
-
 /// A new uninitialised buffer of `len` elements of `dtype` (f32, f16, bf16) on `device`, with
 /// its address.
 fn alloc_data(device: &CudaDevice, dtype: DType, len: usize, stream: &Arc<CudaStream>) -> Result<(CudaStorage, u64)> {
@@ -294,19 +271,12 @@ fn alloc_data(device: &CudaDevice, dtype: DType, len: usize, stream: &Arc<CudaSt
     }
 }
 
-fn contiguous_f32<'s>(storage: &'s CudaStorage, layout: &Layout, what: &str) -> Result<(&'s CudaSlice<f32>, u64)> {
-    if !layout.is_contiguous() {
-        bail!("cuDNN batch norm needs a contiguous {what}")
-    }
-    Ok((storage.as_cuda_slice::<f32>()?, (layout.start_offset() * std::mem::size_of::<f32>()) as u64))
-}
-
 /// `(x, γ, β) → y`, saving the batch statistics for the backward and for [`TakeSaved`].
 struct BatchNormForward {
     eps: f64,
     saved: Saved,
     /// Updated by the same call when present.
-    running: Option<RunningUpdate>,
+    running: Option<Running>,
 }
 
 impl CustomOp3 for BatchNormForward {
@@ -339,9 +309,9 @@ impl CustomOp3 for BatchNormForward {
         if wl.shape().elem_count() != channels || bl.shape().elem_count() != channels {
             bail!("batch norm: γ {:?} and β {:?} for {channels} channels", wl.dims(), bl.dims())
         }
-        let ((w, wo), (b, bo)) = (contiguous_f32(weight, wl, "γ")?, contiguous_f32(bias, bl, "β")?);
         let stream = device.cuda_stream();
-        let x_ptr = data_address(x, xl, &stream, "input")?;
+        let x_ptr = address(x, xl, &stream, "input")?;
+        let (w_ptr, b_ptr) = (f32_address(weight, wl, &stream, "γ")?, f32_address(bias, bl, &stream, "β")?);
         // Every element of both buffers is written by cuDNN before anything reads it.
         let (ys, y_ptr) = alloc_data(&device, x.dtype(), xl.shape().elem_count(), &stream)?;
         // SAFETY: as above.
@@ -352,8 +322,6 @@ impl CustomOp3 for BatchNormForward {
         let running =
             self.running.as_ref().map(|r| (r.mean.storage_and_layout(), r.var.storage_and_layout(), r.momentum));
         {
-            let (w_ptr, _w) = w.device_ptr(&stream);
-            let (b_ptr, _b) = b.device_ptr(&stream);
             let (s_ptr, _s) = stats.device_ptr_mut(&stream);
             let inv_ptr = s_ptr + (stats_offset(channels) * std::mem::size_of::<f32>()) as u64;
             let (factor, mean_ptr, var_ptr) = match &running {
@@ -367,8 +335,8 @@ impl CustomOp3 for BatchNormForward {
                     }
                     (
                         *momentum,
-                        f32_address(mean, ml, &stream, "running mean")?,
-                        f32_address(var, vl, &stream, "running var")?,
+                        f32_address(cuda(mean, "running mean")?, ml, &stream, "running mean")?,
+                        f32_address(cuda(var, "running var")?, vl, &stream, "running var")?,
                     )
                 }
                 None => (0.0, 0, 0),
@@ -390,8 +358,8 @@ impl CustomOp3 for BatchNormForward {
                     descriptors.x,
                     y_ptr as *mut c_void,
                     descriptors.parameters,
-                    (w_ptr + wo) as *const c_void,
-                    (b_ptr + bo) as *const c_void,
+                    w_ptr as *const c_void,
+                    b_ptr as *const c_void,
                     factor,
                     as_mut(mean_ptr),
                     as_mut(var_ptr),
@@ -496,8 +464,8 @@ impl CustomOp3 for BatchNormBackward {
         }
         let Call { bn, device, channels, handle, descriptors } = Call::new(x, xl)?;
         let stream = device.cuda_stream();
-        let (x_ptr, dy_ptr) = (data_address(x, xl, &stream, "input")?, data_address(dy, dl, &stream, "gradient")?);
-        let (w, wo) = contiguous_f32(weight, wl, "γ")?;
+        let (x_ptr, dy_ptr) = (address(x, xl, &stream, "input")?, address(dy, dl, &stream, "gradient")?);
+        let w_ptr = f32_address(weight, wl, &stream, "γ")?;
         // cuDNN writes every element of dx, dγ and dβ; the padding between dγ and dβ is never read.
         let (dx, dx_ptr) = alloc_data(&device, x.dtype(), xl.shape().elem_count(), &stream)?;
         let b_at = stats_offset(channels);
@@ -506,7 +474,6 @@ impl CustomOp3 for BatchNormBackward {
         let (one, zero) = (1f32, 0f32);
         let size = std::mem::size_of::<f32>() as u64;
         {
-            let (w_ptr, _w) = w.device_ptr(&stream);
             let (s_ptr, _s) = self.saved.as_ref().device_ptr(&stream);
             let (p_ptr, _p) = parameters.device_ptr_mut(&stream);
             let inv_ptr = s_ptr + stats_offset(channels) as u64 * size;
@@ -527,7 +494,7 @@ impl CustomOp3 for BatchNormBackward {
                     descriptors.x,
                     dx_ptr as *mut c_void,
                     descriptors.parameters,
-                    (w_ptr + wo) as *const c_void,
+                    w_ptr as *const c_void,
                     p_ptr as *mut c_void,
                     (p_ptr + b_at as u64 * size) as *mut c_void,
                     self.eps,

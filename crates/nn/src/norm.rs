@@ -159,8 +159,8 @@ impl BatchNorm {
             &self.bias,
             self.eps,
             crate::cudnn_batch_norm::Running {
-                mean: self.running_mean.as_tensor(),
-                var: self.running_var.as_tensor(),
+                mean: self.running_mean.as_tensor().clone(),
+                var: self.running_var.as_tensor().clone(),
                 momentum: self.momentum,
             },
         );

@@ -66,6 +66,14 @@ pub(crate) struct ModelBenchArgs {
     /// the CPU only: on a GPU, `cargo xtask gpu-check` runs PyTorch beside dmlp).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Images per backbone step (both sides).
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Image side of the backbone steps (both sides). ResNet-50 and SK-Res2Net-101 take any
+    /// size from 32; a small one (`--batch 1 --image-size 32`) leaves little arithmetic, so the
+    /// step times the framework's cost per op. Swin-T and PVT-v2-b2 run at 224 only.
+    #[arg(long, default_value_t = 224)]
+    image_size: usize,
 }
 
 /// The steps `bench model` times.
@@ -122,20 +130,33 @@ impl ModelStep {
         }
     }
 
-    fn build(self, device: &Device) -> anyhow::Result<Step> {
+    fn build(self, args: &ModelBenchArgs, device: &Device) -> anyhow::Result<Step> {
+        let images = (args.batch, args.image_size);
         match self {
             ModelStep::Head => head_step(device),
-            ModelStep::Resnet => backbone_step(BackbonePreset::Resnet50, device),
-            ModelStep::Sk => backbone_step(BackbonePreset::Sk2res2net101, device),
-            ModelStep::Swin => backbone_step(BackbonePreset::SwinTiny, device),
-            ModelStep::Pvt => backbone_step(BackbonePreset::PvtV2B2, device),
+            ModelStep::Resnet => backbone_step(BackbonePreset::Resnet50, images, device),
+            ModelStep::Sk => backbone_step(BackbonePreset::Sk2res2net101, images, device),
+            ModelStep::Swin => backbone_step(BackbonePreset::SwinTiny, images, device),
+            ModelStep::Pvt => backbone_step(BackbonePreset::PvtV2B2, images, device),
+        }
+    }
+
+    /// What the step is, with the batch and image size `args` give the backbones.
+    fn describe(self, args: &ModelBenchArgs) -> String {
+        match self {
+            ModelStep::Head => self.title().to_string(),
+            _ => self.title().replace(
+                &format!("batch {DEFAULT_BATCH} × {DEFAULT_IMAGE_SIZE}²"),
+                &format!("batch {} × {}²", args.batch, args.image_size),
+            ),
         }
     }
 }
 
 const HEAD_BATCH: usize = 512;
-const RESNET_BATCH: usize = 8;
-const IMAGE_SIZE: usize = 224;
+/// The backbone steps' batch and image side unless `--batch` and `--image-size` say otherwise.
+const DEFAULT_BATCH: usize = 8;
+const DEFAULT_IMAGE_SIZE: usize = 224;
 
 pub(crate) fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
@@ -168,14 +189,32 @@ fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
     }
     let wanted: Vec<ModelStep> =
         ModelStep::ALL.into_iter().filter(|step| args.only.is_none_or(|only| only == *step)).collect();
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if args.image_size < 32 {
+        bail!("--image-size {} is below 32, the smallest the backbones downsample to 1 × 1", args.image_size);
+    }
+    // The last stage's BatchNorm sees batch × ⌈size / 32⌉² values per channel, and training
+    // statistics need two.
+    if args.batch * args.image_size.div_ceil(32).pow(2) < 2 {
+        bail!(
+            "--batch 1 --image-size {} leaves the last BatchNorm one value per channel: use --batch 2 or --image-size 64",
+            args.image_size
+        );
+    }
+    let transformers = wanted.iter().any(|step| matches!(step, ModelStep::Swin | ModelStep::Pvt));
+    if transformers && args.image_size != DEFAULT_IMAGE_SIZE {
+        bail!("Swin-T and PVT-v2-b2 run at 224² only: add `--only resnet` or `--only sk` with --image-size");
+    }
     let mut steps: Vec<(ModelStep, Step)> =
-        wanted.iter().map(|&kind| Ok((kind, kind.build(&device)?))).collect::<anyhow::Result<_>>()?;
+        wanted.iter().map(|&kind| Ok((kind, kind.build(args, &device)?))).collect::<anyhow::Result<_>>()?;
     let mut rounds: Vec<Round> = Vec::new();
     for round in 1..=args.rounds.max(1) {
         let mut ours = HashMap::new();
         for (kind, step) in &mut steps {
             let seconds = time_steps(kind.iters(args), step)?;
-            eprintln!("[round {round}] dmlp  {} step: {seconds:.3} s", kind.title());
+            eprintln!("[round {round}] dmlp  {} step: {seconds:.3} s", kind.describe(args));
             ours.insert(*kind, seconds);
         }
         let torch = args.python.as_ref().map(|python| run_torch(python, threads, args)).transpose()?;
@@ -192,14 +231,14 @@ fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
     for (idx, r) in rounds.iter().enumerate() {
         let tag = if many { format!(" [round {}]", idx + 1) } else { String::new() };
         for &kind in &wanted {
-            row(&format!("{}{tag}", kind.title()), r.ours.get(&kind).copied(), r.theirs(kind));
+            row(&format!("{}{tag}", kind.describe(args)), r.ours.get(&kind).copied(), r.theirs(kind));
         }
     }
     let best = |f: &dyn Fn(&Round) -> Option<f64>| rounds.iter().filter_map(f).min_by(f64::total_cmp);
     if many {
         for &kind in &wanted {
             row(
-                &format!("{}, best of rounds", kind.title()),
+                &format!("{}, best of rounds", kind.describe(args)),
                 best(&|r| r.ours.get(&kind).copied()),
                 best(&|r| r.theirs(kind)),
             );
@@ -210,7 +249,12 @@ fn bench_model(args: &ModelBenchArgs) -> anyhow::Result<ExitCode> {
         println!("(ratio = dmlp time / PyTorch time; below 1 means dmlp is faster)");
     }
     if args.json {
-        let mut json = serde_json::json!({ "threads": threads, "rounds": rounds.len() });
+        let mut json = serde_json::json!({
+            "threads": threads,
+            "rounds": rounds.len(),
+            "batch": args.batch,
+            "image_size": args.image_size,
+        });
         for kind in ModelStep::ALL {
             json[kind.key()] = best(&|r| r.ours.get(&kind).copied()).into();
         }
@@ -275,11 +319,12 @@ fn head_step(device: &Device) -> anyhow::Result<Step> {
     }))
 }
 
-/// Forward + backward of a backbone's pooled features (no classifier), batch 8 × 224².
-fn backbone_step(preset: BackbonePreset, device: &Device) -> anyhow::Result<Step> {
+/// Forward + backward of a backbone's pooled features (no classifier) on `batch` random
+/// images of `size`² (`(batch, size)`).
+fn backbone_step(preset: BackbonePreset, (batch, size): (usize, usize), device: &Device) -> anyhow::Result<Step> {
     let config = ModelConfig::image_only(BackboneSpec::Preset(preset), 1000);
     let model = Classifier::new(&config, 0, device)?;
-    let images = Tensor::randn(0f32, 1.0, (RESNET_BATCH, 3, IMAGE_SIZE, IMAGE_SIZE), device)?;
+    let images = Tensor::randn(0f32, 1.0, (batch, 3, size, size), device)?;
     let device = device.clone();
     Ok(Box::new(move || {
         let out = model.forward_t(&images, None, true)?;
@@ -299,7 +344,14 @@ struct TorchTimes {
 }
 
 fn run_torch(python: &Path, threads: usize, args: &ModelBenchArgs) -> anyhow::Result<TorchTimes> {
-    let mut script_args = vec!["--threads".into(), threads.to_string()];
+    let mut script_args = vec![
+        "--threads".into(),
+        threads.to_string(),
+        "--resnet-batch".into(),
+        args.batch.to_string(),
+        "--image-size".into(),
+        args.image_size.to_string(),
+    ];
     for (flag, iters) in [
         ("--head-iters", args.head_iters),
         ("--resnet-iters", args.resnet_iters),

@@ -52,7 +52,39 @@ impl Drop for CudaGraphHtodCacheGuard {
 }
 
 pub struct ModuleStore {
-    mdls: [Option<Arc<cudarc::driver::CudaModule>>; kernels::ALL_IDS.len()],
+    mdls: [Option<LoadedModule>; kernels::ALL_IDS.len()],
+}
+
+/// dmlp's patch: a loaded module and every function looked up in it so far. candle looked each
+/// launch's kernel up again (a `CString` and `cuModuleGetFunction`, a driver call on the host's
+/// path, for every op); a function's handle stays valid as long as its module, which this holds.
+pub struct LoadedModule {
+    module: Arc<cudarc::driver::CudaModule>,
+    functions: HashMap<String, CudaFunction>,
+}
+
+impl LoadedModule {
+    fn new(module: Arc<cudarc::driver::CudaModule>) -> Self {
+        Self {
+            module,
+            functions: HashMap::new(),
+        }
+    }
+
+    /// `fn_name`, if it was looked up before.
+    fn cached(&self, fn_name: &str) -> Option<CudaFunction> {
+        self.functions.get(fn_name).cloned()
+    }
+
+    /// `fn_name`, looked up in the module the first time and kept.
+    fn function(&mut self, fn_name: &str) -> Result<CudaFunction> {
+        if let Some(func) = self.cached(fn_name) {
+            return Ok(func);
+        }
+        let func = self.module.load_function(fn_name).w()?;
+        self.functions.insert(fn_name.to_string(), func.clone());
+        Ok(func)
+    }
 }
 
 #[derive(Clone)]
@@ -60,7 +92,7 @@ pub struct CudaDevice {
     id: DeviceId,
     context: Arc<cudarc::driver::CudaContext>,
     modules: Arc<std::sync::RwLock<ModuleStore>>,
-    custom_modules: Arc<std::sync::RwLock<HashMap<String, Arc<cudarc::driver::CudaModule>>>>,
+    custom_modules: Arc<std::sync::RwLock<HashMap<String, LoadedModule>>>,
     stream: Arc<cudarc::driver::CudaStream>,
     pub(crate) blas: Arc<cudarc::cublas::CudaBlas>,
     curand: Arc<Mutex<CudaRng>>,
@@ -317,19 +349,24 @@ impl CudaDevice {
         module_name: &str,
         ptx: &str,
     ) -> Result<CudaFunc> {
-        let ms = self.custom_modules.read().unwrap();
-        if let Some(mdl) = ms.get(module_name).as_ref() {
-            let func = mdl.load_function(fn_name).w()?;
-            return Ok(CudaFunc {
-                func,
-                stream: self.stream.clone(),
-            });
-        }
-        drop(ms);
-        let mut ms = self.custom_modules.write().unwrap();
-        let cuda_module = self.context.load_module(ptx.into()).w()?;
-        ms.insert(module_name.to_string(), cuda_module.clone());
-        let func = cuda_module.load_function(fn_name).w()?;
+        let cached = self
+            .custom_modules
+            .read()
+            .unwrap()
+            .get(module_name)
+            .and_then(|mdl| mdl.cached(fn_name));
+        let func = match cached {
+            Some(func) => func,
+            None => {
+                let mut ms = self.custom_modules.write().unwrap();
+                if !ms.contains_key(module_name) {
+                    let cuda_module = self.context.load_module(ptx.into()).w()?;
+                    ms.insert(module_name.to_string(), LoadedModule::new(cuda_module));
+                }
+                let mdl = ms.get_mut(module_name).expect("inserted above");
+                mdl.function(fn_name)?
+            }
+        };
         Ok(CudaFunc {
             func,
             stream: self.stream.clone(),
@@ -337,19 +374,21 @@ impl CudaDevice {
     }
 
     pub fn get_or_load_func(&self, fn_name: &str, mdl: &kernels::Module) -> Result<CudaFunc> {
-        let ms = self.modules.read().unwrap();
-        if let Some(mdl) = ms.mdls[mdl.index()].as_ref() {
-            let func = mdl.load_function(fn_name).w()?;
-            return Ok(CudaFunc {
-                func,
-                stream: self.stream.clone(),
-            });
-        }
-        drop(ms);
-        let mut ms = self.modules.write().unwrap();
-        let cuda_module = self.context.load_module(mdl.ptx().into()).w()?;
-        ms.mdls[mdl.index()] = Some(cuda_module.clone());
-        let func = cuda_module.load_function(fn_name).w()?;
+        let cached = self.modules.read().unwrap().mdls[mdl.index()]
+            .as_ref()
+            .and_then(|loaded| loaded.cached(fn_name));
+        let func = match cached {
+            Some(func) => func,
+            None => {
+                let mut ms = self.modules.write().unwrap();
+                let slot = &mut ms.mdls[mdl.index()];
+                if slot.is_none() {
+                    let cuda_module = self.context.load_module(mdl.ptx().into()).w()?;
+                    *slot = Some(LoadedModule::new(cuda_module));
+                }
+                slot.as_mut().expect("loaded above").function(fn_name)?
+            }
+        };
         Ok(CudaFunc {
             func,
             stream: self.stream.clone(),

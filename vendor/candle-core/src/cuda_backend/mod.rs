@@ -28,6 +28,10 @@ type ParamCache = HashMap<(DeviceId, Vec<usize>), Arc<CudaSlice<usize>>>;
 
 static CUDA_PARAM_CACHE: OnceLock<Mutex<ParamCache>> = OnceLock::new();
 
+/// dmlp's patch: how many distinct dims-and-strides vectors [`CUDA_PARAM_CACHE`] keeps (a model's
+/// training and evaluation use a few thousand at most; each is one small device allocation).
+const PARAM_CACHE_MAX_ENTRIES: usize = 1 << 16;
+
 pub enum SlicePtrOrNull<T> {
     Ptr(CudaSlice<T>),
     Cached(Arc<CudaSlice<T>>),
@@ -63,14 +67,18 @@ impl crate::scalar::Scalar {
 }
 
 impl SlicePtrOrNull<usize> {
+    /// dmlp's patch: every op's dims and strides are uploaded once per device and kept (candle
+    /// kept them only inside its CUDA-graph cache guard), instead of an allocation, a copy from
+    /// pageable host memory and a free around every strided op: a training step's layouts are
+    /// the same every step. At most `PARAM_CACHE_MAX_ENTRIES` are kept; past that, uploads are
+    /// made per op as candle made them.
     pub fn params_from_vec(dev: &CudaDevice, params: Vec<usize>) -> Result<Self> {
+        let key = (dev.id(), params);
+        let cache = CUDA_PARAM_CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+        if let Some(slice) = cache.lock().unwrap().get(&key).cloned() {
+            return Ok(SlicePtrOrNull::Cached(slice));
+        }
         if device::cuda_graph_htod_cache_enabled() {
-            let key = (dev.id(), params.clone());
-            let cache = CUDA_PARAM_CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-            if let Some(slice) = cache.lock().unwrap().get(&key).cloned() {
-                return Ok(SlicePtrOrNull::Cached(slice));
-            }
-
             let is_capturing = dev.cuda_stream().capture_status()
                 == Ok(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE);
             if is_capturing {
@@ -79,14 +87,14 @@ impl SlicePtrOrNull<usize> {
                      warmup did not populate all required parameter vectors"
                 );
             }
-
-            let slice = Arc::new(dev.cuda_stream().clone_htod(&params).w()?);
-            let mut cache = cache.lock().unwrap();
-            let slice = cache.entry(key).or_insert_with(|| slice).clone();
+        }
+        let slice = Arc::new(dev.cuda_stream().clone_htod(&key.1).w()?);
+        let mut cache = cache.lock().unwrap();
+        if cache.len() >= PARAM_CACHE_MAX_ENTRIES && !cache.contains_key(&key) {
             return Ok(SlicePtrOrNull::Cached(slice));
         }
-
-        Ok(SlicePtrOrNull::Ptr(dev.clone_htod(&params)?))
+        let slice = cache.entry(key).or_insert(slice).clone();
+        Ok(SlicePtrOrNull::Cached(slice))
     }
 
     pub fn params_from_layout(dev: &CudaDevice, l: &Layout) -> Result<Self> {

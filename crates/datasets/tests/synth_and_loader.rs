@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use dmlp_datasets::loader::{BadImages, EpochBatches, LoaderConfig};
+use dmlp_datasets::loader::{BadImages, EpochBatches, LoaderConfig, RAW_PIXELS};
 use dmlp_datasets::synth::{SynthConfig, generate};
 use dmlp_datasets::{DatasetError, DatasetName, Split, SplitScheme};
 use dmlp_geo::Metadata;
@@ -40,6 +40,7 @@ fn loader(workers: usize, metadata: Option<Metadata>) -> LoaderConfig {
         seed: 3,
         bad_images: BadImages::Error,
         rows: None,
+        u8_pixels: false,
     }
 }
 
@@ -145,6 +146,36 @@ fn batches_are_the_same_whatever_the_number_of_workers() {
     let other: Vec<_> = EpochBatches::new(split.clone(), loader(2, None), 3).unwrap().map(|b| b.unwrap()).collect();
     assert_ne!(one[0].targets, other[0].targets);
     assert!(other[0].loc.is_empty());
+}
+
+#[test]
+fn u8_pixels_hold_the_raw_pixel_floats_and_need_their_normalisation() {
+    let tmp = tempfile::tempdir().unwrap();
+    generate(&config(6, true), tmp.path()).unwrap();
+    let split = Arc::new(read_inat2021(tmp.path(), "train").unwrap());
+    let raw = LoaderConfig { normalization: RAW_PIXELS, ..loader(2, Some(Metadata::GeoTemporal)) };
+    let floats: Vec<_> = EpochBatches::new(split.clone(), raw.clone(), 1).unwrap().map(|b| b.unwrap()).collect();
+    let bytes: Vec<_> = EpochBatches::new(split.clone(), LoaderConfig { u8_pixels: true, ..raw }, 1)
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect();
+    assert_eq!(floats.len(), bytes.len());
+    let mut distinct = std::collections::BTreeSet::new();
+    for (f, b) in floats.iter().zip(&bytes) {
+        assert_eq!((&f.targets, &f.loc, &f.records), (&b.targets, &b.loc, &b.records));
+        let (f, b) = (&f.views[0], &b.views[0]);
+        assert!(f.pixels.is_empty() && b.images.is_empty(), "each batch holds one form");
+        assert_eq!(f.images.len(), b.pixels.len());
+        for (&v, &p) in f.images.iter().zip(&b.pixels) {
+            assert_eq!(v.to_bits(), f32::from(p).to_bits(), "a raw pixel value is a whole number in 0–255");
+            distinct.insert(p);
+        }
+    }
+    assert!(distinct.len() > 100, "the synthetic images span the range: {} values", distinct.len());
+    // Normalised floats would be truncated into bytes: refused.
+    let wrong = LoaderConfig { u8_pixels: true, ..loader(2, None) };
+    let err = EpochBatches::new(split, wrong, 1).err().expect("u8 pixels of normalised values").to_string();
+    assert!(err.contains("raw-pixel normalisation"), "{err}");
 }
 
 #[test]

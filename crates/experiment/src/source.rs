@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Device, Tensor};
 use dmlp_backbones::{IMAGENET_MEAN, IMAGENET_STD};
 use dmlp_datasets::Split;
-use dmlp_datasets::loader::{BadImages, EpochBatches, LoaderConfig, batches_per_epoch};
+use dmlp_datasets::loader::{BadImages, EpochBatches, LoaderConfig, RAW_PIXELS, batches_per_epoch};
 use dmlp_eval::{BatchSource, EvalError, ImageView, SkippedItem, TensorBatch};
 use dmlp_vision::{Normalization, Transform};
 
@@ -18,14 +18,10 @@ pub struct LoaderSource {
     device: Device,
     /// Files the batches skipped since the last `take_skipped`.
     skipped: Arc<Mutex<Vec<SkippedItem>>>,
-    /// With `Some`, the workers write raw pixel values and the batch crosses to the device as u8
-    /// (a quarter of f32's bytes), normalised there with this ([`LoaderSource::pixels_as_u8`]).
+    /// With `Some`, the workers write raw pixel values as u8 and the batch crosses to the device
+    /// so (a quarter of f32's bytes), normalised there with this ([`LoaderSource::pixels_as_u8`]).
     device_normalization: Option<Normalization>,
 }
-
-/// The loader's normalisation that writes each pixel's value (0–255) unchanged: `v · 1/(255·std)
-/// − mean/std` with `std = 1/255` (`255 · std` rounds to exactly 1 in f32) and `mean = 0`.
-const RAW_PIXELS: Normalization = Normalization { mean: [0.0; 3], std: [1.0 / 255.0; 3] };
 
 /// Normalises u8 pixels on their device as the loader's table does on the host:
 /// `v · 1/(255·std) − mean/std` in f32, per channel (the same operations in the same order, so the
@@ -66,9 +62,11 @@ impl LoaderSource {
             (true, None) => {
                 self.device_normalization = Some(self.config.normalization);
                 self.config.normalization = RAW_PIXELS;
+                self.config.u8_pixels = true;
             }
             (false, Some(norm)) => {
                 self.config.normalization = norm;
+                self.config.u8_pixels = false;
                 self.device_normalization = None;
             }
             _ => {}
@@ -164,6 +162,7 @@ impl LoaderSource {
                 crate::config::BadImagesPolicy::Skip => skip,
             },
             rows: None,
+            u8_pixels: false,
         }
     }
 }
@@ -201,11 +200,8 @@ impl BatchSource for LoaderSource {
                 .map(|v| {
                     let shape = (batch.len * v.crops, 3, v.size, v.size);
                     let images = match &device_normalization {
-                        // Raw pixel values, whole numbers in 0–255: exact as u8.
-                        Some(norm) => {
-                            let pixels: Vec<u8> = v.images.iter().map(|&p| p as u8).collect();
-                            normalise_on_device(&Tensor::from_vec(pixels, shape, &device)?, norm)?
-                        }
+                        // The workers wrote u8 pixels (`LoaderConfig::u8_pixels`).
+                        Some(norm) => normalise_on_device(&Tensor::from_vec(v.pixels, shape, &device)?, norm)?,
                         None => Tensor::from_vec(v.images, shape, &device)?,
                     };
                     Ok(ImageView { images, crops: v.crops })

@@ -21,6 +21,8 @@ pub struct LoaderSource {
     /// With `Some`, the workers write raw pixel values as u8 and the batch crosses to the device
     /// so (a quarter of f32's bytes), normalised there with this ([`LoaderSource::pixels_as_u8`]).
     device_normalization: Option<Normalization>,
+    /// Sends the u8 pixels through page-locked buffers on CUDA.
+    uploader: Arc<dmlp_nn::Uploader>,
 }
 
 /// Normalises u8 pixels on their device as the loader's table does on the host:
@@ -42,7 +44,8 @@ impl LoaderSource {
     /// A source over `split`; on a GPU the images cross as u8 unless a view writes values that
     /// are not pixels (random erasing's noise).
     fn with(split: Arc<Split>, config: LoaderConfig, device: Device) -> Self {
-        let mut source = Self { split, config, device, skipped: Arc::default(), device_normalization: None };
+        let uploader = Arc::new(dmlp_nn::Uploader::new(&device));
+        let mut source = Self { split, config, device, skipped: Arc::default(), device_normalization: None, uploader };
         if !source.device.is_cpu() {
             source.set_pixels_as_u8(true);
         }
@@ -181,6 +184,7 @@ impl BatchSource for LoaderSource {
             .map_err(|e| EvalError::Data(e.to_string()))?;
         let device = self.device.clone();
         let device_normalization = self.device_normalization;
+        let uploader = self.uploader.clone();
         let cin = self.config.metadata.map_or(0, dmlp_geo::Metadata::n_inputs);
         let skipped = self.skipped.clone();
         Ok(Box::new(batches.map(move |batch| {
@@ -201,7 +205,7 @@ impl BatchSource for LoaderSource {
                     let shape = (batch.len * v.crops, 3, v.size, v.size);
                     let images = match &device_normalization {
                         // The workers wrote u8 pixels (`LoaderConfig::u8_pixels`).
-                        Some(norm) => normalise_on_device(&Tensor::from_vec(v.pixels, shape, &device)?, norm)?,
+                        Some(norm) => normalise_on_device(&uploader.u8(v.pixels, shape)?, norm)?,
                         None => Tensor::from_vec(v.images, shape, &device)?,
                     };
                     Ok(ImageView { images, crops: v.crops })

@@ -54,6 +54,7 @@ mod sgd_table;
 mod store;
 #[cfg(test)]
 mod test_util;
+mod upload;
 mod vecmat_op;
 
 pub use activation_op::{add_relu, relu};
@@ -79,6 +80,7 @@ pub use pool::{AvgPool2d, MaxPool2d, adaptive_avg_pool2d, global_avg_pool, resiz
 pub use pool_mix_op::pool_mix;
 pub use projection_op::generated_projection;
 pub use store::ParamStore;
+pub use upload::Uploader;
 pub use vecmat_op::batched_vecmat;
 
 /// Names of buffers that are state but not trainable parameters (the optimiser must skip them).

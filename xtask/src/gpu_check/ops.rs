@@ -335,6 +335,30 @@ fn sgd_steps(device: &Device, nesterov: bool) -> anyhow::Result<Vec<(String, Vec
     Ok(out)
 }
 
+/// Seven batches of bytes through `dmlp_nn::Uploader`, read back after the last: on CUDA through
+/// page-locked buffers, each rewritten two uploads of its length after its last copy, with a
+/// large product queued before each upload so that the device runs behind the host (a buffer
+/// rewritten before its copy ran would show the next batch's bytes). One upload of another
+/// length sits between them. On the CPU, `Tensor::from_vec`.
+fn uploads(device: &Device) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
+    let uploader = dmlp_nn::Uploader::new(device);
+    let lag = if device.is_cpu() { None } else { Some(Tensor::ones((2048, 2048), DType::F32, device)?) };
+    let mut uploaded = Vec::new();
+    for (k, len) in [600_000usize, 600_000, 600_000, 100, 600_000, 600_000, 600_000].into_iter().enumerate() {
+        if let Some(lag) = &lag {
+            drop(lag.matmul(lag)?);
+        }
+        let bytes: Vec<u8> = (0..len).map(|i| ((i * 31 + k * 17) % 251) as u8).collect();
+        uploaded.push((format!("upload {k} ({len} bytes)"), uploader.u8(bytes, len)?));
+    }
+    if device.is_cuda()
+        && let Err(why) = uploader.staging_status()
+    {
+        anyhow::bail!("{why}");
+    }
+    uploaded.into_iter().map(|(name, t)| Ok((name, t.to_vec1::<u8>()?.into_iter().map(f64::from).collect()))).collect()
+}
+
 /// Every op and both model steps on `target` against the CPU custom ops: on the device-generic
 /// path when `generic` (always on the CPU), otherwise on the device's own (cuDNN's convolutions
 /// on CUDA where it is loaded).
@@ -369,6 +393,8 @@ pub(crate) fn check(target: &Device, generic: bool) -> anyhow::Result<Vec<OpChec
             if generic { dmlp_nn::with_generic_ops(run) } else { run() }
         }));
     }
+    let reference = uploads(&Device::Cpu)?;
+    checks.extend(compare_on_device("uploads (page-locked staging)", 0.0, &reference, || uploads(target)));
     Ok(checks)
 }
 

@@ -5,11 +5,16 @@
 # build) from the NVIDIA wheels of the Python environment, which also runs PyTorch's side.
 # The report goes to $OUT/gpu-check.json (the device tool's output folder) or target/.
 #
+# Then the same training steps at batch 2 × 32², dmlp beside PyTorch (at most HOST_S seconds;
+# 0 leaves it out): with so little arithmetic a step's time is the host's cost of its launches
+# (kernel lookup, allocation, layouts, the launch itself), the part that bounds bf16 steps.
+# Its report goes to gpu-check-host.json beside the first.
+#
 # Then `smoke-train --device` on the same GPU (at most SMOKE_S seconds; 0 leaves it out): the
 # whole training loop (data, fusion heads, evaluation, checkpoints, resume, bf16) on CUDA.
 #
 #   bash .ci/gpu-check.sh [extra gpu-check flags]
-#   (WARMUP, BUDGET_S, DEVICE, PYTHON, LIMIT_S, SMOKE_S override)
+#   (WARMUP, BUDGET_S, DEVICE, PYTHON, LIMIT_S, HOST_S, SMOKE_S override)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
@@ -49,6 +54,13 @@ if [ "$status" -gt 128 ] && [ "$status" -ne 137 ] && [ "$left" -gt 120 ]; then
   DMLP_CUDNN=0 timeout -k 10 "$left" "$binary" "${common[@]}" --skip parity \
     --out "$out/gpu-check-generic.json" "$@" || again=$?
   echo "gpu-check (without cuDNN): exit status $again"
+fi
+host="${HOST_S:-60}"
+if [ "$host" -gt 0 ]; then
+  costs=0
+  timeout -k 10 "$host" "$binary" gpu-check --device "${DEVICE:-cuda:0}" --python "$python" --skip parity,ops,nccl \
+    --batch 2 --size 32 --warmup 3 --budget-s 5 --out "$out/gpu-check-host.json" || costs=$?
+  echo "gpu-check at batch 2 × 32² (the host's cost per step): exit status $costs"
 fi
 smoke="${SMOKE_S:-120}"
 if [ "$smoke" -gt 0 ]; then

@@ -643,11 +643,19 @@ mod tests {
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert_eq!(output.status.code(), Some(139), "{stdout}");
         let runs: Vec<&str> = stdout.lines().filter(|l| l.starts_with("run ")).collect();
-        assert_eq!(runs.len(), 3, "{stdout}");
+        assert_eq!(runs.len(), 4, "{stdout}");
         assert!(runs[0].starts_with("run cudnn=on gpu-check") && runs[0].contains("--parity"), "{stdout}");
         assert!(runs[0].contains("out/gpu-check.json"), "{stdout}");
         assert!(runs[1].starts_with("run cudnn=0 gpu-check") && runs[1].contains("--skip parity"), "{stdout}");
         assert!(runs[1].contains("out/gpu-check-generic.json"), "{stdout}");
-        assert!(runs[2].starts_with("run cudnn=on smoke-train --device cuda:0"), "{stdout}");
+        // The host's cost per step: the steps alone at batch 2 × 32², their own report; its
+        // crash is reported, and the first run's status stays the script's.
+        assert!(
+            runs[2].starts_with("run cudnn=on gpu-check") && runs[2].contains("--skip parity,ops,nccl"),
+            "{stdout}"
+        );
+        assert!(runs[2].contains("--batch 2 --size 32") && runs[2].contains("out/gpu-check-host.json"), "{stdout}");
+        assert!(stdout.contains("gpu-check at batch 2 × 32² (the host's cost per step): exit status 139"), "{stdout}");
+        assert!(runs[3].starts_with("run cudnn=on smoke-train --device cuda:0"), "{stdout}");
     }
 }

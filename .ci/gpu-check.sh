@@ -8,13 +8,14 @@
 # Then the same training steps at batch 2 × 32², dmlp beside PyTorch (at most HOST_S seconds;
 # 0 leaves it out): with so little arithmetic a step's time is the host's cost of its launches
 # (kernel lookup, allocation, layouts, the launch itself), the part that bounds bf16 steps.
-# Its report goes to gpu-check-host.json beside the first.
+# Its report goes to gpu-check-host.json beside the first; HOST_AB=1 times them once more (dmlp
+# only) with the vendored candle's kernel and layout caches off (DMLP_CUDA_LAUNCH_CACHE=0).
 #
 # Then `smoke-train --device` on the same GPU (at most SMOKE_S seconds; 0 leaves it out): the
 # whole training loop (data, fusion heads, evaluation, checkpoints, resume, bf16) on CUDA.
 #
 #   bash .ci/gpu-check.sh [extra gpu-check flags]
-#   (WARMUP, BUDGET_S, DEVICE, PYTHON, LIMIT_S, HOST_S, SMOKE_S override)
+#   (WARMUP, BUDGET_S, DEVICE, PYTHON, LIMIT_S, HOST_S, HOST_AB, SMOKE_S override)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
@@ -61,6 +62,12 @@ if [ "$host" -gt 0 ]; then
   timeout -k 10 "$host" "$binary" gpu-check --device "${DEVICE:-cuda:0}" --python "$python" --skip parity,ops,nccl \
     --batch 2 --size 32 --warmup 3 --budget-s 5 --out "$out/gpu-check-host.json" || costs=$?
   echo "gpu-check at batch 2 × 32² (the host's cost per step): exit status $costs"
+  if [ "${HOST_AB:-0}" = 1 ]; then
+    costs=0
+    DMLP_CUDA_LAUNCH_CACHE=0 timeout -k 10 "$host" "$binary" gpu-check --device "${DEVICE:-cuda:0}" --skip parity,ops,nccl \
+      --batch 2 --size 32 --warmup 3 --budget-s 5 --out "$out/gpu-check-host-uncached.json" || costs=$?
+    echo "gpu-check at batch 2 × 32², kernels and layouts looked up and uploaded per op: exit status $costs"
+  fi
 fi
 smoke="${SMOKE_S:-120}"
 if [ "$smoke" -gt 0 ]; then

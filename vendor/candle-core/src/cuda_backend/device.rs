@@ -71,8 +71,11 @@ impl LoadedModule {
         }
     }
 
-    /// `fn_name`, if it was looked up before.
+    /// `fn_name`, if it was looked up before (never with `DMLP_CUDA_LAUNCH_CACHE=0`).
     fn cached(&self, fn_name: &str) -> Option<CudaFunction> {
+        if !launch_caches_enabled() {
+            return None;
+        }
         self.functions.get(fn_name).cloned()
     }
 
@@ -275,6 +278,14 @@ impl CudaDevice {
             Ok(status) if status != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE
         )
     }
+}
+
+/// dmlp's patch: whether kernels and layouts are kept ([`LoadedModule`], `params_from_vec`);
+/// `DMLP_CUDA_LAUNCH_CACHE=0` (read once) looks up and uploads per op as candle did, to measure
+/// what the caches save or to rule them out.
+pub(crate) fn launch_caches_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("DMLP_CUDA_LAUNCH_CACHE").map_or(true, |v| v != "0"))
 }
 
 pub(crate) fn cuda_graph_htod_cache_enabled() -> bool {

@@ -71,8 +71,11 @@ impl SlicePtrOrNull<usize> {
     /// kept them only inside its CUDA-graph cache guard), instead of an allocation, a copy from
     /// pageable host memory and a free around every strided op: a training step's layouts are
     /// the same every step. At most `PARAM_CACHE_MAX_ENTRIES` are kept; past that, uploads are
-    /// made per op as candle made them.
+    /// made per op as candle made them, as they are with `DMLP_CUDA_LAUNCH_CACHE=0`.
     pub fn params_from_vec(dev: &CudaDevice, params: Vec<usize>) -> Result<Self> {
+        if !device::launch_caches_enabled() && !device::cuda_graph_htod_cache_enabled() {
+            return Ok(SlicePtrOrNull::Ptr(dev.clone_htod(&params)?));
+        }
         let key = (dev.id(), params);
         let cache = CUDA_PARAM_CACHE.get_or_init(|| Mutex::new(HashMap::new()));
         if let Some(slice) = cache.lock().unwrap().get(&key).cloned() {

@@ -56,7 +56,7 @@ if [ "$status" -gt 128 ] && [ "$status" -ne 137 ] && [ "$left" -gt 120 ]; then
     --out "$out/gpu-check-generic.json" "$@" || again=$?
   echo "gpu-check (without cuDNN): exit status $again"
 fi
-host="${HOST_S:-60}"
+host="${HOST_S:-120}"
 if [ "$host" -gt 0 ]; then
   costs=0
   timeout -k 10 "$host" "$binary" gpu-check --device "${DEVICE:-cuda:0}" --python "$python" --skip parity,ops,nccl \

@@ -21,6 +21,16 @@
 //! unbounded), as PyTorch's caching allocator keeps its blocks, and with cudarc's event tracking
 //! off (two CUDA events made and destroyed with every allocation, for ordering several streams,
 //! which dmlp never runs on one device).
+//!
+//! It also gives the device a stream of its own. candle's `Device::new_cuda` queues on CUDA's
+//! per-thread default stream, which is a different stream on every host thread: work queued
+//! from two threads is not ordered on the device. Data-parallel training builds its replicas on
+//! the main thread, runs each step's replica work on a fresh scoped thread, and checkpoints and
+//! evaluates from the main thread again, so on per-thread streams a step could read weights
+//! still being uploaded or updated, and a checkpoint copy could read them mid-update. On one
+//! stream per device, work runs in the order the host queued it, whichever thread queued it
+//! (the threads hand over through joins). `DMLP_CUDA_STREAM=per-thread` keeps candle's stream,
+//! to compare or rule this out.
 
 /// Makes glibc keep freed memory for reuse (see the module docs). Returns whether it applied:
 /// `false` off Linux with glibc, where the platform's allocator is left as it is.
@@ -36,15 +46,20 @@ pub fn keep_freed_memory() -> bool {
     }
 }
 
-/// CUDA device `ordinal`, its stream-ordered memory pool set to keep freed memory for reuse
-/// (see the module docs).
+/// CUDA device `ordinal` on a stream of its own, its stream-ordered memory pool set to keep
+/// freed memory for reuse (see the module docs).
 #[cfg(feature = "cuda")]
 pub fn cuda_device(ordinal: usize) -> candle_core::Result<candle_core::Device> {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
-    let device = candle_core::Device::new_cuda(ordinal)?;
+    let per_thread = std::env::var("DMLP_CUDA_STREAM").is_ok_and(|v| v == "per-thread");
+    let device = if per_thread {
+        candle_core::Device::new_cuda(ordinal)?
+    } else {
+        candle_core::Device::new_cuda_with_stream(ordinal)?
+    };
     if let candle_core::Device::Cuda(cuda) = &device {
         // SAFETY: cudarc's event tracking orders work between several streams of one context;
-        // dmlp runs each device on one stream (candle's), where cudarc never waits on those
+        // dmlp runs each device on one stream (its own), where cudarc need not wait on those
         // events, yet it still created and destroyed two for every allocation, a driver call
         // each on the host's critical path (thousands per training step).
         unsafe { cuda.disable_event_tracking() };

@@ -2,7 +2,9 @@
 //! summed over the replicas between backward and the update.
 //!
 //! Design: one process, one thread per replica. Each step spawns a scoped thread per replica
-//! (its device's context bound to that thread), which moves its rows of the batch to its device,
+//! (its device's context bound to that thread; each CUDA device queues on one stream of its own,
+//! `dmlp_nn::cuda_device`, so what the main thread and successive step threads queue on a device
+//! runs in the order they queued it), which moves its rows of the batch to its device,
 //! computes its gradients ([`classifier_gradients`]), sums them with the others' through its
 //! [`Collective`], and applies the same update as every other replica. One process keeps one
 //! data loader (images are decoded once and split, no launcher, no per-process copies of the

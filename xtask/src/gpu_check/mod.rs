@@ -73,6 +73,9 @@ pub(crate) struct GpuCheckArgs {
 struct Report {
     device: DeviceInfo,
     build: BuildInfo,
+    /// The `DMLP_*` switches set in this process (`DMLP_CUDNN=0`, `DMLP_CUDA_LAUNCH_CACHE=0`,
+    /// `DMLP_CUDA_STREAM=per-thread`, …): what the figures were measured with.
+    switches: std::collections::BTreeMap<String, String>,
     parity: Option<ParitySummary>,
     ops: Option<OpsSummary>,
     /// NCCL's all-reduce on this one device (a group of one, made both ways the trainer makes
@@ -101,6 +104,11 @@ impl Report {
         }
         Ok(dmlp_train::write_atomic(out, serde_json::to_string_pretty(self)?.as_bytes())?)
     }
+}
+
+/// The `DMLP_*` variables among `vars` (the process's environment).
+fn dmlp_switches(vars: impl Iterator<Item = (String, String)>) -> std::collections::BTreeMap<String, String> {
+    vars.filter(|(name, _)| name.starts_with("DMLP_")).collect()
 }
 
 /// A part of the check that stopped: printed, and kept in the report.
@@ -179,9 +187,14 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
                 Err(why) => format!("not used: {why}"),
             },
         },
+        switches: dmlp_switches(std::env::vars()),
         ..Report::default()
     };
     println!("gpu-check on {} ({})", args.device, report.device.name);
+    if !report.switches.is_empty() {
+        let set: Vec<String> = report.switches.iter().map(|(name, value)| format!("{name}={value}")).collect();
+        println!("switches: {}", set.join(" "));
+    }
     let cudnn = device.is_cuda() && dmlp_nn::cudnn_status().is_ok();
     println!(
         "convolutions: {}",
@@ -602,6 +615,7 @@ mod tests {
         assert_eq!(run(&args).unwrap(), ExitCode::SUCCESS);
         let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
         assert_eq!(report["errors"], serde_json::json!([]));
+        assert!(report["switches"].is_object(), "{}", report["switches"]);
         assert_eq!(report["parity"]["failed"], 0);
         assert!(report["parity"]["passed"].as_u64().unwrap() > 0);
         assert!(report["ops"]["checked"].as_u64().unwrap() > 100);
@@ -612,6 +626,14 @@ mod tests {
         }
         let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(files, ["gpu-check.json"]);
+    }
+
+    #[test]
+    fn the_report_names_the_dmlp_switches_set_and_nothing_else() {
+        let vars = [("DMLP_CUDNN", "0"), ("PATH", "/bin"), ("DMLP_CUDA_STREAM", "per-thread"), ("CUDA_HOME", "/x")];
+        let switches = dmlp_switches(vars.into_iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let listed: Vec<(&str, &str)> = switches.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(listed, [("DMLP_CUDA_STREAM", "per-thread"), ("DMLP_CUDNN", "0")]);
     }
 
     /// `.ci/gpu-check.sh` with a stand-in for the carried binary that crashes (SIGSEGV) unless

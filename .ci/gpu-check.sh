@@ -58,14 +58,14 @@ if [ "$status" -gt 128 ] && [ "$status" -ne 137 ] && [ "$left" -gt 120 ]; then
 fi
 host="${HOST_S:-120}"
 if [ "$host" -gt 0 ]; then
+  small=(gpu-check --device "${DEVICE:-cuda:0}" --skip parity,ops,nccl --batch 2 --size 32 --warmup 3 --budget-s 5)
   costs=0
-  timeout -k 10 "$host" "$binary" gpu-check --device "${DEVICE:-cuda:0}" --python "$python" --skip parity,ops,nccl \
-    --batch 2 --size 32 --warmup 3 --budget-s 5 --out "$out/gpu-check-host.json" || costs=$?
+  timeout -k 10 "$host" "$binary" "${small[@]}" --python "$python" --out "$out/gpu-check-host.json" || costs=$?
   echo "gpu-check at batch 2 × 32² (the host's cost per step): exit status $costs"
   if [ "${HOST_AB:-0}" = 1 ]; then
     costs=0
-    DMLP_CUDA_LAUNCH_CACHE=0 timeout -k 10 "$host" "$binary" gpu-check --device "${DEVICE:-cuda:0}" --skip parity,ops,nccl \
-      --batch 2 --size 32 --warmup 3 --budget-s 5 --out "$out/gpu-check-host-uncached.json" || costs=$?
+    DMLP_CUDA_LAUNCH_CACHE=0 timeout -k 10 "$host" "$binary" "${small[@]}" --out "$out/gpu-check-host-uncached.json" ||
+      costs=$?
     echo "gpu-check at batch 2 × 32², kernels and layouts looked up and uploaded per op: exit status $costs"
   fi
 fi

@@ -99,14 +99,14 @@ impl ModelStep {
         }
     }
 
-    /// What the step is, for the table.
-    fn title(self) -> &'static str {
+    /// What the step runs, for the table.
+    fn model(self) -> &'static str {
         match self {
-            ModelStep::Head => "Dynamic MLP-C head, batch 512",
-            ModelStep::Resnet => "ResNet-50, batch 8 × 224²",
-            ModelStep::Sk => "SK-Res2Net-101, batch 8 × 224²",
-            ModelStep::Swin => "Swin-T, batch 8 × 224²",
-            ModelStep::Pvt => "PVT-v2-b2, batch 8 × 224²",
+            ModelStep::Head => "Dynamic MLP-C head",
+            ModelStep::Resnet => "ResNet-50",
+            ModelStep::Sk => "SK-Res2Net-101",
+            ModelStep::Swin => "Swin-T",
+            ModelStep::Pvt => "PVT-v2-b2",
         }
     }
 
@@ -141,21 +141,17 @@ impl ModelStep {
         }
     }
 
-    /// What the step is, with the batch and image size `args` give the backbones.
+    /// What the step is, with its batch (and the image size `args` give the backbones).
     fn describe(self, args: &ModelBenchArgs) -> String {
         match self {
-            ModelStep::Head => self.title().to_string(),
-            _ => self.title().replace(
-                &format!("batch {DEFAULT_BATCH} × {DEFAULT_IMAGE_SIZE}²"),
-                &format!("batch {} × {}²", args.batch, args.image_size),
-            ),
+            ModelStep::Head => format!("{}, batch {HEAD_BATCH}", self.model()),
+            _ => format!("{}, batch {} × {}²", self.model(), args.batch, args.image_size),
         }
     }
 }
 
 const HEAD_BATCH: usize = 512;
-/// The backbone steps' batch and image side unless `--batch` and `--image-size` say otherwise.
-const DEFAULT_BATCH: usize = 8;
+/// The transformers' only image side (and the backbones' default, `--image-size`).
 const DEFAULT_IMAGE_SIZE: usize = 224;
 
 pub(crate) fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {

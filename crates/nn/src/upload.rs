@@ -85,10 +85,6 @@ impl Uploader {
         }
     }
 
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
     /// `bytes` as a u8 tensor of `shape` on the device.
     ///
     /// # Shapes

@@ -7,8 +7,13 @@
 //! the device runs step `k`. [`Uploader::u8`] copies the bytes into a page-locked buffer of its
 //! own and sends them from there asynchronously, as PyTorch's `pin_memory` with `non_blocking`
 //! does. A buffer is written again only [`STAGING_DEPTH`] uploads of its length later, after its
-//! last copy has finished (cudarc records an event after each copy and waits for it before the
-//! host writes), so the device may run a step behind the host ([`StagingRing`]).
+//! last copy has finished, so the device may run a step behind the host ([`StagingRing`]).
+//!
+//! Each buffer carries an event of its own, recorded after each copy and waited on before the
+//! host writes the buffer again or frees it. cudarc's `PinnedHostSlice` has such an event, but
+//! records it only while the context tracks events across several streams
+//! (`is_managing_stream_synchronization`), which [`crate::cuda_device`] turns off: relying on it,
+//! the host would overwrite a buffer whose copy the device had not run yet.
 //!
 //! On the CPU, and on CUDA once a page-locked buffer or its copy fails (the reason is kept:
 //! [`Uploader::staging_status`]), an upload is `Tensor::from_vec`.
@@ -119,14 +124,37 @@ impl Uploader {
 mod cuda {
     use std::sync::Mutex;
 
-    use candle_core::cuda_backend::cudarc::driver::PinnedHostSlice;
+    use candle_core::cuda_backend::cudarc::driver::{CudaEvent, CudaStream, DriverError, PinnedHostSlice};
     use candle_core::cuda_backend::{CudaDevice, CudaStorage};
     use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
     use super::{STAGING_CAPACITY, STAGING_DEPTH, StagingRing};
 
+    /// A page-locked buffer and the event recorded after its last copy was queued (see the
+    /// module docs for why not the buffer's own).
+    struct Staged {
+        buffer: PinnedHostSlice<u8>,
+        copied: CudaEvent,
+    }
+
+    impl Staged {
+        fn len(&self) -> usize {
+            self.buffer.len()
+        }
+    }
+
+    impl Drop for Staged {
+        fn drop(&mut self) {
+            // The buffer is freed after this: its last copy must have run. An event never
+            // recorded counts as complete.
+            if let Err(e) = self.copied.synchronize() {
+                eprintln!("warning: waiting for a staging buffer's last copy before freeing it: {e:?}");
+            }
+        }
+    }
+
     pub(super) struct Staging {
-        ring: StagingRing<PinnedHostSlice<u8>>,
+        ring: StagingRing<Staged>,
         /// Why staging stopped: later uploads go from pageable memory.
         failed: Option<String>,
         /// A one-byte tensor on the device, the input of the op that makes the upload a tensor.
@@ -171,23 +199,29 @@ mod cuda {
         }
 
         fn try_upload(&mut self, cuda: &CudaDevice, bytes: &[u8], shape: &Shape) -> candle_core::Result<Tensor> {
-            let driver = |what: &str, e: candle_core::cuda_backend::cudarc::driver::DriverError| {
-                candle_core::Error::Msg(format!("{what}: {e:?}"))
-            };
             let stream = cuda.cuda_stream();
-            let mut buffer = match self.ring.take(bytes.len(), PinnedHostSlice::len) {
-                Some(buffer) => buffer,
-                // SAFETY: every byte is written below before the copy reads it.
-                None => unsafe { stream.context().alloc_pinned::<u8>(bytes.len()) }
-                    .map_err(|e| driver("cuMemHostAlloc", e))?,
+            let mut staged = match self.ring.take(bytes.len(), Staged::len) {
+                Some(staged) => staged,
+                None => Staged {
+                    // SAFETY: every byte is written below before the copy reads it.
+                    buffer: unsafe { stream.context().alloc_pinned::<u8>(bytes.len()) }
+                        .map_err(|e| driver("cuMemHostAlloc", e))?,
+                    copied: stream.context().new_event(None).map_err(|e| driver("cuEventCreate", e))?,
+                },
             };
-            // Waits for the buffer's last copy to finish.
-            buffer.as_mut_slice().map_err(|e| driver("waiting for a staging buffer", e))?.copy_from_slice(bytes);
+            // The buffer's last copy must have run before the host writes it again.
+            staged.copied.synchronize().map_err(|e| driver("waiting for a staging buffer's last copy", e))?;
+            staged.buffer.as_mut_slice().map_err(|e| driver("a staging buffer", e))?.copy_from_slice(bytes);
             // SAFETY: the copy queued next writes every byte before any later work reads them.
             let mut target = unsafe { cuda.alloc::<u8>(bytes.len()) }?;
-            let copied = stream.memcpy_htod(&buffer, &mut target).map_err(|e| driver("cuMemcpyHtoDAsync", e));
-            self.ring.give_back(buffer);
-            copied?;
+            if let Err(e) = queue_copy(&stream, &staged, &mut target) {
+                // Whether the copy was queued or not, it must not outlive the buffer.
+                if let Err(sync) = stream.synchronize() {
+                    eprintln!("warning: synchronising after a failed staged copy: {sync:?}");
+                }
+                return Err(e);
+            }
+            self.ring.give_back(staged);
             let anchor = match &self.anchor {
                 Some(anchor) => anchor.clone(),
                 None => self
@@ -201,6 +235,20 @@ mod cuda {
             };
             anchor.apply_op1_no_bwd(&op)
         }
+    }
+
+    /// Queues the copy of `staged` into `target`, then the record of `staged.copied` after it.
+    fn queue_copy(
+        stream: &std::sync::Arc<CudaStream>,
+        staged: &Staged,
+        target: &mut candle_core::cuda_backend::cudarc::driver::CudaSlice<u8>,
+    ) -> candle_core::Result<()> {
+        stream.memcpy_htod(&staged.buffer, target).map_err(|e| driver("cuMemcpyHtoDAsync", e))?;
+        staged.copied.record(stream).map_err(|e| driver("cuEventRecord", e))
+    }
+
+    fn driver(what: &str, e: DriverError) -> candle_core::Error {
+        candle_core::Error::Msg(format!("{what}: {e:?}"))
     }
 
     /// Makes an uploaded buffer a tensor: candle builds tensors from storage only inside its

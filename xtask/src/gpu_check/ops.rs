@@ -339,10 +339,13 @@ fn sgd_steps(device: &Device, nesterov: bool) -> anyhow::Result<Vec<(String, Vec
 /// page-locked buffers, each rewritten two uploads of its length after its last copy, with a
 /// large product queued before each upload so that the device runs behind the host (a buffer
 /// rewritten before its copy ran would show the next batch's bytes). One upload of another
-/// length sits between them. On the CPU, `Tensor::from_vec`.
+/// length sits between them. On the CPU, `Tensor::from_vec`. Each product (4096³, 137 GFLOP,
+/// milliseconds on an H200 in f32) outlasts the host's write of the next buffer many times over;
+/// session 19's staging, which relied on cudarc's own event (never recorded with event tracking
+/// off), would fail here.
 fn uploads(device: &Device) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
     let uploader = dmlp_nn::Uploader::new(device);
-    let lag = if device.is_cpu() { None } else { Some(Tensor::ones((2048, 2048), DType::F32, device)?) };
+    let lag = if device.is_cpu() { None } else { Some(Tensor::ones((4096, 4096), DType::F32, device)?) };
     let mut uploaded = Vec::new();
     for (k, len) in [600_000usize, 600_000, 600_000, 100, 600_000, 600_000, 600_000].into_iter().enumerate() {
         if let Some(lag) = &lag {

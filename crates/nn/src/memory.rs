@@ -46,13 +46,21 @@ pub fn keep_freed_memory() -> bool {
     }
 }
 
+/// Whether [`cuda_device`] gives each device a stream of its own (the default), rather than
+/// candle's per-thread stream (`DMLP_CUDA_STREAM=per-thread`, read once): where it does, all work
+/// on a device runs in the order the host queued it, whatever the thread.
+#[cfg(feature = "cuda")]
+pub(crate) fn own_streams() -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| std::env::var("DMLP_CUDA_STREAM").map_or(true, |v| v != "per-thread"))
+}
+
 /// CUDA device `ordinal` on a stream of its own, its stream-ordered memory pool set to keep
 /// freed memory for reuse (see the module docs).
 #[cfg(feature = "cuda")]
 pub fn cuda_device(ordinal: usize) -> candle_core::Result<candle_core::Device> {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
-    let per_thread = std::env::var("DMLP_CUDA_STREAM").is_ok_and(|v| v == "per-thread");
-    let device = if per_thread {
+    let device = if !own_streams() {
         candle_core::Device::new_cuda(ordinal)?
     } else {
         candle_core::Device::new_cuda_with_stream(ordinal)?

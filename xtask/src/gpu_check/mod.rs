@@ -10,6 +10,7 @@
 //!
 //! It runs on the CPU too (`--device cpu`, small `--batch`/`--size`), which is how it is tested.
 
+mod calls;
 mod cupti;
 mod ops;
 mod steps;
@@ -64,7 +65,7 @@ pub(crate) struct GpuCheckArgs {
     /// How many kernel names each profile prints (the JSON keeps them all).
     #[arg(long, default_value_t = 25)]
     profile_top: usize,
-    /// Leave out a part: `parity`, `ops`, `nccl`, `steps`.
+    /// Leave out a part: `parity`, `ops`, `nccl`, `calls`, `steps`.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -81,6 +82,8 @@ struct Report {
     /// NCCL's all-reduce on this one device (a group of one, made both ways the trainer makes
     /// them), where the binary has the `nccl` feature: that the library loads and sums.
     nccl: Option<String>,
+    /// The host's time per call of each kind a step makes (tiny tensors: the device keeps up).
+    calls: Vec<calls::CallCost>,
     steps: Vec<StepTiming>,
     /// How the bf16 steps' BatchNorms ran on cuDNN: in bf16, or converted to f32 (with cuDNN's
     /// reason), or not at all.
@@ -270,6 +273,20 @@ pub(crate) fn run(args: &GpuCheckArgs) -> anyhow::Result<ExitCode> {
             Err(error) => {
                 healthy = false;
                 part_failed(&mut report, "nccl", error);
+            }
+        }
+        report.save(&out, start)?;
+    }
+    if !skip("calls") {
+        match caught(|| calls::measure(&device)) {
+            Ok(costs) => {
+                let listed: Vec<String> = costs.iter().map(|c| format!("{} {:.1} µs", c.call, c.host_us)).collect();
+                println!("host time per call: {}", listed.join(", "));
+                report.calls = costs;
+            }
+            Err(error) => {
+                healthy = false;
+                part_failed(&mut report, "calls", error);
             }
         }
         report.save(&out, start)?;

@@ -24,6 +24,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${BIN:-target/release/xtask}"
 out="${DRYRUN_DIR:-target/cuda-dryrun}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"  # absolute: the run config below names its data folder by this path
 lib="$out/lib"
 if ! readelf -d "$bin" 2>/dev/null | grep -q 'libcuda.so.1'; then
   echo "cuda-dryrun: $bin is not a CUDA build (it does not load libcuda.so.1); build it with" >&2

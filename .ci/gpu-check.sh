@@ -8,8 +8,10 @@
 # Then the same training steps at batch 2 × 32², dmlp beside PyTorch (at most HOST_S seconds;
 # 0 leaves it out): with so little arithmetic a step's time is the host's cost of its launches
 # (kernel lookup, allocation, layouts, the launch itself), the part that bounds bf16 steps.
-# Its report goes to gpu-check-host.json beside the first; HOST_AB=1 times them once more (dmlp
-# only) with the vendored candle's kernel and layout caches off (DMLP_CUDA_LAUNCH_CACHE=0).
+# Its report goes to gpu-check-host.json beside the first; HOST_AB=1 times them twice more (dmlp
+# only): with the vendored candle's kernel and layout caches off (DMLP_CUDA_LAUNCH_CACHE=0,
+# gpu-check-host-uncached.json), and with every allocation and free going to the driver
+# (DMLP_CUDA_ALLOC_CACHE=0, gpu-check-host-noalloc.json).
 #
 # Then `smoke-train --device` on the same GPU (at most SMOKE_S seconds; 0 leaves it out): the
 # whole training loop (data, fusion heads, evaluation, checkpoints, resume, bf16) on CUDA.
@@ -67,6 +69,10 @@ if [ "$host" -gt 0 ]; then
     DMLP_CUDA_LAUNCH_CACHE=0 timeout -k 10 "$host" "$binary" "${small[@]}" --out "$out/gpu-check-host-uncached.json" ||
       costs=$?
     echo "gpu-check at batch 2 × 32², kernels and layouts looked up and uploaded per op: exit status $costs"
+    costs=0
+    DMLP_CUDA_ALLOC_CACHE=0 timeout -k 10 "$host" "$binary" "${small[@]}" --out "$out/gpu-check-host-noalloc.json" ||
+      costs=$?
+    echo "gpu-check at batch 2 × 32², every allocation and free from the driver: exit status $costs"
   fi
 fi
 smoke="${SMOKE_S:-120}"

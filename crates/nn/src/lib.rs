@@ -20,6 +20,7 @@
 //! cuDNN).
 
 mod activation_op;
+mod alloc_cache;
 mod attention_ops;
 mod autocast;
 mod batch_norm_op;

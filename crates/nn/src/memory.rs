@@ -94,6 +94,8 @@ pub fn cuda_device(ordinal: usize) -> candle_core::Result<candle_core::Device> {
 #[cfg(feature = "cuda")]
 pub(crate) fn release_cached_cuda_memory(device: &candle_core::cuda_backend::CudaDevice) -> candle_core::Result<()> {
     use candle_core::cuda_backend::cudarc::driver::result;
+    // The blocks dmlp's cache keeps go back to the pool first (crate::alloc_cache).
+    crate::alloc_cache::release(device)?;
     device.cuda_stream().synchronize().map_err(pool_error)?;
     if let Some(pool) = memory_pool(device)? {
         // SAFETY: the pool is the device's current one; trimming frees only unused memory.

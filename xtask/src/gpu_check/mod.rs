@@ -667,7 +667,8 @@ mod tests {
         let fake = root.join("target/gpu-carry/xtask");
         std::fs::write(
             &fake,
-            "#!/usr/bin/env bash\necho \"run cudnn=${DMLP_CUDNN:-on} cache=${DMLP_CUDA_LAUNCH_CACHE:-on} $*\"\n\
+            "#!/usr/bin/env bash\necho \"run cudnn=${DMLP_CUDNN:-on} cache=${DMLP_CUDA_LAUNCH_CACHE:-on} \
+             alloc=${DMLP_CUDA_ALLOC_CACHE:-on} $*\"\n\
              [ -n \"${DMLP_CUDNN:-}\" ] || kill -SEGV $$\n",
         )
         .unwrap();
@@ -688,26 +689,42 @@ mod tests {
         assert_eq!(status, Some(139), "{stdout}");
         let runs: Vec<&str> = stdout.lines().filter(|l| l.starts_with("run ")).collect();
         assert_eq!(runs.len(), 4, "{stdout}");
-        assert!(runs[0].starts_with("run cudnn=on cache=on gpu-check") && runs[0].contains("--parity"), "{stdout}");
+        assert!(
+            runs[0].starts_with("run cudnn=on cache=on alloc=on gpu-check") && runs[0].contains("--parity"),
+            "{stdout}"
+        );
         assert!(runs[0].contains("out/gpu-check.json"), "{stdout}");
-        assert!(runs[1].starts_with("run cudnn=0 cache=on gpu-check") && runs[1].contains("--skip parity"), "{stdout}");
+        assert!(
+            runs[1].starts_with("run cudnn=0 cache=on alloc=on gpu-check") && runs[1].contains("--skip parity"),
+            "{stdout}"
+        );
         assert!(runs[1].contains("out/gpu-check-generic.json"), "{stdout}");
         // The host's cost per step: the steps alone at batch 2 × 32², their own report; its
         // crash is reported, and the first run's status stays the script's.
         assert!(
-            runs[2].starts_with("run cudnn=on cache=on gpu-check") && runs[2].contains("--skip parity,ops,nccl"),
+            runs[2].starts_with("run cudnn=on cache=on alloc=on gpu-check")
+                && runs[2].contains("--skip parity,ops,nccl"),
             "{stdout}"
         );
         assert!(runs[2].contains("--batch 2 --size 32") && runs[2].contains("out/gpu-check-host.json"), "{stdout}");
         assert!(stdout.contains("gpu-check at batch 2 × 32² (the host's cost per step): exit status 139"), "{stdout}");
-        assert!(runs[3].starts_with("run cudnn=on cache=on smoke-train --device cuda:0"), "{stdout}");
-        // HOST_AB=1: the small steps once more with the launch caches off, into their own report.
+        assert!(runs[3].starts_with("run cudnn=on cache=on alloc=on smoke-train --device cuda:0"), "{stdout}");
+        // HOST_AB=1: the small steps twice more, with the launch caches off and with the
+        // allocation cache off, each into its own report.
         let (status, stdout) = script("1");
         assert_eq!(status, Some(139), "{stdout}");
         let runs: Vec<&str> = stdout.lines().filter(|l| l.starts_with("run ")).collect();
-        assert_eq!(runs.len(), 5, "{stdout}");
-        assert!(runs[3].starts_with("run cudnn=on cache=0 gpu-check") && runs[3].contains("--batch 2"), "{stdout}");
+        assert_eq!(runs.len(), 6, "{stdout}");
+        assert!(
+            runs[3].starts_with("run cudnn=on cache=0 alloc=on gpu-check") && runs[3].contains("--batch 2"),
+            "{stdout}"
+        );
         assert!(runs[3].contains("out/gpu-check-host-uncached.json"), "{stdout}");
-        assert!(runs[4].starts_with("run cudnn=on cache=on smoke-train"), "{stdout}");
+        assert!(
+            runs[4].starts_with("run cudnn=on cache=on alloc=0 gpu-check") && runs[4].contains("--batch 2"),
+            "{stdout}"
+        );
+        assert!(runs[4].contains("out/gpu-check-host-noalloc.json"), "{stdout}");
+        assert!(runs[5].starts_with("run cudnn=on cache=on alloc=on smoke-train"), "{stdout}");
     }
 }

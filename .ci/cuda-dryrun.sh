@@ -13,7 +13,9 @@
 #
 # BIN must be built with the `cuda` feature (`eval "$(bash .ci/cuda-env.sh)"; cargo build
 # --release --features cuda,nccl -p xtask`). WARMUP and STEPS set gpu-check's warm-up and timed
-# steps; other arguments go to `gpu-check` (not --warmup or --steps). With DRYRUN_DMLP (a CUDA build
+# steps; other arguments go to `gpu-check` (not --warmup or --steps). BUDGET names a file of the
+# most each configuration may ask for per step (xtask/cuda-dryrun/budget.json, which CI's
+# configuration must keep to); more fails the run. With DRYRUN_DMLP (a CUDA build
 # of `dmlp`), it also trains a small model on synthetic data on one stand-in device (stopped
 # after an epoch and resumed: page-locked batch uploads, evaluation, checkpoints) and for an
 # epoch data parallel on two (NCCL's calls). Values read back are zeros there, so losses print
@@ -46,7 +48,8 @@ rm -f "$out/calls.jsonl"
 FAKE_CUDA_LOG="$out/calls.jsonl" LD_LIBRARY_PATH="$lib" "$bin" gpu-check --device cuda:0 \
   --skip parity,ops,nccl,calls --warmup "${WARMUP:-2}" --steps "${STEPS:-10}" --out "$out/gpu-check.json" "$@" \
   2> >(grep -v 'no version information available' >&2)
-python3 xtask/cuda-dryrun/summarize.py "$out/calls.jsonl" "$out/gpu-check.json" --json "$out/summary.json"
+python3 xtask/cuda-dryrun/summarize.py "$out/calls.jsonl" "$out/gpu-check.json" --json "$out/summary.json" \
+  ${BUDGET:+--budget "$BUDGET"}
 # The host's own time per call of each kind (the stand-in's calls cost nothing).
 LD_LIBRARY_PATH="$lib" "$bin" gpu-check --device cuda:0 --skip parity,ops,nccl,steps \
   --out "$out/gpu-check-calls.json" 2> >(grep -v 'no version information available' >&2) | grep 'host time per call'

@@ -11,6 +11,10 @@ where it does not run (the generic path), the one with the most launches (so giv
 steps than warm-up steps).
 
     python3 xtask/cuda-dryrun/summarize.py calls.jsonl gpu-check.json [--json summary.json]
+        [--budget xtask/cuda-dryrun/budget.json]
+
+With `--budget`, a configuration that asks for more of anything than its line of the budget
+allows fails the run (CI's guard against launches or allocations creeping back).
 """
 
 import argparse
@@ -59,6 +63,7 @@ def main():
     parser.add_argument("report")
     parser.add_argument("--json", help="write the per-step counts here too")
     parser.add_argument("--top", type=int, default=12, help="kernels listed per configuration")
+    parser.add_argument("--budget", help="the most each configuration may ask for per step (JSON)")
     args = parser.parse_args()
     snapshots = [json.loads(line) for line in open(args.calls)]
     report = json.load(open(args.report))
@@ -98,6 +103,27 @@ def main():
     if args.json:
         with open(args.json, "w") as out:
             json.dump(summary, out, indent=1)
+    if args.budget:
+        over = over_budget(summary, json.load(open(args.budget)))
+        for line in over:
+            print(f"over the budget: {line}", file=sys.stderr)
+        if over:
+            sys.exit(f"{len(over)} count(s) over {args.budget}: see its first line for what to do")
+        print(f"within the budget ({args.budget})")
+
+
+def over_budget(summary, budget):
+    """Every count of `summary` above its configuration's line of `budget` (a configuration the
+    budget does not name, or one the run lacks, is an error too: the two must be kept together)."""
+    found = {counts["configuration"]: counts for counts in summary}
+    named = {name for name in budget if not name.startswith("_")}
+    over = [f"{name}: not in the budget" for name in found if name not in named]
+    over += [f"{name}: not in the run" for name in named if name not in found]
+    for name in named & found.keys():
+        for key, most in budget[name].items():
+            if found[name][key] > most:
+                over.append(f"{name}: {found[name][key]:g} {key} per step, at most {most}")
+    return over
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@
 // At every stream or context synchronisation and at exit, with FAKE_CUDA_LOG set, one JSON line
 // with every count so far is appended to that file; `xtask/cuda-dryrun/summarize.py` turns the lines into
 // counts per training step. FAKE_CUDA_DEVICES sets the device count (default 1).
+// FAKE_CUDA_TRAP_KERNEL=name makes every launch of that kernel call `fake_cuda_trap`, so that
+// `gdb -ex 'break fake_cuda_trap'` shows who launches it (how the launches of a count are found).
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -199,12 +201,24 @@ int cuModuleGetFunction(void** function, void* module, const char* name) {
   *function = (void*)(uintptr_t)(slot_of(kernel, 1) + 1);
   return 0;
 }
+// Where a launch of the kernel named by FAKE_CUDA_TRAP_KERNEL calls in: `break fake_cuda_trap` in
+// gdb shows who launched it (`bt`).
+static int trapped_slot = -2;
+__attribute__((noinline)) void fake_cuda_trap(const char* kernel) { __asm__ volatile("" ::"r"(kernel)); }
+
 int cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                    unsigned shared, void* stream, void** params, void** extra) {
   COUNT();
   (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)shared; (void)stream; (void)params; (void)extra;
   uintptr_t slot = (uintptr_t)function;
   if (slot >= 1 && slot <= MAX_NAMES) __atomic_fetch_add(&counts[slot - 1], 1, __ATOMIC_RELAXED);
+  if (trapped_slot == -2) {
+    const char* trap = getenv("FAKE_CUDA_TRAP_KERNEL");
+    char kernel[512];
+    snprintf(kernel, sizeof kernel, "kernel %s", trap ? trap : "");
+    trapped_slot = trap ? slot_of(kernel, 1) + 1 : -1;
+  }
+  if ((int)slot == trapped_slot) fake_cuda_trap(names[slot - 1]);
   return 0;
 }
 

@@ -83,12 +83,6 @@ static PLANS: LazyLock<Mutex<HashMap<PlanKey, Option<Plan>>>> = LazyLock::new(De
 /// run). Their math type is set once, to the pass's plan's.
 static KEPT_DESCRIPTORS: LazyLock<Mutex<HashMap<PlanKey, Arc<KeptDescriptors>>>> = LazyLock::new(Default::default);
 
-/// The workspace each device's last convolution used, kept for the next (it grows to the
-/// largest any pass needed): one allocation and one free fewer per call. Only where each device
-/// queues on one stream of its own ([`crate::memory::own_streams`]), so that every use of a kept
-/// workspace is ordered after the previous one.
-static KEPT_WORKSPACES: LazyLock<Mutex<HashMap<DeviceId, CudaSlice<u8>>>> = LazyLock::new(Default::default);
-
 /// How an algorithm is chosen (see the module docs), from `DMLP_CUDNN_SEARCH` and
 /// `DMLP_CUDNN_DETERMINISTIC`, read once.
 #[derive(Debug, Clone, Copy)]
@@ -310,37 +304,6 @@ fn kept_descriptors(api: &'static Api, key: PlanKey, math: c_int) -> Result<Arc<
     Ok(lock(&KEPT_DESCRIPTORS).entry(key).or_insert(made).clone())
 }
 
-/// A workspace of at least `bytes` for a call on `device`: the kept one where it is large
-/// enough (see [`KEPT_WORKSPACES`]), or a new one.
-fn take_workspace(device: &CudaDevice, bytes: usize) -> Result<CudaSlice<u8>> {
-    if crate::memory::own_streams()
-        && let Some(kept) = lock(&KEPT_WORKSPACES).remove(&device.id())
-    {
-        if kept.len() >= bytes {
-            return Ok(kept);
-        }
-        // Freed in stream order, after the calls that used it.
-        drop(kept);
-    }
-    // SAFETY: cuDNN's scratch, never read before cuDNN writes it.
-    unsafe { device.alloc::<u8>(bytes.max(1)) }
-}
-
-/// Keeps `workspace` for the next call on `device` (the larger, when another call kept one
-/// meanwhile).
-fn give_back_workspace(device: &CudaDevice, workspace: CudaSlice<u8>) {
-    if !crate::memory::own_streams() {
-        return;
-    }
-    let mut kept = lock(&KEPT_WORKSPACES);
-    match kept.get(&device.id()) {
-        Some(other) if other.len() >= workspace.len() => {}
-        _ => {
-            kept.insert(device.id(), workspace);
-        }
-    }
-}
-
 /// The most workspace an algorithm may ask for.
 const WORKSPACE_LIMIT: usize = 1 << 30;
 
@@ -546,9 +509,10 @@ impl CudnnConv {
         let kept = kept_descriptors(api, key, math)?;
         let descriptors = &kept.0;
         let stream = device.cuda_stream();
-        // SAFETY: every element of `result` is written by the convolution (β = 0).
+        // SAFETY: every element of `result` is written by the convolution (β = 0); the workspace
+        // is cuDNN's scratch (a block of its size kept from an earlier call, `alloc_cache.rs`).
         let mut result = unsafe { device.alloc::<T>(out.iter().product()) }?;
-        let mut workspace = take_workspace(device, workspace_bytes)?;
+        let mut workspace = unsafe { device.alloc::<u8>(workspace_bytes.max(1)) }?;
         let size = std::mem::size_of::<T>() as u64;
         let (first_ptr, _first_sync) = first.device_ptr(&stream);
         let (second_ptr, _second_sync) = second.device_ptr(&stream);
@@ -585,9 +549,8 @@ impl CudnnConv {
                 result_ptr as *mut c_void,
             )
         };
-        drop((_first_sync, _second_sync, _result_sync, _workspace_sync));
-        give_back_workspace(device, workspace);
         check(api, status, self.name())?;
+        drop((_first_sync, _second_sync, _result_sync, _workspace_sync));
         Ok(CudaStorage::wrap_cuda_slice(result, device.clone()))
     }
 }

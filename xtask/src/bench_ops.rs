@@ -1,7 +1,8 @@
 //! `cargo xtask bench ops`: the training ops on their own. conv2d forward + backward GFLOP/s
-//! over ResNet-50's convolutions at batch 8 × 224², BatchNorm's training pass, memory-bound
-//! elementwise ops (GB/s), the ResNet-50 step, and a tiny ResNet's step, each beside PyTorch's
-//! when a Python with PyTorch is given (the elementwise ops without a peer).
+//! over ResNet-50's (or SK-Res2Net-101's, `--convs sk2res2net101`) convolutions at batch 8 × 224²,
+//! shape by shape, BatchNorm's training pass, memory-bound elementwise ops (GB/s), the ResNet-50
+//! step, and a tiny ResNet's step, each beside PyTorch's when a Python with PyTorch is given (the
+//! elementwise ops without a peer).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,9 +31,42 @@ pub(crate) struct OpsBenchArgs {
     /// the CPU only: on a GPU, `cargo xtask gpu-check` runs PyTorch beside dmlp).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Whose convolutions the conv2d figure runs over (both sides).
+    #[arg(long, value_enum, default_value_t = ConvSet::Resnet50)]
+    convs: ConvSet,
 }
 
-/// One convolution of ResNet-50: `(in, out, kernel, stride, padding, input size, how many)`.
+/// The networks whose convolution shapes `bench ops` can time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ConvSet {
+    Resnet50,
+    Sk2res2net101,
+}
+
+impl ConvSet {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Resnet50 => "resnet50",
+            Self::Sk2res2net101 => "sk2res2net101",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::Resnet50 => "ResNet-50",
+            Self::Sk2res2net101 => "SK-Res2Net-101",
+        }
+    }
+
+    fn shapes(self) -> Vec<ConvShape> {
+        match self {
+            Self::Resnet50 => resnet50_convs(),
+            Self::Sk2res2net101 => sk2res2net101_convs(),
+        }
+    }
+}
+
+/// One convolution shape: `(in, out, kernel, stride, padding, input size, how many)`.
 type ConvShape = (usize, usize, usize, usize, usize, usize, usize);
 
 /// ResNet-50's convolutions at 224² (torchvision layout), grouped by shape.
@@ -59,6 +93,36 @@ pub(crate) fn resnet50_convs() -> Vec<ConvShape> {
     convs
 }
 
+/// SK-Res2Net-101's convolutions at 224² (`crates/backbones/src/sk2res2net.rs`, stages
+/// `[3, 4, 23, 3]`), grouped by shape: the deep stem, then per stage the first block (1×1, three
+/// 3×3 over a quarter of the width at the input resolution, the SK layer's two 1×1 on pooled
+/// `[B, C, 1, 1]` inputs, 1×1 after the average pool, and the downsample's 1×1) and the others.
+pub(crate) fn sk2res2net101_convs() -> Vec<ConvShape> {
+    let mut convs = vec![(3, 32, 3, 2, 1, 224, 1), (32, 32, 3, 1, 1, 112, 1), (32, 64, 3, 1, 1, 112, 1)];
+    let mut in_c = 64;
+    let mut size = 56;
+    for (stage, blocks) in [3usize, 4, 23, 3].into_iter().enumerate() {
+        let planes = 64 << stage;
+        let split = planes * 26 / 64;
+        let width = split * 4;
+        let hidden = (width / 4).max(32);
+        let out_c = planes * 4;
+        let out_size = if stage == 0 { size } else { size / 2 };
+        convs.push((in_c, width, 1, 1, 0, size, 1));
+        convs.push((split, split, 3, 1, 1, size, 3));
+        convs.push((width, hidden, 1, 1, 0, 1, blocks));
+        convs.push((hidden, width, 1, 1, 0, 1, blocks));
+        convs.push((width, out_c, 1, 1, 0, out_size, 1));
+        convs.push((in_c, out_c, 1, 1, 0, out_size, 1));
+        convs.push((out_c, width, 1, 1, 0, out_size, blocks - 1));
+        convs.push((split, split, 3, 1, 1, out_size, 3 * (blocks - 1)));
+        convs.push((width, out_c, 1, 1, 0, out_size, blocks - 1));
+        in_c = out_c;
+        size = out_size;
+    }
+    convs
+}
+
 fn median(mut times: Vec<f64>) -> f64 {
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
@@ -78,11 +142,20 @@ fn time_it(iters: usize, device: &Device, mut f: impl FnMut() -> anyhow::Result<
     Ok(median(times))
 }
 
-/// Seconds and FLOPs of forward + both gradients over every ResNet-50 convolution, batch 8.
-fn conv_fwd_bwd(device: &Device) -> anyhow::Result<(f64, f64)> {
+/// Forward + both gradients of one convolution shape, batch 8: seconds of one, FLOPs of one.
+struct ConvTiming {
+    shape: ConvShape,
+    seconds: f64,
+    /// The forward alone.
+    forward: f64,
+    flops: f64,
+}
+
+/// Forward + both gradients of every convolution shape in `set`, batch 8.
+fn conv_fwd_bwd(set: ConvSet, device: &Device) -> anyhow::Result<Vec<ConvTiming>> {
     let batch = 8;
-    let (mut seconds, mut flops) = (0.0, 0.0);
-    for (cin, cout, k, s, p, size, count) in resnet50_convs() {
+    let mut timings = Vec::new();
+    for (cin, cout, k, s, p, size, count) in set.shapes() {
         if count == 0 {
             continue;
         }
@@ -91,20 +164,28 @@ fn conv_fwd_bwd(device: &Device) -> anyhow::Result<(f64, f64)> {
         let config = Conv2dConfig::new(s, p);
         let out_size = (size + 2 * p - k) / s + 1;
         let step_flops = 3.0 * 2.0 * (batch * cout * out_size * out_size * cin * k * k) as f64;
-        let t = time_it(1, device, || {
+        // A median of three runs (this project's machines are shared and noisy), of 21 for tiny
+        // shapes (the SK layer's pooled inputs).
+        let iters = if step_flops < 1e8 { 21 } else { 3 };
+        let forward = time_it(iters, device, || {
+            drop(conv2d_forward(x.as_tensor(), w.as_tensor(), config)?);
+            Ok(())
+        })?;
+        let t = time_it(iters, device, || {
             let ys = conv2d_forward(x.as_tensor(), w.as_tensor(), config)?;
             drop(ys.sum_all()?.backward()?);
             Ok(())
         })?;
-        eprintln!(
-            "  conv {cin:>4}→{cout:<4} {k}×{k}/{s} @{size:<3} ×{count}: {:>7.1} ms  {:>5.1} GFLOP/s",
-            t * 1e3,
-            step_flops / t / 1e9
-        );
-        seconds += t * count as f64;
-        flops += step_flops * count as f64;
+        timings.push(ConvTiming { shape: (cin, cout, k, s, p, size, count), seconds: t, forward, flops: step_flops });
     }
-    Ok((seconds, flops))
+    Ok(timings)
+}
+
+/// Total seconds and GFLOP/s over every shape, each counted as often as the network has it.
+fn conv_totals<'a>(timings: impl Iterator<Item = (&'a ConvShape, f64, f64)>) -> (f64, f64) {
+    let (seconds, flops) = timings
+        .fold((0.0, 0.0), |(s, f), (shape, seconds, flops)| (s + seconds * shape.6 as f64, f + flops * shape.6 as f64));
+    (seconds, flops / seconds / 1e9)
 }
 
 /// BatchNorm training forward + backward over ResNet-50 layer1's activation shape.
@@ -172,7 +253,10 @@ fn tiny_resnet() -> BackboneSpec {
 #[derive(Debug, serde::Deserialize)]
 struct TorchOps {
     torch_version: String,
-    conv_fwd_bwd_gflops: f64,
+    /// Seconds of forward + backward of each shape given, in order.
+    conv_shape_s: Vec<f64>,
+    /// Seconds of the forward alone of each shape.
+    conv_shape_forward_s: Vec<f64>,
     batch_norm_step_s: f64,
     resnet50_step_s: f64,
     tiny_resnet_step_s: f64,
@@ -187,9 +271,10 @@ pub(crate) fn run(args: &OpsBenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     eprintln!("bench ops: {threads} threads, release build: {}", !cfg!(debug_assertions));
-    let (conv_s, conv_flops) = conv_fwd_bwd(&device)?;
-    let conv_gflops = conv_flops / conv_s / 1e9;
-    eprintln!("dmlp conv2d fwd+bwd over ResNet-50's convolutions: {conv_s:.2} s, {conv_gflops:.1} GFLOP/s");
+    let convs = conv_fwd_bwd(args.convs, &device)?;
+    let (conv_s, conv_gflops) = conv_totals(convs.iter().map(|c| (&c.shape, c.seconds, c.flops)));
+    let title = args.convs.title();
+    eprintln!("dmlp conv2d fwd+bwd over {title}'s convolutions: {conv_s:.2} s, {conv_gflops:.1} GFLOP/s");
     let bn_s = batch_norm_step(&device)?;
     eprintln!("dmlp BatchNorm train fwd+bwd (8, 256, 56, 56): {:.1} ms", bn_s * 1e3);
     for (name, rate) in elementwise(&device)? {
@@ -200,18 +285,16 @@ pub(crate) fn run(args: &OpsBenchArgs) -> anyhow::Result<ExitCode> {
     let tiny_s = network_step(tiny_resnet(), 32, 32, args.iters.max(5), &device)?;
     eprintln!("dmlp tiny ResNet step (basic [1,1,1,1], width 16), batch 32 × 32²: {:.1} ms", tiny_s * 1e3);
 
-    let torch = args.python.as_deref().map(|python| run_torch(python, threads, args.iters)).transpose()?;
+    let shapes: Vec<ConvShape> = convs.iter().map(|c| c.shape).collect();
+    let torch = args.python.as_deref().map(|python| run_torch(python, threads, args.iters, &shapes)).transpose()?;
+    print_conv_shapes(&convs, torch.as_ref());
     println!("{:<52} {:>10} {:>10} {:>8}", "measure", "dmlp", "torch", "ratio");
     let row = |name: &str, ours: f64, theirs: Option<f64>, unit: &str| match theirs {
         Some(t) => println!("{name:<52} {ours:>8.3}{unit} {t:>8.3}{unit} {:>7.2}×", ours / t),
         None => println!("{name:<52} {ours:>8.3}{unit} {:>10} {:>8}", "-", "-"),
     };
-    row(
-        "conv2d fwd+bwd, ResNet-50 shapes, batch 8 (GFLOP/s)",
-        conv_gflops,
-        torch.as_ref().map(|t| t.conv_fwd_bwd_gflops),
-        "  ",
-    );
+    let torch_conv_gflops = torch.as_ref().map(|t| torch_conv_totals(&convs, t).1);
+    row(&format!("conv2d fwd+bwd, {title} shapes, batch 8 (GFLOP/s)"), conv_gflops, torch_conv_gflops, "  ");
     row("BatchNorm train fwd+bwd (8,256,56,56)", bn_s, torch.as_ref().map(|t| t.batch_norm_step_s), " s");
     row("ResNet-50 step, batch 8 × 224²", resnet_s, torch.as_ref().map(|t| t.resnet50_step_s), " s");
     row("tiny ResNet step, batch 32 × 32²", tiny_s, torch.as_ref().map(|t| t.tiny_resnet_step_s), " s");
@@ -219,6 +302,7 @@ pub(crate) fn run(args: &OpsBenchArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let mut json = serde_json::json!({
             "threads": threads,
+            "convs": args.convs.name(),
             "conv_fwd_bwd_gflops": conv_gflops,
             "batch_norm_step_s": bn_s,
             "resnet50_step_s": resnet_s,
@@ -226,7 +310,7 @@ pub(crate) fn run(args: &OpsBenchArgs) -> anyhow::Result<ExitCode> {
         });
         if let Some(t) = &torch {
             json["torch_version"] = t.torch_version.clone().into();
-            json["torch_conv_fwd_bwd_gflops"] = t.conv_fwd_bwd_gflops.into();
+            json["torch_conv_fwd_bwd_gflops"] = torch_conv_gflops.into();
             json["torch_batch_norm_step_s"] = t.batch_norm_step_s.into();
             json["torch_resnet50_step_s"] = t.resnet50_step_s.into();
             json["torch_tiny_resnet_step_s"] = t.tiny_resnet_step_s.into();
@@ -236,10 +320,61 @@ pub(crate) fn run(args: &OpsBenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_torch(python: &Path, threads: usize, iters: usize) -> anyhow::Result<TorchOps> {
-    crate::bench::run_python_json(
+/// PyTorch's totals over the same shapes, counted as dmlp's are.
+fn torch_conv_totals(convs: &[ConvTiming], torch: &TorchOps) -> (f64, f64) {
+    conv_totals(convs.iter().zip(&torch.conv_shape_s).map(|(c, &seconds)| (&c.shape, seconds, c.flops)))
+}
+
+/// One line per shape: dmlp's time (of it the forward's) and GFLOP/s, and PyTorch's beside
+/// them when it ran.
+fn print_conv_shapes(convs: &[ConvTiming], torch: Option<&TorchOps>) {
+    eprintln!("  conv shape (batch 8)          count  dmlp ms (fwd)  GFLOP/s  torch ms (fwd)  GFLOP/s  ratio");
+    for (idx, c) in convs.iter().enumerate() {
+        let (cin, cout, k, s, _, size, count) = c.shape;
+        let ms = |total: f64, forward: f64| format!("{:>7.2} ({:>5.2})", total * 1e3, forward * 1e3);
+        let ours = format!("{} {:>8.1}", ms(c.seconds, c.forward), c.flops / c.seconds / 1e9);
+        let theirs = match torch.map(|t| (t.conv_shape_s.get(idx), t.conv_shape_forward_s.get(idx))) {
+            Some((Some(&t), Some(&f))) => {
+                format!(" {} {:>8.1} {:>5.2}×", ms(t, f), c.flops / t / 1e9, c.seconds / t)
+            }
+            _ => String::new(),
+        };
+        eprintln!("  {cin:>4}→{cout:<4} {k}×{k}/{s} @{size:<3}         ×{count:<4} {ours}{theirs}");
+    }
+}
+
+fn run_torch(python: &Path, threads: usize, iters: usize, shapes: &[ConvShape]) -> anyhow::Result<TorchOps> {
+    let shapes_json = serde_json::to_string(shapes)?;
+    let torch: TorchOps = crate::bench::run_python_json(
         python,
         "bench_ops.py",
-        &["--threads".into(), threads.to_string(), "--iters".into(), iters.to_string()],
-    )
+        &["--threads".into(), threads.to_string(), "--iters".into(), iters.to_string(), "--shapes".into(), shapes_json],
+    )?;
+    anyhow::ensure!(
+        [&torch.conv_shape_s, &torch.conv_shape_forward_s]
+            .iter()
+            .all(|times| times.len() == shapes.len() && times.iter().all(|t| t.is_finite() && *t > 0.0)),
+        "bench_ops.py returned {} and {} convolution times, not one positive time per shape ({})",
+        torch.conv_shape_s.len(),
+        torch.conv_shape_forward_s.len(),
+        shapes.len()
+    );
+    Ok(torch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every convolution of each network, counted: ResNet-50 has 53; SK-Res2Net-101 238 (three in
+    /// the stem, seven per block over 33 blocks, one downsample per stage), as many as PyTorch's
+    /// profile of its step calls `mkldnn_convolution`.
+    #[test]
+    fn shape_lists_count_every_convolution() {
+        let count = |set: ConvSet| set.shapes().iter().map(|shape| shape.6).sum::<usize>();
+        assert_eq!(count(ConvSet::Resnet50), 53);
+        assert_eq!(count(ConvSet::Sk2res2net101), 238);
+        // The last stage's 3×3 convolutions run at 7×7 over 208 channels, the width of 512 planes.
+        assert!(sk2res2net101_convs().contains(&(208, 208, 3, 1, 1, 7, 6)));
+    }
 }

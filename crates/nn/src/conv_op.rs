@@ -94,11 +94,14 @@ impl Geometry {
         self.kh == 1 && self.kw == 1 && self.config.stride == 1 && self.config.padding == 0
     }
 
-    /// Images per batch block.
+    /// Images per batch block, the blocks as even as the batch allows: 8 images of 14×14 go
+    /// as 4 + 4, not 6 + 2, whose second product is a third as wide (SK-Res2Net-101's 104→104
+    /// 3×3 at 14², `bench ops --convs sk2res2net101`).
     fn block(&self) -> usize {
         let by_columns = TARGET_BLOCK_COLUMNS.div_ceil(self.out_hw()).max(1);
         let by_memory = (MAX_BLOCK_ELEMENTS / (self.k() * self.out_hw()).max(1)).max(1);
-        by_columns.min(by_memory).min(self.batch).max(1)
+        let most = by_columns.min(by_memory).min(self.batch).max(1);
+        self.batch.div_ceil(self.batch.div_ceil(most).max(1)).max(1)
     }
 
     /// Output columns `[lo, hi)` whose input column `ox·s − p + kx·d` lies inside the image.
@@ -277,13 +280,15 @@ fn backward_input<T: WithDType>(geo: &Geometry, dout: &[T], w: &[T]) -> Vec<T> {
     let mut dx = vec![T::zero(); geo.batch * geo.in_c * geo.in_hw()];
     let mut grad_buffer = Vec::new();
     let mut dcols = Vec::new();
-    let block = if geo.is_pointwise() { 1 } else { geo.block() };
+    // Pointwise convolutions too run in batch blocks: on 14×14 and 7×7 maps one image's product
+    // is too narrow for gemm (SK-Res2Net-101's 832→2048 at 7², `bench ops --convs sk2res2net101`).
+    let block = geo.block();
     for first in (0..geo.batch).step_by(block) {
         let n = block.min(geo.batch - first);
         for group in 0..geo.groups() {
             let grads = block_grad(geo, dout, first, n, group, &mut grad_buffer);
             let w_g = &w[group * og * k..(group + 1) * og * k];
-            if geo.is_pointwise() {
+            if geo.is_pointwise() && n == 1 {
                 // dx[img, group] = W_gᵀ · dout[img, group], written in place.
                 let start = (first * geo.in_c + group * geo.cg()) * geo.in_hw();
                 let dst = &mut dx[start..start + geo.cg() * geo.in_hw()];

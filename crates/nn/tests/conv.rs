@@ -11,7 +11,7 @@ use dmlp_nn::{Conv2dConfig, conv2d_forward};
 /// (batch, in, out, h, w, kernel, stride, padding, dilation, groups)
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize, usize, usize);
 
-const CASES: [Case; 15] = [
+const CASES: [Case; 18] = [
     (2, 3, 4, 9, 7, 3, 1, 1, 1, 1),    // 3×3 same padding, odd sizes
     (2, 3, 8, 17, 15, 7, 2, 3, 1, 1),  // ResNet stem shape, odd sizes
     (3, 8, 6, 6, 6, 1, 1, 0, 1, 1),    // pointwise: no im2col
@@ -27,6 +27,9 @@ const CASES: [Case; 15] = [
     (2, 3, 2, 4, 4, 4, 1, 0, 1, 1),    // kernel as large as the input
     (1, 2, 2, 5, 8, 3, 3, 1, 1, 1),    // stride 3, uneven
     (2, 3, 5, 6, 5, 2, 2, 1, 1, 1),    // even kernel with padding
+    (5, 3, 4, 20, 20, 1, 1, 0, 1, 1),  // pointwise in batch blocks of 3 + 2 images (400-pixel maps)
+    (4, 4, 6, 12, 12, 1, 1, 0, 1, 2),  // grouped pointwise, all four images in one block
+    (7, 2, 3, 16, 16, 3, 1, 1, 1, 1),  // batch blocks of 4 + 3 images
 ];
 
 #[test]

@@ -11,7 +11,7 @@ use dmlp_nn::{Conv2dConfig, conv2d_forward};
 /// (batch, in, out, h, w, kernel, stride, padding, dilation, groups)
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize, usize, usize);
 
-const CASES: [Case; 18] = [
+const CASES: [Case; 20] = [
     (2, 3, 4, 9, 7, 3, 1, 1, 1, 1),    // 3×3 same padding, odd sizes
     (2, 3, 8, 17, 15, 7, 2, 3, 1, 1),  // ResNet stem shape, odd sizes
     (3, 8, 6, 6, 6, 1, 1, 0, 1, 1),    // pointwise: no im2col
@@ -30,6 +30,8 @@ const CASES: [Case; 18] = [
     (5, 3, 4, 20, 20, 1, 1, 0, 1, 1),  // pointwise in batch blocks of 3 + 2 images (400-pixel maps)
     (4, 4, 6, 12, 12, 1, 1, 0, 1, 2),  // grouped pointwise, all four images in one block
     (7, 2, 3, 16, 16, 3, 1, 1, 1, 1),  // batch blocks of 4 + 3 images
+    (2, 3, 4, 3, 2, 5, 1, 2, 1, 1),    // same-size 5×5 on a 3×2 map: taps wholly outside it
+    (2, 2, 3, 2, 2, 5, 1, 2, 1, 1),    // same-size 5×5 on a 2×2 map: whole rows outside it
 ];
 
 #[test]

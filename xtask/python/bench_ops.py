@@ -32,6 +32,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--shape-iters", type=int, default=3)
     parser.add_argument("--shapes", required=True, help="JSON list of [in, out, k, stride, pad, size, count]")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -52,8 +53,9 @@ def main():
             x.grad = None
             w.grad = None
 
-        # As on the Rust side: tiny shapes take a median of more runs.
-        iters = 21 if 3 * 2 * 8 * cout * out * out * cin * k * k < 1e8 else 3
+        # As on the Rust side: tiny shapes take a median of at least 21 runs.
+        tiny = 3 * 2 * 8 * cout * out * out * cin * k * k < 1e8
+        iters = max(args.shape_iters, 21) if tiny else args.shape_iters
         conv_shape_forward_s.append(timed(forward, iters))
         conv_shape_s.append(timed(step, iters))
 

@@ -34,6 +34,11 @@ pub(crate) struct OpsBenchArgs {
     /// Whose convolutions the conv2d figure runs over (both sides).
     #[arg(long, value_enum, default_value_t = ConvSet::Resnet50)]
     convs: ConvSet,
+    /// Timed runs of each convolution shape, the median reported (both sides; 21 for the
+    /// tiny shapes of the SK layer's pooled inputs when fewer). More steadies a comparison of
+    /// two builds on a shared machine.
+    #[arg(long, default_value_t = 3)]
+    shape_iters: usize,
 }
 
 /// The networks whose convolution shapes `bench ops` can time.
@@ -152,7 +157,7 @@ struct ConvTiming {
 }
 
 /// Forward + both gradients of every convolution shape in `set`, batch 8.
-fn conv_fwd_bwd(set: ConvSet, device: &Device) -> anyhow::Result<Vec<ConvTiming>> {
+fn conv_fwd_bwd(set: ConvSet, shape_iters: usize, device: &Device) -> anyhow::Result<Vec<ConvTiming>> {
     let batch = 8;
     let mut timings = Vec::new();
     for (cin, cout, k, s, p, size, count) in set.shapes() {
@@ -164,9 +169,9 @@ fn conv_fwd_bwd(set: ConvSet, device: &Device) -> anyhow::Result<Vec<ConvTiming>
         let config = Conv2dConfig::new(s, p);
         let out_size = (size + 2 * p - k) / s + 1;
         let step_flops = 3.0 * 2.0 * (batch * cout * out_size * out_size * cin * k * k) as f64;
-        // A median of three runs (this project's machines are shared and noisy), of 21 for tiny
-        // shapes (the SK layer's pooled inputs).
-        let iters = if step_flops < 1e8 { 21 } else { 3 };
+        // A median of several runs (this project's machines are shared and noisy), of at least
+        // 21 for tiny shapes (the SK layer's pooled inputs).
+        let iters = if step_flops < 1e8 { shape_iters.max(21) } else { shape_iters };
         let forward = time_it(iters, device, || {
             drop(conv2d_forward(x.as_tensor(), w.as_tensor(), config)?);
             Ok(())
@@ -271,7 +276,7 @@ pub(crate) fn run(args: &OpsBenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     eprintln!("bench ops: {threads} threads, release build: {}", !cfg!(debug_assertions));
-    let convs = conv_fwd_bwd(args.convs, &device)?;
+    let convs = conv_fwd_bwd(args.convs, args.shape_iters, &device)?;
     let (conv_s, conv_gflops) = conv_totals(convs.iter().map(|c| (&c.shape, c.seconds, c.flops)));
     let title = args.convs.title();
     eprintln!("dmlp conv2d fwd+bwd over {title}'s convolutions: {conv_s:.2} s, {conv_gflops:.1} GFLOP/s");
@@ -286,7 +291,11 @@ pub(crate) fn run(args: &OpsBenchArgs) -> anyhow::Result<ExitCode> {
     eprintln!("dmlp tiny ResNet step (basic [1,1,1,1], width 16), batch 32 × 32²: {:.1} ms", tiny_s * 1e3);
 
     let shapes: Vec<ConvShape> = convs.iter().map(|c| c.shape).collect();
-    let torch = args.python.as_deref().map(|python| run_torch(python, threads, args.iters, &shapes)).transpose()?;
+    let torch = args
+        .python
+        .as_deref()
+        .map(|python| run_torch(python, threads, (args.iters, args.shape_iters), &shapes))
+        .transpose()?;
     print_conv_shapes(&convs, torch.as_ref());
     println!("{:<52} {:>10} {:>10} {:>8}", "measure", "dmlp", "torch", "ratio");
     let row = |name: &str, ours: f64, theirs: Option<f64>, unit: &str| match theirs {
@@ -343,13 +352,20 @@ fn print_conv_shapes(convs: &[ConvTiming], torch: Option<&TorchOps>) {
     }
 }
 
-fn run_torch(python: &Path, threads: usize, iters: usize, shapes: &[ConvShape]) -> anyhow::Result<TorchOps> {
-    let shapes_json = serde_json::to_string(shapes)?;
-    let torch: TorchOps = crate::bench::run_python_json(
-        python,
-        "bench_ops.py",
-        &["--threads".into(), threads.to_string(), "--iters".into(), iters.to_string(), "--shapes".into(), shapes_json],
-    )?;
+fn run_torch(
+    python: &Path,
+    threads: usize,
+    (iters, shape_iters): (usize, usize),
+    shapes: &[ConvShape],
+) -> anyhow::Result<TorchOps> {
+    let args = [
+        ("--threads", threads.to_string()),
+        ("--iters", iters.to_string()),
+        ("--shape-iters", shape_iters.to_string()),
+        ("--shapes", serde_json::to_string(shapes)?),
+    ];
+    let args: Vec<String> = args.into_iter().flat_map(|(flag, value)| [flag.to_string(), value]).collect();
+    let torch: TorchOps = crate::bench::run_python_json(python, "bench_ops.py", &args)?;
     anyhow::ensure!(
         [&torch.conv_shape_s, &torch.conv_shape_forward_s]
             .iter()

@@ -26,6 +26,15 @@ const MAX_BLOCK_ELEMENTS: usize = 32 << 20;
 /// product is large even on 7×7 maps.
 const TARGET_BLOCK_COLUMNS: usize = 1024;
 
+/// One tap's image for [`Geometry::shifts_flat`] geometry, as output indices: `rows` the
+/// output rows whose input row is inside the image, `run` (within them) the indices whose
+/// input is inside the plane, read from input index `from` on.
+struct TapRun {
+    rows: std::ops::Range<usize>,
+    run: std::ops::Range<usize>,
+    from: usize,
+}
+
 /// Everything about one convolution's shapes.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
@@ -110,15 +119,25 @@ impl Geometry {
         self.config.stride == 1 && self.out_w == self.in_w
     }
 
-    /// For [`Self::shifts_flat`] geometry and tap `(ky, kx)`: the shift from output to input
-    /// index, and the output rows `[lo, hi)` whose input row lies inside the image.
-    fn tap_shift(&self, ky: usize, kx: usize) -> (isize, usize, usize) {
+    /// For [`Self::shifts_flat`] geometry and tap `(ky, kx)`: the output rows whose input row
+    /// lies inside the image, and within them the run of output indices whose shifted input
+    /// index lies inside the plane (the rest of those rows is padding).
+    fn tap_run(&self, ky: usize, kx: usize) -> TapRun {
         let (d, p) = (self.config.dilation as isize, self.config.padding as isize);
         let (dy, dx) = (ky as isize * d - p, kx as isize * d - p);
+        let shift = dy * self.in_w as isize + dx;
         let rows = self.out_h as isize;
-        let lo = (-dy).clamp(0, rows) as usize;
-        let hi = (self.in_h as isize - dy).clamp(0, rows) as usize;
-        (dy * self.in_w as isize + dx, lo, hi.max(lo))
+        let first_row = (-dy).clamp(0, rows) as usize;
+        let end_row = ((self.in_h as isize - dy).clamp(0, rows) as usize).max(first_row);
+        let (a, b) = ((first_row * self.out_w) as isize, (end_row * self.out_w) as isize);
+        let lo = a.max(-shift).min(b);
+        let hi = b.min(self.in_hw() as isize - shift).max(lo);
+        TapRun {
+            rows: first_row * self.out_w..end_row * self.out_w,
+            run: lo as usize..hi as usize,
+            // An empty run reads nothing: from 0, so that the empty slice stays in bounds.
+            from: if lo < hi { (lo + shift) as usize } else { 0 },
+        }
     }
 
     /// Output columns `[lo, hi)` whose input column `ox·s − p + kx·d` lies inside the image.
@@ -185,21 +204,14 @@ fn shifted_copy<T: WithDType>(
     (ox_lo, ox_hi): (usize, usize),
 ) {
     let w = geo.out_w;
-    let (shift, oy_lo, oy_hi) = geo.tap_shift(ky, kx);
-    let (a, b) = (oy_lo * w, oy_hi * w);
-    dst[..a].fill(T::zero());
-    dst[b..].fill(T::zero());
-    // Output indices whose shifted input index lies in the plane; the others are padding.
-    let lo = (a as isize).max(-shift).min(b as isize) as usize;
-    let hi = (b as isize).min(plane.len() as isize - shift).max(lo as isize) as usize;
-    dst[a..lo].fill(T::zero());
-    dst[hi..b].fill(T::zero());
-    if lo < hi {
-        let from = (lo as isize + shift) as usize;
-        dst[lo..hi].copy_from_slice(&plane[from..from + (hi - lo)]);
-    }
+    let TapRun { rows, run, from } = geo.tap_run(ky, kx);
+    dst[..rows.start].fill(T::zero());
+    dst[rows.end..].fill(T::zero());
+    dst[rows.start..run.start].fill(T::zero());
+    dst[run.end..rows.end].fill(T::zero());
+    dst[run.clone()].copy_from_slice(&plane[from..from + run.len()]);
     if ox_lo > 0 || ox_hi < w {
-        for row in dst[a..b].chunks_mut(w) {
+        for row in dst[rows].chunks_mut(w) {
             row[..ox_lo.min(w)].fill(T::zero());
             row[ox_hi.min(w)..].fill(T::zero());
         }
@@ -214,12 +226,12 @@ fn zero_padding_columns<T: WithDType>(geo: &Geometry, n: usize, cols: &mut [T]) 
     cols.par_chunks_mut(width).enumerate().for_each(|(row, out_row)| {
         let (ky, kx) = ((row / geo.kw) % geo.kh, row % geo.kw);
         let (ox_lo, ox_hi) = geo.valid_range(geo.out_w, geo.in_w, kx);
-        let (_, oy_lo, oy_hi) = geo.tap_shift(ky, kx);
         if ox_lo == 0 && ox_hi >= geo.out_w {
             return;
         }
+        let rows = geo.tap_run(ky, kx).rows;
         for img in out_row.chunks_mut(geo.out_hw()) {
-            for line in img[oy_lo * geo.out_w..oy_hi * geo.out_w].chunks_mut(geo.out_w) {
+            for line in img[rows.clone()].chunks_mut(geo.out_w) {
                 line[..ox_lo.min(geo.out_w)].fill(T::zero());
                 line[ox_hi.min(geo.out_w)..].fill(T::zero());
             }
@@ -258,14 +270,9 @@ fn col2im<T: WithDType>(geo: &Geometry, cols: &mut [T], first_image: usize, n: u
             let row = &cols[(c * taps + tap) * width + img * geo.out_hw()..][..geo.out_hw()];
             if flat {
                 // The valid rows as one shifted run (padding columns zeroed above).
-                let (shift, oy_lo, oy_hi) = geo.tap_shift(ky, kx);
-                let lo = ((oy_lo * geo.out_w) as isize).max(-shift) as usize;
-                let hi = ((oy_hi * geo.out_w) as isize).min(plane.len() as isize - shift).max(lo as isize) as usize;
-                if lo < hi {
-                    let from = (lo as isize + shift) as usize;
-                    for (acc, v) in plane[from..from + (hi - lo)].iter_mut().zip(&row[lo..hi]) {
-                        *acc += *v;
-                    }
+                let TapRun { run, from, .. } = geo.tap_run(ky, kx);
+                for (acc, v) in plane[from..from + run.len()].iter_mut().zip(&row[run]) {
+                    *acc += *v;
                 }
                 continue;
             }

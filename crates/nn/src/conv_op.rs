@@ -19,12 +19,32 @@ use rayon::prelude::*;
 use crate::Conv2dConfig;
 use crate::cpu::{contiguous, dispatch_float};
 use crate::gemm_util::{matmul, matmul_strided};
+use crate::scratch::Scratch;
+use crate::winograd::{self, Winograd};
 
 /// Column buffer budget per batch block, in elements (32 Mi floats = 128 MiB in f32).
 const MAX_BLOCK_ELEMENTS: usize = 32 << 20;
 /// Target width of a block's matrix product, in output pixels: enough images per block that the
 /// product is large even on 7×7 maps.
 const TARGET_BLOCK_COLUMNS: usize = 1024;
+
+/// Channels per group (both sides) for which a 3×3 convolution takes the Winograd path, and
+/// the least output height and width. Measured on an AMD EPYC (Zen 1, AVX2) with 2 threads,
+/// forward + backward at batch 8, Winograd against im2col (`DMLP_CPU_WINOGRAD=0`,
+/// `bench ops --convs resnet50|sk2res2net101`; docs/performance.md): 0.65–0.80× the time from
+/// 104 to 256 channels at 28² and 14², 0.9× at 64 channels and 56²; no gain at 26 and 52
+/// channels (the tile transforms, which stream the tile matrices through memory, cost as much
+/// as the products save) nor at 208 channels on 7² maps (4×4 tiles cover 8×8 there); at 512
+/// channels on 7² maps 1.5× slower; at 16 channels (the smoke runs' tiny ResNet) slower.
+const WINOGRAD_CHANNELS: std::ops::RangeInclusive<usize> = 64..=256;
+const WINOGRAD_MIN_SIDE: usize = 14;
+
+/// Whether 3×3 convolutions may take the Winograd path: `DMLP_CPU_WINOGRAD=0` keeps every
+/// convolution on im2col (for comparing the two in one binary), read once.
+fn winograd_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("DMLP_CPU_WINOGRAD").as_deref() != Ok("0"))
+}
 
 /// One tap's image for [`Geometry::shifts_flat`] geometry, as output indices: `rows` the
 /// output rows whose input row is inside the image, `run` (within them) the indices whose
@@ -138,6 +158,30 @@ impl Geometry {
             // An empty run reads nothing: from 0, so that the empty slice stays in bounds.
             from: if lo < hi { (lo + shift) as usize } else { 0 },
         }
+    }
+
+    /// The Winograd form of this convolution where it applies and pays: 3×3, stride 1,
+    /// padding 1, dilation 1, channels per group in [`WINOGRAD_CHANNELS`] on both sides, maps of
+    /// at least [`WINOGRAD_MIN_SIDE`] a side, unless `DMLP_CPU_WINOGRAD=0`
+    /// (see [`winograd_enabled`]).
+    fn winograd(&self) -> Option<Winograd> {
+        let c = self.config;
+        let fits = self.kh == 3
+            && self.kw == 3
+            && c.stride == 1
+            && c.padding == 1
+            && c.dilation == 1
+            && WINOGRAD_CHANNELS.contains(&self.cg())
+            && WINOGRAD_CHANNELS.contains(&self.og())
+            && self.in_h.min(self.in_w) >= WINOGRAD_MIN_SIDE;
+        (fits && winograd_enabled()).then_some(Winograd {
+            batch: self.batch,
+            in_c: self.in_c,
+            out_c: self.out_c,
+            h: self.in_h,
+            w: self.in_w,
+            groups: self.groups(),
+        })
     }
 
     /// Output columns `[lo, hi)` whose input column `ox·s − p + kx·d` lies inside the image.
@@ -308,23 +352,26 @@ fn block_columns<'a, T: WithDType>(
     first: usize,
     n: usize,
     group: usize,
-    buffer: &'a mut Vec<T>,
+    buffer: &'a mut Scratch<T>,
 ) -> &'a [T] {
     let c0 = group * geo.cg();
     if geo.is_pointwise() && n == 1 {
         let start = (first * geo.in_c + c0) * geo.in_hw();
         return &x[start..start + geo.cg() * geo.in_hw()];
     }
-    buffer.resize(geo.k() * n * geo.out_hw(), T::zero());
-    im2col(geo, x, first, n, c0, buffer);
-    buffer
+    let cols = buffer.slice(geo.k() * n * geo.out_hw(), T::zero());
+    im2col(geo, x, first, n, c0, cols);
+    cols
 }
 
 fn forward<T: WithDType>(geo: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
+    if let Some(plan) = geo.winograd() {
+        return winograd::forward(&plan, x, w);
+    }
     let (og, k, hw) = (geo.og(), geo.k(), geo.out_hw());
     let mut out = vec![T::zero(); geo.batch * geo.out_c * hw];
-    let mut buffer = Vec::new();
-    let mut block_out = Vec::new();
+    let mut buffer = Scratch::take();
+    let mut block_out = Scratch::take();
     let block = geo.block();
     for first in (0..geo.batch).step_by(block) {
         let n = block.min(geo.batch - first);
@@ -337,8 +384,8 @@ fn forward<T: WithDType>(geo: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
                 matmul((og, hw, k), &mut out[start..start + og * hw], hw, false, (w_g, k, 1), (cols, hw, 1));
                 continue;
             }
-            block_out.resize(og * n * hw, T::zero());
-            matmul((og, n * hw, k), &mut block_out, n * hw, false, (w_g, k, 1), (cols, n * hw, 1));
+            let block_out = block_out.slice(og * n * hw, T::zero());
+            matmul((og, n * hw, k), block_out, n * hw, false, (w_g, k, 1), (cols, n * hw, 1));
             for img in 0..n {
                 for o in 0..og {
                     let dst = ((first + img) * geo.out_c + group * og + o) * hw;
@@ -358,14 +405,14 @@ fn block_grad<'a, T: WithDType>(
     first: usize,
     n: usize,
     group: usize,
-    buffer: &'a mut Vec<T>,
+    buffer: &'a mut Scratch<T>,
 ) -> &'a [T] {
     let (og, hw) = (geo.og(), geo.out_hw());
     if n == 1 {
         let start = (first * geo.out_c + group * og) * hw;
         return &dout[start..start + og * hw];
     }
-    buffer.resize(og * n * hw, T::zero());
+    let buffer = buffer.slice(og * n * hw, T::zero());
     for img in 0..n {
         for o in 0..og {
             let src = ((first + img) * geo.out_c + group * og + o) * hw;
@@ -376,10 +423,13 @@ fn block_grad<'a, T: WithDType>(
 }
 
 fn backward_input<T: WithDType>(geo: &Geometry, dout: &[T], w: &[T]) -> Vec<T> {
+    if let Some(plan) = geo.winograd() {
+        return winograd::backward_input(&plan, dout, w);
+    }
     let (og, k, hw) = (geo.og(), geo.k(), geo.out_hw());
     let mut dx = vec![T::zero(); geo.batch * geo.in_c * geo.in_hw()];
-    let mut grad_buffer = Vec::new();
-    let mut dcols = Vec::new();
+    let mut grad_buffer = Scratch::take();
+    let mut dcols = Scratch::take();
     // Pointwise convolutions too run in batch blocks: on 14×14 and 7×7 maps one image's product
     // is too narrow for gemm (SK-Res2Net-101's 832→2048 at 7², `bench ops --convs sk2res2net101`).
     let block = geo.block();
@@ -395,19 +445,22 @@ fn backward_input<T: WithDType>(geo: &Geometry, dout: &[T], w: &[T]) -> Vec<T> {
                 matmul((k, hw, og), dst, hw, false, (w_g, 1, k), (grads, hw, 1));
                 continue;
             }
-            dcols.resize(k * n * hw, T::zero());
-            matmul((k, n * hw, og), &mut dcols, n * hw, false, (w_g, 1, k), (grads, n * hw, 1));
-            col2im(geo, &mut dcols, first, n, group * geo.cg(), &mut dx);
+            let dcols = dcols.slice(k * n * hw, T::zero());
+            matmul((k, n * hw, og), dcols, n * hw, false, (w_g, 1, k), (grads, n * hw, 1));
+            col2im(geo, dcols, first, n, group * geo.cg(), &mut dx);
         }
     }
     dx
 }
 
 fn backward_weight<T: WithDType>(geo: &Geometry, x: &[T], dout: &[T]) -> Vec<T> {
+    if let Some(plan) = geo.winograd() {
+        return winograd::backward_weight(&plan, x, dout);
+    }
     let (og, k, hw) = (geo.og(), geo.k(), geo.out_hw());
     let mut dw = vec![T::zero(); geo.out_c * k];
-    let mut buffer = Vec::new();
-    let mut grad_buffer = Vec::new();
+    let mut buffer = Scratch::take();
+    let mut grad_buffer = Scratch::take();
     let block = geo.block();
     // gemm forms `dout · colsᵀ` with few output rows (O/g ≤ 64) and a long reduction up to 2.5×
     // faster into a transposed destination (64→64 3×3 at 56², forward + backward: 34.9 → 26.3 ms;

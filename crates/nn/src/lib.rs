@@ -51,12 +51,14 @@ mod norm;
 mod pool;
 mod pool_mix_op;
 mod projection_op;
+mod scratch;
 mod sgd_table;
 mod store;
 #[cfg(test)]
 mod test_util;
 mod upload;
 mod vecmat_op;
+mod winograd;
 
 pub use activation_op::{add_relu, relu};
 pub use attention_ops::{gelu, softmax_last_dim};

@@ -11,27 +11,29 @@ use dmlp_nn::{Conv2dConfig, conv2d_forward};
 /// (batch, in, out, h, w, kernel, stride, padding, dilation, groups)
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize, usize, usize);
 
-const CASES: [Case; 20] = [
-    (2, 3, 4, 9, 7, 3, 1, 1, 1, 1),    // 3×3 same padding, odd sizes
-    (2, 3, 8, 17, 15, 7, 2, 3, 1, 1),  // ResNet stem shape, odd sizes
-    (3, 8, 6, 6, 6, 1, 1, 0, 1, 1),    // pointwise: no im2col
-    (2, 8, 6, 7, 9, 1, 2, 0, 1, 1),    // strided 1×1 downsample
-    (2, 4, 4, 9, 9, 3, 1, 2, 2, 1),    // dilation 2
-    (2, 4, 6, 8, 7, 3, 2, 1, 1, 2),    // groups 2, stride 2
-    (1, 6, 6, 5, 5, 3, 1, 1, 1, 6),    // depthwise (its own op)
-    (3, 16, 16, 7, 9, 3, 1, 1, 1, 16), // depthwise as in PVT v2's MLPs, non-square
-    (2, 5, 5, 8, 6, 5, 2, 2, 1, 5),    // depthwise 5×5, stride 2
-    (2, 4, 4, 6, 7, 3, 1, 0, 1, 4),    // depthwise without padding
-    (3, 2, 3, 24, 24, 3, 1, 1, 1, 1),  // several batch blocks (24² outputs)
-    (40, 2, 3, 5, 5, 3, 1, 0, 1, 1),   // many images per block, 3² outputs
-    (2, 3, 2, 4, 4, 4, 1, 0, 1, 1),    // kernel as large as the input
-    (1, 2, 2, 5, 8, 3, 3, 1, 1, 1),    // stride 3, uneven
-    (2, 3, 5, 6, 5, 2, 2, 1, 1, 1),    // even kernel with padding
-    (5, 3, 4, 20, 20, 1, 1, 0, 1, 1),  // pointwise in batch blocks of 3 + 2 images (400-pixel maps)
-    (4, 4, 6, 12, 12, 1, 1, 0, 1, 2),  // grouped pointwise, all four images in one block
-    (7, 2, 3, 16, 16, 3, 1, 1, 1, 1),  // batch blocks of 4 + 3 images
-    (2, 3, 4, 3, 2, 5, 1, 2, 1, 1),    // same-size 5×5 on a 3×2 map: taps wholly outside it
-    (2, 2, 3, 2, 2, 5, 1, 2, 1, 1),    // same-size 5×5 on a 2×2 map: whole rows outside it
+const CASES: [Case; 22] = [
+    (2, 3, 4, 9, 7, 3, 1, 1, 1, 1),       // 3×3 same padding, odd sizes
+    (2, 3, 8, 17, 15, 7, 2, 3, 1, 1),     // ResNet stem shape, odd sizes
+    (3, 8, 6, 6, 6, 1, 1, 0, 1, 1),       // pointwise: no im2col
+    (2, 8, 6, 7, 9, 1, 2, 0, 1, 1),       // strided 1×1 downsample
+    (2, 4, 4, 9, 9, 3, 1, 2, 2, 1),       // dilation 2
+    (2, 4, 6, 8, 7, 3, 2, 1, 1, 2),       // groups 2, stride 2
+    (1, 6, 6, 5, 5, 3, 1, 1, 1, 6),       // depthwise (its own op)
+    (3, 16, 16, 7, 9, 3, 1, 1, 1, 16),    // depthwise as in PVT v2's MLPs, non-square
+    (2, 5, 5, 8, 6, 5, 2, 2, 1, 5),       // depthwise 5×5, stride 2
+    (2, 4, 4, 6, 7, 3, 1, 0, 1, 4),       // depthwise without padding
+    (3, 2, 3, 24, 24, 3, 1, 1, 1, 1),     // several batch blocks (24² outputs)
+    (40, 2, 3, 5, 5, 3, 1, 0, 1, 1),      // many images per block, 3² outputs
+    (2, 3, 2, 4, 4, 4, 1, 0, 1, 1),       // kernel as large as the input
+    (1, 2, 2, 5, 8, 3, 3, 1, 1, 1),       // stride 3, uneven
+    (2, 3, 5, 6, 5, 2, 2, 1, 1, 1),       // even kernel with padding
+    (5, 3, 4, 20, 20, 1, 1, 0, 1, 1),     // pointwise in batch blocks of 3 + 2 images (400-pixel maps)
+    (4, 4, 6, 12, 12, 1, 1, 0, 1, 2),     // grouped pointwise, all four images in one block
+    (7, 2, 3, 16, 16, 3, 1, 1, 1, 1),     // batch blocks of 4 + 3 images
+    (2, 3, 4, 3, 2, 5, 1, 2, 1, 1),       // same-size 5×5 on a 3×2 map: taps wholly outside it
+    (2, 2, 3, 2, 2, 5, 1, 2, 1, 1),       // same-size 5×5 on a 2×2 map: whole rows outside it
+    (2, 64, 72, 15, 14, 3, 1, 1, 1, 1),   // 3×3 with 64+ channels on 14²+ maps: Winograd, odd side
+    (1, 128, 128, 14, 16, 3, 1, 1, 1, 2), // Winograd in two groups of 64
 ];
 
 #[test]

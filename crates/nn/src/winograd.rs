@@ -75,6 +75,24 @@ impl Winograd {
         self.batch.div_ceil(self.batch.div_ceil(most))
     }
 
+    /// The batch blocks, as (first image, images).
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
+        let (block, batch) = (self.block(), self.batch);
+        (0..batch).step_by(block).map(move |first| (first, block.min(batch - first)))
+    }
+
+    /// The tile matrix `V` (`[C][16][tiles]`) of images `first..first + n` of `x`, in `buffer`.
+    fn transformed_input<'a, T: WithDType>(
+        &self,
+        x: &[T],
+        (first, n): (usize, usize),
+        buffer: &'a mut Scratch<T>,
+    ) -> &'a [T] {
+        let v = buffer.slice(self.in_c * XI * n * self.tiles_per_image(), T::zero());
+        input_transform(self, &x[first * self.in_c * self.hw()..(first + n) * self.in_c * self.hw()], n, v);
+        v
+    }
+
     /// The same convolution run backwards: `dout` in, the input gradient out.
     fn transposed(&self) -> Self {
         Self { in_c: self.out_c, out_c: self.in_c, ..*self }
@@ -87,12 +105,9 @@ pub(crate) fn forward<T: WithDType>(s: &Winograd, x: &[T], w: &[T]) -> Vec<T> {
     let tpi = s.tiles_per_image();
     let mut out = vec![T::zero(); s.batch * s.out_c * s.hw()];
     let (mut v_buffer, mut m_buffer) = (Scratch::take(), Scratch::take());
-    let block = s.block();
-    for first in (0..s.batch).step_by(block) {
-        let n = block.min(s.batch - first);
+    for (first, n) in s.blocks() {
         let tiles = n * tpi;
-        let v = v_buffer.slice(s.in_c * XI * tiles, T::zero());
-        input_transform(s, &x[first * s.in_c * s.hw()..(first + n) * s.in_c * s.hw()], n, v);
+        let v = s.transformed_input(x, (first, n), &mut v_buffer);
         let m = m_buffer.slice(XI * s.out_c * tiles, T::zero());
         // M[ξ] = U[ξ] · V[ξ] per group: U is [16][O][C/g], V [C][16][tiles], M [16][O][tiles].
         let (og, cg) = (s.og(), s.cg());
@@ -138,15 +153,12 @@ pub(crate) fn backward_weight<T: WithDType>(s: &Winograd, x: &[T], dout: &[T]) -
     // dU[ξ] = Σ over blocks of dM[ξ] · V[ξ]ᵀ: [16][O][C/g].
     let mut du = vec![T::zero(); XI * s.out_c * cg];
     let (mut v_buffer, mut dm_buffer) = (Scratch::take(), Scratch::take());
-    let block = s.block();
-    for first in (0..s.batch).step_by(block) {
-        let n = block.min(s.batch - first);
+    for (first, n) in s.blocks() {
         let tiles = n * tpi;
-        let v = v_buffer.slice(s.in_c * XI * tiles, T::zero());
-        input_transform(s, &x[first * s.in_c * s.hw()..(first + n) * s.in_c * s.hw()], n, v);
+        let v = s.transformed_input(x, (first, n), &mut v_buffer);
         let dm = dm_buffer.slice(s.out_c * XI * tiles, T::zero());
         output_gradient_transform(s, &dout[first * s.out_c * s.hw()..(first + n) * s.out_c * s.hw()], n, dm);
-        let (v, dm) = (&*v, &*dm);
+        let dm = &*dm;
         du.par_chunks_mut(s.out_c * cg).enumerate().for_each(|(xi, du_xi)| {
             for g in 0..s.groups {
                 matmul_serial(

@@ -28,8 +28,8 @@ const MAX_BLOCK_ELEMENTS: usize = 32 << 20;
 /// product is large even on 7×7 maps.
 const TARGET_BLOCK_COLUMNS: usize = 1024;
 
-/// Channels per group (both sides) for which a 3×3 convolution takes the Winograd path, and
-/// the least output height and width. Measured on an AMD EPYC (Zen 1, AVX2) with 2 threads,
+/// Channels per group (both sides) for which a 3×3 convolution takes the Winograd path; with
+/// [`WINOGRAD_MIN_SIDE`], the least height and width of its map. Measured on an AMD EPYC (Zen 1, AVX2) with 2 threads,
 /// forward + backward at batch 8, Winograd against im2col (`DMLP_CPU_WINOGRAD=0`,
 /// `bench ops --convs resnet50|sk2res2net101`; docs/performance.md): 0.65–0.80× the time from
 /// 104 to 256 channels at 28² and 14², 0.9× at 64 channels and 56²; no gain at 26 and 52
@@ -37,7 +37,15 @@ const TARGET_BLOCK_COLUMNS: usize = 1024;
 /// as the products save) nor at 208 channels on 7² maps (4×4 tiles cover 8×8 there); at 512
 /// channels on 7² maps 1.5× slower; at 16 channels (the smoke runs' tiny ResNet) slower.
 const WINOGRAD_CHANNELS: std::ops::RangeInclusive<usize> = 64..=256;
+/// The least side of a map that takes the Winograd path (see [`WINOGRAD_CHANNELS`]).
 const WINOGRAD_MIN_SIDE: usize = 14;
+
+/// Images per block when `batch` images go in blocks of at most `most` (at least one), the
+/// blocks as even as the batch allows: 8 images at most 6 a block go as 4 + 4, not 6 + 2.
+pub(crate) fn even_block(batch: usize, most: usize) -> usize {
+    let most = most.clamp(1, batch.max(1));
+    batch.div_ceil(batch.div_ceil(most).max(1)).max(1)
+}
 
 /// Whether 3×3 convolutions may take the Winograd path: `DMLP_CPU_WINOGRAD=0` keeps every
 /// convolution on im2col (for comparing the two in one binary), read once.
@@ -129,8 +137,7 @@ impl Geometry {
     fn block(&self) -> usize {
         let by_columns = TARGET_BLOCK_COLUMNS.div_ceil(self.out_hw()).max(1);
         let by_memory = (MAX_BLOCK_ELEMENTS / (self.k() * self.out_hw()).max(1)).max(1);
-        let most = by_columns.min(by_memory).min(self.batch).max(1);
-        self.batch.div_ceil(self.batch.div_ceil(most).max(1)).max(1)
+        even_block(self.batch, by_columns.min(by_memory))
     }
 
     /// Stride 1 with the output as wide as the input (a 3×3 with padding 1, say): each tap reads

@@ -22,6 +22,7 @@
 use candle_core::WithDType;
 use rayon::prelude::*;
 
+use crate::conv_op::even_block;
 use crate::gemm_util::matmul_serial;
 use crate::scratch::Scratch;
 
@@ -67,12 +68,8 @@ impl Winograd {
     /// Images per batch block: as many as fit the budget for the larger of the two tile
     /// matrices (input and output channels), the blocks as even as the batch allows.
     fn block(&self) -> usize {
-        if self.batch == 0 {
-            return 1;
-        }
         let per_image = self.in_c.max(self.out_c) * XI * self.tiles_per_image();
-        let most = (MAX_BLOCK_ELEMENTS / per_image.max(1)).clamp(1, self.batch.max(1));
-        self.batch.div_ceil(self.batch.div_ceil(most))
+        even_block(self.batch, MAX_BLOCK_ELEMENTS / per_image.max(1))
     }
 
     /// The batch blocks, as (first image, images).

@@ -29,16 +29,19 @@ const MAX_BLOCK_ELEMENTS: usize = 32 << 20;
 const TARGET_BLOCK_COLUMNS: usize = 1024;
 
 /// Channels per group (both sides) for which a 3×3 convolution takes the Winograd path; with
-/// [`WINOGRAD_MIN_SIDE`], the least height and width of its map. Measured on an AMD EPYC (Zen 1, AVX2) with 2 threads,
-/// forward + backward at batch 8, Winograd against im2col (`DMLP_CPU_WINOGRAD=0`,
-/// `bench ops --convs resnet50|sk2res2net101`; docs/performance.md): 0.65–0.80× the time from
-/// 104 to 256 channels at 28² and 14², 0.9× at 64 channels and 56²; no gain at 26 and 52
-/// channels (the tile transforms, which stream the tile matrices through memory, cost as much
-/// as the products save) nor at 208 channels on 7² maps (4×4 tiles cover 8×8 there); at 512
-/// channels on 7² maps 1.5× slower; at 16 channels (the smoke runs' tiny ResNet) slower.
-const WINOGRAD_CHANNELS: std::ops::RangeInclusive<usize> = 64..=256;
-/// The least side of a map that takes the Winograd path (see [`WINOGRAD_CHANNELS`]).
-const WINOGRAD_MIN_SIDE: usize = 14;
+/// [`WINOGRAD_MIN_SIDE`], the least height and width of its map. Measured on an AMD EPYC Zen 4
+/// (AVX-512) with 2 threads, forward + backward at batch 8, Winograd against im2col
+/// (`DMLP_CPU_WINOGRAD=all` against `=0`, `bench ops --convs resnet50|sk2res2net101`;
+/// docs/performance.md, session 23): 0.56–0.95× the time on every 3×3 shape of ResNet-50 and
+/// SK-Res2Net-101 from 26 to 512 channels and 7² to 112² maps, with one of four runs slower
+/// at 26 channels on 56² and one at 52; the smoke runs' 16-channel ResNet gave no clear answer
+/// and stays on im2col. Outside the range nothing was measured. (Session 22's Zen 1 figures,
+/// before the transforms were vectorised and the blocks cut to 4 MiB, had it lose at 52
+/// channels and below and at 7² maps.)
+const WINOGRAD_CHANNELS: std::ops::RangeInclusive<usize> = 24..=512;
+/// The least side of a map that takes the Winograd path (see [`WINOGRAD_CHANNELS`]): on 7² maps
+/// 4×4 tiles of 2×2 outputs cover 8×8, and it still paid there (208 and 512 channels).
+const WINOGRAD_MIN_SIDE: usize = 7;
 
 /// Images per block when `batch` images go in blocks of at most `most` (at least one), the
 /// blocks as even as the batch allows: 8 images at most 6 a block go as 4 + 4, not 6 + 2.
@@ -47,11 +50,24 @@ pub(crate) fn even_block(batch: usize, most: usize) -> usize {
     batch.div_ceil(batch.div_ceil(most).max(1)).max(1)
 }
 
-/// Whether 3×3 convolutions may take the Winograd path: `DMLP_CPU_WINOGRAD=0` keeps every
-/// convolution on im2col (for comparing the two in one binary), read once.
-fn winograd_enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("DMLP_CPU_WINOGRAD").as_deref() != Ok("0"))
+/// Which 3×3 convolutions take the Winograd path, from `DMLP_CPU_WINOGRAD` (read once): unset,
+/// those the thresholds pick; `0`, none (every convolution on im2col); `all`, every 3×3 one with
+/// stride 1 and padding 1 whatever its channels and map. The last two are for measuring the two
+/// paths against each other in one binary, as the thresholds were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WinogradUse {
+    Thresholds,
+    Never,
+    Always,
+}
+
+fn winograd_use() -> WinogradUse {
+    static USE: std::sync::OnceLock<WinogradUse> = std::sync::OnceLock::new();
+    *USE.get_or_init(|| match std::env::var("DMLP_CPU_WINOGRAD").as_deref() {
+        Ok("0") => WinogradUse::Never,
+        Ok("all") => WinogradUse::Always,
+        _ => WinogradUse::Thresholds,
+    })
 }
 
 /// One tap's image for [`Geometry::shifts_flat`] geometry, as output indices: `rows` the
@@ -169,19 +185,20 @@ impl Geometry {
 
     /// The Winograd form of this convolution where it applies and pays: 3×3, stride 1,
     /// padding 1, dilation 1, channels per group in [`WINOGRAD_CHANNELS`] on both sides, maps of
-    /// at least [`WINOGRAD_MIN_SIDE`] a side, unless `DMLP_CPU_WINOGRAD=0`
-    /// (see [`winograd_enabled`]).
+    /// at least [`WINOGRAD_MIN_SIDE`] a side, unless `DMLP_CPU_WINOGRAD` says otherwise
+    /// (see [`winograd_use`]).
     fn winograd(&self) -> Option<Winograd> {
         let c = self.config;
-        let fits = self.kh == 3
-            && self.kw == 3
-            && c.stride == 1
-            && c.padding == 1
-            && c.dilation == 1
-            && WINOGRAD_CHANNELS.contains(&self.cg())
+        let fits = self.kh == 3 && self.kw == 3 && c.stride == 1 && c.padding == 1 && c.dilation == 1;
+        let pays = WINOGRAD_CHANNELS.contains(&self.cg())
             && WINOGRAD_CHANNELS.contains(&self.og())
             && self.in_h.min(self.in_w) >= WINOGRAD_MIN_SIDE;
-        (fits && winograd_enabled()).then_some(Winograd {
+        let taken = match winograd_use() {
+            WinogradUse::Thresholds => fits && pays,
+            WinogradUse::Never => false,
+            WinogradUse::Always => fits,
+        };
+        taken.then_some(Winograd {
             batch: self.batch,
             in_c: self.in_c,
             out_c: self.out_c,

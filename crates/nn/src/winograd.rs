@@ -413,8 +413,8 @@ fn output_gradient_transform<T: WithDType>(s: &Winograd, dout: &[T], n: usize, d
                     let (even, odd) = pair.split_at_mut(tw);
                     let y = 2 * ty + dy;
                     if y < s.h {
-                        for (k, pair) in plane[y * s.w..][..s.w].chunks(2).enumerate() {
-                            (even[k], odd[k]) = (pair[0], pair.get(1).copied().unwrap_or(T::zero()));
+                        for (k, columns) in plane[y * s.w..][..s.w].chunks(2).enumerate() {
+                            (even[k], odd[k]) = (columns[0], columns.get(1).copied().unwrap_or(T::zero()));
                         }
                     } else {
                         even.fill(T::zero());

@@ -5,7 +5,7 @@
 //! heap, `memory.rs`) or page faults (without): about a millisecond per 10 MiB on this project's
 //! machines, a tenth of a 3×3 convolution at 56². A buffer from the pool is filled only where it
 //! grows; its old contents stay, so every caller writes what it reads. The pool holds as many
-//! vectors as were in use at once on the thread (two per convolution), each as long as the
+//! vectors as were in use at once on the thread (two or three per convolution), each as long as the
 //! longest use it served: memory glibc would keep in the heap anyway (`keep_freed_memory`).
 
 use std::any::Any;

@@ -39,10 +39,33 @@ pub(crate) trait Real:
     fn max(self, other: Self) -> Self;
     fn recip(self) -> Self;
     fn erf(self) -> Self;
+
+    /// `out[i] = x·Φ(x)` of `xs[i]`, Φ the standard normal's distribution function.
+    fn gelu_into(out: &mut [Self], xs: &[Self]) {
+        for (o, &x) in out.iter_mut().zip(xs) {
+            *o = Self::HALF * x * (Self::ONE + (x * Self::FRAC_1_SQRT_2).erf());
+        }
+    }
+
+    /// `dx[i] = dy·(Φ(x) + x·φ(x))` of `xs[i]`, `dys[i]`, φ the standard normal's density.
+    fn gelu_backward_into(dx: &mut [Self], xs: &[Self], dys: &[Self]) {
+        for ((o, &x), &dy) in dx.iter_mut().zip(xs).zip(dys) {
+            let cdf = Self::HALF * (Self::ONE + (x * Self::FRAC_1_SQRT_2).erf());
+            let pdf = Self::FRAC_1_SQRT_2PI * (-Self::HALF * x * x).exp();
+            *o = dy * (cdf + x * pdf);
+        }
+    }
+
+    /// `values[i] = exp(values[i] − shift)`.
+    fn exp_shifted(values: &mut [Self], shift: Self) {
+        for v in values.iter_mut() {
+            *v = (*v - shift).exp();
+        }
+    }
 }
 
 macro_rules! real {
-    ($t:ident, $erf:path) => {
+    ($t:ident, $exp:path, $erf:path $(, $slices:item)*) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -50,8 +73,9 @@ macro_rules! real {
             const NEG_INFINITY: Self = $t::NEG_INFINITY;
             const FRAC_1_SQRT_2: Self = std::$t::consts::FRAC_1_SQRT_2;
             const FRAC_1_SQRT_2PI: Self = (0.398_942_280_401_432_7_f64) as $t;
+            #[inline(always)]
             fn exp(self) -> Self {
-                $t::exp(self)
+                $exp(self)
             }
             fn max(self, other: Self) -> Self {
                 $t::max(self, other)
@@ -59,15 +83,33 @@ macro_rules! real {
             fn recip(self) -> Self {
                 $t::recip(self)
             }
+            #[inline(always)]
             fn erf(self) -> Self {
                 $erf(self)
             }
+            $($slices)*
         }
     };
 }
 
-real!(f32, candle_core::cpu::erf::erf_f32);
-real!(f64, candle_core::cpu::erf::erf_f64);
+// f32 through `vecmath`: branch-free `exp` and `erf`, and the slice passes compiled for the
+// CPU's widest vectors. f64 (the tests' reference precision) through the standard library and
+// libm, one element at a time.
+real!(
+    f32,
+    crate::vecmath::exp,
+    crate::vecmath::erf,
+    fn gelu_into(out: &mut [f32], xs: &[f32]) {
+        crate::vecmath::gelu(out, xs)
+    },
+    fn gelu_backward_into(dx: &mut [f32], xs: &[f32], dys: &[f32]) {
+        crate::vecmath::gelu_backward(dx, xs, dys)
+    },
+    fn exp_shifted(values: &mut [f32], shift: f32) {
+        crate::vecmath::exp_shifted(values, shift)
+    }
+);
+real!(f64, f64::exp, candle_core::cpu::erf::erf_f64);
 
 fn rows_per_task(row_len: usize) -> usize {
     (CHUNK / row_len.max(1)).max(1)
@@ -79,11 +121,9 @@ pub(crate) fn softmax_rows<T: Real>(x: &[T], row_len: usize) -> Vec<T> {
     y.par_chunks_mut(task).zip(x.par_chunks(task)).for_each(|(out, inp)| {
         for (o, i) in out.chunks_mut(row_len).zip(inp.chunks(row_len)) {
             let max = i.iter().copied().fold(T::NEG_INFINITY, Real::max);
-            let mut sum = T::ZERO;
-            for (o, &v) in o.iter_mut().zip(i) {
-                *o = (v - max).exp();
-                sum += *o;
-            }
+            o.copy_from_slice(i);
+            T::exp_shifted(o, max);
+            let sum = o.iter().fold(T::ZERO, |acc, &e| acc + e);
             let inv = sum.recip();
             for o in o.iter_mut() {
                 *o *= inv;
@@ -109,27 +149,17 @@ fn softmax_backward_rows<T: Real>(y: &[T], dy: &[T], row_len: usize) -> Vec<T> {
 }
 
 fn gelu_slice<T: Real>(x: &[T]) -> Vec<T> {
-    let (half, inv_sqrt2) = (T::HALF, T::FRAC_1_SQRT_2);
     let mut y = vec![T::ZERO; x.len()];
-    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, inp)| {
-        for (o, &v) in out.iter_mut().zip(inp) {
-            *o = half * v * (T::ONE + (v * inv_sqrt2).erf());
-        }
-    });
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, inp)| T::gelu_into(out, inp));
     y
 }
 
 /// `dy · (Φ(x) + x·φ(x))`, Φ the standard normal's distribution and φ its density.
 fn gelu_backward_slice<T: Real>(x: &[T], dy: &[T]) -> Vec<T> {
-    let (half, inv_sqrt2, inv_sqrt_2pi) = (T::HALF, T::FRAC_1_SQRT_2, T::FRAC_1_SQRT_2PI);
     let mut dx = vec![T::ZERO; x.len()];
-    dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(out, (xs, gs))| {
-        for ((o, &v), &g) in out.iter_mut().zip(xs).zip(gs) {
-            let cdf = half * (T::ONE + (v * inv_sqrt2).erf());
-            let pdf = inv_sqrt_2pi * (-half * v * v).exp();
-            *o = g * (cdf + v * pdf);
-        }
-    });
+    dx.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(out, (xs, gs))| T::gelu_backward_into(out, xs, gs));
     dx
 }
 

@@ -58,6 +58,7 @@ mod store;
 mod test_util;
 mod upload;
 mod vecmat_op;
+mod vecmath;
 mod winograd;
 
 pub use activation_op::{add_relu, relu};

@@ -63,11 +63,8 @@ fn probabilities<T: Real>(s: &Sizes, h: usize, q: &[T], kv: &[T], bias: Option<&
     matmul_serial_scaled((n, m, d), (p, m, 1), true, (&q[h * d..], c, 1), (&kv[h * d..], 1, 2 * c), scale);
     for row in p.chunks_mut(m) {
         let max = row.iter().copied().fold(T::NEG_INFINITY, Real::max);
-        let mut sum = T::ZERO;
-        for v in row.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v;
-        }
+        T::exp_shifted(row, max);
+        let sum = row.iter().fold(T::ZERO, |acc, &e| acc + e);
         let inv = sum.recip();
         for v in row.iter_mut() {
             *v *= inv;

@@ -66,6 +66,12 @@ def main():
         bn(xb).sum().backward()
         xb.grad = None
 
+    xg = torch.randn(8, 3136, 512, requires_grad=True)
+
+    def gelu_step():
+        F.gelu(xg).sum().backward()
+        xg.grad = None
+
     def network(block, layers, width, batch, size, iters):
         net = ResNetFeatures(block, layers, width).train()
         fc = nn.Linear(net.num_features, 10)
@@ -84,6 +90,7 @@ def main():
         "conv_shape_s": conv_shape_s,
         "conv_shape_forward_s": conv_shape_forward_s,
         "batch_norm_step_s": timed(bn_step, 3),
+        "gelu_step_s": timed(gelu_step, 3),
         "resnet50_step_s": network(Bottleneck, (3, 4, 6, 3), 64, 8, 224, args.iters),
         "tiny_resnet_step_s": network(BasicBlock, (1, 1, 1, 1), 16, 32, 32, max(args.iters, 5)),
     }

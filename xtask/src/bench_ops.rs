@@ -11,7 +11,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use dmlp_backbones::{BackbonePreset, BackboneSpec, BlockKind, CustomBackbone};
 use dmlp_model::{Classifier, ModelConfig};
-use dmlp_nn::{Conv2dConfig, ParamStore, batch_norm, conv2d_forward};
+use dmlp_nn::{Conv2dConfig, ParamStore, batch_norm, conv2d_forward, gelu};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct OpsBenchArgs {
@@ -205,6 +205,16 @@ fn batch_norm_step(device: &Device) -> anyhow::Result<f64> {
     })
 }
 
+/// GELU (exact, erf) forward + backward over PVT-v2-b2's first-stage MLP hidden activation,
+/// `[8, 3136, 512]` (its largest; the stage runs it three times a step), f32.
+fn gelu_step(device: &Device) -> anyhow::Result<f64> {
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (8, 3136, 512), device)?)?;
+    time_it(3, device, || {
+        drop(gelu(x.as_tensor())?.sum_all()?.backward()?);
+        Ok(())
+    })
+}
+
 /// Memory-bound ops over one activation (`[64, 256, 56, 56]` on a GPU, `[8, 256, 56, 56]` on
 /// the CPU, f32): achieved GB/s of bytes read and written, median of three. `zeros + add` is
 /// what candle's backward does for every gradient edge (`GradStore::or_insert`).
@@ -263,6 +273,7 @@ struct TorchOps {
     /// Seconds of the forward alone of each shape.
     conv_shape_forward_s: Vec<f64>,
     batch_norm_step_s: f64,
+    gelu_step_s: f64,
     resnet50_step_s: f64,
     tiny_resnet_step_s: f64,
 }
@@ -282,6 +293,8 @@ pub(crate) fn run(args: &OpsBenchArgs) -> anyhow::Result<ExitCode> {
     eprintln!("dmlp conv2d fwd+bwd over {title}'s convolutions: {conv_s:.2} s, {conv_gflops:.1} GFLOP/s");
     let bn_s = batch_norm_step(&device)?;
     eprintln!("dmlp BatchNorm train fwd+bwd (8, 256, 56, 56): {:.1} ms", bn_s * 1e3);
+    let gelu_s = gelu_step(&device)?;
+    eprintln!("dmlp GELU fwd+bwd (8, 3136, 512): {:.1} ms", gelu_s * 1e3);
     for (name, rate) in elementwise(&device)? {
         eprintln!("dmlp {name} over one activation (f32): {rate:.0} GB/s");
     }
@@ -305,6 +318,7 @@ pub(crate) fn run(args: &OpsBenchArgs) -> anyhow::Result<ExitCode> {
     let torch_conv_gflops = torch.as_ref().map(|t| torch_conv_totals(&convs, t).1);
     row(&format!("conv2d fwd+bwd, {title} shapes, batch 8 (GFLOP/s)"), conv_gflops, torch_conv_gflops, "  ");
     row("BatchNorm train fwd+bwd (8,256,56,56)", bn_s, torch.as_ref().map(|t| t.batch_norm_step_s), " s");
+    row("GELU fwd+bwd (8,3136,512)", gelu_s, torch.as_ref().map(|t| t.gelu_step_s), " s");
     row("ResNet-50 step, batch 8 × 224²", resnet_s, torch.as_ref().map(|t| t.resnet50_step_s), " s");
     row("tiny ResNet step, batch 32 × 32²", tiny_s, torch.as_ref().map(|t| t.tiny_resnet_step_s), " s");
     println!("(ratio = dmlp / PyTorch: for GFLOP/s above 1 is faster, for seconds below 1 is faster)");
@@ -314,6 +328,7 @@ pub(crate) fn run(args: &OpsBenchArgs) -> anyhow::Result<ExitCode> {
             "convs": args.convs.name(),
             "conv_fwd_bwd_gflops": conv_gflops,
             "batch_norm_step_s": bn_s,
+            "gelu_step_s": gelu_s,
             "resnet50_step_s": resnet_s,
             "tiny_resnet_step_s": tiny_s,
         });
@@ -321,6 +336,7 @@ pub(crate) fn run(args: &OpsBenchArgs) -> anyhow::Result<ExitCode> {
             json["torch_version"] = t.torch_version.clone().into();
             json["torch_conv_fwd_bwd_gflops"] = torch_conv_gflops.into();
             json["torch_batch_norm_step_s"] = t.batch_norm_step_s.into();
+            json["torch_gelu_step_s"] = t.gelu_step_s.into();
             json["torch_resnet50_step_s"] = t.resnet50_step_s.into();
             json["torch_tiny_resnet_step_s"] = t.tiny_resnet_step_s.into();
         }

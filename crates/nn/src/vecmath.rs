@@ -110,25 +110,31 @@ pub(crate) fn erf(x: f32) -> f32 {
     if a <= ERF_SERIES_END { series } else { tail }
 }
 
-/// Defines `$name` as its loop `$body` compiled three times, for AVX-512, for AVX2 and for
-/// x86-64's baseline (SSE2), calling the first the CPU reports: one binary uses 16, 8 or 4 lanes.
-/// Every copy gives the same bits: none fuses a multiply with an add (Rust never contracts them),
-/// and the loops' lanes do not interact. On this project's AVX-512 machine `erf` over a slice ran
-/// 4.4× faster with AVX-512 than with SSE2, 2.4× with AVX2 (docs/performance.md, session 24).
+/// Defines the function `$name` as its body compiled three times, for AVX-512, for AVX2 and for
+/// x86-64's baseline (SSE2), calling the first the CPU reports: one binary uses 16, 8 or 4 lanes
+/// in the loops the body has. The body and the `#[inline(always)]` functions it calls are inlined
+/// into each copy (closures and other calls are not: LLVM does not inline them across the target
+/// features, so a loop calling one stays scalar). Every copy gives the same bits: none fuses a
+/// multiply with an add (Rust never contracts them), and the loops' lanes do not interact. On
+/// this project's AVX-512 machine `erf` over a slice ran 4.4× faster with AVX-512 than with SSE2,
+/// 2.4× with AVX2 (docs/performance.md, session 24).
 macro_rules! widest {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident $(<$gen:ident: $bound:path>)? ($($arg:ident: $ty:ty),* $(,)?) $body:block
+    ) => {
         $(#[$meta])*
-        pub(crate) fn $name($($arg: $ty),*) {
+        $vis fn $name $(<$gen: $bound>)? ($($arg: $ty),*) {
             #[inline(always)]
-            fn run($($arg: $ty),*) $body
+            fn run $(<$gen: $bound>)? ($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f")]
-            fn avx512($($arg: $ty),*) {
+            fn avx512 $(<$gen: $bound>)? ($($arg: $ty),*) {
                 run($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2")]
-            fn avx2($($arg: $ty),*) {
+            fn avx2 $(<$gen: $bound>)? ($($arg: $ty),*) {
                 run($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
@@ -146,10 +152,11 @@ macro_rules! widest {
         }
     };
 }
+pub(crate) use widest;
 
 widest! {
     /// PyTorch's exact GELU, `out[i] = x·Φ(x)` with `Φ(x) = (1 + erf(x/√2)) / 2`.
-    fn gelu(out: &mut [f32], xs: &[f32]) {
+    pub(crate) fn gelu(out: &mut [f32], xs: &[f32]) {
         for (o, &x) in out.iter_mut().zip(xs) {
             *o = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
         }
@@ -158,7 +165,7 @@ widest! {
 
 widest! {
     /// GELU's input gradient, `dx[i] = dy·(Φ(x) + x·φ(x))`, `φ` the standard normal density.
-    fn gelu_backward(dx: &mut [f32], xs: &[f32], dys: &[f32]) {
+    pub(crate) fn gelu_backward(dx: &mut [f32], xs: &[f32], dys: &[f32]) {
         for ((o, &x), &dy) in dx.iter_mut().zip(xs).zip(dys) {
             let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
             let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
@@ -169,7 +176,7 @@ widest! {
 
 widest! {
     /// `values[i] = exp(values[i] − shift)`: a softmax row's numerators, `shift` its maximum.
-    fn exp_shifted(values: &mut [f32], shift: f32) {
+    pub(crate) fn exp_shifted(values: &mut [f32], shift: f32) {
         for v in values.iter_mut() {
             *v = exp(*v - shift);
         }

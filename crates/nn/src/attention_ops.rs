@@ -92,13 +92,13 @@ macro_rules! real {
     };
 }
 
-// f32 through `vecmath`: branch-free `exp` and `erf`, and the slice passes compiled for the
-// CPU's widest vectors. f64 (the tests' reference precision) through the standard library and
-// libm, one element at a time.
+// f32's slice passes through `vecmath` (branch-free `exp` and normal distribution, compiled for
+// the CPU's widest vectors); its scalar `erf`, which they do not use, through libm. f64 (the
+// tests' reference precision) through the standard library and libm, one element at a time.
 real!(
     f32,
     crate::vecmath::exp,
-    crate::vecmath::erf,
+    candle_core::cpu::erf::erf_f32,
     fn gelu_into(out: &mut [f32], xs: &[f32]) {
         crate::vecmath::gelu(out, xs)
     },

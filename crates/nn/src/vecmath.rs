@@ -1,5 +1,5 @@
-//! `exp`, `erf` and the standard normal's distribution function and density for f32, without
-//! branches or library calls, so that a loop over a slice that calls them compiles to vector
+//! `exp` and the standard normal's distribution function and density for f32, without branches
+//! or library calls, so that a loop over a slice that calls them compiles to vector
 //! instructions; and GELU's passes and the softmax numerators as such loops.
 //!
 //! The transformers' GELU needs `Φ(x)` of every hidden activation forward and `Φ` and `φ`
@@ -7,11 +7,11 @@
 //! and glibc's `expf`, one call per element, GELU alone was about a tenth of a PVT-v2-b2 training
 //! step on the CPU (`perf`, docs/performance.md). Here each is straight-line arithmetic on the
 //! value and its bits, with `if`s that only choose between values computed either way, which the
-//! compiler turns into vector selects. `exp` and `erf` agree with the f64 functions to within two
-//! units of 2⁻²³ relative (measured 0.99 and 1.48); GELU, whose `Φ` comes from one fit of
-//! `erfcx` sharing its `exp` with `φ` ([`normal`]), to within 8 on `|x| ≤ 5`, its lower tail
-//! included, and its derivative to 3·10⁻⁷ (the tests below bound them). The slice passes are
-//! compiled for AVX-512, AVX2 and SSE2 and pick the widest at run time (`widest!`).
+//! compiler turns into vector selects. `exp` agrees with f64's to within two units of 2⁻²³
+//! relative (measured 0.99); GELU, whose `Φ` comes from one fit of `erfcx` sharing its `exp` with
+//! `φ` ([`normal`]), to within 8 on `|x| ≤ 5`, its lower tail included, and its derivative to
+//! 3·10⁻⁷ (the tests below bound them). The slice passes are compiled for AVX-512, AVX2 and SSE2
+//! and pick the widest at run time (`widest!`).
 //!
 //! Results below f32's normal range flush to zero (`exp(x)` for `x < −87.34`), which no caller
 //! here can tell from the subnormal `expf` returns: a softmax divides by a sum of at least 1, and
@@ -61,65 +61,15 @@ pub(crate) fn exp(x: f32) -> f32 {
     }
 }
 
-/// Where `erf` changes from its series to `1 − erfc`.
-const ERF_SERIES_END: f32 = 0.875;
-/// Beyond this `erf` is 1 in f32 (`erfc(4) ≈ 1.5·10⁻⁸`, under half an ulp of 1).
-const ERF_TAIL_END: f32 = 4.0;
-
-/// `erf(x) / x` as a series in `x²`: `(2/√π) Σ (−1)ᵏ x²ᵏ / (k! (2k + 1))`, `k ≤ 10`. On
-/// `|x| ≤ 0.875` the first term left out is below 3·10⁻¹¹.
-const ERF_SERIES: [f32; 11] = {
-    let mut c = [0.0f32; 11];
-    let mut term = std::f64::consts::FRAC_2_SQRT_PI; // (−1)ᵏ (2/√π) / k!
-    let mut k = 0;
-    while k < 11 {
-        c[k] = (term / (2 * k + 1) as f64) as f32;
-        term = -term / (k + 1) as f64;
-        k += 1;
-    }
-    c
-};
-
-/// `h(a) = ln(erfc(a)) + a²` on `[0.875, 4]` as a polynomial in `s = (a − 2.4375) · 0.64`
-/// (`s ∈ [−1, 1]`): a least-squares Chebyshev fit of degree 8 at 400 Chebyshev nodes to f64's
-/// `erfc` (numpy), converted to powers of `s` and rounded to f32. `|error| < 1.3·10⁻⁸` in f64;
-/// evaluated in f32, within 1.5·10⁻⁷ (the rounding of `h ≈ −1.5`), i.e. a relative error that
-/// small in `erfc(a) = exp(h(a) − a²)`.
-const ERFC_EXPONENT: [f32; 9] = [
-    -1.534_551,
-    -0.562_224_03,
-    0.142_075_54,
-    -0.043_550_79,
-    0.013_715_385,
-    -0.004_193_816,
-    0.001_214_064_7,
-    -0.000_320_804_16,
-    5.703_640_6e-5,
-];
-const ERFC_MID: f32 = 2.4375;
-const ERFC_INV_HALF_WIDTH: f32 = 0.64;
-
-/// The error function: its series near 0, `±(1 − erfc(|x|))` beyond 0.875, `±1` beyond 4 (and
-/// for `±∞`), NaN for NaN.
-#[inline(always)]
-pub(crate) fn erf(x: f32) -> f32 {
-    let a = x.abs();
-    let series = x * polynomial(x * x, &ERF_SERIES);
-    let tail_at = a.clamp(ERF_SERIES_END, ERF_TAIL_END);
-    let s = (tail_at - ERFC_MID) * ERFC_INV_HALF_WIDTH;
-    let erfc = exp(polynomial(s, &ERFC_EXPONENT) - tail_at * tail_at);
-    let tail = (1.0 - erfc).copysign(x);
-    if a <= ERF_SERIES_END { series } else { tail }
-}
-
 /// Defines the function `$name` as its body compiled three times, for AVX-512, for AVX2 and for
 /// x86-64's baseline (SSE2), calling the first the CPU reports: one binary uses 16, 8 or 4 lanes
 /// in the loops the body has. The body and the `#[inline(always)]` functions it calls are inlined
 /// into each copy (closures and other calls are not: LLVM does not inline them across the target
 /// features, so a loop calling one stays scalar). Every copy gives the same bits: none fuses a
 /// multiply with an add (Rust never contracts them), and the loops' lanes do not interact. On
-/// this project's AVX-512 machine `erf` over a slice ran 4.4× faster with AVX-512 than with SSE2,
-/// 2.4× with AVX2 (docs/performance.md, session 24).
+/// this project's AVX-512 machine a branch-free `erf` over a slice (this module's first GELU,
+/// since replaced by [`normal`]) ran 4.4× faster with AVX-512 than with SSE2, 2.4× with AVX2
+/// (docs/performance.md, session 24).
 macro_rules! widest {
     (
         $(#[$meta:meta])*
@@ -263,41 +213,8 @@ mod tests {
         assert!(ulps(exp(bottom), f64::from(bottom).exp()) <= 2.0, "{}", exp(bottom));
     }
 
-    #[test]
-    fn erf_is_within_two_ulps_of_f64_over_both_parts() {
-        let mut worst = (0.0, 0.0f32);
-        let mut x = -5.0f32;
-        while x < 5.0 {
-            let err = ulps(erf(x), candle_core::cpu::erf::erf_f64(f64::from(x)));
-            if err > worst.0 {
-                worst = (err, x);
-            }
-            x += 1.3e-5;
-        }
-        assert!(worst.0 <= 2.0, "erf: {:.2} ulps at x = {}", worst.0, worst.1);
-        // Around 0, where a relative error shows.
-        for x in [1e-30f32, 1e-10, 1e-5, -3e-3, 0.1] {
-            assert!(ulps(erf(x), candle_core::cpu::erf::erf_f64(f64::from(x))) <= 1.0, "erf({x})");
-        }
-    }
-
-    #[test]
-    fn erf_edges_keep_signs_limits_and_nan() {
-        assert_eq!(erf(0.0).to_bits(), 0.0f32.to_bits());
-        assert_eq!(erf(-0.0).to_bits(), (-0.0f32).to_bits());
-        assert_eq!(erf(f32::INFINITY), 1.0);
-        assert_eq!(erf(f32::NEG_INFINITY), -1.0);
-        assert_eq!(erf(10.0), 1.0);
-        assert_eq!(erf(-4.5), -1.0);
-        assert!(erf(f32::NAN).is_nan());
-        // Odd, exactly, on both parts.
-        for x in [0.3f32, 0.875, 0.876, 2.0, 3.9] {
-            assert_eq!(erf(-x), -erf(x), "erf(-{x})");
-        }
-    }
-
     /// The slice passes, on whatever vectors this CPU dispatches to, give the bits of the same
-    /// formula one element at a time, over values that reach every part of `erf` and `exp`.
+    /// formula one element at a time, over values that reach every part of `normal` and `exp`.
     #[test]
     fn slice_passes_equal_their_formula_element_by_element() {
         let xs: Vec<f32> =
